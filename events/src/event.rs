@@ -1,0 +1,83 @@
+//! The events: every fact the control plane records, past tense.
+//!
+//! Adding a variant is backwards compatible for the codec only at the end of the enum
+//! (bincode encodes the variant index); changing a variant's fields needs a new format
+//! version and an upcaster in [`crate::codec`].
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::Timestamp;
+
+/// SHA-256 of a token's secret part. The secret itself is never stored.
+pub type SecretHash = [u8; 32];
+
+/// What a key may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyScope {
+    /// Everything on the platform.
+    Global,
+    /// One account and everything in it.
+    Account(Uuid),
+    /// One tenant of one account.
+    Tenant { account: Uuid, tenant: Uuid },
+}
+
+/// What a key may do inside its scope. Reading needs no flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Permissions {
+    pub can_create_tenant: bool,
+    pub can_create_db: bool,
+    pub can_scale: bool,
+    pub can_delete: bool,
+}
+
+impl Permissions {
+    pub const ALL: Permissions = Permissions {
+        can_create_tenant: true,
+        can_create_db: true,
+        can_scale: true,
+        can_delete: true,
+    };
+
+    /// True when every flag set here is also set in `other`.
+    pub fn is_subset_of(&self, other: &Permissions) -> bool {
+        (!self.can_create_tenant || other.can_create_tenant)
+            && (!self.can_create_db || other.can_create_db)
+            && (!self.can_scale || other.can_scale)
+            && (!self.can_delete || other.can_delete)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// An account was opened.
+    AccountCreated {
+        account_id: Uuid,
+        name: String,
+        email: Option<String>,
+    },
+    /// An API key was issued. `secret_hash` is the SHA-256 of the token's secret.
+    ApiKeyIssued {
+        key_id: String,
+        scope: KeyScope,
+        permissions: Permissions,
+        secret_hash: SecretHash,
+        expires_at: Option<Timestamp>,
+        name: Option<String>,
+    },
+    /// The token that the Gateway and the workers use was set (first start, or changed by
+    /// `SPG99_SERVICE_TOKEN`).
+    ServiceTokenSet { secret_hash: SecretHash },
+}
+
+impl Event {
+    /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::AccountCreated { .. } => "account.created",
+            Event::ApiKeyIssued { .. } => "api_key.issued",
+            Event::ServiceTokenSet { .. } => "service_token.set",
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `ApiJson<T>`: the JSON body extractor, with errors a client can act on.
+//!
+//! - wrong or missing `Content-Type` → 415 `unsupported_media_type`
+//! - body over [`BODY_LIMIT`] → 413 `body_too_large` (checked against `Content-Length` first,
+//!   then while reading)
+//! - not JSON → 400 `malformed_json`; a field the type does not know → 400 `unknown_field`;
+//!   a field of the wrong type or a missing one → 422 `invalid_value`, naming the field.
+
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::web::BytesMut;
+use actix_web::{FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::http::error::ApiError;
+
+/// Largest request body accepted. Every body of the API is a few hundred bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub struct ApiJson<T>(pub T);
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request bodies are limited to {BODY_LIMIT} bytes"),
+    )
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(ct) = ct.to_str() else { return false };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses a JSON body, naming the offending field on failure.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::bad_request(
+                    "malformed_json",
+                    format!("the body is not valid JSON: {message}"),
+                )
+            }
+            serde_json::error::Category::Io => ApiError::bad_request("malformed_json", message),
+            serde_json::error::Category::Data if message.starts_with("unknown field") => {
+                // The path already ends with the unknown key.
+                let field = if path == "." {
+                    message.split('`').nth(1).unwrap_or("").to_owned()
+                } else {
+                    path
+                };
+                ApiError::bad_request("unknown_field", message).with_field(field)
+            }
+            serde_json::error::Category::Data => {
+                let field = if path == "." {
+                    message.split('`').nth(1).unwrap_or("").to_owned()
+                } else {
+                    path
+                };
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+                    .with_field(field)
+            }
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::bad_request(
+            "malformed_json",
+            format!("trailing data after the JSON value: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let json = is_json(req);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with 'Content-Type: application/json'",
+                ));
+            }
+            if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+                return Err(too_large());
+            }
+            let mut body = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::bad_request(
+                        "body_unreadable",
+                        format!("the body could not be read: {e}"),
+                    )
+                })?;
+                if body.len() + chunk.len() > BODY_LIMIT {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(ApiJson)
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! `X-Request-Id`: taken from the client when it sent a sane one, made up otherwise, echoed on
+//! every response, carried into the log's envelopes, and put on every tracing line of the
+//! request through a span.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+use tracing::Instrument;
+
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// The id of the request being served, if called while serving one.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(|id| id.clone()).ok()
+}
+
+/// The request id, as stored in the request's extensions for handlers.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn acceptable(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= MAX_LEN && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_owned())
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(&HEADER)
+        .and_then(acceptable)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %req.method(),
+        path = %req.path()
+    );
+    let started = Instant::now();
+    let header_value = HeaderValue::from_str(&id).expect("checked to be visible ASCII");
+    let result = CURRENT
+        .scope(id, next.call(req))
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    match result {
+        Ok(mut res) => {
+            tracing::debug!(
+                status = res.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+                "served"
+            );
+            res.headers_mut().insert(HEADER, header_value);
+            Ok(res)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "request failed");
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! # SPG99 control plane
+//!
+//! An event-sourced control plane: every accepted command appends events to a durable log
+//! on sled; read models are folds of that log; the log itself is what clients stream.
+//!
+//! ## Layout
+//! - [`log`]: the command log on sled — records, durability (flush + fdatasync), reads.
+//! - [`committer`]: the single writer — batches commands, decides them, appends one batch per
+//!   flush, publishes the durable result to readers and subscribers.
+//! - [`commands`]: the commands and the business rules that decide them.
+//! - [`recovery`]: start-up replay of the log into the read models.
+//! - [`domain`]: validated values (names, e-mail addresses, ...).
+//! - [`auth`]: token format, hashing and authentication.
+//! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
+//! - [`routes`]: one module of handlers per resource.
+//! - [`server`]: `spg99 serve` — build and run the application.
+//! - [`cli`], [`telemetry`], [`clock`]: the command line, logging, and time.
+//!
+//! The event types live in the `spg99-events` crate and the read models in
+//! `spg99-projections`; this crate depends on both, never the other way round.
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod committer;
+pub mod domain;
+pub mod http;
+pub mod log;
+pub mod recovery;
+pub mod routes;
+pub mod server;
+pub mod telemetry;

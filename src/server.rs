@@ -1,0 +1,205 @@
+//! `spg99 serve`: open the log, rebuild the state, bootstrap, then serve HTTP until a signal.
+//!
+//! [`Application::build`] binds the listener (port 0 works, for tests) and returns before
+//! serving, so callers learn the address; [`Application::run_until_stopped`] serves until
+//! SIGINT/SIGTERM, then stops the committer after the last request was answered.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{middleware, web, App, HttpServer};
+use spg99_events::Actor;
+
+use crate::auth::Token;
+use crate::cli::ServeArgs;
+use crate::clock::{Clock, SystemClock};
+use crate::commands::{Command, CommandMeta};
+use crate::committer::{CommitHandle, Committer};
+use crate::http::{self, request_id, AppState};
+use crate::log::{Log, LogError};
+use crate::recovery::recover;
+
+/// How long open connections (event streams included) may hold a shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything `serve` needs, resolved from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub gateway_host: String,
+    pub idle_timeout: Duration,
+    pub http_workers: usize,
+    /// `SPG99_BOOTSTRAP_TOKEN`: the first global key's token, on the first start only.
+    pub bootstrap_token: Option<String>,
+    /// `SPG99_SERVICE_TOKEN`: the internal API's token.
+    pub service_token: Option<String>,
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Config {
+        let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Config {
+            data_dir: args.data_dir,
+            listen: args.listen,
+            gateway_host: args.gateway_host,
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            http_workers: args
+                .http_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            bootstrap_token: env("SPG99_BOOTSTRAP_TOKEN"),
+            service_token: env("SPG99_SERVICE_TOKEN"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the command log cannot be used: {0}")]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    committer: Committer,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let log = Log::open(&config.data_dir)?;
+        let recovered = recover(&log)?;
+        tracing::info!(
+            seq = recovered.state.last_seq,
+            replayed = recovered.replayed,
+            millis = recovered.elapsed.as_millis() as u64,
+            "state rebuilt from the log"
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let committer = Committer::start(log, recovered.state, clock.clone());
+        let commits = committer.handle();
+        bootstrap(&commits, &config).await?;
+
+        let state = web::Data::new(AppState {
+            shared: commits.shared().clone(),
+            commits,
+            clock,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(request_id::middleware))
+                .configure(http::configure)
+        })
+        .workers(config.http_workers)
+        .backlog(4096)
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .bind(&config.listen)
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
+            addr: config.listen.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+        Ok(Application {
+            addr,
+            server: server.run(),
+            committer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGINT/SIGTERM (handled by the HTTP server), then stops the committer.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        self.committer.stop().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// First start: the first global key. Every start: the service token.
+async fn bootstrap(commits: &CommitHandle, config: &Config) -> Result<(), StartError> {
+    let meta = CommandMeta {
+        actor: Actor::System,
+        request_id: "bootstrap".into(),
+    };
+    let submit = |command| {
+        let meta = meta.clone();
+        async move {
+            commits
+                .submit(meta, command)
+                .await
+                .map_err(|e| StartError::Bootstrap(e.to_string()))
+        }
+    };
+
+    let fresh = commits.shared().head() == 0;
+    if fresh {
+        let (token, given) = match &config.bootstrap_token {
+            Some(raw) => match Token::parse(raw) {
+                Some(t) if !t.is_service() => (t, true),
+                _ => return Err(StartError::Config(
+                    "SPG99_BOOTSTRAP_TOKEN must look like spg99_<16 hex digits>_<48 hex digits>"
+                        .into(),
+                )),
+            },
+            None => (Token::generate_api_key(), false),
+        };
+        submit(Command::Bootstrap {
+            key_id: token.key_id().to_owned(),
+            secret_hash: token.secret_hash(),
+        })
+        .await?;
+        if !given {
+            println!(
+                "bootstrap global API key (shown once, store it now): {}",
+                token.reveal()
+            );
+        }
+        tracing::info!(key_id = token.key_id(), "bootstrap global key created");
+    }
+
+    match &config.service_token {
+        Some(raw) => {
+            let token = Token::parse(raw).filter(Token::is_service).ok_or_else(|| {
+                StartError::Config(
+                    "SPG99_SERVICE_TOKEN must look like spg99_svc_<48 hex digits>".into(),
+                )
+            })?;
+            submit(Command::SetServiceToken {
+                secret_hash: token.secret_hash(),
+            })
+            .await?;
+        }
+        None if commits.shared().read().service_token.is_none() => {
+            let token = Token::generate_service();
+            submit(Command::SetServiceToken {
+                secret_hash: token.secret_hash(),
+            })
+            .await?;
+            println!(
+                "service token for the Gateway and workers (shown once, store it now): {}",
+                token.reveal()
+            );
+        }
+        None => {}
+    }
+    Ok(())
+}
