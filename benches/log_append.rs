@@ -1,1 +1,290 @@
-fn main() {}
+//! Durable appends per second and latency through the committer, next to raw sled in the same
+//! run.
+//!
+//! Four ways to make one ~100-byte record durable, each at 1, 16 and 256 concurrent
+//! producers for a fixed time:
+//! - `sled batch+flush`: the raw ceiling of group commit. One thread writes batches of N
+//!   records (N = producers) with `apply_batch` + `flush()`; every record of a batch waits for
+//!   the whole batch. No queue, no decisions, no replies. sled's `flush()` alone is *not*
+//!   durable against power loss (see `src/log.rs`).
+//! - `sled batch+flush+fdatasync`: the same ceiling at the durability the committer gives.
+//! - `sled flush per producer`: N threads each `apply_batch` one record + `flush()`: what a
+//!   store without group commit gets.
+//! - `committer`: N async producers submit `CreateAccount` commands to the real committer
+//!   (queue, decide, group commit with flush + fdatasync, both projections, publish, reply).
+//!
+//! Run: `cargo bench --bench log_append` (`SPG99_BENCH_SECS` sets seconds per cell, default
+//! 5). Prints a markdown table and writes `target/bench/log_append.json`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spg99::clock::SystemClock;
+use spg99::commands::{Command, CommandMeta};
+use spg99::committer::Committer;
+use spg99::domain::AccountName;
+use spg99::log::Log;
+use spg99_events::{encode_record, Actor, Envelope, Event, Timestamp};
+use spg99_projections::State;
+use uuid::Uuid;
+
+const PRODUCERS: [usize; 3] = [1, 16, 256];
+
+struct Cell {
+    mode: &'static str,
+    producers: usize,
+    ops: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl Cell {
+    fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn finish(mode: &'static str, producers: usize, secs: f64, mut lat: Vec<u64>) -> Cell {
+    lat.sort_unstable();
+    Cell {
+        mode,
+        producers,
+        ops: lat.len() as u64,
+        secs,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+    }
+}
+
+fn sample_record(seq: u64) -> Vec<u8> {
+    encode_record(&Envelope {
+        seq,
+        at: Timestamp(1_763_000_000_000_000),
+        actor: Actor::ApiKey("0123456789abcdef".into()),
+        request_id: "0123456789abcdef0123456789abcdef".into(),
+        account: Some(Uuid::from_u128(seq as u128)),
+        tenant: None,
+        db_id: None,
+        event: Event::AccountCreated {
+            account_id: Uuid::from_u128(seq as u128),
+            name: format!("bench account {seq}"),
+            email: None,
+        },
+    })
+}
+
+fn open_sled(dir: &Path) -> (sled::Db, sled::Tree, File) {
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let tree = db.open_tree("log").unwrap();
+    let file = File::open(dir.join("db")).unwrap();
+    (db, tree, file)
+}
+
+/// One writer, batches of `producers` records: the group-commit ceiling.
+fn sled_batches(dir: &Path, producers: usize, dur: Duration, fdatasync: bool) -> Cell {
+    let (db, tree, file) = open_sled(dir);
+    let started = Instant::now();
+    let mut lat = Vec::new();
+    let mut seq = 0u64;
+    while started.elapsed() < dur {
+        let t = Instant::now();
+        let mut batch = sled::Batch::default();
+        for _ in 0..producers {
+            seq += 1;
+            batch.insert(&seq.to_be_bytes(), sample_record(seq));
+        }
+        tree.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+        if fdatasync {
+            file.sync_data().unwrap();
+        }
+        let us = t.elapsed().as_micros() as u64;
+        lat.extend(std::iter::repeat_n(us, producers));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mode = if fdatasync {
+        "sled batch+flush+fdatasync"
+    } else {
+        "sled batch+flush"
+    };
+    finish(mode, producers, secs, lat)
+}
+
+/// N threads, each flushing its own one-record batch.
+fn sled_per_producer(dir: &Path, producers: usize, dur: Duration) -> Cell {
+    let (db, tree, _) = open_sled(dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|p| {
+            let (db, tree, stop) = (db.clone(), tree.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = ((p as u64) << 40) | i;
+                    let t = Instant::now();
+                    let mut batch = sled::Batch::default();
+                    batch.insert(&key.to_be_bytes(), sample_record(key));
+                    tree.apply_batch(batch).unwrap();
+                    db.flush().unwrap();
+                    lat.push(t.elapsed().as_micros() as u64);
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(dur);
+    stop.store(true, Ordering::Relaxed);
+    let lat: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let secs = started.elapsed().as_secs_f64();
+    finish("sled flush per producer", producers, secs, lat)
+}
+
+fn committer(dir: &Path, producers: usize, dur: Duration) -> Cell {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let log = Arc::new(Log::open(dir).unwrap());
+        let committer = Committer::start(log, State::default(), Arc::new(SystemClock));
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let handle = committer.handle();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = 0u64;
+                    let meta = CommandMeta {
+                        actor: Actor::System,
+                        request_id: "0123456789abcdef0123456789abcdef".into(),
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        let name = AccountName::parse("name", &format!("bench {p}-{i}")).unwrap();
+                        let t = Instant::now();
+                        handle
+                            .submit(
+                                meta.clone(),
+                                Command::CreateAccount {
+                                    account_id: Uuid::new_v4(),
+                                    name,
+                                    email: None,
+                                },
+                            )
+                            .await
+                            .unwrap();
+                        lat.push(t.elapsed().as_micros() as u64);
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        tokio::time::sleep(dur).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        committer.stop().await;
+        finish("committer", producers, secs, lat)
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. a filter) is ignored.
+    let secs: u64 = std::env::var("SPG99_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dur = Duration::from_secs(secs);
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("log_append");
+    let fresh = |name: String| {
+        let d = root.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    };
+
+    // `SPG99_BENCH_PRODUCERS=256` runs one column only (for profiling).
+    let only: Option<usize> = std::env::var("SPG99_BENCH_PRODUCERS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let producers: Vec<usize> = PRODUCERS
+        .into_iter()
+        .filter(|n| only.is_none_or(|o| o == *n))
+        .collect();
+    // `SPG99_BENCH_COMMITTER_ONLY=1` skips the baselines (for profiling).
+    let baselines = std::env::var_os("SPG99_BENCH_COMMITTER_ONLY").is_none();
+    let mut cells = Vec::new();
+    for &n in &producers {
+        if baselines {
+            cells.push(sled_batches(&fresh(format!("batch-{n}")), n, dur, false));
+            cells.push(sled_batches(&fresh(format!("batchsync-{n}")), n, dur, true));
+            cells.push(sled_per_producer(&fresh(format!("each-{n}")), n, dur));
+        }
+        cells.push(committer(&fresh(format!("committer-{n}")), n, dur));
+        eprintln!("done: {n} producers");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    println!("| producers | mode | appends/s | p50 µs | p99 µs | vs sled batch+flush | vs sled batch+flush+fdatasync |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let mut json = Vec::new();
+    for &n in &producers {
+        let rate = |m: &str| {
+            cells
+                .iter()
+                .find(|c| c.producers == n && c.mode == m)
+                .map_or(f64::NAN, Cell::per_sec)
+        };
+        let (raw, rawsync) = (rate("sled batch+flush"), rate("sled batch+flush+fdatasync"));
+        for c in cells.iter().filter(|c| c.producers == n) {
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} |",
+                n,
+                c.mode,
+                c.per_sec(),
+                c.p50_us,
+                c.p99_us,
+                c.per_sec() / raw,
+                c.per_sec() / rawsync
+            );
+            json.push(format!(
+                "{{\"producers\":{},\"mode\":\"{}\",\"ops\":{},\"secs\":{:.3},\"per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+                n, c.mode, c.ops, c.secs, c.per_sec(), c.p50_us, c.p99_us
+            ));
+        }
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("log_append.json"),
+        format!("[{}]\n", json.join(",\n")),
+    )
+    .unwrap();
+}

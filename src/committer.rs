@@ -1,27 +1,36 @@
 //! The single committer: the one place where the log grows.
 //!
+//! Three threads form a pipeline, each handing batches to the next in order:
+//!
 //! ```text
-//! HTTP handlers ──submit──▶ [queue] ──▶ committer thread
-//!                                        1. take every queued command (up to MAX_BATCH)
-//!                                        2. decide each against the working state, in order,
-//!                                           folding its events in so the next one sees them
-//!                                        3. append all events as one batch, one flush+fdatasync
-//!                                        4. fold the batch into the readers' state
-//!                                        5. publish the batch to subscribers (never blocks)
-//!                                        6. answer every caller
+//! HTTP handlers ─submit─▶ [queue] ─▶ decider ──────────▶ writer ───────────▶ syncer
+//!                                    take every queued   one atomic sled     one flush + fdatasync
+//!                                    command; decide     batch for all it    for all it got, then:
+//!                                    each against the    got (not yet        fold into the readers'
+//!                                    working state, in   durable)            state, publish to
+//!                                    order, folding its                      subscribers (never
+//!                                    events in so the                        blocks), answer every
+//!                                    next one sees them                      caller
 //! ```
 //!
-//! Two copies of the state exist on purpose. The committer's *working* state runs ahead of
-//! the disk while a batch is being formed; the *readers'* state only ever holds durable
-//! events, so no reader sees an event before it is on the device. Both are folded by the same
-//! pure `apply`, so they are equal between batches.
+//! While the device syncs one group of batches, the next ones are decided and written, so CPU
+//! work and I/O wait overlap, the two cores share the CPU work, and many commands share one
+//! sync (group commit). Order is kept end to end: seqs are assigned by the decider, batches
+//! are written in that order, and a sync covers every batch written before it.
 //!
-//! If the log cannot be written, nobody knows whether the failed batch reached the disk: the
-//! committer stops accepting commands (every later one is refused as unavailable, and
-//! `/readyz` says so) rather than guess. A restart recovers from the log, which is the truth.
+//! Two copies of the state exist on purpose. The decider's *working* state runs ahead of the
+//! disk; the *readers'* state only ever holds durable events, so no reader sees an event
+//! before it is on the device. Both are folded by the same pure `apply`. Every answer,
+//! rejections included, is sent only after all earlier batches are durable, so a client is
+//! never told "conflict" because of an event that a crash could still take back.
+//!
+//! If the log cannot be written or synced, nobody knows what reached the disk: the committer
+//! stops accepting commands (every later one is refused as unavailable, and `/readyz` says
+//! so) rather than guess. A restart recovers from the log, which is the truth.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{mpsc as std_mpsc, Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
 use spg99_events::Envelope;
@@ -32,7 +41,7 @@ use crate::clock::Clock;
 use crate::commands::{decide, Command, CommandMeta, Rejection};
 use crate::log::Log;
 
-/// Most commands in one batch; bounds the latency a single flush can add.
+/// Most commands in one batch; bounds the latency a single batch can add.
 const MAX_BATCH: usize = 4096;
 /// Commands that may wait for the committer before submitters wait for room.
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -48,6 +57,25 @@ pub enum CommitError {
     Unavailable,
 }
 
+/// The durable events one command produced.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    batch: Arc<[Envelope]>,
+    range: Range<usize>,
+}
+
+impl Committed {
+    pub fn events(&self) -> &[Envelope] {
+        &self.batch[self.range.clone()]
+    }
+
+    /// The seq of the command's last event; for a command that changed nothing, the head seq
+    /// its answer reflects is at least this.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.events().last().map(|e| e.seq)
+    }
+}
+
 /// What the committer publishes for readers.
 pub struct Shared {
     state: RwLock<State>,
@@ -57,17 +85,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The durable state. Hold the guard briefly: the committer waits for it after each batch.
+    /// The durable state. Hold the guard briefly: the committer waits for it after each sync.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The `seq` of the last durable event.
+    /// The `seq` of the last durable event. Records above it may exist in the log but are
+    /// not yet durable and must not be shown.
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
     }
 
-    /// Every batch committed from now on, in order. A receiver that falls more than
+    /// Every batch made durable from now on, in order. A receiver that falls more than
     /// `FEED_DEPTH` batches behind gets `Lagged` and must catch up from the log.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[Envelope]>> {
         self.feed.subscribe()
@@ -77,12 +106,19 @@ impl Shared {
     pub fn is_healthy(&self) -> bool {
         !self.failed.load(Ordering::Acquire)
     }
+
+    fn fail(&self, what: &str, error: &dyn std::fmt::Display) {
+        tracing::error!(%error, "{what} the command log failed; refusing further writes until restart");
+        self.failed.store(true, Ordering::Release);
+    }
 }
+
+type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 
 struct Submission {
     meta: CommandMeta,
     command: Command,
-    reply: oneshot::Sender<Result<Vec<Envelope>, CommitError>>,
+    reply: Reply,
 }
 
 enum Msg {
@@ -99,12 +135,11 @@ pub struct CommitHandle {
 
 impl CommitHandle {
     /// Submits a command and waits until its events are durable and visible to readers.
-    /// Returns the events it produced (none, for a command that changed nothing).
     pub async fn submit(
         &self,
         meta: CommandMeta,
         command: Command,
-    ) -> Result<Vec<Envelope>, CommitError> {
+    ) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Submit(Submission {
             meta,
@@ -123,15 +158,15 @@ impl CommitHandle {
     }
 }
 
-/// The running committer thread.
+/// The running committer threads.
 pub struct Committer {
     handle: CommitHandle,
-    thread: Option<JoinHandle<Log>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Committer {
     /// Starts committing onto `log`, whose records `state` already reflects.
-    pub fn start(log: Log, state: State, clock: Arc<dyn Clock>) -> Committer {
+    pub fn start(log: Arc<Log>, state: State, clock: Arc<dyn Clock>) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (feed, _) = broadcast::channel(FEED_DEPTH);
         let shared = Arc::new(Shared {
@@ -140,20 +175,40 @@ impl Committer {
             feed,
             failed: AtomicBool::new(false),
         });
-        let worker = Worker {
-            log,
+        let (to_writer, decided) = std_mpsc::channel();
+        let (to_syncer, written) = std_mpsc::channel();
+        let decider = Decider {
             working: state,
             shared: shared.clone(),
             clock,
             rx,
+            to_writer,
         };
-        let thread = std::thread::Builder::new()
-            .name("spg99-committer".into())
-            .spawn(move || worker.run())
-            .expect("spawning the committer thread");
+        let writer = Writer {
+            log: log.clone(),
+            shared: shared.clone(),
+            rx: decided,
+            to_syncer,
+        };
+        let syncer = Syncer {
+            log,
+            shared: shared.clone(),
+            rx: written,
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .expect("spawning a committer thread")
+        };
+        let threads = vec![
+            spawn("spg99-decider", Box::new(move || decider.run())),
+            spawn("spg99-writer", Box::new(move || writer.run())),
+            spawn("spg99-syncer", Box::new(move || syncer.run())),
+        ];
         Committer {
             handle: CommitHandle { tx, shared },
-            thread: Some(thread),
+            threads,
         }
     }
 
@@ -161,27 +216,42 @@ impl Committer {
         self.handle.clone()
     }
 
-    /// Commits what was queued before this call, stops, and gives the log back.
-    pub async fn stop(mut self) -> Option<Log> {
+    /// Commits what was queued before this call, then stops the threads.
+    pub async fn stop(self) {
         let _ = self.handle.tx.send(Msg::Stop).await;
-        let thread = self.thread.take()?;
-        tokio::task::spawn_blocking(move || thread.join().ok())
-            .await
-            .ok()
-            .flatten()
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
-struct Worker {
-    log: Log,
+/// A decided batch on its way to the log and then to the device.
+struct Decided {
+    envs: Vec<Envelope>,
+    /// Each caller with the range of `envs` its command produced, or why it was refused.
+    replies: Vec<(Reply, Result<Range<usize>, CommitError>)>,
+}
+
+fn refuse(replies: Vec<(Reply, Result<Range<usize>, CommitError>)>) {
+    for (reply, _) in replies {
+        let _ = reply.send(Err(CommitError::Unavailable));
+    }
+}
+
+struct Decider {
     working: State,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Msg>,
+    to_writer: std_mpsc::Sender<Decided>,
 }
 
-impl Worker {
-    fn run(mut self) -> Log {
+impl Decider {
+    fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
         while !stopping {
@@ -199,26 +269,29 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch);
+            if let Some(decided) = self.decide(&mut batch) {
+                if self.to_writer.send(decided).is_err() {
+                    break;
+                }
+            }
         }
-        self.log
+        // Dropping `to_writer` lets the writer and then the syncer finish, then stop.
     }
 
-    fn commit(&mut self, batch: &mut Vec<Submission>) {
+    fn decide(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
         if !self.shared.is_healthy() {
             for s in batch.drain(..) {
                 let _ = s.reply.send(Err(CommitError::Unavailable));
             }
-            return;
+            return None;
         }
         let now = self.clock.now();
         // Time never goes backwards in the log, even if the wall clock does.
         let at = self.working.last_at.map_or(now, |last| now.max(last));
         let mut envs: Vec<Envelope> = Vec::with_capacity(batch.len());
-        // For each submission, the range of `envs` it produced, or why it was refused.
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for s in batch.iter() {
-            match decide(&self.working, &s.meta, &s.command) {
+        let mut replies = Vec::with_capacity(batch.len());
+        for s in batch.drain(..) {
+            let outcome = match decide(&self.working, &s.meta, &s.command) {
                 Ok(drafts) => {
                     let start = envs.len();
                     for d in drafts {
@@ -235,38 +308,90 @@ impl Worker {
                         self.working.apply(&env);
                         envs.push(env);
                     }
-                    outcomes.push(Ok(start..envs.len()));
+                    Ok(start..envs.len())
                 }
-                Err(rejection) => outcomes.push(Err(CommitError::Rejected(rejection))),
+                Err(rejection) => Err(CommitError::Rejected(rejection)),
+            };
+            replies.push((s.reply, outcome));
+        }
+        Some(Decided { envs, replies })
+    }
+}
+
+struct Writer {
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+    rx: std_mpsc::Receiver<Decided>,
+    to_syncer: std_mpsc::Sender<Vec<Decided>>,
+}
+
+impl Writer {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut group = vec![first];
+            group.extend(self.rx.try_iter());
+            if !self.shared.is_healthy() {
+                group.into_iter().for_each(|d| refuse(d.replies));
+                continue;
+            }
+            let envs: Vec<&Envelope> = group.iter().flat_map(|d| &d.envs).collect();
+            if !envs.is_empty() {
+                if let Err(e) = self.log.write(envs) {
+                    self.shared.fail("writing", &e);
+                    group.into_iter().for_each(|d| refuse(d.replies));
+                    continue;
+                }
+            }
+            if self.to_syncer.send(group).is_err() {
+                break;
             }
         }
+    }
+}
 
-        if !envs.is_empty() {
-            if let Err(e) = self.log.append(&envs) {
-                tracing::error!(error = %e, "writing the command log failed; refusing further writes until restart");
-                self.shared.failed.store(true, Ordering::Release);
-                self.working = self.shared.read().clone();
-                for s in batch.drain(..) {
-                    let _ = s.reply.send(Err(CommitError::Unavailable));
+struct Syncer {
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+    rx: std_mpsc::Receiver<Vec<Decided>>,
+}
+
+impl Syncer {
+    fn run(self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut group = first;
+            group.extend(self.rx.try_iter().flatten());
+            let wrote = group.iter().any(|w| !w.envs.is_empty());
+            if wrote {
+                if let Err(e) = self.log.sync() {
+                    self.shared.fail("syncing", &e);
                 }
-                return;
             }
-            // Durable: now, and only now, readers may see it.
-            {
+            if !self.shared.is_healthy() {
+                group.into_iter().for_each(|d| refuse(d.replies));
+                continue;
+            }
+            if wrote {
+                // Durable: now, and only now, readers may see it.
                 let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-                state.apply_all(&envs);
+                for w in &group {
+                    state.apply_all(&w.envs);
+                }
                 self.shared.head.store(state.last_seq, Ordering::Release);
             }
-        }
-
-        let published: Arc<[Envelope]> = Arc::from(envs);
-        if !published.is_empty() {
-            // No receiver is fine; a full channel drops the oldest batch for laggards.
-            let _ = self.shared.feed.send(published.clone());
-        }
-        for (s, outcome) in batch.drain(..).zip(outcomes) {
-            let reply = outcome.map(|range| published[range].to_vec());
-            let _ = s.reply.send(reply);
+            for w in group {
+                let batch: Arc<[Envelope]> = Arc::from(w.envs);
+                if !batch.is_empty() {
+                    // No receiver is fine; a full channel drops the oldest batch for laggards.
+                    let _ = self.shared.feed.send(batch.clone());
+                }
+                for (reply, outcome) in w.replies {
+                    let answer = outcome.map(|range| Committed {
+                        batch: batch.clone(),
+                        range,
+                    });
+                    let _ = reply.send(answer);
+                }
+            }
         }
     }
 }

@@ -7,8 +7,9 @@
 //! every read model is rebuilt from these records at start.
 //!
 //! ## When is a write durable?
-//! [`Log::append`] writes a whole batch with one `apply_batch` (atomic: after a crash the log
-//! holds all of a batch or none of it), then `flush()`, then `fdatasync` of sled's data file.
+//! [`Log::write`] writes a whole batch with one `apply_batch` (atomic: after a crash the log
+//! holds all of a batch or none of it); [`Log::sync`] then calls `flush()`, then `fdatasync`
+//! of sled's data file, and covers every batch written before it.
 //! The last step matters: sled 0.34's `flush()` ends in `sync_file_range`, which pushes pages
 //! to the device but does not ask the device to empty its volatile write cache, and does not
 //! persist file metadata. `fdatasync` does both. Sled writes values too large for a segment
@@ -18,6 +19,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use spg99_events::{decode_record, encode_record, Envelope, RecordError};
 
@@ -48,7 +50,7 @@ pub struct Log {
     tree: sled::Tree,
     /// sled's data file, opened a second time so its data can be `fdatasync`ed.
     data_file: File,
-    blobs: BlobSync,
+    blobs: Mutex<BlobSync>,
 }
 
 impl Log {
@@ -80,7 +82,7 @@ impl Log {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
-        let blobs = BlobSync::new(dir.join("blobs"));
+        let blobs = Mutex::new(BlobSync::new(dir.join("blobs")));
         Ok(Log {
             dir: dir.to_path_buf(),
             db,
@@ -109,25 +111,29 @@ impl Log {
         }
     }
 
-    /// Appends a batch of envelopes whose seqs follow the head without a gap, and returns once
-    /// they are on the device. Callers (the committer) guarantee the numbering.
-    pub fn append(&mut self, envs: &[Envelope]) -> Result<()> {
+    /// Writes a batch atomically but does not wait for the device: the records may be lost
+    /// by a crash until the next [`Log::sync`] returns. Records written but not yet synced are
+    /// visible to [`Log::read_from`], so readers that must only see durable events bound their
+    /// reads by the durable head the committer publishes.
+    pub fn write<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) -> Result<()> {
         let mut batch = sled::Batch::default();
         for env in envs {
             batch.insert(&env.seq.to_be_bytes(), encode_record(env));
         }
-        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
-        self.sync()
+        self.tree.apply_batch(batch).map_err(|e| self.storage(e))
     }
 
-    /// Makes everything written so far durable on the device.
-    fn sync(&mut self) -> Result<()> {
+    /// Makes everything written before this call durable on the device.
+    pub fn sync(&self) -> Result<()> {
         self.db.flush().map_err(|e| self.storage(e))?;
         self.data_file.sync_data().map_err(|source| LogError::Io {
             path: self.dir.join("db"),
             source,
         })?;
-        self.blobs.sync_new()
+        self.blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_new()
     }
 
     /// Reads one record.

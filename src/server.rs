@@ -78,7 +78,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let log = Log::open(&config.data_dir)?;
+        let log = Arc::new(Log::open(&config.data_dir)?);
         let recovered = recover(&log)?;
         tracing::info!(
             seq = recovered.state.last_seq,

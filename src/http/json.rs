@@ -3,7 +3,7 @@
 //! - wrong or missing `Content-Type` → 415 `unsupported_media_type`
 //! - body over [`BODY_LIMIT`] → 413 `body_too_large` (checked against `Content-Length` first,
 //!   then while reading)
-//! - not JSON → 400 `malformed_json`; a field the type does not know → 400 `unknown_field`;
+//! - not a JSON object → 400 `malformed_json`; a field the type does not know → 400 `unknown_field`;
 //!   a field of the wrong type or a missing one → 422 `invalid_value`, naming the field.
 
 use actix_web::dev::Payload;
@@ -46,6 +46,13 @@ fn is_json(req: &HttpRequest) -> bool {
 
 /// Parses a JSON body, naming the offending field on failure.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde also accepts a struct written as an array of its fields; the API does not.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

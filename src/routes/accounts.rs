@@ -52,7 +52,7 @@ pub async fn create(
         .map(|e| Email::parse("email", e))
         .transpose()?;
     let account_id = Uuid::new_v4();
-    let events = app
+    let committed = app
         .commits
         .submit(
             caller.meta(),
@@ -63,7 +63,7 @@ pub async fn create(
             },
         )
         .await?;
-    let seq = events.last().map_or(0, |e| e.seq);
+    let seq = committed.last_seq().unwrap_or_default();
     let state = app.shared.read();
     let account = state
         .accounts
