@@ -1,0 +1,290 @@
+//! Test helpers: start the real `spg99` binary on a free loopback port with a real data
+//! directory, talk HTTP to it, and kill it the hard way.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The bootstrap token tests start the server with.
+pub const ROOT_TOKEN: &str =
+    "spg99_00000000000000aa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_spg99")
+}
+
+/// A running `spg99 serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    /// Lines the server printed to stdout before it was ready.
+    pub stdout: Vec<String>,
+    pub stderr_path: PathBuf,
+    agent: ureq::Agent,
+}
+
+/// How to start a server.
+pub struct Start<'a> {
+    pub data_dir: &'a Path,
+    pub env: Vec<(&'a str, String)>,
+    /// A program (and its arguments) to run the server under, such as strace.
+    pub wrapper: Vec<String>,
+}
+
+impl<'a> Start<'a> {
+    pub fn new(data_dir: &'a Path) -> Self {
+        Start {
+            data_dir,
+            env: vec![("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned())],
+            wrapper: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
+        self.env.retain(|(name, _)| *name != k);
+        self.env.push((k, v.into()));
+        self
+    }
+
+    pub fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn without_env(mut self, k: &str) -> Self {
+        self.env.retain(|(name, _)| *name != k);
+        self
+    }
+
+    fn command(&self) -> (Command, PathBuf) {
+        let stderr_path = self.data_dir.with_extension(format!(
+            "stderr.{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env_remove("SPG99_BOOTSTRAP_TOKEN")
+            .env_remove("SPG99_SERVICE_TOKEN")
+            .env_remove("SPG99_LOG_FORMAT")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        (cmd, stderr_path)
+    }
+
+    /// Starts the server and waits until it listens.
+    pub fn spawn(self) -> Server {
+        let (mut cmd, stderr_path) = self.command();
+        let mut child = cmd.spawn().expect("spawn spg99");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    let addr = line.strip_prefix("spg99 listening on ").map(str::to_owned);
+                    lines.push(line);
+                    if let Some(base) = addr {
+                        return Server {
+                            child: Some(child),
+                            base,
+                            stdout: lines,
+                            stderr_path,
+                            agent: ureq::AgentBuilder::new()
+                                .timeout(Duration::from_secs(30))
+                                .build(),
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().unwrap();
+                    panic!(
+                        "server did not start ({status}); stdout {lines:?}; stderr:\n{}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs the server expecting it to refuse to start; returns its exit status and stderr.
+    pub fn run_to_failure(self) -> (ExitStatus, String) {
+        let (mut cmd, stderr_path) = self.command();
+        let mut child = cmd.spawn().expect("spawn spg99");
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, std::fs::read_to_string(&stderr_path).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("server was expected to refuse to start but kept running");
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+fn reply(resp: ureq::Response) -> Reply {
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_owned();
+            (n, v)
+        })
+        .collect();
+    let text = resp.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request; transport errors (server gone) are `Err`.
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let mut req = self.agent.request(method, &self.url(path));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => Ok(reply(resp)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        self.try_call(method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, Some(token), None)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(token), Some(&body))
+    }
+
+    /// The live server's state fingerprint and head seq.
+    pub fn fingerprint(&self) -> (String, u64) {
+        let r = self.get("/v2/admin/state", ROOT_TOKEN);
+        assert_eq!(r.status, 200, "{r:?}");
+        (
+            r.body["fingerprint"].as_str().unwrap().to_owned(),
+            r.body["seq"].as_u64().unwrap(),
+        )
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns how long that took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut c = self.child.take().expect("running");
+        let started = std::time::Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = c.wait().unwrap();
+        (status, started.elapsed())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("spg99-test-")
+        .tempdir()
+        .unwrap()
+}

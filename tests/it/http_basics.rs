@@ -1,0 +1,206 @@
+//! The HTTP contract every route shares: health, request ids, structured logs, error shapes,
+//! bad input that changes nothing, and a prompt shutdown with connections open.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{tempdir, Start, ROOT_TOKEN};
+
+#[test]
+fn health_and_readiness_need_no_token() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data")).spawn();
+    let h = server.call("GET", "/healthz", None, None);
+    assert_eq!((h.status, h.body["status"].as_str()), (200, Some("ok")));
+    let r = server.call("GET", "/readyz", None, None);
+    assert_eq!((r.status, r.body["status"].as_str()), (200, Some("ready")));
+    assert_eq!(
+        r.body["seq"], 2,
+        "bootstrap key and service token are in the log"
+    );
+}
+
+#[test]
+fn request_ids_are_echoed_or_made_and_land_on_every_log_line() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data"))
+        .env("SPG99_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .spawn();
+    let resp = ureq::post(&server.url("/v2/accounts"))
+        .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+        .set("X-Request-Id", "trace-me-42")
+        .send_json(json!({"name": "traced"}))
+        .unwrap();
+    assert_eq!(resp.header("x-request-id"), Some("trace-me-42"));
+    let made = server.call("GET", "/healthz", None, None);
+    let id = made.header("x-request-id").expect("a generated id");
+    assert!(id.len() >= 16);
+    // Errors carry it in the body too.
+    let err = server.call("GET", "/v2/admin/state", None, None);
+    assert_eq!(
+        err.body["error"]["request_id"],
+        err.header("x-request-id").unwrap()
+    );
+
+    // Give the logger a moment to write the line of the last request.
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = server.stderr();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let traced: Vec<_> = lines
+        .iter()
+        .filter(|l| l["span"]["request_id"] == "trace-me-42")
+        .collect();
+    assert!(
+        !traced.is_empty(),
+        "no log line carries the request id:\n{logs}"
+    );
+    assert!(
+        !logs.contains(ROOT_TOKEN.rsplit('_').next().unwrap()),
+        "no secret in logs"
+    );
+}
+
+#[test]
+fn authentication_failures_have_distinct_codes() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data")).spawn();
+    let missing = server.call("GET", "/v2/admin/state", None, None);
+    assert_eq!((missing.status, missing.code()), (401, "missing_token"));
+    for bad in [
+        "garbage",
+        "spg99_00000000000000aa_cccccccccccccccccccccccccccccccccccccccccccccccc",
+        "spg99_ffffffffffffffff_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    ] {
+        let r = server.get("/v2/admin/state", bad);
+        assert_eq!((r.status, r.code()), (401, "invalid_token"), "{bad}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_writes_nothing() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data")).spawn();
+    let (_, before) = server.fingerprint();
+    let post_raw = |ct: &str, body: &[u8]| match ureq::post(&server.url("/v2/accounts"))
+        .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+        .set("Content-Type", ct)
+        .send_bytes(body)
+    {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            let status = r.status();
+            let v: serde_json::Value = r.into_json().unwrap();
+            (
+                status,
+                v["error"]["code"].as_str().unwrap_or("").to_owned(),
+                v,
+            )
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "application/json",
+            b"{\"name\": ".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        ("application/json", b"[1,2".to_vec(), 400, "malformed_json"),
+        (
+            "application/json",
+            b"{\"name\":\"a\"} trailing".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "application/json",
+            br#"{"name":"a","admin":true}"#.to_vec(),
+            400,
+            "unknown_field",
+        ),
+        (
+            "application/json",
+            br#"{"name":17}"#.to_vec(),
+            422,
+            "invalid_value",
+        ),
+        ("application/json", br#"{}"#.to_vec(), 422, "invalid_value"),
+        (
+            "application/json",
+            br#"{"name":"   "}"#.to_vec(),
+            422,
+            "invalid_value",
+        ),
+        (
+            "application/json",
+            br#"{"name":"a","email":"nope"}"#.to_vec(),
+            422,
+            "invalid_value",
+        ),
+        (
+            "text/plain",
+            br#"{"name":"a"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            vec![b' '; 100 * 1024],
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (ct, body, status, code) in cases {
+        let (got, got_code, v) = post_raw(ct, &body);
+        assert_eq!(
+            (got, got_code.as_str()),
+            (status, code),
+            "{ct} {:?}: {v}",
+            String::from_utf8_lossy(&body[..body.len().min(40)])
+        );
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let unknown = post_raw("application/json", br#"{"name":"a","admin":true}"#).2;
+    assert_eq!(unknown["error"]["field"], "admin");
+    let wrong = post_raw("application/json", br#"{"name":17}"#).2;
+    assert_eq!(wrong["error"]["field"], "name");
+
+    let r = server.get("/v2/accounts/not-a-uuid", ROOT_TOKEN);
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = server.call("GET", "/v2/no-such-route", Some(ROOT_TOKEN), None);
+    assert_eq!((r.status, r.code()), (404, "route_not_found"));
+
+    assert_eq!(
+        server.fingerprint().1,
+        before,
+        "bad input wrote nothing to the log"
+    );
+    assert_eq!(server.call("GET", "/healthz", None, None).status, 200);
+}
+
+#[test]
+fn shutdown_completes_promptly_with_connections_open() {
+    let tmp = tempdir();
+    let mut server = Start::new(&tmp.path().join("data")).spawn();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Connections that started a request and never finished it.
+    let held: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /v2/accounts HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, took) = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    drop(held);
+}
