@@ -69,8 +69,7 @@ impl Committed {
         &self.batch[self.range.clone()]
     }
 
-    /// The seq of the command's last event; for a command that changed nothing, the head seq
-    /// its answer reflects is at least this.
+    /// The seq of the command's last event; `None` when the command changed nothing.
     pub fn last_seq(&self) -> Option<u64> {
         self.events().last().map(|e| e.seq)
     }
@@ -236,6 +235,7 @@ struct Decided {
     replies: Vec<(Reply, Result<Range<usize>, CommitError>)>,
 }
 
+/// Answers callers whose commands cannot be committed.
 fn refuse(replies: Vec<(Reply, Result<Range<usize>, CommitError>)>) {
     for (reply, _) in replies {
         let _ = reply.send(Err(CommitError::Unavailable));
@@ -269,7 +269,7 @@ impl Decider {
                     Err(_) => break,
                 }
             }
-            if let Some(decided) = self.decide(&mut batch) {
+            if let Some(decided) = self.decide_batch(&mut batch) {
                 if self.to_writer.send(decided).is_err() {
                     break;
                 }
@@ -278,7 +278,7 @@ impl Decider {
         // Dropping `to_writer` lets the writer and then the syncer finish, then stop.
     }
 
-    fn decide(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
+    fn decide_batch(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
         if !self.shared.is_healthy() {
             for s in batch.drain(..) {
                 let _ = s.reply.send(Err(CommitError::Unavailable));
