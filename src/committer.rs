@@ -1,22 +1,22 @@
 //! The single committer: the one place where the log grows.
 //!
-//! Three threads form a pipeline, each handing batches to the next in order:
+//! Two threads form a pipeline:
 //!
 //! ```text
-//! HTTP handlers ─submit─▶ [queue] ─▶ decider ──────────▶ writer ───────────▶ syncer
-//!                                    take every queued   one atomic sled     one flush + fdatasync
-//!                                    command; decide     batch for all it    for all it got, then:
-//!                                    each against the    got (not yet        fold into the readers'
-//!                                    working state, in   durable)            state, publish to
-//!                                    order, folding its                      subscribers (never
-//!                                    events in so the                        blocks), answer every
-//!                                    next one sees them                      caller
+//! HTTP handlers ─submit─▶ [queue] ─▶ decider ─────────────────────────▶ syncer
+//!                                    take every queued command;         one flush + fdatasync for
+//!                                    decide each against the working    every batch written so far,
+//!                                    state, in order, folding its       then: fold them into the
+//!                                    events in so the next one sees     readers' state, publish to
+//!                                    them; write the batch (one atomic  subscribers (never blocks),
+//!                                    sled batch, not yet durable)       answer every caller
 //! ```
 //!
 //! While the device syncs one group of batches, the next ones are decided and written, so CPU
-//! work and I/O wait overlap, the two cores share the CPU work, and many commands share one
-//! sync (group commit). Order is kept end to end: seqs are assigned by the decider, batches
-//! are written in that order, and a sync covers every batch written before it.
+//! work overlaps the device wait and many commands share one sync (group commit). Order is
+//! kept end to end: seqs are assigned by the decider, batches are written in that order, and a
+//! sync covers every batch written before it. (A third thread for sled writes was measured
+//! and was slower on two cores: see BENCHMARKS.md.)
 //!
 //! Two copies of the state exist on purpose. The decider's *working* state runs ahead of the
 //! disk; the *readers'* state only ever holds durable events, so no reader sees an event
@@ -174,19 +174,13 @@ impl Committer {
             feed,
             failed: AtomicBool::new(false),
         });
-        let (to_writer, decided) = std_mpsc::channel();
         let (to_syncer, written) = std_mpsc::channel();
         let decider = Decider {
+            log: log.clone(),
             working: state,
             shared: shared.clone(),
             clock,
             rx,
-            to_writer,
-        };
-        let writer = Writer {
-            log: log.clone(),
-            shared: shared.clone(),
-            rx: decided,
             to_syncer,
         };
         let syncer = Syncer {
@@ -202,7 +196,6 @@ impl Committer {
         };
         let threads = vec![
             spawn("spg99-decider", Box::new(move || decider.run())),
-            spawn("spg99-writer", Box::new(move || writer.run())),
             spawn("spg99-syncer", Box::new(move || syncer.run())),
         ];
         Committer {
@@ -228,7 +221,7 @@ impl Committer {
     }
 }
 
-/// A decided batch on its way to the log and then to the device.
+/// A batch written to the log but not yet known to be durable.
 struct Decided {
     envs: Vec<Envelope>,
     /// Each caller with the range of `envs` its command produced, or why it was refused.
@@ -243,11 +236,12 @@ fn refuse(replies: Vec<(Reply, Result<Range<usize>, CommitError>)>) {
 }
 
 struct Decider {
+    log: Arc<Log>,
     working: State,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Msg>,
-    to_writer: std_mpsc::Sender<Decided>,
+    to_syncer: std_mpsc::Sender<Decided>,
 }
 
 impl Decider {
@@ -269,16 +263,16 @@ impl Decider {
                     Err(_) => break,
                 }
             }
-            if let Some(decided) = self.decide_batch(&mut batch) {
-                if self.to_writer.send(decided).is_err() {
+            if let Some(written) = self.decide_and_write(&mut batch) {
+                if self.to_syncer.send(written).is_err() {
                     break;
                 }
             }
         }
-        // Dropping `to_writer` lets the writer and then the syncer finish, then stop.
+        // Dropping `to_syncer` lets the syncer finish what was written, then stop.
     }
 
-    fn decide_batch(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
+    fn decide_and_write(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
         if !self.shared.is_healthy() {
             for s in batch.drain(..) {
                 let _ = s.reply.send(Err(CommitError::Unavailable));
@@ -314,52 +308,28 @@ impl Decider {
             };
             replies.push((s.reply, outcome));
         }
-        Some(Decided { envs, replies })
-    }
-}
-
-struct Writer {
-    log: Arc<Log>,
-    shared: Arc<Shared>,
-    rx: std_mpsc::Receiver<Decided>,
-    to_syncer: std_mpsc::Sender<Vec<Decided>>,
-}
-
-impl Writer {
-    fn run(self) {
-        while let Ok(first) = self.rx.recv() {
-            let mut group = vec![first];
-            group.extend(self.rx.try_iter());
-            if !self.shared.is_healthy() {
-                group.into_iter().for_each(|d| refuse(d.replies));
-                continue;
-            }
-            let envs: Vec<&Envelope> = group.iter().flat_map(|d| &d.envs).collect();
-            if !envs.is_empty() {
-                if let Err(e) = self.log.write(envs) {
-                    self.shared.fail("writing", &e);
-                    group.into_iter().for_each(|d| refuse(d.replies));
-                    continue;
-                }
-            }
-            if self.to_syncer.send(group).is_err() {
-                break;
+        if !envs.is_empty() {
+            if let Err(e) = self.log.write(&envs) {
+                self.shared.fail("writing", &e);
+                refuse(replies);
+                return None;
             }
         }
+        Some(Decided { envs, replies })
     }
 }
 
 struct Syncer {
     log: Arc<Log>,
     shared: Arc<Shared>,
-    rx: std_mpsc::Receiver<Vec<Decided>>,
+    rx: std_mpsc::Receiver<Decided>,
 }
 
 impl Syncer {
     fn run(self) {
         while let Ok(first) = self.rx.recv() {
-            let mut group = first;
-            group.extend(self.rx.try_iter().flatten());
+            let mut group = vec![first];
+            group.extend(self.rx.try_iter());
             let wrote = group.iter().any(|w| !w.envs.is_empty());
             if wrote {
                 if let Err(e) = self.log.sync() {
