@@ -40,6 +40,24 @@ pub fn random_hex(n: usize) -> String {
     hex(&buf)
 }
 
+/// `len` random characters from `[A-Za-z0-9]` (no character needs escaping in a URL).
+pub fn random_alphanumeric(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        getrandom::fill(&mut buf).expect("the operating system's random generator is unavailable");
+        // Bytes below 248 (= 4 * 62) map evenly onto the alphabet; the rest are dropped.
+        for b in buf.iter().filter(|b| **b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(ALPHABET[(*b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -54,6 +72,14 @@ impl Token {
     pub fn generate_api_key() -> Token {
         Token {
             key_id: random_hex(KEY_ID_LEN / 2),
+            secret: random_hex(SECRET_LEN / 2),
+        }
+    }
+
+    /// A new secret for an existing key id (rotation).
+    pub fn with_new_secret(key_id: &str) -> Token {
+        Token {
+            key_id: key_id.to_owned(),
             secret: random_hex(SECRET_LEN / 2),
         }
     }

@@ -4,18 +4,31 @@
 //! command will be applied to, and either rejects the command or returns the events that
 //! record it. It reads no clock and draws no random number: ids and secrets are made before
 //! the command is submitted, and the committer stamps the time on the whole batch.
+//!
+//! Scope and permission checks are made here too, against the calling key as it is in that
+//! state, so a key revoked a moment ago cannot slip a command in.
 
-use spg99_events::{Actor, Event, KeyScope, Permissions, SecretHash};
-use spg99_projections::State;
+use spg99_events::{Actor, Event, KeyScope, Permissions, Sealed, SecretHash, Timestamp};
+use spg99_projections::{ApiKey, DbState, State};
 use uuid::Uuid;
 
-use crate::domain::{AccountName, Email};
+use crate::access::{self, Permission};
+use crate::catalog::Size;
+use crate::domain::{AccountName, Email, ResourceName};
 
 /// Who submits a command and on behalf of which request.
 #[derive(Debug, Clone)]
 pub struct CommandMeta {
     pub actor: Actor,
     pub request_id: String,
+}
+
+/// The scope asked for a new key.
+#[derive(Debug, Clone)]
+pub enum ScopeRequest {
+    Global,
+    Account,
+    Tenant(ResourceName),
 }
 
 #[derive(Debug, Clone)]
@@ -26,12 +39,63 @@ pub enum Command {
         secret_hash: SecretHash,
     },
     /// Set the internal service token (first start, or a new one given by the operator).
-    SetServiceToken { secret_hash: SecretHash },
+    SetServiceToken {
+        secret_hash: SecretHash,
+    },
     CreateAccount {
         account_id: Uuid,
         name: AccountName,
         email: Option<Email>,
     },
+    /// Save the calling key's account contact.
+    SetContact {
+        email: Email,
+        name: Option<String>,
+    },
+    /// Delete the calling key's account.
+    DeleteAccount,
+    IssueKey {
+        account: Uuid,
+        key_id: String,
+        secret_hash: SecretHash,
+        scope: ScopeRequest,
+        permissions: Permissions,
+        expires_at: Option<Timestamp>,
+        name: Option<String>,
+    },
+    /// New secret for the calling key.
+    RotateKey {
+        secret_hash: SecretHash,
+    },
+    /// Revoke a key (the calling key when `None`).
+    RevokeKey {
+        key_id: Option<String>,
+    },
+    CreateTenant {
+        tenant_id: Uuid,
+        /// Required for global keys; account keys create in their own account.
+        account: Option<Uuid>,
+        name: ResourceName,
+        pg_user: String,
+        pg_password: Sealed,
+    },
+    DeleteTenant {
+        tenant: ResourceName,
+        cascade: bool,
+    },
+    CreateDb {
+        db_id: Uuid,
+        tenant: ResourceName,
+        name: ResourceName,
+        size: Size,
+        timeline: String,
+    },
+    DeleteDb {
+        tenant: ResourceName,
+        db: ResourceName,
+    },
+    /// The reconciler: remove what was being deleted and holds no compute any more.
+    FinishDeletions,
 }
 
 /// An event before the committer gives it a `seq` and a time.
@@ -52,17 +116,81 @@ impl Draft {
             event,
         }
     }
+
+    fn account(account: Uuid, event: Event) -> Self {
+        Draft {
+            account: Some(account),
+            ..Draft::global(event)
+        }
+    }
+
+    fn tenant(account: Uuid, tenant: &str, event: Event) -> Self {
+        Draft {
+            account: Some(account),
+            tenant: Some(tenant.to_owned()),
+            ..Draft::global(event)
+        }
+    }
 }
 
-/// Why a command was refused. Each maps to one stable API error code.
+/// Why a command was refused. Each maps to one stable API error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("the calling key no longer exists or was revoked")]
     CallerGone,
-    #[error("this key's scope does not allow {action}")]
-    OutOfScope { action: &'static str },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("this key lacks the permission {permission}")]
+    MissingPermission { permission: &'static str },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn forbidden(code: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection::Forbidden {
+        code,
+        message: message.into(),
+    }
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection::Conflict {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The live key behind an API call.
+fn caller<'s>(state: &'s State, meta: &CommandMeta) -> Result<&'s ApiKey, Rejection> {
+    match &meta.actor {
+        Actor::ApiKey(id) => state
+            .api_keys
+            .get(id)
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or(Rejection::CallerGone),
+        Actor::Service | Actor::System => Err(forbidden(
+            "api_key_required",
+            "this operation is for API keys",
+        )),
+    }
+}
+
+/// The caller's own account, for account-scoped operations.
+fn own_account(key: &ApiKey) -> Result<Uuid, Rejection> {
+    match key.scope {
+        KeyScope::Account(a) => Ok(a),
+        _ => Err(forbidden(
+            "account_key_required",
+            "this operation needs a key with account scope",
+        )),
+    }
 }
 
 /// Decides one command against `state`.
@@ -77,10 +205,10 @@ pub fn decide(
             secret_hash,
         } => {
             if !state.api_keys.is_empty() {
-                return Err(Rejection::Conflict {
-                    code: "already_bootstrapped",
-                    message: "the platform already has API keys".into(),
-                });
+                return Err(conflict(
+                    "already_bootstrapped",
+                    "the platform already has API keys",
+                ));
             }
             Ok(vec![Draft::global(Event::ApiKeyIssued {
                 key_id: key_id.clone(),
@@ -104,46 +232,359 @@ pub fn decide(
             name,
             email,
         } => {
-            require_global(state, meta, "creating accounts")?;
-            if state.accounts.contains_key(account_id) {
-                return Err(Rejection::Conflict {
-                    code: "account_exists",
-                    message: format!("account {account_id} already exists"),
-                });
+            if meta.actor != Actor::System && caller(state, meta)?.scope != KeyScope::Global {
+                return Err(forbidden(
+                    "global_key_required",
+                    "this operation needs a key with global scope",
+                ));
             }
-            Ok(vec![Draft {
-                account: Some(*account_id),
-                tenant: None,
-                db_id: None,
-                event: Event::AccountCreated {
+            if state.accounts.contains_key(account_id) {
+                return Err(conflict(
+                    "account_exists",
+                    format!("account {account_id} already exists"),
+                ));
+            }
+            Ok(vec![Draft::account(
+                *account_id,
+                Event::AccountCreated {
                     account_id: *account_id,
                     name: name.as_str().to_owned(),
                     email: email.as_ref().map(|e| e.as_str().to_owned()),
                 },
+            )])
+        }
+        Command::SetContact { email, name } => {
+            let account = own_account(caller(state, meta)?)?;
+            live_account(state, account)?;
+            Ok(vec![Draft::account(
+                account,
+                Event::AccountContactSet {
+                    account_id: account,
+                    email: email.as_str().to_owned(),
+                    name: name.clone(),
+                },
+            )])
+        }
+        Command::DeleteAccount => {
+            let key = caller(state, meta)?;
+            let account = own_account(key)?;
+            access::require(key, Permission::Delete)?;
+            Ok(vec![Draft::account(
+                account,
+                Event::AccountDeleteRequested {
+                    account_id: account,
+                },
+            )])
+        }
+        Command::IssueKey {
+            account,
+            key_id,
+            secret_hash,
+            scope,
+            permissions,
+            expires_at,
+            name,
+        } => {
+            let key = caller(state, meta)?;
+            if matches!(key.scope, KeyScope::Tenant { .. }) {
+                return Err(forbidden(
+                    "tenant_key_cannot_issue",
+                    "tenant-scoped keys cannot issue keys",
+                ));
+            }
+            if !access::sees_account(key, *account) {
+                return Err(Rejection::NotFound { what: "account" });
+            }
+            live_account(state, *account)?;
+            let (scope, tenant) = match scope {
+                ScopeRequest::Global if key.scope == KeyScope::Global => (KeyScope::Global, None),
+                ScopeRequest::Global => {
+                    return Err(forbidden(
+                        "scope_escalation",
+                        "a key can only issue keys of its own scope or narrower",
+                    ))
+                }
+                ScopeRequest::Account => (KeyScope::Account(*account), None),
+                ScopeRequest::Tenant(name) => {
+                    let t = access::tenant(state, key, name.as_str())?;
+                    if t.account != *account {
+                        return Err(Rejection::NotFound { what: "tenant" });
+                    }
+                    (
+                        KeyScope::Tenant {
+                            account: *account,
+                            tenant: t.id,
+                        },
+                        Some(t.name.clone()),
+                    )
+                }
+            };
+            if let Some(p) = access::first_missing(permissions, &key.permissions) {
+                return Err(forbidden(
+                    "permission_escalation",
+                    format!(
+                        "a key can only issue keys with permissions it holds itself; it lacks {}",
+                        p.name()
+                    ),
+                ));
+            }
+            if let Some(limit) = key.expires_at {
+                if expires_at.is_none_or(|e| e > limit) {
+                    return Err(Rejection::Invalid {
+                        field: "expires_at",
+                        message: "must be set, and not later than the calling key's own expiry"
+                            .into(),
+                    });
+                }
+            }
+            if state.api_keys.contains_key(key_id) {
+                return Err(conflict("key_exists", "key id already in use; retry"));
+            }
+            Ok(vec![Draft {
+                account: Some(*account),
+                tenant,
+                db_id: None,
+                event: Event::ApiKeyIssued {
+                    key_id: key_id.clone(),
+                    scope,
+                    permissions: *permissions,
+                    secret_hash: *secret_hash,
+                    expires_at: *expires_at,
+                    name: name.clone(),
+                },
             }])
+        }
+        Command::RotateKey { secret_hash } => {
+            let key = caller(state, meta)?;
+            Ok(vec![Draft {
+                account: key.account(),
+                ..Draft::global(Event::ApiKeyRotated {
+                    key_id: key.id.clone(),
+                    secret_hash: *secret_hash,
+                })
+            }])
+        }
+        Command::RevokeKey { key_id } => {
+            let key = caller(state, meta)?;
+            let target = match key_id {
+                None => key,
+                Some(id) => state
+                    .api_keys
+                    .get(id)
+                    .filter(|t| access::may_manage(key, t))
+                    .ok_or(Rejection::NotFound { what: "api key" })?,
+            };
+            if target.revoked_at.is_some() {
+                return Ok(vec![]);
+            }
+            Ok(vec![Draft {
+                account: target.account(),
+                ..Draft::global(Event::ApiKeyRevoked {
+                    key_id: target.id.clone(),
+                })
+            }])
+        }
+        Command::CreateTenant {
+            tenant_id,
+            account,
+            name,
+            pg_user,
+            pg_password,
+        } => {
+            let key = caller(state, meta)?;
+            let account = match (key.scope, account) {
+                (KeyScope::Global, Some(a)) => *a,
+                (KeyScope::Global, None) => {
+                    return Err(Rejection::Invalid {
+                        field: "account",
+                        message: "a global key must name the account the tenant belongs to".into(),
+                    })
+                }
+                (KeyScope::Account(a), None) => a,
+                (KeyScope::Account(a), Some(b)) if a == *b => a,
+                (KeyScope::Account(_), Some(_)) => {
+                    return Err(Rejection::NotFound { what: "account" })
+                }
+                (KeyScope::Tenant { .. }, _) => {
+                    return Err(forbidden(
+                        "tenant_key_cannot_create_tenants",
+                        "tenant-scoped keys cannot create tenants",
+                    ))
+                }
+            };
+            if !state.accounts.contains_key(&account) {
+                return Err(Rejection::NotFound { what: "account" });
+            }
+            access::require(key, Permission::CreateTenant)?;
+            live_account(state, account)?;
+            if state.tenants_by_name.contains_key(name.as_str()) {
+                return Err(conflict(
+                    "tenant_exists",
+                    format!("a tenant named {:?} already exists", name.as_str()),
+                ));
+            }
+            if state.tenants_by_pg_user.contains_key(pg_user)
+                || state.tenants.contains_key(tenant_id)
+            {
+                return Err(conflict(
+                    "tenant_id_taken",
+                    "generated id already in use; retry",
+                ));
+            }
+            Ok(vec![Draft::tenant(
+                account,
+                name.as_str(),
+                Event::TenantCreated {
+                    tenant_id: *tenant_id,
+                    account_id: account,
+                    name: name.as_str().to_owned(),
+                    pg_user: pg_user.clone(),
+                    pg_password: pg_password.clone(),
+                },
+            )])
+        }
+        Command::DeleteTenant { tenant, cascade } => {
+            let key = caller(state, meta)?;
+            let t = access::tenant(state, key, tenant.as_str())?;
+            access::require(key, Permission::Delete)?;
+            if t.deleting {
+                return Ok(vec![]);
+            }
+            let live = state
+                .dbs_of(t.id)
+                .filter(|d| d.state != DbState::Deleting)
+                .count();
+            if live > 0 && !cascade {
+                return Err(conflict(
+                    "tenant_has_databases",
+                    format!(
+                        "tenant {:?} still has {live} database(s); delete them first or pass ?cascade=true",
+                        t.name
+                    ),
+                ));
+            }
+            Ok(vec![Draft::tenant(
+                t.account,
+                &t.name,
+                Event::TenantDeleteRequested { tenant_id: t.id },
+            )])
+        }
+        Command::CreateDb {
+            db_id,
+            tenant,
+            name,
+            size,
+            timeline,
+        } => {
+            let key = caller(state, meta)?;
+            let t = access::tenant(state, key, tenant.as_str())?;
+            access::require(key, Permission::CreateDb)?;
+            if t.deleting {
+                return Err(conflict(
+                    "tenant_deleting",
+                    format!("tenant {:?} is being deleted", t.name),
+                ));
+            }
+            if state.db_by_name(t.id, name.as_str()).is_some() {
+                return Err(conflict(
+                    "db_exists",
+                    format!(
+                        "tenant {:?} already has a database named {:?}",
+                        t.name,
+                        name.as_str()
+                    ),
+                ));
+            }
+            if state.dbs.contains_key(db_id) {
+                return Err(conflict(
+                    "db_id_taken",
+                    "generated id already in use; retry",
+                ));
+            }
+            Ok(vec![Draft {
+                db_id: Some(*db_id),
+                ..Draft::tenant(
+                    t.account,
+                    &t.name,
+                    Event::DbCreated {
+                        db_id: *db_id,
+                        tenant_id: t.id,
+                        name: name.as_str().to_owned(),
+                        size: size.name().to_owned(),
+                        timeline: timeline.clone(),
+                    },
+                )
+            }])
+        }
+        Command::DeleteDb { tenant, db } => {
+            let key = caller(state, meta)?;
+            let (t, d) = access::db(state, key, tenant.as_str(), db.as_str())?;
+            access::require(key, Permission::Delete)?;
+            if d.state == DbState::Deleting {
+                return Ok(vec![]);
+            }
+            Ok(vec![Draft {
+                db_id: Some(d.id),
+                ..Draft::tenant(t.account, &t.name, Event::DbDeleteRequested { db_id: d.id })
+            }])
+        }
+        Command::FinishDeletions => {
+            if meta.actor != Actor::System {
+                return Err(forbidden(
+                    "system_only",
+                    "only the reconciler finishes deletions",
+                ));
+            }
+            Ok(finish_deletions(state))
         }
     }
 }
 
-/// The caller must be a live global key (or the system itself).
-fn require_global(
-    state: &State,
-    meta: &CommandMeta,
-    action: &'static str,
-) -> Result<(), Rejection> {
-    match &meta.actor {
-        Actor::System => Ok(()),
-        Actor::Service => Err(Rejection::OutOfScope { action }),
-        Actor::ApiKey(id) => {
-            let key = state
-                .api_keys
-                .get(id)
-                .filter(|k| k.revoked_at.is_none())
-                .ok_or(Rejection::CallerGone)?;
-            match key.scope {
-                KeyScope::Global => Ok(()),
-                _ => Err(Rejection::OutOfScope { action }),
-            }
+fn live_account(state: &State, account: Uuid) -> Result<(), Rejection> {
+    match state.accounts.get(&account) {
+        None => Err(Rejection::NotFound { what: "account" }),
+        Some(a) if a.deleting => Err(conflict("account_deleting", "the account is being deleted")),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Databases in `deleting` are removed (no compute holds them in this version); then tenants
+/// in `deleting` with nothing left; then accounts in `deleting` with nothing left.
+fn finish_deletions(state: &State) -> Vec<Draft> {
+    let mut drafts = Vec::new();
+    for d in state.dbs.values().filter(|d| d.state == DbState::Deleting) {
+        let Some(t) = state.tenants.get(&d.tenant) else {
+            continue;
+        };
+        drafts.push(Draft {
+            db_id: Some(d.id),
+            ..Draft::tenant(t.account, &t.name, Event::DbDeleted { db_id: d.id })
+        });
+    }
+    let db_gone = |t: Uuid| state.dbs_of(t).all(|d| d.state == DbState::Deleting);
+    for t in state
+        .tenants
+        .values()
+        .filter(|t| t.deleting && db_gone(t.id))
+    {
+        drafts.push(Draft::tenant(
+            t.account,
+            &t.name,
+            Event::TenantDeleted { tenant_id: t.id },
+        ));
+    }
+    for a in state.accounts.values().filter(|a| a.deleting) {
+        let empty = state
+            .tenants
+            .values()
+            .filter(|t| t.account == a.id)
+            .all(|t| t.deleting && db_gone(t.id));
+        if empty {
+            drafts.push(Draft::account(
+                a.id,
+                Event::AccountDeleted { account_id: a.id },
+            ));
         }
     }
+    drafts
 }

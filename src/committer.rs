@@ -33,13 +33,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 
-use spg99_events::Envelope;
+use spg99_events::{Actor, Envelope, Event, Timestamp};
 use spg99_projections::State;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::commands::{decide, Command, CommandMeta, Rejection};
 use crate::log::Log;
+use crate::secrets::SecretBox;
 
 /// Most commands in one batch; bounds the latency a single batch can add.
 const MAX_BATCH: usize = 4096;
@@ -57,11 +59,42 @@ pub enum CommitError {
     Unavailable,
 }
 
+/// An answer to a request, rendered as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Renders the answer to a command from the state right after it and its events.
+pub type Render = Box<dyn FnOnce(&State, &[Envelope]) -> Rendered + Send>;
+
+/// An `Idempotency-Key` and the request it came with.
+pub struct Idempotency {
+    pub key: String,
+    /// Hash of the request (method, path, body): the same key with another request is refused.
+    pub request_hash: [u8; 32],
+}
+
+/// A command with how to answer it.
+pub struct Request {
+    pub meta: CommandMeta,
+    pub command: Command,
+    /// Renders the answer from the state right after the command, before any later command
+    /// (so that, say, a deletion answers `deleting` even if the reconciler finishes it at once).
+    pub render: Render,
+    pub idempotency: Option<Idempotency>,
+}
+
 /// The durable events one command produced.
 #[derive(Debug, Clone)]
 pub struct Committed {
     batch: Arc<[Envelope]>,
     range: Range<usize>,
+    /// The rendered answer, for commands submitted as a [`Request`].
+    pub response: Option<Rendered>,
+    /// True when this is a retry answered from the record of the first request.
+    pub replayed: bool,
 }
 
 impl Committed {
@@ -117,9 +150,20 @@ type Reply = oneshot::Sender<Result<Committed, CommitError>>;
 struct Submission {
     meta: CommandMeta,
     command: Command,
+    render: Option<Render>,
+    idempotency: Option<Idempotency>,
     reply: Reply,
 }
 
+/// What the decider settled for one submission.
+struct Outcome {
+    range: Range<usize>,
+    response: Option<Rendered>,
+    replayed: bool,
+}
+
+// Queued by value: boxing would cost one more allocation per command.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Submit(Submission),
     Stop,
@@ -139,10 +183,35 @@ impl CommitHandle {
         meta: CommandMeta,
         command: Command,
     ) -> Result<Committed, CommitError> {
+        self.send(meta, command, None, None).await
+    }
+
+    /// Submits a command with its renderer and, optionally, an `Idempotency-Key`: a retry with
+    /// the same key and request gets the first answer (even after a restart: the record is in
+    /// the log); the same key with another request is refused.
+    pub async fn execute(&self, request: Request) -> Result<Committed, CommitError> {
+        let Request {
+            meta,
+            command,
+            render,
+            idempotency,
+        } = request;
+        self.send(meta, command, Some(render), idempotency).await
+    }
+
+    async fn send(
+        &self,
+        meta: CommandMeta,
+        command: Command,
+        render: Option<Render>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Committed, CommitError> {
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Submit(Submission {
             meta,
             command,
+            render,
+            idempotency,
             reply,
         });
         self.tx
@@ -165,7 +234,12 @@ pub struct Committer {
 
 impl Committer {
     /// Starts committing onto `log`, whose records `state` already reflects.
-    pub fn start(log: Arc<Log>, state: State, clock: Arc<dyn Clock>) -> Committer {
+    pub fn start(
+        log: Arc<Log>,
+        state: State,
+        clock: Arc<dyn Clock>,
+        secrets: Arc<SecretBox>,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (feed, _) = broadcast::channel(FEED_DEPTH);
         let shared = Arc::new(Shared {
@@ -177,6 +251,7 @@ impl Committer {
         let (to_syncer, written) = std_mpsc::channel();
         let decider = Decider {
             log: log.clone(),
+            secrets,
             working: state,
             shared: shared.clone(),
             clock,
@@ -224,12 +299,12 @@ impl Committer {
 /// A batch written to the log but not yet known to be durable.
 struct Decided {
     envs: Vec<Envelope>,
-    /// Each caller with the range of `envs` its command produced, or why it was refused.
-    replies: Vec<(Reply, Result<Range<usize>, CommitError>)>,
+    /// Each caller with what its command produced, or why it was refused.
+    replies: Vec<(Reply, Result<Outcome, CommitError>)>,
 }
 
 /// Answers callers whose commands cannot be committed.
-fn refuse(replies: Vec<(Reply, Result<Range<usize>, CommitError>)>) {
+fn refuse(replies: Vec<(Reply, Result<Outcome, CommitError>)>) {
     for (reply, _) in replies {
         let _ = reply.send(Err(CommitError::Unavailable));
     }
@@ -237,6 +312,7 @@ fn refuse(replies: Vec<(Reply, Result<Range<usize>, CommitError>)>) {
 
 struct Decider {
     log: Arc<Log>,
+    secrets: Arc<SecretBox>,
     working: State,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
@@ -285,27 +361,8 @@ impl Decider {
         let mut envs: Vec<Envelope> = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for s in batch.drain(..) {
-            let outcome = match decide(&self.working, &s.meta, &s.command) {
-                Ok(drafts) => {
-                    let start = envs.len();
-                    for d in drafts {
-                        let env = Envelope {
-                            seq: self.working.last_seq + 1,
-                            at,
-                            actor: s.meta.actor.clone(),
-                            request_id: s.meta.request_id.clone(),
-                            account: d.account,
-                            tenant: d.tenant,
-                            db_id: d.db_id,
-                            event: d.event,
-                        };
-                        self.working.apply(&env);
-                        envs.push(env);
-                    }
-                    Ok(start..envs.len())
-                }
-                Err(rejection) => Err(CommitError::Rejected(rejection)),
-            };
+            let outcome =
+                self.decide_one(s.meta, s.command, s.render, s.idempotency, at, &mut envs);
             replies.push((s.reply, outcome));
         }
         if !envs.is_empty() {
@@ -317,6 +374,117 @@ impl Decider {
         }
         Some(Decided { envs, replies })
     }
+}
+
+impl Decider {
+    /// Decides one submission, appending its events to `envs` and folding them into the
+    /// working state.
+    fn decide_one(
+        &mut self,
+        meta: CommandMeta,
+        command: Command,
+        render: Option<Render>,
+        idempotency: Option<Idempotency>,
+        at: Timestamp,
+        envs: &mut Vec<Envelope>,
+    ) -> Result<Outcome, CommitError> {
+        let start = envs.len();
+        let record = match (idempotency, &meta.actor) {
+            (Some(idem), Actor::ApiKey(key_id)) => {
+                let slot = (key_id.clone(), idem.key.clone());
+                match self.working.idempotency.get(&slot) {
+                    Some(first) if first.request_hash == idem.request_hash => {
+                        let body = self
+                            .secrets
+                            .open(&idempotency_owner(&slot), &first.body)
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "a recorded answer does not open");
+                                CommitError::Unavailable
+                            })?;
+                        return Ok(Outcome {
+                            range: start..start,
+                            response: Some(Rendered {
+                                status: first.status,
+                                body,
+                            }),
+                            replayed: true,
+                        });
+                    }
+                    Some(_) => {
+                        return Err(CommitError::Rejected(Rejection::Conflict {
+                            code: "idempotency_key_reused",
+                            message: "this Idempotency-Key was used with a different request"
+                                .into(),
+                        }))
+                    }
+                    None => Some((slot, idem)),
+                }
+            }
+            _ => None,
+        };
+        let drafts = decide(&self.working, &meta, &command)?;
+        let mut last = (None, None, None);
+        for d in drafts {
+            last = (d.account, d.tenant.clone(), d.db_id);
+            self.push(
+                meta_env(&meta, at, d.account, d.tenant, d.db_id, d.event),
+                envs,
+            );
+        }
+        let response = render.map(|render| render(&self.working, &envs[start..]));
+        if let (Some((slot, idem)), Some(rendered)) = (record, &response) {
+            let body = self.secrets.seal(&idempotency_owner(&slot), &rendered.body);
+            let (account, tenant, db_id) = last;
+            let event = Event::IdempotentResponseRecorded {
+                key_id: slot.0,
+                idempotency_key: slot.1,
+                request_hash: idem.request_hash,
+                status: rendered.status,
+                body,
+            };
+            self.push(meta_env(&meta, at, account, tenant, db_id, event), envs);
+        }
+        Ok(Outcome {
+            range: start..envs.len(),
+            response,
+            replayed: false,
+        })
+    }
+}
+
+impl Decider {
+    /// Numbers an event, folds it into the working state, and adds it to the batch.
+    fn push(&mut self, mut env: Envelope, envs: &mut Vec<Envelope>) {
+        env.seq = self.working.last_seq + 1;
+        self.working.apply(&env);
+        envs.push(env);
+    }
+}
+
+/// An envelope for an event of the command `meta` describes; `seq` is set by `push`.
+fn meta_env(
+    meta: &CommandMeta,
+    at: Timestamp,
+    account: Option<Uuid>,
+    tenant: Option<String>,
+    db_id: Option<Uuid>,
+    event: Event,
+) -> Envelope {
+    Envelope {
+        seq: 0,
+        at,
+        actor: meta.actor.clone(),
+        request_id: meta.request_id.clone(),
+        account,
+        tenant,
+        db_id,
+        event,
+    }
+}
+
+/// What a recorded answer is sealed to: its key id and idempotency key.
+fn idempotency_owner(slot: &(String, String)) -> Vec<u8> {
+    format!("idempotency\0{}\0{}", slot.0, slot.1).into_bytes()
 }
 
 struct Syncer {
@@ -355,9 +523,11 @@ impl Syncer {
                     let _ = self.shared.feed.send(batch.clone());
                 }
                 for (reply, outcome) in w.replies {
-                    let answer = outcome.map(|range| Committed {
+                    let answer = outcome.map(|o| Committed {
                         batch: batch.clone(),
-                        range,
+                        range: o.range,
+                        response: o.response,
+                        replayed: o.replayed,
                     });
                     let _ = reply.send(answer);
                 }

@@ -87,6 +87,42 @@ impl Email {
     }
 }
 
+/// A tenant or database name: `^[a-z][a-z0-9_-]{0,62}$`, so it is safe in a DSN, a URL path
+/// and a PostgreSQL identifier without quoting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceName(String);
+
+impl ResourceName {
+    pub const MAX_LEN: usize = 63;
+
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Invalid> {
+        let bytes = raw.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes[0].is_ascii_lowercase()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-');
+        if ok {
+            Ok(ResourceName(raw.to_owned()))
+        } else {
+            Err(invalid(
+                field,
+                "must start with a lowercase letter and hold at most 63 lowercase letters, digits, '_' or '-'",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A key's optional label: 1 to 100 characters, no control characters.
+pub fn parse_label(field: &'static str, raw: &str) -> Result<String, Invalid> {
+    AccountName::parse(field, raw).map(|n| n.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +137,26 @@ mod tests {
         assert!(AccountName::parse("name", &"x".repeat(101)).is_err());
         assert!(AccountName::parse("name", "a\u{0}b").is_err());
         assert!(AccountName::parse("name", "Ünïcode Ltd").is_ok());
+    }
+
+    #[test]
+    fn resource_names() {
+        for good in ["a", "app", "shop-eu_1", &format!("a{}", "b".repeat(62))] {
+            assert!(ResourceName::parse("name", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "App",
+            "1app",
+            "-app",
+            "ünï",
+            "a b",
+            "a;drop table",
+            "a'--",
+            &format!("a{}", "b".repeat(63)),
+        ] {
+            assert!(ResourceName::parse("name", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! - [`committer`]: the single writer — batches commands, decides them, appends one batch per
 //!   flush, publishes the durable result to readers and subscribers.
 //! - [`commands`]: the commands and the business rules that decide them.
+//! - [`access`]: scope and permission rules, shared by commands and read handlers.
+//! - [`reconciler`]: the background loop that finishes what the log asked for (deletions).
 //! - [`recovery`]: start-up replay of the log into the read models.
-//! - [`domain`]: validated values (names, e-mail addresses, ...).
+//! - [`domain`]: validated values (names, e-mail addresses, ...); [`catalog`]: database sizes
+//!   and compute profiles.
+//! - [`secrets`]: the secret key that seals passwords and recorded answers in the log.
 //! - [`auth`]: token format, hashing and authentication.
 //! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
 //! - [`routes`]: one module of handlers per resource.
@@ -19,7 +23,9 @@
 //! The event types live in the `spg99-events` crate and the read models in
 //! `spg99-projections`; this crate depends on both, never the other way round.
 
+pub mod access;
 pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -27,7 +33,9 @@ pub mod committer;
 pub mod domain;
 pub mod http;
 pub mod log;
+pub mod reconciler;
 pub mod recovery;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod telemetry;

@@ -19,7 +19,9 @@ use crate::commands::{Command, CommandMeta};
 use crate::committer::{CommitHandle, Committer};
 use crate::http::{self, request_id, AppState};
 use crate::log::{Log, LogError};
+use crate::reconciler;
 use crate::recovery::recover;
+use crate::secrets::{SecretBox, SecretError};
 
 /// How long open connections (event streams included) may hold a shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -36,6 +38,9 @@ pub struct Config {
     pub bootstrap_token: Option<String>,
     /// `SPG99_SERVICE_TOKEN`: the internal API's token.
     pub service_token: Option<String>,
+    /// `SPG99_SECRET_KEY`: the key sealing secrets in the log (else `secret.key` in the data
+    /// directory).
+    pub secret_key: Option<String>,
 }
 
 impl Config {
@@ -51,6 +56,7 @@ impl Config {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             bootstrap_token: env("SPG99_BOOTSTRAP_TOKEN"),
             service_token: env("SPG99_SERVICE_TOKEN"),
+            secret_key: env("SPG99_SECRET_KEY"),
         }
     }
 }
@@ -68,6 +74,8 @@ pub enum StartError {
     },
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    #[error("{0}")]
+    Secret(#[from] SecretError),
 }
 
 pub struct Application {
@@ -86,15 +94,26 @@ impl Application {
             millis = recovered.elapsed.as_millis() as u64,
             "state rebuilt from the log"
         );
+        let secrets = Arc::new(SecretBox::load(
+            &config.data_dir,
+            config.secret_key.as_deref(),
+        )?);
+        // A key that does not open what the log sealed would serve broken credentials.
+        if let Some(t) = recovered.state.tenants.values().next() {
+            secrets.open(t.id.as_bytes(), &t.pg_password)?;
+        }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let committer = Committer::start(log, recovered.state, clock.clone());
+        let committer = Committer::start(log, recovered.state, clock.clone(), secrets.clone());
         let commits = committer.handle();
         bootstrap(&commits, &config).await?;
+        actix_web::rt::spawn(reconciler::run(commits.clone()));
 
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),
             commits,
             clock,
+            secrets,
+            gateway_host: config.gateway_host.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -92,7 +92,7 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<Envelope, RecordError> {
 mod tests {
     use super::*;
     use crate::envelope::{Actor, Timestamp};
-    use crate::event::{Event, KeyScope, Permissions};
+    use crate::event::{Event, KeyScope, Permissions, Sealed};
     use uuid::Uuid;
 
     /// One sample of every variant. `variant_index` below is an exhaustive match, so a new
@@ -119,6 +119,55 @@ mod tests {
             Event::ServiceTokenSet {
                 secret_hash: [1; 32],
             },
+            Event::AccountContactSet {
+                account_id: account,
+                email: "a@b.io".into(),
+                name: Some("Ada".into()),
+            },
+            Event::AccountDeleteRequested {
+                account_id: account,
+            },
+            Event::AccountDeleted {
+                account_id: account,
+            },
+            Event::ApiKeyRotated {
+                key_id: "k".into(),
+                secret_hash: [9; 32],
+            },
+            Event::ApiKeyRevoked { key_id: "k".into() },
+            Event::TenantCreated {
+                tenant_id: Uuid::from_u128(7),
+                account_id: account,
+                name: "shop".into(),
+                pg_user: "u_shop".into(),
+                pg_password: Sealed(vec![1, 2, 3]),
+            },
+            Event::TenantDeleteRequested {
+                tenant_id: Uuid::from_u128(7),
+            },
+            Event::TenantDeleted {
+                tenant_id: Uuid::from_u128(7),
+            },
+            Event::DbCreated {
+                db_id: Uuid::from_u128(8),
+                tenant_id: Uuid::from_u128(7),
+                name: "app".into(),
+                size: "L1".into(),
+                timeline: "0123abcd".into(),
+            },
+            Event::DbDeleteRequested {
+                db_id: Uuid::from_u128(8),
+            },
+            Event::DbDeleted {
+                db_id: Uuid::from_u128(8),
+            },
+            Event::IdempotentResponseRecorded {
+                key_id: "k".into(),
+                idempotency_key: "retry-1".into(),
+                request_hash: [5; 32],
+                status: 201,
+                body: Sealed(vec![0; 40]),
+            },
         ]
     }
 
@@ -127,9 +176,21 @@ mod tests {
             Event::AccountCreated { .. } => 0,
             Event::ApiKeyIssued { .. } => 1,
             Event::ServiceTokenSet { .. } => 2,
+            Event::AccountContactSet { .. } => 3,
+            Event::AccountDeleteRequested { .. } => 4,
+            Event::AccountDeleted { .. } => 5,
+            Event::ApiKeyRotated { .. } => 6,
+            Event::ApiKeyRevoked { .. } => 7,
+            Event::TenantCreated { .. } => 8,
+            Event::TenantDeleteRequested { .. } => 9,
+            Event::TenantDeleted { .. } => 10,
+            Event::DbCreated { .. } => 11,
+            Event::DbDeleteRequested { .. } => 12,
+            Event::DbDeleted { .. } => 13,
+            Event::IdempotentResponseRecorded { .. } => 14,
         }
     }
-    const VARIANTS: usize = 3;
+    const VARIANTS: usize = 15;
 
     fn envelope(seq: u64, event: Event) -> Envelope {
         Envelope {

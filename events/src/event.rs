@@ -69,7 +69,63 @@ pub enum Event {
     /// The token that the Gateway and the workers use was set (first start, or changed by
     /// `SPG99_SERVICE_TOKEN`).
     ServiceTokenSet { secret_hash: SecretHash },
+    /// The account's contact was saved.
+    AccountContactSet {
+        account_id: Uuid,
+        email: String,
+        name: Option<String>,
+    },
+    /// The account's deletion was asked for: its keys stop working at once, its tenants and
+    /// databases go `deleting`.
+    AccountDeleteRequested { account_id: Uuid },
+    /// The account is gone, with everything in it.
+    AccountDeleted { account_id: Uuid },
+    /// The key got a new secret; the old one no longer authenticates.
+    ApiKeyRotated {
+        key_id: String,
+        secret_hash: SecretHash,
+    },
+    /// The key was revoked.
+    ApiKeyRevoked { key_id: String },
+    /// A tenant was created. `pg_password` is sealed (see [`Sealed`]).
+    TenantCreated {
+        tenant_id: Uuid,
+        account_id: Uuid,
+        name: String,
+        pg_user: String,
+        pg_password: Sealed,
+    },
+    /// The tenant's deletion was asked for; with `cascade`, its databases go `deleting` too.
+    TenantDeleteRequested { tenant_id: Uuid },
+    /// The tenant is gone.
+    TenantDeleted { tenant_id: Uuid },
+    /// A database was created, stopped; it starts on its first connection.
+    DbCreated {
+        db_id: Uuid,
+        tenant_id: Uuid,
+        name: String,
+        size: String,
+        timeline: String,
+    },
+    /// The database's deletion was asked for.
+    DbDeleteRequested { db_id: Uuid },
+    /// The database is gone.
+    DbDeleted { db_id: Uuid },
+    /// The answer to a mutating request sent with an `Idempotency-Key`, kept so that a retry
+    /// gets the same answer. The body is sealed: it may hold a token or a password.
+    IdempotentResponseRecorded {
+        key_id: String,
+        idempotency_key: String,
+        request_hash: [u8; 32],
+        status: u16,
+        body: Sealed,
+    },
 }
+
+/// Bytes encrypted with the control plane's secret key (XChaCha20-Poly1305; nonce first).
+/// The key is kept outside the log, so the log alone does not reveal the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed(pub Vec<u8>);
 
 impl Event {
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -78,6 +134,18 @@ impl Event {
             Event::AccountCreated { .. } => "account.created",
             Event::ApiKeyIssued { .. } => "api_key.issued",
             Event::ServiceTokenSet { .. } => "service_token.set",
+            Event::AccountContactSet { .. } => "account.contact_set",
+            Event::AccountDeleteRequested { .. } => "account.delete_requested",
+            Event::AccountDeleted { .. } => "account.deleted",
+            Event::ApiKeyRotated { .. } => "api_key.rotated",
+            Event::ApiKeyRevoked { .. } => "api_key.revoked",
+            Event::TenantCreated { .. } => "tenant.created",
+            Event::TenantDeleteRequested { .. } => "tenant.delete_requested",
+            Event::TenantDeleted { .. } => "tenant.deleted",
+            Event::DbCreated { .. } => "db.created",
+            Event::DbDeleteRequested { .. } => "db.delete_requested",
+            Event::DbDeleted { .. } => "db.deleted",
+            Event::IdempotentResponseRecorded { .. } => "idempotency.recorded",
         }
     }
 }

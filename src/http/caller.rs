@@ -6,6 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::{ready, Ready};
 use spg99_events::{Actor, KeyScope};
+use spg99_projections::ApiKey;
 
 use crate::auth::{authenticate, Principal};
 use crate::commands::CommandMeta;
@@ -27,6 +28,17 @@ impl Caller {
                 Principal::Service => Actor::Service,
             },
             request_id: self.request_id.clone(),
+        }
+    }
+
+    /// The calling API key; the service token has no business on the public API.
+    pub fn key(&self) -> Result<&ApiKey, ApiError> {
+        match &self.principal {
+            Principal::Key(k) => Ok(k),
+            Principal::Service => Err(ApiError::forbidden(
+                "api_key_required",
+                "the service token is for the internal API; use an API key",
+            )),
         }
     }
 

@@ -100,8 +100,14 @@ impl From<Rejection> for ApiError {
         let message = r.to_string();
         match r {
             Rejection::CallerGone => Self::new(StatusCode::UNAUTHORIZED, "token_revoked", message),
-            Rejection::OutOfScope { .. } => Self::forbidden("out_of_scope", message),
+            Rejection::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            Rejection::MissingPermission { .. } => Self::forbidden("missing_permission", message),
+            Rejection::Forbidden { code, .. } => Self::forbidden(code, message),
             Rejection::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
+            Rejection::Invalid { field, .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
+                    .with_field(field)
+            }
         }
     }
 }
@@ -113,6 +119,27 @@ impl From<CommitError> for ApiError {
             CommitError::Unavailable => {
                 Self::unavailable("the control plane is not accepting writes right now", 5)
             }
+        }
+    }
+}
+
+impl ApiError {
+    /// The error as a rendered answer (for answers rendered inside the committer).
+    pub fn rendered(&self) -> crate::committer::Rendered {
+        crate::committer::Rendered {
+            status: self.status.as_u16(),
+            body: serde_json::to_vec(&self.body()).unwrap_or_default(),
+        }
+    }
+
+    fn body(&self) -> Body<'_> {
+        Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                request_id: request_id::current().unwrap_or_default(),
+                field: self.field.as_deref(),
+            },
         }
     }
 }
@@ -141,13 +168,6 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
-        res.json(Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                request_id: request_id::current().unwrap_or_default(),
-                field: self.field.as_deref(),
-            },
-        })
+        res.json(self.body())
     }
 }

@@ -8,7 +8,7 @@
 
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::web::BytesMut;
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
@@ -19,7 +19,12 @@ use crate::http::error::ApiError;
 /// Largest request body accepted. Every body of the API is a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-pub struct ApiJson<T>(pub T);
+/// A parsed JSON body, with the bytes it came from (for idempotency). An empty body with no
+/// `Content-Type` reads as `{}`, so that routes whose fields are all optional need none.
+pub struct ApiJson<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
 
 fn too_large() -> ApiError {
     ApiError::new(
@@ -29,19 +34,22 @@ fn too_large() -> ApiError {
     )
 }
 
-fn is_json(req: &HttpRequest) -> bool {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
-        return false;
+/// `Some(true)` for a JSON content type, `Some(false)` for another, `None` for none.
+fn is_json(req: &HttpRequest) -> Option<bool> {
+    let ct = req.headers().get(header::CONTENT_TYPE)?;
+    let Ok(ct) = ct.to_str() else {
+        return Some(false);
     };
-    let Ok(ct) = ct.to_str() else { return false };
     let essence = ct
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    Some(
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json")),
+    )
 }
 
 /// Parses a JSON body, naming the offending field on failure.
@@ -108,12 +116,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             .and_then(|v| v.parse::<u64>().ok());
         let mut payload = payload.take();
         Box::pin(async move {
-            if !json {
-                return Err(ApiError::new(
+            let unsupported = || {
+                ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
                     "send the body as JSON with 'Content-Type: application/json'",
-                ));
+                )
+            };
+            if json == Some(false) {
+                return Err(unsupported());
             }
             if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
                 return Err(too_large());
@@ -131,7 +142,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
                 }
                 body.extend_from_slice(&chunk);
             }
-            parse(&body).map(ApiJson)
+            let raw = body.freeze();
+            if raw.is_empty() && json.is_none() {
+                return parse(b"{}").map(|value| ApiJson { value, raw });
+            }
+            if json.is_none() {
+                return Err(unsupported());
+            }
+            parse(&raw).map(|value| ApiJson { value, raw })
         })
     }
 }

@@ -1,14 +1,22 @@
-//! Accounts: `POST /v2/accounts` (global keys) and `GET /v2/accounts/{account}` (global keys,
-//! or a key of that account).
+//! Accounts.
+//!
+//! - `POST /v2/accounts` (global keys): open an account.
+//! - `GET /v2/accounts/{account}` (global keys, or keys of that account).
+//! - `GET /v2/account/profile` (account and tenant keys): the caller's account.
+//! - `POST /v2/account/contact` (account keys): save the contact.
+//! - `POST /v2/account/delete` (account keys with `can_delete`): keys stop at once, tenants
+//!   and databases are deleted asynchronously.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_projections::Account;
 use uuid::Uuid;
 
-use crate::auth::Principal;
+use crate::access;
 use crate::commands::Command;
-use crate::domain::{AccountName, Email};
+use crate::domain::{parse_label, AccountName, Email};
+use crate::http::mutation::{answer, execute};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +32,8 @@ pub struct AccountView {
     account_id: Uuid,
     name: String,
     email: Option<String>,
+    contact_name: Option<String>,
+    state: &'static str,
     created_at: String,
 }
 
@@ -33,43 +43,55 @@ impl From<&Account> for AccountView {
             account_id: a.id,
             name: a.name.clone(),
             email: a.email.clone(),
+            contact_name: a.contact_name.clone(),
+            state: if a.deleting { "deleting" } else { "active" },
             created_at: rfc3339(a.created_at),
         }
+    }
+}
+
+/// Renders the account `id` as the state has it, with `status`.
+fn render_account(
+    id: Uuid,
+    status: StatusCode,
+) -> impl FnOnce(&spg99_projections::State, &[spg99_events::Envelope]) -> crate::committer::Rendered
+       + Send
+       + 'static {
+    move |state, _| match state.accounts.get(&id) {
+        Some(a) => answer(status, &AccountView::from(a)),
+        None => ApiError::not_found("account").rendered(),
     }
 }
 
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     body: ApiJson<CreateAccount>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_global()?;
-    let ApiJson(body) = body;
-    let name = AccountName::parse("name", &body.name)?;
+    let name = AccountName::parse("name", &body.value.name)?;
     let email = body
+        .value
         .email
         .as_deref()
         .map(|e| Email::parse("email", e))
         .transpose()?;
     let account_id = Uuid::new_v4();
-    let committed = app
-        .commits
-        .submit(
-            caller.meta(),
-            Command::CreateAccount {
-                account_id,
-                name,
-                email,
-            },
-        )
-        .await?;
-    let seq = committed.last_seq().unwrap_or_default();
-    let state = app.shared.read();
-    let account = state
-        .accounts
-        .get(&account_id)
-        .ok_or_else(|| ApiError::not_found("account"))?;
-    Ok(at_version(HttpResponse::Created(), seq).json(AccountView::from(account)))
+    let command = Command::CreateAccount {
+        account_id,
+        name,
+        email,
+    };
+    execute(
+        &app,
+        &caller,
+        &req,
+        &body.raw,
+        command,
+        render_account(account_id, StatusCode::CREATED),
+    )
+    .await
 }
 
 pub async fn get(
@@ -78,15 +100,88 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("account");
+    let key = caller.key()?;
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
-    let visible = match &caller.principal {
-        Principal::Key(k) => caller.is_global() || k.account() == Some(id),
-        Principal::Service => false,
-    };
-    if !visible {
+    if !access::sees_account(key, id) {
         return Err(not_found());
     }
     let state = app.shared.read();
     let account = state.accounts.get(&id).ok_or_else(not_found)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(account)))
+}
+
+/// The calling key's own account.
+fn own_account(caller: &Caller) -> Result<Uuid, ApiError> {
+    caller.key()?.account().ok_or_else(|| {
+        ApiError::forbidden(
+            "account_scope_required",
+            "a global key has no account of its own; use GET /v2/accounts/{account}",
+        )
+    })
+}
+
+pub async fn profile(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let id = own_account(&caller)?;
+    let state = app.shared.read();
+    let account = state
+        .accounts
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("account"))?;
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(account)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    email: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+pub async fn contact(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: ApiJson<Contact>,
+) -> Result<HttpResponse, ApiError> {
+    let id = own_account(&caller)?;
+    let email = Email::parse("email", &body.value.email)?;
+    let name = body
+        .value
+        .name
+        .as_deref()
+        .map(|n| parse_label("name", n))
+        .transpose()?;
+    let command = Command::SetContact { email, name };
+    execute(
+        &app,
+        &caller,
+        &req,
+        &body.raw,
+        command,
+        render_account(id, StatusCode::OK),
+    )
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+pub async fn delete(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: ApiJson<Empty>,
+) -> Result<HttpResponse, ApiError> {
+    let id = own_account(&caller)?;
+    execute(
+        &app,
+        &caller,
+        &req,
+        &body.raw,
+        Command::DeleteAccount,
+        render_account(id, StatusCode::ACCEPTED),
+    )
+    .await
 }

@@ -1,8 +1,13 @@
 //! Route handlers, one module per resource. Each handler authenticates (via [`Caller`]),
-//! parses its input into domain types, then either submits one command or reads the state.
+//! parses its input into domain types, then either submits one command (with a renderer for
+//! its answer) or reads the state.
 //!
 //! [`Caller`]: crate::http::Caller
 
 pub mod accounts;
 pub mod admin;
+pub mod dbs;
 pub mod health;
+pub mod keys;
+pub mod sizes;
+pub mod tenants;

@@ -22,6 +22,10 @@ fn create(i: usize) -> Command {
     }
 }
 
+fn secrets() -> Arc<spg99::secrets::SecretBox> {
+    Arc::new(spg99::secrets::SecretBox::from_key([7; 32]))
+}
+
 fn meta() -> CommandMeta {
     CommandMeta {
         actor: Actor::System,
@@ -33,7 +37,7 @@ fn meta() -> CommandMeta {
 async fn a_subscriber_that_never_reads_does_not_hold_up_commits() {
     let tmp = tempdir();
     let log = Arc::new(Log::open(tmp.path()).unwrap());
-    let committer = Committer::start(log, State::default(), Arc::new(SystemClock));
+    let committer = Committer::start(log, State::default(), Arc::new(SystemClock), secrets());
     let handle = committer.handle();
     let mut idle = handle.shared().subscribe();
     let mut reader = handle.shared().subscribe();
@@ -62,7 +66,12 @@ async fn a_subscriber_that_never_reads_does_not_hold_up_commits() {
 async fn concurrent_commands_get_gapless_seqs_and_readers_see_them_after_the_answer() {
     let tmp = tempdir();
     let log = Arc::new(Log::open(tmp.path()).unwrap());
-    let committer = Committer::start(log.clone(), State::default(), Arc::new(SystemClock));
+    let committer = Committer::start(
+        log.clone(),
+        State::default(),
+        Arc::new(SystemClock),
+        secrets(),
+    );
     let tasks: Vec<_> = (0..64)
         .map(|t| {
             let handle = committer.handle();

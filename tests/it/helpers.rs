@@ -288,3 +288,84 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// A platform with one account and what a test usually needs in it.
+pub struct Fixture {
+    pub server: Server,
+    pub account: String,
+    /// An account key of `account` with every permission.
+    pub account_key: String,
+}
+
+impl Fixture {
+    pub fn new(data_dir: &Path) -> Fixture {
+        let server = Start::new(data_dir).spawn();
+        let account = server.create_account("acme");
+        let account_key = server.issue_key(
+            ROOT_TOKEN,
+            &account,
+            serde_json::json!({"scope": "account", "permissions": all_permissions()}),
+        );
+        Fixture {
+            server,
+            account,
+            account_key,
+        }
+    }
+}
+
+pub fn all_permissions() -> Value {
+    serde_json::json!({"can_create_tenant": true, "can_create_db": true, "can_scale": true, "can_delete": true})
+}
+
+impl Server {
+    /// Creates an account with the root key; returns its id.
+    pub fn create_account(&self, name: &str) -> String {
+        let r = self.post(
+            "/v2/accounts",
+            ROOT_TOKEN,
+            serde_json::json!({ "name": name }),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["account_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Issues a key on `account` with `body`; returns the token.
+    pub fn issue_key(&self, token: &str, account: &str, body: Value) -> String {
+        let r = self.post(&format!("/v2/accounts/{account}/api-keys"), token, body);
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn create_tenant(&self, token: &str, name: &str) -> Reply {
+        let r = self.post("/v2/tenants", token, serde_json::json!({ "name": name }));
+        assert_eq!(r.status, 201, "{r:?}");
+        r
+    }
+
+    pub fn create_db(&self, token: &str, tenant: &str, name: &str) -> Reply {
+        let r = self.post(
+            &format!("/v2/tenants/{tenant}/dbs"),
+            token,
+            serde_json::json!({"name": name, "size": "L1"}),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        r
+    }
+
+    pub fn delete(&self, path: &str, token: &str) -> Reply {
+        self.call("DELETE", path, Some(token), None)
+    }
+
+    /// Polls `path` until it answers `status` (asynchronous work), at most ~5 s.
+    pub fn wait_for_status(&self, path: &str, token: &str, status: u16) -> Reply {
+        for _ in 0..100 {
+            let r = self.get(path, token);
+            if r.status == status {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{path} never answered {status}");
+    }
+}

@@ -1,5 +1,8 @@
 //! Integration tests: the real `spg99` binary, a real data directory, real HTTP.
 
+mod api_rules;
+mod api_scenario;
+mod authz_matrix;
 mod bootstrap;
 mod committer;
 mod crash;

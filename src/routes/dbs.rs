@@ -1,0 +1,247 @@
+//! Databases.
+//!
+//! - `POST /v2/tenants/{tenant}/dbs` (`can_create_db`): `{name, size}` → the database,
+//!   `stopped`; it starts on its first connection through the Gateway. `start_immediately:
+//!   true` is refused (422); `initial_scale` is accepted and ignored.
+//! - `GET /v2/tenants/{tenant}/dbs`, `GET /v2/tenants/{tenant}/dbs/{db}`, `GET /v2/dbs/{id}`:
+//!   describe, with every field present (`null` where it does not apply).
+//! - `DELETE /v2/tenants/{tenant}/dbs/{db}` (`can_delete`): 202, `deleting`.
+//! - `POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}`: 409, the lifecycle is automatic.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use spg99_events::Envelope;
+use spg99_projections::{Db, State, Tenant};
+use uuid::Uuid;
+
+use crate::access;
+use crate::auth::random_hex;
+use crate::catalog::Size;
+use crate::commands::Command;
+use crate::domain::{Invalid, ResourceName};
+use crate::http::mutation::{answer, execute};
+use crate::http::page::PageQuery;
+use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
+
+/// The describe of a database: every field, always.
+#[derive(Debug, Serialize)]
+pub struct DbView {
+    db_id: Uuid,
+    name: String,
+    tenant: String,
+    size: String,
+    state: &'static str,
+    timeline: String,
+    created_at: String,
+    current_scale: u8,
+    target_scale: u8,
+    current_profile: Option<String>,
+    target_profile: Option<String>,
+    candidate_profile: Option<String>,
+    candidate_worker_id: Option<String>,
+    candidate_writer_term: Option<u64>,
+    scale_state: &'static str,
+    freeze_new_checkouts: bool,
+    lease_control_epoch: u64,
+    autoscale_cooldown_until: Option<String>,
+    scale_phase_started_at: Option<String>,
+    scale_phase_deadline_at: Option<String>,
+    scale_failure_reason: Option<String>,
+    active_connections: u32,
+    worker_id: Option<String>,
+    backend_addr: Option<String>,
+}
+
+impl DbView {
+    pub fn new(t: &Tenant, d: &Db) -> Self {
+        DbView {
+            db_id: d.id,
+            name: d.name.clone(),
+            tenant: t.name.clone(),
+            size: d.size.clone(),
+            state: d.state.as_str(),
+            timeline: d.timeline.clone(),
+            created_at: rfc3339(d.created_at),
+            // No writer runs until the first connection: nothing is scaled yet.
+            current_scale: 0,
+            target_scale: 0,
+            current_profile: None,
+            target_profile: None,
+            candidate_profile: None,
+            candidate_worker_id: None,
+            candidate_writer_term: None,
+            scale_state: "STABLE",
+            freeze_new_checkouts: false,
+            lease_control_epoch: 0,
+            autoscale_cooldown_until: None,
+            scale_phase_started_at: None,
+            scale_phase_deadline_at: None,
+            scale_failure_reason: None,
+            active_connections: 0,
+            worker_id: None,
+            backend_addr: None,
+        }
+    }
+}
+
+fn render_db(
+    tenant: String,
+    db: String,
+    status: StatusCode,
+) -> impl FnOnce(&State, &[Envelope]) -> crate::committer::Rendered + Send + 'static {
+    move |state, _| {
+        let found = state
+            .tenant_by_name(&tenant)
+            .and_then(|t| state.db_by_name(t.id, &db).map(|d| (t, d)));
+        match found {
+            Some((t, d)) => answer(status, &DbView::new(t, d)),
+            None => ApiError::not_found("database").rendered(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDb {
+    name: String,
+    size: String,
+    #[serde(default)]
+    start_immediately: Option<bool>,
+    /// Accepted for compatibility and ignored: scale follows connections.
+    #[serde(default)]
+    #[allow(dead_code)]
+    initial_scale: Option<serde_json::Value>,
+}
+
+/// A path segment that must be a resource name; anything else cannot exist.
+fn path_name(what: &'static str, raw: &str) -> Result<ResourceName, ApiError> {
+    ResourceName::parse(what, raw).map_err(|_| ApiError::not_found(what))
+}
+
+pub async fn create(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: ApiJson<CreateDb>,
+) -> Result<HttpResponse, ApiError> {
+    caller.key()?;
+    let tenant = path_name("tenant", &path)?;
+    let b = &body.value;
+    let name = ResourceName::parse("name", &b.name)?;
+    let size = Size::parse("size", &b.size)?;
+    if b.start_immediately == Some(true) {
+        return Err(Invalid {
+            field: "start_immediately",
+            message: "manual start is disabled: a database starts on its first connection through the Gateway".into(),
+        }
+        .into());
+    }
+    let render = render_db(
+        tenant.as_str().to_owned(),
+        name.as_str().to_owned(),
+        StatusCode::CREATED,
+    );
+    let command = Command::CreateDb {
+        db_id: Uuid::new_v4(),
+        tenant,
+        name,
+        size,
+        timeline: random_hex(16),
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
+}
+
+pub async fn list(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let page = query.parse()?;
+    let state = app.shared.read();
+    let t = access::tenant(&state, key, &path)?;
+    let items = state
+        .dbs_of(t.id)
+        .skip_while(|d| page.after.as_deref().is_some_and(|a| d.name.as_str() <= a))
+        .map(|d| (d.name.as_str(), DbView::new(t, d)));
+    let listed = page.collect(items);
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
+}
+
+pub async fn get(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let state = app.shared.read();
+    let (t, d) = access::db(&state, key, &path.0, &path.1)?;
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
+}
+
+pub async fn get_by_id(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("database"))?;
+    let state = app.shared.read();
+    let (t, d) = access::db_by_id(&state, key, id)?;
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
+}
+
+pub async fn delete(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    caller.key()?;
+    let tenant = path_name("tenant", &path.0)?;
+    let db = path_name("database", &path.1)?;
+    let render = render_db(
+        tenant.as_str().to_owned(),
+        db.as_str().to_owned(),
+        StatusCode::ACCEPTED,
+    );
+    execute(
+        &app,
+        &caller,
+        &req,
+        b"",
+        Command::DeleteDb { tenant, db },
+        render,
+    )
+    .await
+}
+
+/// Manual start, stop and scale are refused: a database starts on its first connection and
+/// stops when idle, and the autoscaler picks its profile.
+pub async fn manual_lifecycle(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let (tenant, db, action) = path.into_inner();
+    if !matches!(action.as_str(), "start" | "stop" | "scale") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no such route (or method) on this server",
+        ));
+    }
+    let state = app.shared.read();
+    access::db(&state, key, &tenant, &db)?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "lifecycle_automatic",
+        format!(
+            "manual {action} is disabled: a database starts on its first connection through the Gateway, stops after inactivity, and the autoscaler chooses its profile"
+        ),
+    ))
+}

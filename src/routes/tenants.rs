@@ -1,0 +1,214 @@
+//! Tenants.
+//!
+//! - `POST /v2/tenants` (`can_create_tenant`): `{name, account?}` → the tenant with
+//!   `pg_user`, `pg_password` and `dsn_template`. Account keys create in their account; a
+//!   global key names the account.
+//! - `GET /v2/tenants`, `GET /v2/tenants/{tenant}`: tenants in scope (no password).
+//! - `GET /v2/tenants/{tenant}/credentials`: `pg_user`, `pg_password`, `dsn_template` again.
+//! - `DELETE /v2/tenants/{tenant}?cascade=true` (`can_delete`): 202, `deleting`; without
+//!   `cascade`, 409 while it has databases.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use spg99_events::Envelope;
+use spg99_projections::{State, Tenant};
+use uuid::Uuid;
+
+use crate::access;
+use crate::auth::{random_alphanumeric, random_hex};
+use crate::commands::Command;
+use crate::committer::Rendered;
+use crate::domain::ResourceName;
+use crate::http::mutation::{answer, execute};
+use crate::http::page::PageQuery;
+use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
+use crate::secrets::SecretBox;
+
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    tenant: String,
+    tenant_id: Uuid,
+    account_id: Uuid,
+    pg_user: String,
+    state: &'static str,
+    databases: usize,
+    created_at: String,
+}
+
+impl TenantView {
+    pub fn new(state: &State, t: &Tenant) -> Self {
+        TenantView {
+            tenant: t.name.clone(),
+            tenant_id: t.id,
+            account_id: t.account,
+            pg_user: t.pg_user.clone(),
+            state: if t.deleting { "deleting" } else { "active" },
+            databases: state.dbs_of(t.id).count(),
+            created_at: rfc3339(t.created_at),
+        }
+    }
+}
+
+/// `postgres://<pg_user>:<pg_password>@<gateway-host>/<db-name>?sslmode=require`, with
+/// `<db-name>` left for the client to fill in.
+pub fn dsn_template(pg_user: &str, pg_password: &str, gateway_host: &str) -> String {
+    format!("postgres://{pg_user}:{pg_password}@{gateway_host}/<db-name>?sslmode=require")
+}
+
+#[derive(Debug, Serialize)]
+pub struct Credentials {
+    tenant: String,
+    pg_user: String,
+    pg_password: String,
+    dsn_template: String,
+}
+
+impl Credentials {
+    fn new(secrets: &SecretBox, gateway_host: &str, t: &Tenant) -> Result<Self, ApiError> {
+        let pg_password = secrets
+            .open_string(t.id.as_bytes(), &t.pg_password)
+            .map_err(|e| {
+                tracing::error!(tenant = %t.name, error = %e, "tenant password does not open");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "secret_unavailable",
+                    "the credentials cannot be read with this server's secret key",
+                )
+            })?;
+        Ok(Credentials {
+            tenant: t.name.clone(),
+            pg_user: t.pg_user.clone(),
+            dsn_template: dsn_template(&t.pg_user, &pg_password, gateway_host),
+            pg_password,
+        })
+    }
+}
+
+/// The answer to create: the tenant and its credentials.
+#[derive(Debug, Serialize)]
+struct Created {
+    #[serde(flatten)]
+    tenant: TenantView,
+    pg_password: String,
+    dsn_template: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+    #[serde(default)]
+    account: Option<String>,
+}
+
+pub async fn create(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: ApiJson<CreateTenant>,
+) -> Result<HttpResponse, ApiError> {
+    caller.key()?;
+    let name = ResourceName::parse("name", &body.value.name)?;
+    let account = match &body.value.account {
+        None => None,
+        Some(a) => Some(Uuid::parse_str(a).map_err(|_| ApiError::not_found("account"))?),
+    };
+    let tenant_id = Uuid::new_v4();
+    let pg_user = format!("u_{}", random_hex(8));
+    let password = random_alphanumeric(32);
+    let command = Command::CreateTenant {
+        tenant_id,
+        account,
+        name,
+        pg_user,
+        pg_password: app.secrets.seal(tenant_id.as_bytes(), password.as_bytes()),
+    };
+    let gateway_host = app.gateway_host.clone();
+    let render = move |state: &State, _: &[Envelope]| -> Rendered {
+        let Some(t) = state.tenants.get(&tenant_id) else {
+            return ApiError::not_found("tenant").rendered();
+        };
+        let dsn_template = dsn_template(&t.pg_user, &password, &gateway_host);
+        answer(
+            StatusCode::CREATED,
+            &Created {
+                tenant: TenantView::new(state, t),
+                pg_password: password,
+                dsn_template,
+            },
+        )
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
+}
+
+pub async fn list(
+    app: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let page = query.parse()?;
+    let state = app.shared.read();
+    let start = page.after.clone().unwrap_or_default();
+    let items = state
+        .tenants_by_name
+        .range(start..)
+        .filter(|(name, _)| page.after.as_deref() != Some(name.as_str()))
+        .filter_map(|(_, id)| state.tenants.get(id))
+        .filter(|t| access::sees_tenant(key, t))
+        .map(|t| (t.name.as_str(), TenantView::new(&state, t)));
+    let listed = page.collect(items);
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
+}
+
+pub async fn get(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let state = app.shared.read();
+    let t = access::tenant(&state, key, &path)?;
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(TenantView::new(&state, t)))
+}
+
+pub async fn credentials(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let state = app.shared.read();
+    let t = access::tenant(&state, key, &path)?;
+    let creds = Credentials::new(&app.secrets, &app.gateway_host, t)?;
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(creds))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    cascade: bool,
+}
+
+pub async fn delete(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DeleteQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.key()?;
+    let tenant = ResourceName::parse("tenant", &path).map_err(|_| ApiError::not_found("tenant"))?;
+    let name = tenant.as_str().to_owned();
+    let command = Command::DeleteTenant {
+        tenant,
+        cascade: query.cascade,
+    };
+    let render = move |state: &State, _: &[Envelope]| match state.tenant_by_name(&name) {
+        Some(t) => answer(StatusCode::ACCEPTED, &TenantView::new(state, t)),
+        None => ApiError::not_found("tenant").rendered(),
+    };
+    execute(&app, &caller, &req, b"", command, render).await
+}
