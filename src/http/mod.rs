@@ -64,38 +64,51 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
+    // One resource per path, static paths first, and the tenant's routes under one scope:
+    // the router tries resources in order and matches dynamic ones with a regex each, so
+    // this order keeps the common describe path cheap.
     .service(
         web::scope("/v2")
-            .route("/accounts", web::post().to(accounts::create))
-            .route("/accounts/{account}", web::get().to(accounts::get))
-            .route("/accounts/{account}/api-keys", web::post().to(keys::issue))
-            .route("/account/profile", web::get().to(accounts::profile))
-            .route("/account/contact", web::post().to(accounts::contact))
-            .route("/account/delete", web::post().to(accounts::delete))
-            .route("/api-keys/me", web::get().to(keys::me))
-            .route("/api-keys/rotate", web::post().to(keys::rotate))
-            .route("/api-keys/revoke", web::post().to(keys::revoke))
-            .route("/tenants", web::post().to(tenants::create))
-            .route("/tenants", web::get().to(tenants::list))
-            .route("/tenants/{tenant}", web::get().to(tenants::get))
-            .route("/tenants/{tenant}", web::delete().to(tenants::delete))
-            .route(
-                "/tenants/{tenant}/credentials",
-                web::get().to(tenants::credentials),
+            .service(resource("/account/profile").get(accounts::profile))
+            .service(resource("/account/contact").post(accounts::contact))
+            .service(resource("/account/delete").post(accounts::delete))
+            .service(resource("/api-keys/me").get(keys::me))
+            .service(resource("/api-keys/rotate").post(keys::rotate))
+            .service(resource("/api-keys/revoke").post(keys::revoke))
+            .service(resource("/sizes").get(sizes::list))
+            .service(resource("/admin/state").get(admin::state))
+            .service(resource("/accounts").post(accounts::create))
+            .service(
+                resource("/tenants")
+                    .post(tenants::create)
+                    .get(tenants::list),
             )
-            .route("/tenants/{tenant}/dbs", web::post().to(dbs::create))
-            .route("/tenants/{tenant}/dbs", web::get().to(dbs::list))
-            .route("/tenants/{tenant}/dbs/{db}", web::get().to(dbs::get))
-            .route("/tenants/{tenant}/dbs/{db}", web::delete().to(dbs::delete))
-            .route(
-                "/tenants/{tenant}/dbs/{db}/{action}",
-                web::post().to(dbs::manual_lifecycle),
+            .service(
+                web::scope("/tenants/{tenant}")
+                    .service(resource("/dbs/{db}").get(dbs::get).delete(dbs::delete))
+                    .service(resource("/dbs").post(dbs::create).get(dbs::list))
+                    .service(resource("/credentials").get(tenants::credentials))
+                    .service(resource("/dbs/{db}/{action}").post(dbs::manual_lifecycle))
+                    .service(resource("").get(tenants::get).delete(tenants::delete)),
             )
-            .route("/dbs/{id}", web::get().to(dbs::get_by_id))
-            .route("/sizes", web::get().to(sizes::list))
-            .route("/admin/state", web::get().to(admin::state)),
+            .service(resource("/dbs/{id}").get(dbs::get_by_id))
+            .service(resource("/accounts/{account}").get(accounts::get))
+            .service(resource("/accounts/{account}/api-keys").post(keys::issue)),
     )
     .default_service(web::to(not_found));
+}
+
+/// A resource whose unknown methods get a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    ))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

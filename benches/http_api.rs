@@ -1,0 +1,340 @@
+//! The public API over HTTP: requests per second and latency through the real `spg99 serve`,
+//! next to a bare actix-web JSON handler (the HTTP ceiling of this machine) in the same run.
+//!
+//! Workloads, each at 1, 16, 64 and 256 keep-alive connections for a fixed time:
+//! - `bare GET`: a bare actix-web handler answering a describe-sized JSON document;
+//! - `GET describe`: `GET /v2/tenants/{t}/dbs/{db}` with an account key;
+//! - `POST create-tenant`, `POST create-db`: durable creates with unique names.
+//!
+//! Both servers run as their own processes (the bare one is this binary started with
+//! `--bare-server`); the load comes from this process over loopback, one minimal HTTP/1.1
+//! client task per connection, the same client for both.
+//!
+//! Run: `cargo bench --bench http_api` (`SPG99_BENCH_SECS`, default 3 s per cell). Prints a
+//! markdown table and writes `target/bench/http_api.json`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONNECTIONS: [usize; 4] = [1, 16, 64, 256];
+const ROOT: &str = "spg99_00000000000000aa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The bare handler: the same shape of answer a describe gives, from memory.
+fn bare_server() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let body: &'static str = Box::leak(sample_describe().into_boxed_str());
+    actix_web::rt::System::new().block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new().route(
+                "/bare",
+                web::get().to(move || async move {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }),
+            )
+        })
+        .workers(2)
+        .backlog(4096)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        println!("listening on {}", server.addrs()[0]);
+        server.run().await.unwrap();
+    });
+}
+
+fn sample_describe() -> String {
+    serde_json::json!({
+        "db_id": "7b0f3d5e-8f3c-4a55-9a4c-2d6f1f7e9a10", "name": "app", "tenant": "shop",
+        "size": "L1", "state": "stopped", "timeline": "20785cc67d10b6000450f07d9f0a63e2",
+        "created_at": "2026-11-24T11:51:56.830048Z", "current_scale": 0, "target_scale": 0,
+        "current_profile": null, "target_profile": null, "candidate_profile": null,
+        "candidate_worker_id": null, "candidate_writer_term": null, "scale_state": "STABLE",
+        "freeze_new_checkouts": false, "lease_control_epoch": 0,
+        "autoscale_cooldown_until": null, "scale_phase_started_at": null,
+        "scale_phase_deadline_at": null, "scale_failure_reason": null,
+        "active_connections": 0, "worker_id": null, "backend_addr": null
+    })
+    .to_string()
+}
+
+/// Starts a child and waits for the line that names its address.
+fn spawn(mut cmd: Command, marker: &str) -> (Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("child exited").unwrap();
+        if let Some(rest) = line.split(marker).nth(1) {
+            break rest.trim().trim_start_matches("http://").to_owned();
+        }
+    };
+    // Keep draining its stdout so it never blocks.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// One minimal HTTP/1.1 request/response over a kept-alive connection.
+async fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
+    conn.write_all(req).await.unwrap();
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end])
+                .unwrap()
+                .to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "server closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return head[9..12].parse().unwrap();
+        }
+    }
+}
+
+struct Cell {
+    workload: &'static str,
+    conns: usize,
+    ok: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl Cell {
+    fn per_sec(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+}
+
+/// Runs `conns` connections for `dur`, each sending what `make(i)` builds; counts answers
+/// with status `expect`.
+fn load(
+    addr: &str,
+    workload: &'static str,
+    conns: usize,
+    dur: Duration,
+    expect: u16,
+    make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+) -> Cell {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counter = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..conns)
+            .map(|_| {
+                let (stop, counter, make) = (stop.clone(), counter.clone(), make.clone());
+                let addr = addr.to_owned();
+                tokio::spawn(async move {
+                    let mut conn = TcpStream::connect(&addr).await.unwrap();
+                    conn.set_nodelay(true).unwrap();
+                    let mut buf = Vec::with_capacity(4096);
+                    let mut lat = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let req = make(counter.fetch_add(1, Ordering::Relaxed));
+                        let t = Instant::now();
+                        let status = roundtrip(&mut conn, &req, &mut buf).await;
+                        assert_eq!(status, expect, "{}", String::from_utf8_lossy(&buf));
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        tokio::time::sleep(dur).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        Cell {
+            workload,
+            conns,
+            ok: lat.len() as u64,
+            secs,
+            p50_us: pct(0.5),
+            p99_us: pct(0.99),
+        }
+    })
+}
+
+fn get(path: &str, token: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
+fn post(path: &str, token: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends one request on a fresh connection and returns the JSON body.
+fn once(addr: &str, req: Vec<u8>) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        let status = roundtrip(&mut conn, &req, &mut buf).await;
+        let start = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(status < 300, "{}", String::from_utf8_lossy(&buf));
+        serde_json::from_slice(&buf[start..]).unwrap()
+    })
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--bare-server") {
+        return bare_server();
+    }
+    let dur = Duration::from_secs(env_or("SPG99_BENCH_SECS", 3));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("http_api");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut spg = Command::new(env!("CARGO_BIN_EXE_spg99"));
+    spg.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
+        .env("RUST_LOG", "warn");
+    let (mut spg_child, spg_addr) = spawn(spg, "listening on ");
+    let mut bare = Command::new(std::env::current_exe().unwrap());
+    bare.arg("--bare-server");
+    let (mut bare_child, bare_addr) = spawn(bare, "listening on ");
+
+    // An account, its key, a tenant and a database to describe.
+    let account = once(&spg_addr, post("/v2/accounts", ROOT, r#"{"name":"bench"}"#));
+    let account = account["account_id"].as_str().unwrap().to_owned();
+    let key = once(
+        &spg_addr,
+        post(
+            &format!("/v2/accounts/{account}/api-keys"),
+            ROOT,
+            r#"{"scope":"account","permissions":{"can_create_tenant":true,"can_create_db":true}}"#,
+        ),
+    );
+    let key: &'static str = Box::leak(key["token"].as_str().unwrap().to_owned().into_boxed_str());
+    once(&spg_addr, post("/v2/tenants", key, r#"{"name":"shop"}"#));
+    once(
+        &spg_addr,
+        post("/v2/tenants/shop/dbs", key, r#"{"name":"app","size":"L1"}"#),
+    );
+
+    let mut cells = Vec::new();
+    for &n in &CONNECTIONS {
+        cells.push(load(
+            &bare_addr,
+            "bare GET",
+            n,
+            dur,
+            200,
+            Arc::new(|_| get("/bare", "x")),
+        ));
+        cells.push(load(
+            &spg_addr,
+            "GET describe",
+            n,
+            dur,
+            200,
+            Arc::new(|_| get("/v2/tenants/shop/dbs/app", key)),
+        ));
+        cells.push(load(
+            &spg_addr,
+            "POST create-tenant",
+            n,
+            dur,
+            201,
+            Arc::new(move |i| post("/v2/tenants", key, &format!(r#"{{"name":"t{n}-{i}"}}"#))),
+        ));
+        cells.push(load(
+            &spg_addr,
+            "POST create-db",
+            n,
+            dur,
+            201,
+            Arc::new(move |i| {
+                post(
+                    "/v2/tenants/shop/dbs",
+                    key,
+                    &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
+                )
+            }),
+        ));
+        eprintln!("done: {n} connections");
+    }
+    let _ = spg_child.kill();
+    let _ = bare_child.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("| connections | workload | req/s | p50 µs | p99 µs | vs bare GET |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let mut json = Vec::new();
+    for &n in &CONNECTIONS {
+        let bare = cells
+            .iter()
+            .find(|c| c.conns == n && c.workload == "bare GET")
+            .map_or(f64::NAN, Cell::per_sec);
+        for c in cells.iter().filter(|c| c.conns == n) {
+            println!(
+                "| {} | {} | {:.0} | {} | {} | {:.2} |",
+                n,
+                c.workload,
+                c.per_sec(),
+                c.p50_us,
+                c.p99_us,
+                c.per_sec() / bare
+            );
+            json.push(format!(
+                "{{\"connections\":{},\"workload\":\"{}\",\"ok\":{},\"secs\":{:.3},\"per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+                n, c.workload, c.ok, c.secs, c.per_sec(), c.p50_us, c.p99_us
+            ));
+        }
+    }
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("http_api.json"),
+        format!("[{}]\n", json.join(",\n")),
+    )
+    .unwrap();
+}
