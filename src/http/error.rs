@@ -132,30 +132,35 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Body<'_> {
-        Body {
-            error: Inner {
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: self.message.clone(),
                 request_id: request_id::current().unwrap_or_default(),
-                field: self.field.as_deref(),
+                field: self.field.clone(),
             },
         }
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// Every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `missing_permission`, `invalid_value`, ...
+    code: &'static str,
+    /// What went wrong and what to do, for a person.
+    message: String,
+    /// The request's `X-Request-Id`.
     request_id: String,
+    /// For validation errors: the offending field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    field: Option<String>,
 }
 
 impl ResponseError for ApiError {

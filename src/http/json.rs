@@ -153,3 +153,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
         })
     }
 }
+
+/// The body of routes that take none (an empty body, or `{}`).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}

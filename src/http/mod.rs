@@ -7,6 +7,7 @@ pub mod caller;
 pub mod error;
 pub mod json;
 pub mod mutation;
+pub mod openapi;
 pub mod page;
 pub mod request_id;
 
@@ -76,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/api-keys/rotate").post(keys::rotate))
             .service(resource("/api-keys/revoke").post(keys::revoke))
             .service(resource("/sizes").get(sizes::list))
+            .service(resource("/openapi.json").get(openapi::serve))
             .service(resource("/admin/state").get(admin::state))
             .service(resource("/accounts").post(accounts::create))
             .service(

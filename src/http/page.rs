@@ -3,6 +3,7 @@
 //! is the last name of the page, encoded, so pages stay stable while objects are added.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::http::ApiError;
 
@@ -10,7 +11,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 const CURSOR_PREFIX: &str = "n1.";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     limit: Option<String>,
@@ -73,7 +74,7 @@ fn decode(cursor: &str) -> Option<String> {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Listed<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

@@ -11,15 +11,18 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_projections::Account;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::access;
 use crate::commands::Command;
 use crate::domain::{parse_label, AccountName, Email};
+use crate::http::error::ErrorBody;
+use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     name: String,
@@ -27,7 +30,7 @@ pub struct CreateAccount {
     email: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AccountView {
     account_id: Uuid,
     name: String,
@@ -63,6 +66,7 @@ fn render_account(
     }
 }
 
+#[utoipa::path(post, path = "/v2/accounts", tag = "accounts", request_body = CreateAccount, responses((status = 201, body = AccountView), (status = 403, description = "not a global key", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -94,6 +98,7 @@ pub async fn create(
     .await
 }
 
+#[utoipa::path(get, path = "/v2/accounts/{account}", tag = "accounts", params(("account" = Uuid, Path)), responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
@@ -120,6 +125,7 @@ fn own_account(caller: &Caller) -> Result<Uuid, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/v2/account/profile", tag = "accounts", responses((status = 200, body = AccountView), (status = 403, description = "a global key has no account", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn profile(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let id = own_account(&caller)?;
     let state = app.shared.read();
@@ -130,7 +136,7 @@ pub async fn profile(app: web::Data<AppState>, caller: Caller) -> Result<HttpRes
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(account)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     email: String,
@@ -138,6 +144,7 @@ pub struct Contact {
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v2/account/contact", tag = "accounts", request_body = Contact, responses((status = 200, body = AccountView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn contact(
     app: web::Data<AppState>,
     caller: Caller,
@@ -164,10 +171,7 @@ pub async fn contact(
     .await
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
+#[utoipa::path(post, path = "/v2/account/delete", tag = "accounts", request_body(content = Empty, description = "optional"), responses((status = 202, description = "the account, `deleting`", body = AccountView), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,

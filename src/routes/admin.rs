@@ -6,8 +6,10 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::http::error::ErrorBody;
 use crate::http::{at_version, ApiError, AppState, Caller};
 
+#[utoipa::path(get, path = "/v2/admin/state", tag = "admin", responses((status = 200, description = "`{seq, fingerprint, counts}`", body = Object), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn state(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     caller.require_global()?;
     let state = app.shared.read();

@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::Envelope;
 use spg99_projections::{Db, State, Tenant};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::access;
@@ -20,12 +21,13 @@ use crate::auth::random_hex;
 use crate::catalog::Size;
 use crate::commands::Command;
 use crate::domain::{Invalid, ResourceName};
+use crate::http::error::ErrorBody;
 use crate::http::mutation::{answer, execute};
-use crate::http::page::PageQuery;
+use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 /// The describe of a database: every field, always.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DbView {
     db_id: Uuid,
     name: String,
@@ -101,7 +103,7 @@ fn render_db(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDb {
     name: String,
@@ -119,6 +121,7 @@ fn path_name(what: &'static str, raw: &str) -> Result<ResourceName, ApiError> {
     ResourceName::parse(what, raw).map_err(|_| ApiError::not_found(what))
 }
 
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", params(("tenant" = String, Path)), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -153,6 +156,7 @@ pub async fn create(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs", tag = "databases", params(("tenant" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Listed<DbView>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     app: web::Data<AppState>,
     caller: Caller,
@@ -171,6 +175,7 @@ pub async fn list(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path)), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
@@ -182,6 +187,7 @@ pub async fn get(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
 }
 
+#[utoipa::path(get, path = "/v2/dbs/{id}", tag = "databases", params(("id" = Uuid, Path, description = "the `db_id`")), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_by_id(
     app: web::Data<AppState>,
     caller: Caller,
@@ -194,6 +200,7 @@ pub async fn get_by_id(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
 }
 
+#[utoipa::path(delete, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path)), responses((status = 202, description = "the database, `deleting`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,
@@ -221,6 +228,7 @@ pub async fn delete(
 
 /// Manual start, stop and scale are refused: a database starts on its first connection and
 /// stops when idle, and the autoscaler picks its profile.
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/{action}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path), ("action" = String, Path, description = "`start`, `stop` or `scale`")), responses((status = 409, description = "always: the lifecycle is automatic", body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn manual_lifecycle(
     app: web::Data<AppState>,
     caller: Caller,

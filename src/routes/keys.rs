@@ -13,15 +13,18 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::{KeyScope, Permissions, Timestamp};
 use spg99_projections::{ApiKey, State};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Token;
 use crate::commands::{Command, ScopeRequest};
 use crate::domain::{parse_label, Invalid, ResourceName};
+use crate::http::error::ErrorBody;
+use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PermissionsView {
     #[serde(default)]
@@ -56,7 +59,7 @@ impl From<Permissions> for PermissionsView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
     key_id: String,
     name: Option<String>,
@@ -93,8 +96,8 @@ impl KeyView {
 }
 
 /// A key with its token: only in the answers to issue and rotate.
-#[derive(Debug, Serialize)]
-struct KeyWithToken {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyWithToken {
     #[serde(flatten)]
     key: KeyView,
     token: String,
@@ -116,7 +119,7 @@ fn render_key_with_token(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueKey {
     scope: String,
@@ -165,6 +168,7 @@ fn parse_expiry(raw: &str, now: Timestamp) -> Result<Timestamp, Invalid> {
     Ok(at)
 }
 
+#[utoipa::path(post, path = "/v2/accounts/{account}/api-keys", tag = "api-keys", params(("account" = Uuid, Path)), request_body = IssueKey, responses((status = 201, description = "the key and its token, shown once", body = KeyWithToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn issue(
     app: web::Data<AppState>,
     caller: Caller,
@@ -200,16 +204,14 @@ pub async fn issue(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
+#[utoipa::path(get, path = "/v2/api-keys/me", tag = "api-keys", responses((status = 200, body = KeyView)), security(("bearer" = [])))]
 pub async fn me(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let key = caller.key()?;
     let state = app.shared.read();
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(KeyView::new(&state, key)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
+#[utoipa::path(post, path = "/v2/api-keys/rotate", tag = "api-keys", request_body(content = Empty, description = "optional"), responses((status = 200, description = "the key and its new token, shown once", body = KeyWithToken)), security(("bearer" = [])))]
 pub async fn rotate(
     app: web::Data<AppState>,
     caller: Caller,
@@ -226,13 +228,14 @@ pub async fn rotate(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
     #[serde(default)]
     key_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v2/api-keys/revoke", tag = "api-keys", request_body(content = Revoke, description = "optional; without `key_id` the calling key is revoked"), responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke(
     app: web::Data<AppState>,
     caller: Caller,

@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::Envelope;
 use spg99_projections::{State, Tenant};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::access;
@@ -20,12 +21,13 @@ use crate::auth::{random_alphanumeric, random_hex};
 use crate::commands::Command;
 use crate::committer::Rendered;
 use crate::domain::ResourceName;
+use crate::http::error::ErrorBody;
 use crate::http::mutation::{answer, execute};
-use crate::http::page::PageQuery;
+use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 use crate::secrets::SecretBox;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TenantView {
     tenant: String,
     tenant_id: Uuid,
@@ -56,7 +58,7 @@ pub fn dsn_template(pg_user: &str, pg_password: &str, gateway_host: &str) -> Str
     format!("postgres://{pg_user}:{pg_password}@{gateway_host}/<db-name>?sslmode=require")
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Credentials {
     tenant: String,
     pg_user: String,
@@ -86,15 +88,15 @@ impl Credentials {
 }
 
 /// The answer to create: the tenant and its credentials.
-#[derive(Debug, Serialize)]
-struct Created {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantCreated {
     #[serde(flatten)]
     tenant: TenantView,
     pg_password: String,
     dsn_template: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
@@ -102,6 +104,7 @@ pub struct CreateTenant {
     account: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v2/tenants", tag = "tenants", request_body = CreateTenant, responses((status = 201, description = "the tenant with its credentials", body = TenantCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -132,7 +135,7 @@ pub async fn create(
         let dsn_template = dsn_template(&t.pg_user, &password, &gateway_host);
         answer(
             StatusCode::CREATED,
-            &Created {
+            &TenantCreated {
                 tenant: TenantView::new(state, t),
                 pg_password: password,
                 dsn_template,
@@ -142,6 +145,7 @@ pub async fn create(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
+#[utoipa::path(get, path = "/v2/tenants", tag = "tenants", params(("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<TenantView>)), security(("bearer" = [])))]
 pub async fn list(
     app: web::Data<AppState>,
     caller: Caller,
@@ -162,6 +166,7 @@ pub async fn list(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
+#[utoipa::path(get, path = "/v2/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path)), responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
@@ -173,6 +178,7 @@ pub async fn get(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(TenantView::new(&state, t)))
 }
 
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/credentials", tag = "tenants", params(("tenant" = String, Path)), responses((status = 200, body = Credentials), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn credentials(
     app: web::Data<AppState>,
     caller: Caller,
@@ -185,13 +191,14 @@ pub async fn credentials(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(creds))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     #[serde(default)]
     cascade: bool,
 }
 
+#[utoipa::path(delete, path = "/v2/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path), ("cascade" = Option<bool>, Query, description = "also delete its databases")), responses((status = 202, description = "the tenant, `deleting`", body = TenantView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "databases remain and no cascade", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,

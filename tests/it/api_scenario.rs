@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::helpers::{tempdir, Start, ROOT_TOKEN};
 
-const DESCRIBE_FIELDS: &[&str] = &[
+pub const DESCRIBE_FIELDS: &[&str] = &[
     "db_id",
     "name",
     "tenant",

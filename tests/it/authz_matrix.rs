@@ -343,3 +343,37 @@ fn every_route_answers_every_kind_of_key_as_documented() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_and_the_describe_fields() {
+    let tmp = tempdir();
+    let s = crate::helpers::Start::new(&tmp.path().join("data")).spawn();
+    let doc = s.call("GET", "/v2/openapi.json", None, None);
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented: Vec<String> = Vec::new();
+    for (path, ops) in doc.body["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut routes: Vec<String> = ROUTES
+        .iter()
+        .map(|r| r.replace("{start|stop|scale}", "{action}"))
+        .collect();
+    routes.sort();
+    assert_eq!(documented, routes);
+
+    let describe = &doc.body["components"]["schemas"]["DbView"]["properties"];
+    let mut fields: Vec<&str> = describe
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort();
+    let mut expected = crate::api_scenario::DESCRIBE_FIELDS.to_vec();
+    expected.sort();
+    assert_eq!(fields, expected);
+}
