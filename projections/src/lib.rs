@@ -111,24 +111,12 @@ impl State {
                         key.revoked_at = Some(at);
                     }
                 }
-                let tenants: Vec<Uuid> = self
-                    .tenants
-                    .values()
-                    .filter(|t| t.account == *account_id)
-                    .map(|t| t.id)
-                    .collect();
-                for t in tenants {
+                for t in self.tenants_of(*account_id) {
                     self.mark_tenant_deleting(t);
                 }
             }
             Event::AccountDeleted { account_id } => {
-                let tenants: Vec<Uuid> = self
-                    .tenants
-                    .values()
-                    .filter(|t| t.account == *account_id)
-                    .map(|t| t.id)
-                    .collect();
-                for t in tenants {
+                for t in self.tenants_of(*account_id) {
                     self.remove_tenant(t);
                 }
                 self.api_keys
@@ -246,6 +234,15 @@ impl State {
             }
         }
         self.expire_idempotency(at);
+    }
+
+    /// The ids of an account's tenants.
+    fn tenants_of(&self, account: Uuid) -> Vec<Uuid> {
+        self.tenants
+            .values()
+            .filter(|t| t.account == account)
+            .map(|t| t.id)
+            .collect()
     }
 
     fn mark_tenant_deleting(&mut self, tenant: Uuid) {

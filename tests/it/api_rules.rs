@@ -6,7 +6,9 @@ use std::sync::{Arc, Barrier};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{all_permissions, tempdir, Fixture, Server, Start, ROOT_TOKEN};
+use crate::helpers::{
+    all_permissions, assert_no_plaintext, tempdir, Fixture, Server, Start, ROOT_TOKEN,
+};
 
 #[test]
 fn fifty_parallel_creates_of_one_tenant_name_give_one_tenant() {
@@ -555,28 +557,6 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     assert_eq!(s.fingerprint().1, before, "nothing was written");
     assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
-}
-
-/// Walks `dir` and fails if any file holds any of `secrets` in plaintext.
-pub fn assert_no_plaintext(dir: &std::path::Path, secrets: &[&str]) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            for secret in secrets {
-                assert!(
-                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                    "{} holds a secret in plaintext",
-                    path.display()
-                );
-            }
-        }
-    }
 }
 
 #[test]

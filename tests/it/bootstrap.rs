@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{tempdir, Start, ROOT_TOKEN};
+use crate::helpers::{assert_no_plaintext, tempdir, Start, ROOT_TOKEN};
 
 fn printed_token(lines: &[String]) -> Option<String> {
     lines
@@ -65,14 +65,7 @@ fn without_a_token_one_is_generated_and_printed_once() {
     let state = server.get("/v2/admin/state", &token);
     assert_eq!(state.body["counts"]["api_keys"], 1);
     let secret = token.rsplit('_').next().unwrap();
-    for entry in walk(&dir) {
-        let bytes = std::fs::read(&entry).unwrap();
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{} holds the token's secret in plaintext",
-            entry.display()
-        );
-    }
+    assert_no_plaintext(&dir, &[secret]);
 }
 
 #[test]
@@ -119,17 +112,4 @@ fn a_malformed_bootstrap_token_is_refused_before_anything_is_written() {
     );
     let log = spg99::log::Log::open(&dir).unwrap();
     assert_eq!(log.head().unwrap(), 0, "nothing was written");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

@@ -369,3 +369,25 @@ impl Server {
         panic!("{path} never answered {status}");
     }
 }
+
+/// Walks `dir` and fails if any file holds any of `secrets` in plaintext.
+pub fn assert_no_plaintext(dir: &std::path::Path, secrets: &[&str]) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in secrets {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a secret in plaintext",
+                    path.display()
+                );
+            }
+        }
+    }
+}
