@@ -76,6 +76,7 @@ fn sample_record(seq: u64) -> Vec<u8> {
         request_id: "0123456789abcdef0123456789abcdef".into(),
         account: Some(Uuid::from_u128(seq as u128)),
         tenant: None,
+        tenant_id: None,
         db_id: None,
         event: Event::AccountCreated {
             account_id: Uuid::from_u128(seq as u128),

@@ -9,7 +9,7 @@
 //! state, so a key revoked a moment ago cannot slip a command in.
 
 use spg99_events::{Actor, Event, KeyScope, Permissions, Sealed, SecretHash, Timestamp};
-use spg99_projections::{ApiKey, DbState, State};
+use spg99_projections::{ApiKey, DbState, State, Tenant};
 use uuid::Uuid;
 
 use crate::access::{self, Permission};
@@ -98,38 +98,58 @@ pub enum Command {
     FinishDeletions,
 }
 
+/// What an event concerns: the envelope's account, tenant and database.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub account: Option<Uuid>,
+    pub tenant: Option<String>,
+    pub tenant_id: Option<Uuid>,
+    pub db_id: Option<Uuid>,
+}
+
+impl Subject {
+    fn account(account: Uuid) -> Self {
+        Subject {
+            account: Some(account),
+            ..Subject::default()
+        }
+    }
+
+    fn tenant(t: &Tenant) -> Self {
+        Subject {
+            account: Some(t.account),
+            tenant: Some(t.name.clone()),
+            tenant_id: Some(t.id),
+            db_id: None,
+        }
+    }
+
+    fn db(t: &Tenant, db_id: Uuid) -> Self {
+        Subject {
+            db_id: Some(db_id),
+            ..Subject::tenant(t)
+        }
+    }
+}
+
 /// An event before the committer gives it a `seq` and a time.
 #[derive(Debug, Clone)]
 pub struct Draft {
-    pub account: Option<Uuid>,
-    pub tenant: Option<String>,
-    pub db_id: Option<Uuid>,
+    pub subject: Subject,
     pub event: Event,
 }
 
 impl Draft {
+    fn new(subject: Subject, event: Event) -> Self {
+        Draft { subject, event }
+    }
+
     fn global(event: Event) -> Self {
-        Draft {
-            account: None,
-            tenant: None,
-            db_id: None,
-            event,
-        }
+        Draft::new(Subject::default(), event)
     }
 
     fn account(account: Uuid, event: Event) -> Self {
-        Draft {
-            account: Some(account),
-            ..Draft::global(event)
-        }
-    }
-
-    fn tenant(account: Uuid, tenant: &str, event: Event) -> Self {
-        Draft {
-            account: Some(account),
-            tenant: Some(tenant.to_owned()),
-            ..Draft::global(event)
-        }
+        Draft::new(Subject::account(account), event)
     }
 }
 
@@ -296,15 +316,17 @@ pub fn decide(
                 return Err(Rejection::NotFound { what: "account" });
             }
             live_account(state, *account)?;
-            let (scope, tenant) = match scope {
-                ScopeRequest::Global if key.scope == KeyScope::Global => (KeyScope::Global, None),
+            let (scope, subject) = match scope {
+                ScopeRequest::Global if key.scope == KeyScope::Global => {
+                    (KeyScope::Global, Subject::account(*account))
+                }
                 ScopeRequest::Global => {
                     return Err(forbidden(
                         "scope_escalation",
                         "a key can only issue keys of its own scope or narrower",
                     ))
                 }
-                ScopeRequest::Account => (KeyScope::Account(*account), None),
+                ScopeRequest::Account => (KeyScope::Account(*account), Subject::account(*account)),
                 ScopeRequest::Tenant(name) => {
                     let t = access::tenant(state, key, name.as_str())?;
                     if t.account != *account {
@@ -315,7 +337,7 @@ pub fn decide(
                             account: *account,
                             tenant: t.id,
                         },
-                        Some(t.name.clone()),
+                        Subject::tenant(t),
                     )
                 }
             };
@@ -340,11 +362,9 @@ pub fn decide(
             if state.api_keys.contains_key(key_id) {
                 return Err(conflict("key_exists", "key id already in use; retry"));
             }
-            Ok(vec![Draft {
-                account: Some(*account),
-                tenant,
-                db_id: None,
-                event: Event::ApiKeyIssued {
+            Ok(vec![Draft::new(
+                subject,
+                Event::ApiKeyIssued {
                     key_id: key_id.clone(),
                     scope,
                     permissions: *permissions,
@@ -352,17 +372,17 @@ pub fn decide(
                     expires_at: *expires_at,
                     name: name.clone(),
                 },
-            }])
+            )])
         }
         Command::RotateKey { secret_hash } => {
             let key = caller(state, meta)?;
-            Ok(vec![Draft {
-                account: key.account(),
-                ..Draft::global(Event::ApiKeyRotated {
+            Ok(vec![Draft::new(
+                key_subject(state, key),
+                Event::ApiKeyRotated {
                     key_id: key.id.clone(),
                     secret_hash: *secret_hash,
-                })
-            }])
+                },
+            )])
         }
         Command::RevokeKey { key_id } => {
             let key = caller(state, meta)?;
@@ -377,12 +397,12 @@ pub fn decide(
             if target.revoked_at.is_some() {
                 return Ok(vec![]);
             }
-            Ok(vec![Draft {
-                account: target.account(),
-                ..Draft::global(Event::ApiKeyRevoked {
+            Ok(vec![Draft::new(
+                key_subject(state, target),
+                Event::ApiKeyRevoked {
                     key_id: target.id.clone(),
-                })
-            }])
+                },
+            )])
         }
         Command::CreateTenant {
             tenant_id,
@@ -431,9 +451,14 @@ pub fn decide(
                     "generated id already in use; retry",
                 ));
             }
-            Ok(vec![Draft::tenant(
-                account,
-                name.as_str(),
+            let subject = Subject {
+                account: Some(account),
+                tenant: Some(name.as_str().to_owned()),
+                tenant_id: Some(*tenant_id),
+                db_id: None,
+            };
+            Ok(vec![Draft::new(
+                subject,
                 Event::TenantCreated {
                     tenant_id: *tenant_id,
                     account_id: account,
@@ -463,9 +488,8 @@ pub fn decide(
                     ),
                 ));
             }
-            Ok(vec![Draft::tenant(
-                t.account,
-                &t.name,
+            Ok(vec![Draft::new(
+                Subject::tenant(t),
                 Event::TenantDeleteRequested { tenant_id: t.id },
             )])
         }
@@ -501,20 +525,16 @@ pub fn decide(
                     "generated id already in use; retry",
                 ));
             }
-            Ok(vec![Draft {
-                db_id: Some(*db_id),
-                ..Draft::tenant(
-                    t.account,
-                    &t.name,
-                    Event::DbCreated {
-                        db_id: *db_id,
-                        tenant_id: t.id,
-                        name: name.as_str().to_owned(),
-                        size: size.name().to_owned(),
-                        timeline: timeline.clone(),
-                    },
-                )
-            }])
+            Ok(vec![Draft::new(
+                Subject::db(t, *db_id),
+                Event::DbCreated {
+                    db_id: *db_id,
+                    tenant_id: t.id,
+                    name: name.as_str().to_owned(),
+                    size: size.name().to_owned(),
+                    timeline: timeline.clone(),
+                },
+            )])
         }
         Command::DeleteDb { tenant, db } => {
             let key = caller(state, meta)?;
@@ -523,10 +543,10 @@ pub fn decide(
             if d.state == DbState::Deleting {
                 return Ok(vec![]);
             }
-            Ok(vec![Draft {
-                db_id: Some(d.id),
-                ..Draft::tenant(t.account, &t.name, Event::DbDeleteRequested { db_id: d.id })
-            }])
+            Ok(vec![Draft::new(
+                Subject::db(t, d.id),
+                Event::DbDeleteRequested { db_id: d.id },
+            )])
         }
         Command::FinishDeletions => {
             if meta.actor != Actor::System {
@@ -537,6 +557,17 @@ pub fn decide(
             }
             Ok(finish_deletions(state))
         }
+    }
+}
+
+/// What an event about `key` concerns: its account, and its tenant for tenant keys.
+fn key_subject(state: &State, key: &ApiKey) -> Subject {
+    match key.tenant().and_then(|t| state.tenants.get(&t)) {
+        Some(t) => Subject::tenant(t),
+        None => Subject {
+            account: key.account(),
+            ..Subject::default()
+        },
     }
 }
 
@@ -556,10 +587,10 @@ fn finish_deletions(state: &State) -> Vec<Draft> {
         let Some(t) = state.tenants.get(&d.tenant) else {
             continue;
         };
-        drafts.push(Draft {
-            db_id: Some(d.id),
-            ..Draft::tenant(t.account, &t.name, Event::DbDeleted { db_id: d.id })
-        });
+        drafts.push(Draft::new(
+            Subject::db(t, d.id),
+            Event::DbDeleted { db_id: d.id },
+        ));
     }
     let db_gone = |t: Uuid| state.dbs_of(t).all(|d| d.state == DbState::Deleting);
     for t in state
@@ -567,9 +598,8 @@ fn finish_deletions(state: &State) -> Vec<Draft> {
         .values()
         .filter(|t| t.deleting && db_gone(t.id))
     {
-        drafts.push(Draft::tenant(
-            t.account,
-            &t.name,
+        drafts.push(Draft::new(
+            Subject::tenant(t),
             Event::TenantDeleted { tenant_id: t.id },
         ));
     }

@@ -36,10 +36,9 @@ use std::thread::JoinHandle;
 use spg99_events::{Actor, Envelope, Event, Timestamp};
 use spg99_projections::State;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::commands::{decide, Command, CommandMeta, Rejection};
+use crate::commands::{decide, Command, CommandMeta, Rejection, Subject};
 use crate::log::Log;
 use crate::secrets::SecretBox;
 
@@ -423,18 +422,14 @@ impl Decider {
             _ => None,
         };
         let drafts = decide(&self.working, &meta, &command)?;
-        let mut last = (None, None, None);
+        let mut last = Subject::default();
         for d in drafts {
-            last = (d.account, d.tenant.clone(), d.db_id);
-            self.push(
-                meta_env(&meta, at, d.account, d.tenant, d.db_id, d.event),
-                envs,
-            );
+            last = d.subject.clone();
+            self.push(meta_env(&meta, at, d.subject, d.event), envs);
         }
         let response = render.map(|render| render(&self.working, &envs[start..]));
         if let (Some((slot, idem)), Some(rendered)) = (record, &response) {
             let body = self.secrets.seal(&idempotency_owner(&slot), &rendered.body);
-            let (account, tenant, db_id) = last;
             let event = Event::IdempotentResponseRecorded {
                 key_id: slot.0,
                 idempotency_key: slot.1,
@@ -442,7 +437,7 @@ impl Decider {
                 status: rendered.status,
                 body,
             };
-            self.push(meta_env(&meta, at, account, tenant, db_id, event), envs);
+            self.push(meta_env(&meta, at, last, event), envs);
         }
         Ok(Outcome {
             range: start..envs.len(),
@@ -462,22 +457,16 @@ impl Decider {
 }
 
 /// An envelope for an event of the command `meta` describes; `seq` is set by `push`.
-fn meta_env(
-    meta: &CommandMeta,
-    at: Timestamp,
-    account: Option<Uuid>,
-    tenant: Option<String>,
-    db_id: Option<Uuid>,
-    event: Event,
-) -> Envelope {
+fn meta_env(meta: &CommandMeta, at: Timestamp, subject: Subject, event: Event) -> Envelope {
     Envelope {
         seq: 0,
         at,
         actor: meta.actor.clone(),
         request_id: meta.request_id.clone(),
-        account,
-        tenant,
-        db_id,
+        account: subject.account,
+        tenant: subject.tenant,
+        tenant_id: subject.tenant_id,
+        db_id: subject.db_id,
         event,
     }
 }

@@ -200,6 +200,7 @@ mod tests {
             request_id: "req-1".into(),
             account: Some(Uuid::from_u128(0x1234)),
             tenant: Some("shop".into()),
+            tenant_id: Some(Uuid::from_u128(7)),
             db_id: None,
             event,
         }

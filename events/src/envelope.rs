@@ -47,8 +47,11 @@ pub struct Envelope {
     pub request_id: String,
     /// The account the event concerns, if any.
     pub account: Option<Uuid>,
-    /// The tenant the event concerns, by name (names are never reused while the tenant lives).
+    /// The tenant the event concerns, by name (as users know it; a name can be reused once
+    /// its tenant is gone)...
     pub tenant: Option<String>,
+    /// ...and by id (never reused).
+    pub tenant_id: Option<Uuid>,
     /// The database the event concerns, if any.
     pub db_id: Option<Uuid>,
     pub event: Event,

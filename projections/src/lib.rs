@@ -344,6 +344,7 @@ mod tests {
             request_id: format!("r{seq}"),
             account: None,
             tenant: None,
+            tenant_id: None,
             db_id: None,
             event,
         }
