@@ -17,6 +17,7 @@
 //! - [`auth`]: token format, hashing and authentication.
 //! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
 //! - [`routes`]: one module of handlers per resource.
+//! - [`stream`]: `GET /v2/events`, the log as Server-Sent Events, per subscriber.
 //! - [`server`]: `spg99 serve` — build and run the application.
 //! - [`cli`], [`telemetry`], [`clock`]: the command line, logging, and time.
 //!
@@ -38,4 +39,5 @@ pub mod recovery;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod stream;
 pub mod telemetry;

@@ -103,7 +103,8 @@ impl Application {
             secrets.open(t.id.as_bytes(), &t.pg_password)?;
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let committer = Committer::start(log, recovered.state, clock.clone(), secrets.clone());
+        let committer =
+            Committer::start(log.clone(), recovered.state, clock.clone(), secrets.clone());
         let commits = committer.handle();
         bootstrap(&commits, &config).await?;
         actix_web::rt::spawn(reconciler::run(commits.clone()));
@@ -113,6 +114,8 @@ impl Application {
             commits,
             clock,
             secrets,
+            log,
+            tickets: Default::default(),
             gateway_host: config.gateway_host.clone(),
         });
         let server = HttpServer::new(move || {

@@ -218,6 +218,11 @@ mod tests {
             assert_eq!(decode_record(env.seq, &bytes), Ok(env));
         }
         assert!(seen.iter().all(|s| *s), "a variant has no sample: {seen:?}");
+        let mut names: Vec<&str> = self::samples().iter().map(Event::type_name).collect();
+        let mut listed = Event::TYPE_NAMES.to_vec();
+        names.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(names, listed, "Event::TYPE_NAMES lists every type once");
     }
 
     #[test]

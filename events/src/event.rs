@@ -128,6 +128,25 @@ pub enum Event {
 pub struct Sealed(pub Vec<u8>);
 
 impl Event {
+    /// Every event type name, as [`Event::type_name`] gives them.
+    pub const TYPE_NAMES: &'static [&'static str] = &[
+        "account.created",
+        "api_key.issued",
+        "service_token.set",
+        "account.contact_set",
+        "account.delete_requested",
+        "account.deleted",
+        "api_key.rotated",
+        "api_key.revoked",
+        "tenant.created",
+        "tenant.delete_requested",
+        "tenant.deleted",
+        "db.created",
+        "db.delete_requested",
+        "db.deleted",
+        "idempotency.recorded",
+    ];
+
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
     pub fn type_name(&self) -> &'static str {
         match self {

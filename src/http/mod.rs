@@ -32,6 +32,9 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     pub clock: Arc<dyn Clock>,
     pub secrets: Arc<SecretBox>,
+    /// The log, for event streams catching up.
+    pub log: Arc<crate::log::Log>,
+    pub tickets: routes::events::Tickets,
     /// Host (and port) of the Gateway, for `dsn_template`.
     pub gateway_host: String,
 }
@@ -54,7 +57,7 @@ pub fn rfc3339(ts: Timestamp) -> String {
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use routes::{accounts, admin, dbs, health, keys, sizes, tenants};
+    use routes::{accounts, admin, dbs, events, health, keys, sizes, tenants};
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
         ApiError::bad_request("invalid_query", format!("query string: {e}")).into()
     }))
@@ -78,6 +81,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/api-keys/revoke").post(keys::revoke))
             .service(resource("/sizes").get(sizes::list))
             .service(resource("/openapi.json").get(openapi::serve))
+            .service(resource("/events").get(events::stream))
+            .service(resource("/events/tickets").post(events::ticket))
             .service(resource("/admin/state").get(admin::state))
             .service(resource("/accounts").post(accounts::create))
             .service(

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod dbs;
+pub mod events;
 pub mod health;
 pub mod keys;
 pub mod sizes;

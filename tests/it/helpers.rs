@@ -391,3 +391,120 @@ pub fn assert_no_plaintext(dir: &std::path::Path, secrets: &[&str]) {
         }
     }
 }
+
+/// One Server-Sent Events frame.
+#[derive(Debug, Clone, Default)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl Frame {
+    pub fn seq(&self) -> u64 {
+        self.id
+            .as_deref()
+            .expect("frame has an id")
+            .parse()
+            .unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+/// A Server-Sent Events client over a real HTTP connection.
+pub struct Events {
+    reader: BufReader<Box<dyn std::io::Read + Send + Sync + 'static>>,
+}
+
+impl Events {
+    /// Opens `path`; `Err` carries the refusal when the server does not start a stream.
+    pub fn open(
+        s: &Server,
+        path: &str,
+        token: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> Result<Events, Reply> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_read(Duration::from_secs(3))
+            .build();
+        let mut req = agent.get(&s.url(path));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        if let Some(id) = last_event_id {
+            req = req.set("Last-Event-ID", &id.to_string());
+        }
+        match req.call() {
+            Ok(resp) => {
+                assert_eq!(resp.content_type(), "text/event-stream");
+                Ok(Events {
+                    reader: BufReader::new(resp.into_reader()),
+                })
+            }
+            Err(ureq::Error::Status(_, resp)) => Err(reply(resp)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// The next frame (comments and `retry:` skipped); `None` when nothing came for 3 s.
+    pub fn next(&mut self) -> Option<Frame> {
+        let mut frame = Frame::default();
+        let mut any = false;
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if any {
+                    return Some(frame);
+                }
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("id: ") {
+                frame.id = Some(v.to_owned());
+                any = true;
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                frame.event = v.to_owned();
+                any = true;
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                frame.data.push_str(v);
+                any = true;
+            }
+        }
+    }
+
+    /// The next frame that is not a bookmark.
+    pub fn next_event(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.next()?;
+            if f.event != "bookmark" {
+                return Some(f);
+            }
+        }
+    }
+
+    /// Events (not bookmarks) until one with seq `last` was seen.
+    pub fn until_seq(&mut self, last: u64) -> Vec<Frame> {
+        let mut out = Vec::new();
+        loop {
+            let f = self.next().unwrap_or_else(|| {
+                panic!("stream went quiet before seq {last}; got {}", out.len())
+            });
+            let done =
+                f.id.as_deref()
+                    .is_some_and(|id| id.parse::<u64>().unwrap() >= last);
+            if f.event != "bookmark" {
+                out.push(f);
+            }
+            if done {
+                return out;
+            }
+        }
+    }
+}

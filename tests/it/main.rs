@@ -7,6 +7,7 @@ mod bootstrap;
 mod committer;
 mod crash;
 mod durability;
+mod events;
 mod helpers;
 mod http_basics;
 mod log_integrity;

@@ -1,0 +1,334 @@
+//! The event stream: the log itself, as Server-Sent Events, filtered to what a key may see.
+//!
+//! One task per subscriber:
+//!
+//! ```text
+//! subscribe to the committer's feed ──▶ (snapshot of the state, if asked) ──▶ loop:
+//!     1. catch up from the log, from `next` to the durable head, in chunks; a bookmark
+//!     2. wait for the next published batch, a bookmark tick, or the client leaving
+//!        - a batch: send its events from `next` on; a gap (missed batches) → back to 1
+//!        - lagged behind the feed's buffer → back to 1 (the log has everything)
+//! ```
+//!
+//! Subscribing before reading history means nothing falls between the two; de-duplicating by
+//! `seq` (`next`) means nothing comes twice. Sends wait for the client (a bounded channel):
+//! a slow client slows only its own task, which falls behind the feed and later reads from
+//! the log; the committer never waits for anyone. Reads never go past the durable head, so no
+//! event is shown before it is on the device.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web_lab::sse;
+use serde_json::{json, Value};
+use spg99_events::{Actor, Envelope, Event, KeyScope};
+use spg99_projections::State;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::committer::Shared;
+use crate::http::rfc3339;
+use crate::log::Log;
+use crate::routes::{accounts::AccountView, dbs::DbView, tenants::TenantView};
+
+/// How often a `bookmark` frame carries the head, so that a filtered client's resume point
+/// moves on even when nothing passes its filter.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+/// Records read from the log per step of a catch-up.
+const CATCH_UP_CHUNK: usize = 256;
+/// Frames queued for one client before its task waits.
+pub const CLIENT_BUFFER: usize = 256;
+
+/// What one subscriber receives: the key's scope intersected with its filters.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub scope: KeyScope,
+    /// The key's id, so that the stream ends when the key is revoked.
+    pub key_id: String,
+    pub tenant: Option<String>,
+    pub db: Option<Uuid>,
+    pub types: Option<Vec<&'static str>>,
+}
+
+impl Filter {
+    fn in_scope(&self, env: &Envelope) -> bool {
+        match self.scope {
+            KeyScope::Global => true,
+            KeyScope::Account(a) => env.account == Some(a),
+            KeyScope::Tenant { tenant, .. } => env.tenant_id == Some(tenant),
+        }
+    }
+
+    pub fn matches(&self, env: &Envelope) -> bool {
+        self.in_scope(env)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| env.tenant.as_ref() == Some(t))
+            && self.db.is_none_or(|d| env.db_id == Some(d))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|ts| ts.contains(&env.event.type_name()))
+    }
+}
+
+fn actor(a: &Actor) -> String {
+    match a {
+        Actor::ApiKey(id) => id.clone(),
+        Actor::Service => "service".into(),
+        Actor::System => "system".into(),
+    }
+}
+
+/// The event's own data, as the stream shows it: no secret, no hash, no sealed value.
+fn event_data(event: &Event) -> Value {
+    match event {
+        Event::AccountCreated {
+            account_id,
+            name,
+            email,
+        } => json!({"account_id": account_id, "name": name, "email": email}),
+        Event::AccountContactSet {
+            account_id,
+            email,
+            name,
+        } => json!({"account_id": account_id, "email": email, "name": name}),
+        Event::AccountDeleteRequested { account_id } | Event::AccountDeleted { account_id } => {
+            json!({ "account_id": account_id })
+        }
+        Event::ApiKeyIssued {
+            key_id,
+            scope,
+            permissions,
+            expires_at,
+            name,
+            secret_hash: _,
+        } => {
+            let (scope, tenant_id) = match scope {
+                KeyScope::Global => ("global", None),
+                KeyScope::Account(_) => ("account", None),
+                KeyScope::Tenant { tenant, .. } => ("tenant", Some(*tenant)),
+            };
+            json!({
+                "key_id": key_id, "scope": scope, "tenant_id": tenant_id, "name": name,
+                "expires_at": expires_at.map(rfc3339),
+                "permissions": {
+                    "can_create_tenant": permissions.can_create_tenant,
+                    "can_create_db": permissions.can_create_db,
+                    "can_scale": permissions.can_scale,
+                    "can_delete": permissions.can_delete,
+                },
+            })
+        }
+        Event::ApiKeyRotated { key_id, .. } | Event::ApiKeyRevoked { key_id } => {
+            json!({ "key_id": key_id })
+        }
+        Event::ServiceTokenSet { .. } => json!({}),
+        Event::TenantCreated {
+            tenant_id,
+            account_id,
+            name,
+            pg_user,
+            pg_password: _,
+        } => {
+            json!({"tenant_id": tenant_id, "account_id": account_id, "name": name, "pg_user": pg_user})
+        }
+        Event::TenantDeleteRequested { tenant_id } | Event::TenantDeleted { tenant_id } => {
+            json!({ "tenant_id": tenant_id })
+        }
+        Event::DbCreated {
+            db_id,
+            tenant_id,
+            name,
+            size,
+            timeline,
+        } => json!({
+            "db_id": db_id, "tenant_id": tenant_id, "name": name, "size": size,
+            "timeline": timeline, "state": "stopped",
+        }),
+        Event::DbDeleteRequested { db_id } | Event::DbDeleted { db_id } => {
+            json!({ "db_id": db_id })
+        }
+        Event::IdempotentResponseRecorded {
+            key_id,
+            idempotency_key,
+            status,
+            ..
+        } => json!({"key_id": key_id, "idempotency_key": idempotency_key, "status": status}),
+    }
+}
+
+/// The JSON envelope of one event.
+pub fn envelope_json(env: &Envelope) -> Value {
+    json!({
+        "seq": env.seq,
+        "at": rfc3339(env.at),
+        "type": env.event.type_name(),
+        "actor": actor(&env.actor),
+        "request_id": env.request_id,
+        "account": env.account,
+        "tenant": env.tenant,
+        "tenant_id": env.tenant_id,
+        "db_id": env.db_id,
+        "data": event_data(&env.event),
+    })
+}
+
+fn frame(env: &Envelope) -> sse::Event {
+    sse::Data::new(envelope_json(env).to_string())
+        .id(env.seq.to_string())
+        .event(env.event.type_name())
+        .into()
+}
+
+/// `event: bookmark`, `id: seq`: everything up to `seq` was considered.
+pub fn bookmark(seq: u64) -> sse::Event {
+    sse::Data::new(json!({ "seq": seq }).to_string())
+        .id(seq.to_string())
+        .event("bookmark")
+        .into()
+}
+
+/// The current state of every object the filter lets through, as synthetic events
+/// (`snapshot.account`, `snapshot.tenant`, `snapshot.db`, without ids), then a bookmark at
+/// the seq the snapshot reflects. Returns the frames and that seq.
+pub fn snapshot(state: &State, filter: &Filter) -> (Vec<sse::Event>, u64) {
+    let seq = state.last_seq;
+    let synthetic = |kind: &str, data: Value| -> sse::Event {
+        sse::Data::new(json!({"type": kind, "seq": seq, "data": data}).to_string())
+            .event(kind.to_owned())
+            .into()
+    };
+    let mut frames = Vec::new();
+    if filter.tenant.is_none() && filter.db.is_none() {
+        for a in state.accounts.values() {
+            let visible = match filter.scope {
+                KeyScope::Global => true,
+                KeyScope::Account(id) | KeyScope::Tenant { account: id, .. } => a.id == id,
+            };
+            if visible {
+                let view = serde_json::to_value(AccountView::from(a)).unwrap_or_default();
+                frames.push(synthetic("snapshot.account", view));
+            }
+        }
+    }
+    // By name, like the lists.
+    for t in state
+        .tenants_by_name
+        .values()
+        .filter_map(|id| state.tenants.get(id))
+    {
+        let visible = match filter.scope {
+            KeyScope::Global => true,
+            KeyScope::Account(a) => t.account == a,
+            KeyScope::Tenant { tenant, .. } => t.id == tenant,
+        };
+        if !visible || filter.tenant.as_ref().is_some_and(|n| *n != t.name) {
+            continue;
+        }
+        if filter.db.is_none() {
+            let view = serde_json::to_value(TenantView::new(state, t)).unwrap_or_default();
+            frames.push(synthetic("snapshot.tenant", view));
+        }
+        for d in state.dbs_of(t.id) {
+            if filter.db.is_none_or(|id| id == d.id) {
+                let view = serde_json::to_value(DbView::new(t, d)).unwrap_or_default();
+                frames.push(synthetic("snapshot.db", view));
+            }
+        }
+    }
+    frames.push(bookmark(seq));
+    (frames, seq)
+}
+
+/// Streams to `tx` the `initial` frames (a snapshot), then every event after `after` that
+/// `filter` lets through, until the client leaves, the key stops being valid, or the service
+/// stops.
+pub async fn run(
+    shared: Arc<Shared>,
+    log: Arc<Log>,
+    filter: Filter,
+    mut feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>,
+    initial: Vec<sse::Event>,
+    after: u64,
+    tx: mpsc::Sender<sse::Event>,
+) {
+    for f in initial {
+        if tx.send(f).await.is_err() {
+            return;
+        }
+    }
+    let mut next = after + 1;
+    let mut ticks = tokio::time::interval(BOOKMARK_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        // Catch up from the log to the durable head; then a bookmark, so that a client whose
+        // filter dropped the history still learns how far it has come.
+        let from = next;
+        loop {
+            let head = shared.head();
+            if next > head {
+                if next > from && tx.send(bookmark(next - 1)).await.is_err() {
+                    return;
+                }
+                break;
+            }
+            let want = ((head - next + 1) as usize).min(CATCH_UP_CHUNK);
+            let chunk: Result<Vec<Envelope>, _> = log.read_from(next).take(want).collect();
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "event stream cannot read the log");
+                    return;
+                }
+            };
+            for env in &chunk {
+                if filter.matches(env) && tx.send(frame(env)).await.is_err() {
+                    return;
+                }
+                next = env.seq + 1;
+            }
+        }
+        // Live.
+        tokio::select! {
+            received = feed.recv() => match received {
+                Ok(batch) => {
+                    for env in batch.iter() {
+                        if env.seq < next {
+                            continue;
+                        }
+                        if env.seq > next {
+                            break; // missed something: the log has it
+                        }
+                        if filter.matches(env) && tx.send(frame(env)).await.is_err() {
+                            return;
+                        }
+                        next += 1;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, next, "subscriber fell behind the feed; reading the log");
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = ticks.tick() => {
+                let live = key_is_live(&shared.read(), &filter.key_id);
+                if !live || tx.send(bookmark(next - 1)).await.is_err() {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Whether a key (by id) may still stream: it exists and is not revoked.
+pub fn key_is_live(state: &State, key_id: &str) -> bool {
+    state
+        .api_keys
+        .get(key_id)
+        .is_some_and(|k| k.revoked_at.is_none())
+}
