@@ -6,13 +6,54 @@
 //!
 //! The checksum covers the record's key (`seq`, big-endian), the version byte and the payload,
 //! so a record that was torn, bit-flipped, or stored under the wrong key is caught. The
-//! version byte lets the payload format change later: a reader decodes every version it
-//! knows (upcasting old ones to the current types) and reports any other as an error.
+//! version byte lets the payload format change: a reader decodes every version it knows,
+//! upcasting old ones to the current types, and reports any other as an error.
+//!
+//! ## Versions
+//! - **1**: the envelope without `tenant_id`. Upcast with `tenant_id: None` (such events are
+//!   then outside every tenant key's stream scope, which only ever narrows what is shown).
+//! - **2** (written today): the envelope with `tenant_id`.
+//!
+//! New event variants are added at the end of `Event`, which keeps old payloads decodable
+//! without a new version; a changed variant needs one, with its upcaster here.
 
-use crate::envelope::Envelope;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::envelope::{Actor, Envelope, Timestamp};
+use crate::event::Event;
 
 /// The format written today.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// Version 1 of the envelope, as it was written before `tenant_id` existed.
+#[derive(Deserialize)]
+struct EnvelopeV1 {
+    seq: u64,
+    at: Timestamp,
+    actor: Actor,
+    request_id: String,
+    account: Option<Uuid>,
+    tenant: Option<String>,
+    db_id: Option<Uuid>,
+    event: Event,
+}
+
+impl From<EnvelopeV1> for Envelope {
+    fn from(v: EnvelopeV1) -> Envelope {
+        Envelope {
+            seq: v.seq,
+            at: v.at,
+            actor: v.actor,
+            request_id: v.request_id,
+            account: v.account,
+            tenant: v.tenant,
+            tenant_id: None,
+            db_id: v.db_id,
+            event: v.event,
+        }
+    }
+}
 
 const CRC_LEN: usize = 4;
 
@@ -26,7 +67,7 @@ fn bincode_config() -> bincode::config::Configuration {
 pub enum RecordError {
     #[error("record is {len} bytes, shorter than the smallest possible record")]
     TooShort { len: usize },
-    #[error("unknown format version {found} (this build reads version {FORMAT_VERSION})")]
+    #[error("unknown format version {found} (this build reads versions 1 to {FORMAT_VERSION})")]
     UnknownVersion { found: u8 },
     #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
     BadChecksum { stored: u32, computed: u32 },
@@ -55,6 +96,18 @@ pub fn encode_record(env: &Envelope) -> Vec<u8> {
     out
 }
 
+fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RecordError> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+        .map_err(|e| RecordError::Undecodable(e.to_string()))?;
+    if used != payload.len() {
+        return Err(RecordError::Undecodable(format!(
+            "{} trailing bytes after the envelope",
+            payload.len() - used
+        )));
+    }
+    Ok(value)
+}
+
 /// Decodes the record stored under key `seq`, checking everything that can be checked.
 pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<Envelope, RecordError> {
     if bytes.len() < 1 + CRC_LEN {
@@ -62,7 +115,7 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<Envelope, RecordError> {
     }
     let (body, crc_bytes) = bytes.split_at(bytes.len() - CRC_LEN);
     let version = body[0];
-    if version != FORMAT_VERSION {
+    if version == 0 || version > FORMAT_VERSION {
         return Err(RecordError::UnknownVersion { found: version });
     }
     let stored = u32::from_le_bytes(crc_bytes.try_into().expect("split at CRC_LEN"));
@@ -70,15 +123,10 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<Envelope, RecordError> {
     if stored != computed {
         return Err(RecordError::BadChecksum { stored, computed });
     }
-    let (env, used): (Envelope, usize) =
-        bincode::serde::decode_from_slice(&body[1..], bincode_config())
-            .map_err(|e| RecordError::Undecodable(e.to_string()))?;
-    if used != body.len() - 1 {
-        return Err(RecordError::Undecodable(format!(
-            "{} trailing bytes after the envelope",
-            body.len() - 1 - used
-        )));
-    }
+    let env = match version {
+        1 => decode_payload::<EnvelopeV1>(&body[1..])?.into(),
+        _ => decode_payload::<Envelope>(&body[1..])?,
+    };
     if env.seq != seq {
         return Err(RecordError::SeqMismatch {
             key: seq,
@@ -232,6 +280,36 @@ mod tests {
             env.actor = actor;
             assert_eq!(decode_record(9, &encode_record(&env)), Ok(env));
         }
+    }
+
+    /// A log written by version 1 (stored in `tests/fixtures/log-v1.bin`: records as
+    /// `seq: u64 BE ‖ len: u32 BE ‖ record`) still reads, upcast to today's envelope.
+    #[test]
+    fn a_version_1_log_is_upcast() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/log-v1.bin"
+        ))
+        .expect("fixture");
+        let mut rest = &bytes[..];
+        let mut envs = Vec::new();
+        while !rest.is_empty() {
+            let seq = u64::from_be_bytes(rest[..8].try_into().unwrap());
+            let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            let record = &rest[12..12 + len];
+            assert_eq!(record[0], 1, "the fixture holds version 1 records");
+            envs.push(decode_record(seq, record).expect("a version 1 record decodes"));
+            rest = &rest[12 + len..];
+        }
+        assert_eq!(envs.len(), 3);
+        assert!(envs.iter().all(|e| e.tenant_id.is_none()));
+        assert_eq!(envs[2].tenant.as_deref(), Some("shop"));
+        assert!(matches!(envs[2].event, Event::TenantCreated { ref name, .. } if name == "shop"));
+        // And a version 1 record with a flipped bit is still caught.
+        let mut bad =
+            bytes[12..12 + u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize].to_vec();
+        bad[5] ^= 1;
+        assert!(decode_record(1, &bad).is_err());
     }
 
     #[test]
