@@ -34,4 +34,10 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SPG99_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// Write a snapshot of the state after this many events...
+    #[arg(long, env = "SPG99_SNAPSHOT_EVERY_EVENTS", default_value_t = 100_000)]
+    pub snapshot_every_events: u64,
+    /// ...or after this many seconds with new events, whichever comes first.
+    #[arg(long, env = "SPG99_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
+    pub snapshot_every_secs: u64,
 }

@@ -10,7 +10,8 @@
 //! - [`commands`]: the commands and the business rules that decide them.
 //! - [`access`]: scope and permission rules, shared by commands and read handlers.
 //! - [`reconciler`]: the background loop that finishes what the log asked for (deletions).
-//! - [`recovery`]: start-up replay of the log into the read models.
+//! - [`recovery`]: start-up replay of the log into the read models; [`snapshot`]: snapshots
+//!   of them, written in the background, so that start-up replays only the tail.
 //! - [`domain`]: validated values (names, e-mail addresses, ...); [`catalog`]: database sizes
 //!   and compute profiles.
 //! - [`secrets`]: the secret key that seals passwords and recorded answers in the log.
@@ -39,5 +40,6 @@ pub mod recovery;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod snapshot;
 pub mod stream;
 pub mod telemetry;

@@ -41,6 +41,7 @@ pub struct Config {
     /// `SPG99_SECRET_KEY`: the key sealing secrets in the log (else `secret.key` in the data
     /// directory).
     pub secret_key: Option<String>,
+    pub snapshots: crate::snapshot::Policy,
 }
 
 impl Config {
@@ -57,6 +58,10 @@ impl Config {
             bootstrap_token: env("SPG99_BOOTSTRAP_TOKEN"),
             service_token: env("SPG99_SERVICE_TOKEN"),
             secret_key: env("SPG99_SECRET_KEY"),
+            snapshots: crate::snapshot::Policy {
+                every_events: args.snapshot_every_events.max(1),
+                every: Duration::from_secs(args.snapshot_every_secs.max(1)),
+            },
         }
     }
 }
@@ -87,9 +92,10 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let log = Arc::new(Log::open(&config.data_dir)?);
-        let recovered = recover(&log)?;
+        let recovered = recover(&log, &config.data_dir, true)?;
         tracing::info!(
             seq = recovered.state.last_seq,
+            snapshot = recovered.snapshot,
             replayed = recovered.replayed,
             millis = recovered.elapsed.as_millis() as u64,
             "state rebuilt from the log"
@@ -103,11 +109,20 @@ impl Application {
             secrets.open(t.id.as_bytes(), &t.pg_password)?;
         }
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // The snapshotter folds its own copy, so that writing a snapshot takes no lock.
+        let for_snapshots = recovered.state.clone();
         let committer =
             Committer::start(log.clone(), recovered.state, clock.clone(), secrets.clone());
         let commits = committer.handle();
         bootstrap(&commits, &config).await?;
         actix_web::rt::spawn(reconciler::run(commits.clone()));
+        actix_web::rt::spawn(crate::snapshot::run(
+            commits.shared().clone(),
+            log.clone(),
+            config.data_dir.clone(),
+            config.snapshots,
+            for_snapshots,
+        ));
 
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),

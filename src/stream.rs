@@ -10,6 +10,8 @@
 //!        - lagged behind the feed's buffer → back to 1 (the log has everything)
 //! ```
 //!
+//! The following part is [`Follower`], which the snapshotter uses too.
+//!
 //! Subscribing before reading history means nothing falls between the two; de-duplicating by
 //! `seq` (`next`) means nothing comes twice. Sends wait for the client (a bounded channel):
 //! a slow client slows only its own task, which falls behind the feed and later reads from
@@ -243,6 +245,105 @@ pub fn snapshot(state: &State, filter: &Filter) -> (Vec<sse::Event>, u64) {
     (frames, seq)
 }
 
+/// Events from a [`Follower`]: a slice of one batch, shared, not copied.
+pub struct Chunk {
+    batch: Arc<[Envelope]>,
+    start: usize,
+    /// Read from the log (catching up), rather than taken from the live feed.
+    pub from_log: bool,
+}
+
+impl Chunk {
+    pub fn events(&self) -> &[Envelope] {
+        &self.batch[self.start..]
+    }
+}
+
+/// Follows the durable log in order from a seq: from the committer's live feed while it keeps
+/// up, from the log when it starts behind or falls behind. Never past the durable head.
+pub struct Follower {
+    feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>,
+    next: u64,
+}
+
+impl Follower {
+    /// Subscribe (`feed`) before reading anything else, so that nothing falls in between.
+    pub fn new(feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>, after: u64) -> Self {
+        Follower {
+            feed,
+            next: after + 1,
+        }
+    }
+
+    /// The seq of the last event handed out.
+    pub fn position(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// The next events in seq order (possibly none, after a gap or a lag); `None` once the
+    /// committer has stopped or the log cannot be read.
+    pub async fn next(&mut self, shared: &Shared, log: &Log) -> Option<Chunk> {
+        let head = shared.head();
+        if self.next <= head {
+            let want = ((head - self.next + 1) as usize).min(CATCH_UP_CHUNK);
+            let read: Result<Vec<Envelope>, _> = log.read_from(self.next).take(want).collect();
+            return match read {
+                Ok(events) => {
+                    if let Some(last) = events.last() {
+                        self.next = last.seq + 1;
+                    }
+                    Some(Chunk {
+                        batch: Arc::from(events),
+                        start: 0,
+                        from_log: true,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the log to follow it");
+                    None
+                }
+            };
+        }
+        let empty = || Chunk {
+            batch: Arc::from(Vec::new()),
+            start: 0,
+            from_log: false,
+        };
+        match self.feed.recv().await {
+            Ok(batch) => {
+                let start = batch.iter().position(|e| e.seq >= self.next);
+                match start.map(|i| (i, batch[i].seq)) {
+                    // Contiguous with what was handed out: take the rest of the batch.
+                    Some((i, seq)) if seq == self.next => {
+                        self.next = batch.last().map_or(self.next, |e| e.seq + 1);
+                        Some(Chunk {
+                            batch,
+                            start: i,
+                            from_log: false,
+                        })
+                    }
+                    // Already seen, or a gap that the log will fill on the next call.
+                    _ => Some(empty()),
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                tracing::debug!(
+                    missed,
+                    next = self.next,
+                    "fell behind the feed; reading the log"
+                );
+                Some(empty())
+            }
+            Err(RecvError::Closed) => None,
+        }
+    }
+
+    /// Whether everything durable has been handed out.
+    pub fn caught_up(&self, shared: &Shared) -> bool {
+        self.next > shared.head()
+    }
+}
+
 /// Streams to `tx` the `initial` frames (a snapshot), then every event after `after` that
 /// `filter` lets through, until the client leaves, the key stops being valid, or the service
 /// stops.
@@ -250,7 +351,7 @@ pub async fn run(
     shared: Arc<Shared>,
     log: Arc<Log>,
     filter: Filter,
-    mut feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>,
+    feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>,
     initial: Vec<sse::Event>,
     after: u64,
     tx: mpsc::Sender<sse::Event>,
@@ -260,63 +361,31 @@ pub async fn run(
             return;
         }
     }
-    let mut next = after + 1;
+    let mut follower = Follower::new(feed, after);
     let mut ticks = tokio::time::interval(BOOKMARK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        // Catch up from the log to the durable head; then a bookmark, so that a client whose
-        // filter dropped the history still learns how far it has come.
-        let from = next;
-        loop {
-            let head = shared.head();
-            if next > head {
-                if next > from && tx.send(bookmark(next - 1)).await.is_err() {
-                    return;
-                }
-                break;
-            }
-            let want = ((head - next + 1) as usize).min(CATCH_UP_CHUNK);
-            let chunk: Result<Vec<Envelope>, _> = log.read_from(next).take(want).collect();
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "event stream cannot read the log");
-                    return;
-                }
-            };
-            for env in &chunk {
-                if filter.matches(env) && tx.send(frame(env)).await.is_err() {
-                    return;
-                }
-                next = env.seq + 1;
-            }
-        }
-        // Live.
         tokio::select! {
-            received = feed.recv() => match received {
-                Ok(batch) => {
-                    for env in batch.iter() {
-                        if env.seq < next {
-                            continue;
-                        }
-                        if env.seq > next {
-                            break; // missed something: the log has it
-                        }
-                        if filter.matches(env) && tx.send(frame(env)).await.is_err() {
-                            return;
-                        }
-                        next += 1;
+            chunk = follower.next(&shared, &log) => {
+                let Some(chunk) = chunk else { return };
+                for env in chunk.events() {
+                    if filter.matches(env) && tx.send(frame(env)).await.is_err() {
+                        return;
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::debug!(missed, next, "subscriber fell behind the feed; reading the log");
+                // After a catch-up from history, a bookmark: a client whose filter dropped
+                // the history still learns how far it has come.
+                if chunk.from_log
+                    && follower.caught_up(&shared)
+                    && tx.send(bookmark(follower.position())).await.is_err()
+                {
+                    return;
                 }
-                Err(RecvError::Closed) => return,
-            },
+            }
             _ = ticks.tick() => {
                 let live = key_is_live(&shared.read(), &filter.key_id);
-                if !live || tx.send(bookmark(next - 1)).await.is_err() {
+                if !live || tx.send(bookmark(follower.position())).await.is_err() {
                     return;
                 }
             }

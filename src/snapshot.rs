@@ -1,0 +1,189 @@
+//! Snapshots of the read models, so that start-up replays only the log's tail.
+//!
+//! A snapshot is a file `snapshots/<seq>.snap` in the data directory:
+//!
+//! ```text
+//! "SPG99SNP" ‖ version: u8 ‖ seq: u64 LE ‖ bincode 2 of State ‖ crc32 (of all before it), LE
+//! ```
+//!
+//! The state's encoding is the same canonical one the fingerprint hashes, so a snapshot's
+//! fingerprint can be compared with a replay's. Snapshots are an optimisation, never a
+//! source of truth: one that is torn, corrupt, of another version or ahead of the log is
+//! skipped with a warning, and start-up falls back to an older one or to a full replay.
+//!
+//! The snapshotter is a background task with its own copy of the state, folded from the
+//! committer's feed (or the log, when it falls behind): writing a snapshot never takes a lock
+//! the committer needs. It writes every `every_events` events or `every` time, whichever comes
+//! first, to a temporary file that is synced and then renamed, and keeps the newest two.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spg99_projections::State;
+
+use crate::committer::Shared;
+use crate::log::Log;
+use crate::stream::Follower;
+
+const MAGIC: &[u8; 8] = b"SPG99SNP";
+const VERSION: u8 = 1;
+const KEEP: usize = 2;
+pub const DIR: &str = "snapshots";
+
+/// When to write a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub every_events: u64,
+    pub every: Duration,
+}
+
+fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(DIR)
+}
+
+/// Encodes `state` as a snapshot file's bytes.
+pub fn encode(state: &State) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 16);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&state.last_seq.to_le_bytes());
+    bincode::serde::encode_into_std_write(state, &mut out, bincode::config::standard())
+        .expect("encoding the state into memory cannot fail");
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a snapshot file's bytes; the reason when it cannot be trusted.
+pub fn decode(bytes: &[u8]) -> Result<State, String> {
+    let header = MAGIC.len() + 1 + 8;
+    if bytes.len() < header + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a snapshot file".into());
+    }
+    let version = bytes[MAGIC.len()];
+    if version != VERSION {
+        return Err(format!(
+            "snapshot format version {version}, this build reads {VERSION}"
+        ));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let seq = u64::from_le_bytes(body[MAGIC.len() + 1..header].try_into().expect("8 bytes"));
+    let (state, used): (State, usize) =
+        bincode::serde::decode_from_slice(&body[header..], bincode::config::standard())
+            .map_err(|e| format!("payload does not decode: {e}"))?;
+    if used != body.len() - header || state.last_seq != seq {
+        return Err("payload does not match its header".into());
+    }
+    Ok(state)
+}
+
+/// Snapshot files, newest first, with their seq.
+fn list(data_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(snapshot_dir(data_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let seq = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".snap")?
+                .parse()
+                .ok()?;
+            Some((seq, path))
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found
+}
+
+/// The newest valid snapshot at or below `max_seq`; invalid ones are skipped with a warning.
+pub fn load(data_dir: &Path, max_seq: u64) -> Option<State> {
+    for (seq, path) in list(data_dir) {
+        if seq > max_seq {
+            tracing::warn!(path = %path.display(), seq, max_seq, "snapshot is ahead of the log; skipped");
+            continue;
+        }
+        let result = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| decode(&b));
+        match result {
+            Ok(state) => return Some(state),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "snapshot cannot be trusted; skipped")
+            }
+        }
+    }
+    None
+}
+
+/// Writes a snapshot durably and keeps only the newest few.
+pub fn write(data_dir: &Path, state: &State) -> std::io::Result<PathBuf> {
+    let dir = snapshot_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{:020}.snap", state.last_seq));
+    let tmp = dir.join(format!("{:020}.snap.tmp", state.last_seq));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&encode(state))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    File::open(&dir)?.sync_all()?;
+    for (_, old) in list(data_dir).into_iter().skip(KEEP) {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(path)
+}
+
+/// The snapshotter: follows the log from `state` and writes snapshots by `policy`.
+pub async fn run(
+    shared: Arc<Shared>,
+    log: Arc<Log>,
+    data_dir: PathBuf,
+    policy: Policy,
+    state: State,
+) {
+    let mut follower = Follower::new(shared.subscribe(), state.last_seq);
+    let mut state = Some(state);
+    let mut last_written = state.as_ref().map_or(0, |s| s.last_seq);
+    let mut since = Instant::now();
+    loop {
+        let s = state.as_mut().expect("state is back after each write");
+        tokio::select! {
+            chunk = follower.next(&shared, &log) => match chunk {
+                Some(chunk) => s.apply_all(chunk.events()),
+                None => return,
+            },
+            _ = tokio::time::sleep(policy.every) => {}
+        }
+        let pending = s.last_seq - last_written;
+        let due =
+            pending >= policy.every_events || (pending > 0 && since.elapsed() >= policy.every);
+        if !due {
+            continue;
+        }
+        let taken = state.take().expect("present");
+        let dir = data_dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let result = write(&dir, &taken);
+            (taken, result)
+        })
+        .await;
+        let Ok((back, result)) = written else { return };
+        match result {
+            Ok(path) => {
+                tracing::info!(seq = back.last_seq, path = %path.display(), "snapshot written");
+                last_written = back.last_seq;
+            }
+            Err(e) => tracing::warn!(error = %e, "snapshot not written"),
+        }
+        state = Some(back);
+        since = Instant::now();
+    }
+}
