@@ -20,6 +20,7 @@
 //! - [`routes`]: one module of handlers per resource.
 //! - [`stream`]: `GET /v2/events`, the log as Server-Sent Events, per subscriber.
 //! - [`server`]: `spg99 serve` — build and run the application.
+//! - [`tools`]: `spg99 log dump|tail`, `rebuild`, `state --at`, `verify`, offline or online.
 //! - [`cli`], [`telemetry`], [`clock`]: the command line, logging, and time.
 //!
 //! The event types live in the `spg99-events` crate and the read models in
@@ -43,3 +44,4 @@ pub mod server;
 pub mod snapshot;
 pub mod stream;
 pub mod telemetry;
+pub mod tools;

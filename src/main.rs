@@ -1,12 +1,22 @@
+use std::io::Write;
+
 use clap::Parser;
-use spg99::cli::{Cli, Commands};
+use spg99::cli::{Cli, Commands, Format, LogCommand, SourceArgs};
 use spg99::server::{Application, Config};
+use spg99::tools::{self, DumpArgs, Source, ToolError};
 
 fn main() {
     let cli = Cli::parse();
     spg99::telemetry::init();
     let code = match cli.command {
         Commands::Serve(args) => serve(Config::from_args(args)),
+        other => match run_tool(other) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("spg99: {e}");
+                e.exit_code()
+            }
+        },
     };
     std::process::exit(code);
 }
@@ -29,4 +39,94 @@ fn serve(config: Config) -> i32 {
             }
         }
     })
+}
+
+fn token() -> Result<String, ToolError> {
+    std::env::var("SPG99_TOKEN").map_err(|_| {
+        ToolError::Cannot("set SPG99_TOKEN to a global key's token to use --url".into())
+    })
+}
+
+fn source(args: SourceArgs) -> Result<Source, ToolError> {
+    Ok(match args.url {
+        Some(base) => Source::Url {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token()?,
+        },
+        None => Source::Dir(args.data_dir),
+    })
+}
+
+fn run_tool(command: Commands) -> Result<(), ToolError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match command {
+        Commands::Serve(_) => unreachable!("handled by main"),
+        Commands::Log(LogCommand::Dump {
+            from,
+            to,
+            tenant,
+            db,
+            types,
+            format,
+            source: s,
+        }) => {
+            let args = DumpArgs {
+                from,
+                to,
+                tenant,
+                db,
+                types,
+                pretty: format == Format::Pretty,
+            };
+            tools::dump(&source(s)?, &args, &mut out)
+        }
+        Commands::Log(LogCommand::Tail {
+            url,
+            since,
+            tenant,
+            db,
+            types,
+        }) => {
+            let base = url.trim_end_matches('/');
+            let token = token()?;
+            // From now on, unless told otherwise: the head any read reports.
+            let since = match since {
+                Some(s) => s,
+                None => tools::head_seq(base, &token)?,
+            };
+            let mut params = vec![format!("since={since}")];
+            if let Some(t) = tenant {
+                params.push(format!("tenant={t}"));
+            }
+            if let Some(d) = db {
+                params.push(format!("db={d}"));
+            }
+            if let Some(t) = types {
+                params.push(format!("types={t}"));
+            }
+            let query = format!("?{}", params.join("&"));
+            tools::tail(base, &token, &query, &mut out)
+        }
+        Commands::Rebuild { dir, verify, url } => {
+            let token = url.as_ref().map(|_| token()).transpose()?;
+            let live = url.as_deref().zip(token.as_deref());
+            tools::rebuild(&dir.data_dir, verify, live, &mut out)
+        }
+        Commands::State {
+            at,
+            tenant,
+            format,
+            source: s,
+        } => tools::state(
+            &source(s)?,
+            &at,
+            tenant.as_deref(),
+            format == Format::Pretty,
+            &mut out,
+        ),
+        Commands::Verify { source: s } => tools::verify(&source(s)?, &mut out),
+    };
+    let _ = out.flush();
+    result
 }

@@ -131,6 +131,7 @@ impl Application {
             secrets,
             log,
             tickets: Default::default(),
+            data_dir: config.data_dir.clone(),
             gateway_host: config.gateway_host.clone(),
         });
         let server = HttpServer::new(move || {

@@ -35,6 +35,8 @@ pub struct AppState {
     /// The log, for event streams catching up.
     pub log: Arc<crate::log::Log>,
     pub tickets: routes::events::Tickets,
+    /// The data directory (snapshots live there).
+    pub data_dir: std::path::PathBuf,
     /// Host (and port) of the Gateway, for `dsn_template`.
     pub gateway_host: String,
 }
@@ -84,6 +86,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/events").get(events::stream))
             .service(resource("/events/tickets").post(events::ticket))
             .service(resource("/admin/state").get(admin::state))
+            .service(resource("/admin/log").get(admin::log))
+            .service(resource("/admin/verify").get(admin::verify))
             .service(resource("/accounts").post(accounts::create))
             .service(
                 resource("/tenants")

@@ -227,6 +227,16 @@ fn cases() -> Vec<Case> {
             expect: [201; 6],
         },
         Case {
+            route: "GET /v2/admin/log",
+            call: |_, _| ("GET", "/v2/admin/log?from=1&limit=5".into(), None),
+            expect: [200, 403, 403, 403, 403, 403],
+        },
+        Case {
+            route: "GET /v2/admin/verify",
+            call: |_, _| ("GET", "/v2/admin/verify".into(), None),
+            expect: [200, 403, 403, 403, 403, 403],
+        },
+        Case {
             route: "GET /v2/admin/state",
             call: |_, _| ("GET", "/v2/admin/state".into(), None),
             expect: [200, 403, 403, 403, 403, 403],
@@ -265,6 +275,8 @@ const ROUTES: &[&str] = &[
     "GET /v2/sizes",
     "GET /v2/events",
     "POST /v2/events/tickets",
+    "GET /v2/admin/log",
+    "GET /v2/admin/verify",
     "GET /v2/admin/state",
 ];
 
