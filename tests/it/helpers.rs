@@ -508,3 +508,22 @@ impl Events {
         }
     }
 }
+
+/// Rewrites the raw record stored under `seq` (what bit rot or a foreign writer would do).
+pub fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree("log").unwrap();
+    match tree.get(seq.to_be_bytes()).unwrap() {
+        Some(v) => {
+            let mut bytes = v.to_vec();
+            f(&mut bytes);
+            if bytes.is_empty() {
+                tree.remove(seq.to_be_bytes()).unwrap();
+            } else {
+                tree.insert(seq.to_be_bytes(), bytes).unwrap();
+            }
+        }
+        None => panic!("no record {seq}"),
+    }
+    db.flush().unwrap();
+}

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{tempdir, Start, ROOT_TOKEN};
+use crate::helpers::{tamper, tempdir, Start, ROOT_TOKEN};
 
 /// A data dir with a few events, server stopped.
 fn populated(dir: &std::path::Path) {
@@ -17,25 +17,6 @@ fn populated(dir: &std::path::Path) {
         );
     }
     server.terminate();
-}
-
-/// Rewrites the raw record stored under `seq` (what bit rot or a foreign writer would do).
-fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) {
-    let db = sled::open(dir).unwrap();
-    let tree = db.open_tree("log").unwrap();
-    match tree.get(seq.to_be_bytes()).unwrap() {
-        Some(v) => {
-            let mut bytes = v.to_vec();
-            f(&mut bytes);
-            if bytes.is_empty() {
-                tree.remove(seq.to_be_bytes()).unwrap();
-            } else {
-                tree.insert(seq.to_be_bytes(), bytes).unwrap();
-            }
-        }
-        None => panic!("no record {seq}"),
-    }
-    db.flush().unwrap();
 }
 
 #[test]

@@ -12,3 +12,4 @@ mod helpers;
 mod http_basics;
 mod log_integrity;
 mod restart;
+mod tooling;
