@@ -150,6 +150,14 @@ impl Log {
         }
     }
 
+    /// Every stored record's bytes, in order, undecoded (for measuring the cost of decoding).
+    pub fn raw_records(&self) -> impl Iterator<Item = Result<sled::IVec>> + '_ {
+        self.tree
+            .iter()
+            .values()
+            .map(move |v| v.map_err(|e| self.storage(e)))
+    }
+
     /// Every record from `from` (inclusive) on, in order, checking that seqs are gapless.
     /// Iteration stops at the first error, which is yielded.
     pub fn read_from(&self, from: u64) -> LogIter {

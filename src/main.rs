@@ -110,8 +110,20 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
         }
         Commands::Rebuild { dir, verify, url } => {
             let token = url.as_ref().map(|_| token()).transpose()?;
-            let live = url.as_deref().zip(token.as_deref());
-            tools::rebuild(&dir.data_dir, verify, live, &mut out)
+            match (url.as_deref(), token) {
+                // No log here: the server rebuilds from its own and compares.
+                (Some(base), Some(token)) if !dir.data_dir.join("db").exists() => {
+                    let source = Source::Url {
+                        base: base.trim_end_matches('/').to_owned(),
+                        token,
+                    };
+                    tools::verify(&source, &mut out)
+                }
+                (url, token) => {
+                    let live = url.zip(token.as_deref());
+                    tools::rebuild(&dir.data_dir, verify, live, &mut out)
+                }
+            }
         }
         Commands::State {
             at,
