@@ -103,10 +103,6 @@ impl Size {
     pub fn name(self) -> &'static str {
         self.0.name
     }
-
-    pub fn spec(self) -> &'static SizeSpec {
-        self.0
-    }
 }
 
 pub fn profile(name: &str) -> Option<&'static Profile> {

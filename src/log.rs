@@ -92,10 +92,6 @@ impl Log {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn storage(&self, source: sled::Error) -> LogError {
         LogError::Storage {
             path: self.dir.clone(),

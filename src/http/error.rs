@@ -72,10 +72,6 @@ impl ApiError {
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
     }
-
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
 }
 
 impl From<AuthError> for ApiError {
