@@ -183,30 +183,13 @@ pub async fn stream(
             .map(Uuid::parse_str)
             .transpose()
             .map_err(|_| bad("invalid_filter", "db", "db must be a database id (db_id)"))?;
-    let types = q
-        .types
-        .as_deref()
-        .map(|list| {
-            list.split(',')
-                .map(|t| {
-                    Event::TYPE_NAMES
-                        .iter()
-                        .find(|k| **k == t.trim())
-                        .copied()
-                        .ok_or_else(|| {
-                            bad(
-                                "invalid_filter",
-                                "types",
-                                format!(
-                                    "unknown event type {t:?}; known: {}",
-                                    Event::TYPE_NAMES.join(", ")
-                                ),
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let types = crate::tools::parse_types(q.types.as_deref()).map_err(|e| {
+        bad(
+            "invalid_filter",
+            "types",
+            format!("{e}; known: {}", Event::TYPE_NAMES.join(", ")),
+        )
+    })?;
     let snapshot = match q.initial.as_deref() {
         None => false,
         Some("snapshot") => true,
