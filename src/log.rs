@@ -1,10 +1,22 @@
 //! The command log on sled.
 //!
 //! ## What do we store?
-//! One sled tree, `log`, mapping `seq` (u64, big-endian, so key order is log order) to one
-//! record (see [`spg99_events::codec`]). `seq` is ours, gapless from 1; sled's
-//! `generate_id()` is not used because it may skip numbers. Nothing else is durable here:
-//! every read model is rebuilt from these records at start.
+//! One sled tree, `log`. Its keys are `seq`s (u64, big-endian, so key order is log order);
+//! each value is a **frame**: the records of one committed batch (or of a 64 KiB slice of a
+//! large one), keyed by the seq of its first record:
+//!
+//! ```text
+//! 0xF5 ‖ count: u32 LE ‖ (len: u32 LE ‖ record) × count
+//! ```
+//!
+//! Each record keeps its own format (version byte ‖ bincode ‖ CRC-32 over seq, version and
+//! payload, see [`spg99_events::codec`]), so a record is checked on its own wherever it sits.
+//! One sled key per batch instead of one per record matters: sled's cost per key (memory,
+//! insert time) dominated the log's throughput, replay speed and memory (BENCHMARKS.md).
+//! A value that does not start with `0xF5` is a single record (the first layout), still read.
+//!
+//! `seq` is ours, gapless from 1; sled's `generate_id()` is not used because it may skip
+//! numbers. Nothing else is durable here: every read model is rebuilt from these records.
 //!
 //! ## When is a write durable?
 //! [`Log::write`] writes a whole batch with one `apply_batch` (atomic: after a crash the log
@@ -39,6 +51,59 @@ pub enum LogError {
     BadKey { key: Vec<u8> },
     #[error("log has a gap: expected seq {expected}, found seq {found}")]
     Gap { expected: u64, found: u64 },
+    #[error("log frame at seq {first_seq} is torn: {reason}")]
+    BadFrame { first_seq: u64, reason: String },
+}
+
+const FRAME_MARK: u8 = 0xF5;
+/// Frames are cut at about this size, well below the size at which sled moves a value into
+/// a separate blob file.
+const FRAME_TARGET: usize = 64 * 1024;
+
+/// Builds a frame from encoded records.
+pub fn join_frame<R: AsRef<[u8]>>(records: &[R]) -> Vec<u8> {
+    let size: usize = records.iter().map(|r| r.as_ref().len() + 4).sum();
+    let mut out = Vec::with_capacity(5 + size);
+    out.push(FRAME_MARK);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(r.as_ref());
+    }
+    out
+}
+
+/// The byte ranges of the records in a stored value (a frame, or one record of the first
+/// layout); the reason when the frame is torn.
+pub fn split_frame(value: &[u8]) -> Result<Vec<std::ops::Range<usize>>, String> {
+    if value.first() != Some(&FRAME_MARK) {
+        return Ok(std::iter::once(0..value.len()).collect());
+    }
+    let read_u32 = |at: usize| -> Result<usize, String> {
+        value
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| format!("ends at byte {} inside a length", value.len()))
+    };
+    let count = read_u32(1)?;
+    let mut at = 5;
+    let mut out = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let len = read_u32(at)?;
+        at += 4;
+        if at + len > value.len() {
+            return Err(format!(
+                "a record runs past the frame's end ({} bytes)",
+                value.len()
+            ));
+        }
+        out.push(at..at + len);
+        at += len;
+    }
+    if at != value.len() {
+        return Err(format!("{} bytes after the last record", value.len() - at));
+    }
+    Ok(out)
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
@@ -103,7 +168,14 @@ impl Log {
     pub fn head(&self) -> Result<u64> {
         match self.tree.last().map_err(|e| self.storage(e))? {
             None => Ok(0),
-            Some((key, _)) => key_to_seq(&key),
+            Some((key, value)) => {
+                let first = key_to_seq(&key)?;
+                let records = split_frame(&value).map_err(|reason| LogError::BadFrame {
+                    first_seq: first,
+                    reason,
+                })?;
+                Ok(first + records.len().max(1) as u64 - 1)
+            }
         }
     }
 
@@ -113,8 +185,23 @@ impl Log {
     /// reads by the durable head the committer publishes.
     pub fn write<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) -> Result<()> {
         let mut batch = sled::Batch::default();
+        let mut frame: Vec<Vec<u8>> = Vec::new();
+        let (mut first, mut size) = (0, 0);
         for env in envs {
-            batch.insert(&env.seq.to_be_bytes(), encode_record(env));
+            if frame.is_empty() {
+                first = env.seq;
+            }
+            let record = encode_record(env);
+            size += record.len() + 4;
+            frame.push(record);
+            if size >= FRAME_TARGET {
+                batch.insert(&first.to_be_bytes(), join_frame(&frame));
+                frame.clear();
+                size = 0;
+            }
+        }
+        if !frame.is_empty() {
+            batch.insert(&first.to_be_bytes(), join_frame(&frame));
         }
         self.tree.apply_batch(batch).map_err(|e| self.storage(e))
     }
@@ -132,35 +219,64 @@ impl Log {
             .sync_new()
     }
 
-    /// Reads one record.
-    pub fn get(&self, seq: u64) -> Result<Option<Envelope>> {
+    /// The key of the frame holding `seq` (or of the first frame after it).
+    fn frame_key(&self, seq: u64) -> Result<[u8; 8]> {
         match self
             .tree
-            .get(seq.to_be_bytes())
+            .range(..=seq.to_be_bytes())
+            .next_back()
+            .transpose()
             .map_err(|e| self.storage(e))?
         {
-            None => Ok(None),
-            Some(bytes) => decode_record(seq, &bytes)
-                .map(Some)
-                .map_err(|source| LogError::BadRecord { seq, source }),
+            Some((key, _)) => Ok(key_to_seq(&key)?.to_be_bytes()),
+            None => Ok(seq.to_be_bytes()),
+        }
+    }
+
+    /// Reads one record.
+    pub fn get(&self, seq: u64) -> Result<Option<Envelope>> {
+        match self.read_from(seq).next() {
+            Some(Ok(env)) if env.seq == seq => Ok(Some(env)),
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
         }
     }
 
     /// Every stored record's bytes, in order, undecoded (for measuring the cost of decoding).
     pub fn raw_records(&self) -> impl Iterator<Item = Result<sled::IVec>> + '_ {
-        self.tree
-            .iter()
-            .values()
-            .map(move |v| v.map_err(|e| self.storage(e)))
+        self.tree.iter().values().flat_map(move |v| {
+            let parts: Vec<Result<sled::IVec>> = match v {
+                Err(e) => vec![Err(self.storage(e))],
+                Ok(value) => match split_frame(&value) {
+                    Ok(ranges) => ranges
+                        .into_iter()
+                        .map(|r| Ok(value.subslice(r.start, r.len())))
+                        .collect(),
+                    Err(reason) => vec![Err(LogError::BadFrame {
+                        first_seq: 0,
+                        reason,
+                    })],
+                },
+            };
+            parts
+        })
     }
 
     /// Every record from `from` (inclusive) on, in order, checking that seqs are gapless.
     /// Iteration stops at the first error, which is yielded.
     pub fn read_from(&self, from: u64) -> LogIter {
+        let from = from.max(1);
+        let (inner, failed) = match self.frame_key(from) {
+            Ok(key) => (self.tree.range(key..), None),
+            Err(e) => (self.tree.range(from.to_be_bytes()..), Some(e)),
+        };
         LogIter {
-            inner: self.tree.range(from.max(1).to_be_bytes()..),
-            expected: from.max(1),
+            inner,
+            pending: None,
+            from,
+            expected: None,
             failed: false,
+            error: failed,
             dir: self.dir.clone(),
         }
     }
@@ -176,9 +292,42 @@ fn key_to_seq(key: &[u8]) -> Result<u64> {
 /// Iterator over log records; see [`Log::read_from`].
 pub struct LogIter {
     inner: sled::Iter,
-    expected: u64,
+    /// The frame being read: its bytes, first seq, record ranges, next index.
+    pending: Option<(sled::IVec, u64, Vec<std::ops::Range<usize>>, usize)>,
+    from: u64,
+    /// The seq the next record must have, once the first was found.
+    expected: Option<u64>,
     failed: bool,
+    error: Option<LogError>,
     dir: PathBuf,
+}
+
+impl LogIter {
+    fn next_frame(&mut self) -> Option<Result<()>> {
+        let (key, value) = match self.inner.next()? {
+            Ok(kv) => kv,
+            Err(source) => {
+                return Some(Err(LogError::Storage {
+                    path: self.dir.clone(),
+                    source,
+                }))
+            }
+        };
+        let first = match key_to_seq(&key) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        match split_frame(&value) {
+            Ok(ranges) => {
+                self.pending = Some((value, first, ranges, 0));
+                Some(Ok(()))
+            }
+            Err(reason) => Some(Err(LogError::BadFrame {
+                first_seq: first,
+                reason,
+            })),
+        }
+    }
 }
 
 impl Iterator for LogIter {
@@ -188,27 +337,43 @@ impl Iterator for LogIter {
         if self.failed {
             return None;
         }
-        let item = self.inner.next()?;
-        let result = item
-            .map_err(|source| LogError::Storage {
-                path: self.dir.clone(),
-                source,
-            })
-            .and_then(|(key, value)| {
-                let seq = key_to_seq(&key)?;
-                if seq != self.expected {
-                    return Err(LogError::Gap {
-                        expected: self.expected,
-                        found: seq,
-                    });
-                }
-                decode_record(seq, &value).map_err(|source| LogError::BadRecord { seq, source })
-            });
-        match &result {
-            Ok(_) => self.expected += 1,
-            Err(_) => self.failed = true,
+        if let Some(e) = self.error.take() {
+            self.failed = true;
+            return Some(Err(e));
         }
-        Some(result)
+        loop {
+            let (value, first, ranges, index) = match &mut self.pending {
+                Some((v, f, r, i)) if *i < r.len() => (v, *f, r, i),
+                _ => match self.next_frame()? {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                },
+            };
+            let seq = first + *index as u64;
+            let range = ranges[*index].clone();
+            *index += 1;
+            if seq < self.from {
+                continue;
+            }
+            let expected = self.expected.unwrap_or(self.from);
+            if seq != expected {
+                self.failed = true;
+                return Some(Err(LogError::Gap {
+                    expected,
+                    found: seq,
+                }));
+            }
+            let result = decode_record(seq, &value[range])
+                .map_err(|source| LogError::BadRecord { seq, source });
+            match &result {
+                Ok(_) => self.expected = Some(seq + 1),
+                Err(_) => self.failed = true,
+            }
+            return Some(result);
+        }
     }
 }
 
@@ -263,5 +428,100 @@ impl BlobSync {
         self.synced = present;
         self.last_mtime = Some(mtime);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spg99_events::{Actor, Event, Timestamp};
+
+    fn env(seq: u64, name_len: usize) -> Envelope {
+        Envelope {
+            seq,
+            at: Timestamp(seq as i64),
+            actor: Actor::System,
+            request_id: "r".into(),
+            account: None,
+            tenant: None,
+            tenant_id: None,
+            db_id: None,
+            event: Event::AccountCreated {
+                account_id: uuid::Uuid::from_u128(seq as u128),
+                name: "n".repeat(name_len),
+                email: None,
+            },
+        }
+    }
+
+    fn seqs(log: &Log, from: u64) -> Vec<u64> {
+        log.read_from(from).map(|e| e.unwrap().seq).collect()
+    }
+
+    #[test]
+    fn batches_become_frames_and_read_back_from_any_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.write(&(1..=3).map(|s| env(s, 10)).collect::<Vec<_>>())
+            .unwrap();
+        log.write(&[env(4, 10)]).unwrap();
+        // A large batch is cut into several frames, all written atomically.
+        let big: Vec<Envelope> = (5..=400).map(|s| env(s, 1000)).collect();
+        log.write(&big).unwrap();
+        log.sync().unwrap();
+        assert!(log.tree.len() > 3, "the large batch spans frames");
+        assert_eq!(log.head().unwrap(), 400);
+        assert_eq!(seqs(&log, 1), (1..=400).collect::<Vec<_>>());
+        assert_eq!(seqs(&log, 2), (2..=400).collect::<Vec<_>>());
+        assert_eq!(seqs(&log, 399), vec![399, 400]);
+        assert!(seqs(&log, 401).is_empty());
+        assert_eq!(log.get(3).unwrap().unwrap().seq, 3);
+        assert_eq!(log.get(250).unwrap().unwrap().seq, 250);
+        assert!(log.get(401).unwrap().is_none());
+        assert_eq!(log.raw_records().count(), 400);
+    }
+
+    #[test]
+    fn a_record_of_the_first_layout_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.tree
+            .insert(1u64.to_be_bytes(), encode_record(&env(1, 3)))
+            .unwrap();
+        log.write(&[env(2, 3), env(3, 3)]).unwrap();
+        assert_eq!(log.head().unwrap(), 3);
+        assert_eq!(seqs(&log, 1), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_torn_frame_and_a_gap_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.write(&[env(1, 3), env(2, 3)]).unwrap();
+        let mut torn = join_frame(&[encode_record(&env(3, 3)), encode_record(&env(4, 3))]);
+        torn.truncate(torn.len() - 3);
+        log.tree.insert(3u64.to_be_bytes(), torn).unwrap();
+        let err = log.read_from(1).nth(2).unwrap().unwrap_err();
+        assert!(
+            matches!(err, LogError::BadFrame { first_seq: 3, .. }),
+            "{err}"
+        );
+        assert!(log.head().is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        log.write(&[env(1, 3)]).unwrap();
+        log.write(&[env(3, 3)]).unwrap();
+        let err = log.read_from(1).nth(1).unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::Gap {
+                    expected: 2,
+                    found: 3
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -509,21 +509,39 @@ impl Events {
     }
 }
 
-/// Rewrites the raw record stored under `seq` (what bit rot or a foreign writer would do).
+/// Rewrites the raw record `seq` where it is stored, inside its frame (what bit rot or a
+/// foreign writer would do); an empty result removes the record.
 pub fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) {
+    use spg99::log::{join_frame, split_frame};
     let db = sled::open(dir).unwrap();
     let tree = db.open_tree("log").unwrap();
-    match tree.get(seq.to_be_bytes()).unwrap() {
-        Some(v) => {
-            let mut bytes = v.to_vec();
-            f(&mut bytes);
-            if bytes.is_empty() {
-                tree.remove(seq.to_be_bytes()).unwrap();
-            } else {
-                tree.insert(seq.to_be_bytes(), bytes).unwrap();
+    let (key, value) = tree
+        .range(..=seq.to_be_bytes())
+        .next_back()
+        .expect("a frame holds the seq")
+        .unwrap();
+    let first = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+    let mut records: Vec<Vec<u8>> = split_frame(&value)
+        .unwrap()
+        .into_iter()
+        .map(|r| value[r].to_vec())
+        .collect();
+    let index = (seq - first) as usize;
+    assert!(index < records.len(), "no record {seq}");
+    f(&mut records[index]);
+    if records[index].is_empty() {
+        records.remove(index);
+        if index == 0 {
+            tree.remove(key).unwrap();
+            if !records.is_empty() {
+                tree.insert((seq + 1).to_be_bytes(), join_frame(&records))
+                    .unwrap();
             }
+        } else {
+            tree.insert(key, join_frame(&records)).unwrap();
         }
-        None => panic!("no record {seq}"),
+    } else {
+        tree.insert(key, join_frame(&records)).unwrap();
     }
     db.flush().unwrap();
 }
