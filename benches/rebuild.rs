@@ -7,9 +7,7 @@
 //! - **cold start**: open the log and recover the state as `spg99 serve` does, without a
 //!   snapshot and with one written a thousand events before the head.
 //!
-//! Run: `cargo bench --bench rebuild` (`SPG99_BENCH_SIZES`, default `1000000`; sled 0.34
-//! holds ~3 KiB of memory per record while writing such a log, so 10M records do not fit in
-//! this machine's 24 GiB: see BENCHMARKS.md).
+//! Run: `cargo bench --bench rebuild` (`SPG99_BENCH_SIZES=1000000,10000000` by default).
 //! Prints a markdown table and writes `target/bench/rebuild.json`.
 
 use std::path::Path;
@@ -77,7 +75,7 @@ struct Row {
 
 fn main() {
     let sizes: Vec<u64> = std::env::var("SPG99_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000000".into())
+        .unwrap_or_else(|_| "1000000,10000000".into())
         .split(',')
         .map(|s| s.trim().parse().unwrap())
         .collect();
