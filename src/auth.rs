@@ -189,13 +189,19 @@ pub fn authenticate(
     if !hashes_equal(&key.secret_hash, &given) {
         return Err(AuthError::Invalid);
     }
+    check_key(key, now)?;
+    Ok(Principal::Key(key.clone()))
+}
+
+/// Whether a key whose secret was proven (by token or by ticket) may act at time `now`.
+pub fn check_key(key: &ApiKey, now: Timestamp) -> Result<(), AuthError> {
     if key.revoked_at.is_some() {
         return Err(AuthError::Revoked);
     }
     if key.expires_at.is_some_and(|exp| exp <= now) {
         return Err(AuthError::Expired);
     }
-    Ok(Principal::Key(key.clone()))
+    Ok(())
 }
 
 #[cfg(test)]

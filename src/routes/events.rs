@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{authenticate, hashes_equal, random_hex, AuthError, Principal};
+use crate::auth::{authenticate, check_key, hashes_equal, random_hex, AuthError, Principal};
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
@@ -121,12 +121,7 @@ fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result
             .redeem(ticket, now)
             .ok_or_else(|| ApiError::from(AuthError::Invalid).with_field("ticket"))?;
         let key = state.api_keys.get(&key_id).ok_or(AuthError::Invalid)?;
-        if key.revoked_at.is_some() {
-            return Err(AuthError::Revoked.into());
-        }
-        if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(AuthError::Expired.into());
-        }
+        check_key(key, now)?;
         return Ok(key.clone());
     }
     let header = req
