@@ -54,6 +54,21 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// An operator's filter: every event, narrowed only by the given filters.
+    pub fn operator(
+        tenant: Option<String>,
+        db: Option<Uuid>,
+        types: Option<Vec<&'static str>>,
+    ) -> Filter {
+        Filter {
+            scope: KeyScope::Global,
+            key_id: String::new(),
+            tenant,
+            db,
+            types,
+        }
+    }
+
     fn in_scope(&self, env: &Envelope) -> bool {
         match self.scope {
             KeyScope::Global => true,

@@ -12,13 +12,26 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use spg99_events::{Event, KeyScope};
+use spg99_events::{Envelope, Event};
 use spg99_projections::State;
 
 use crate::log::Log;
 use crate::recovery::replay;
 use crate::routes::{accounts::AccountView, dbs::DbView, keys::KeyView, tenants::TenantView};
 use crate::stream::{envelope_json, Filter};
+
+/// The events from `from` to `to` (inclusive) that `filter` lets through, in order; the first
+/// error ends them.
+pub fn select<'a>(
+    log: &'a Log,
+    from: u64,
+    to: u64,
+    filter: &'a Filter,
+) -> impl Iterator<Item = crate::log::Result<Envelope>> + 'a {
+    log.read_from(from)
+        .take_while(move |e| e.as_ref().map_or(true, |e| e.seq <= to))
+        .filter(move |e| e.as_ref().map_or(true, |e| filter.matches(e)))
+}
 
 /// A point in the log: a seq, or a time (the last event at or before it).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -208,21 +221,10 @@ pub fn dump(source: &Source, args: &DumpArgs, out: &mut impl Write) -> ToolResul
     match source {
         Source::Dir(dir) => {
             let log = open_log(dir)?;
-            let filter = Filter {
-                scope: KeyScope::Global,
-                key_id: String::new(),
-                tenant: args.tenant.clone(),
-                db: args.db,
-                types,
-            };
-            for env in log.read_from(args.from) {
+            let filter = Filter::operator(args.tenant.clone(), args.db, types);
+            for env in select(&log, args.from, args.to.unwrap_or(u64::MAX), &filter) {
                 let env = env.map_err(|e| ToolError::Failed(e.to_string()))?;
-                if args.to.is_some_and(|to| env.seq > to) {
-                    break;
-                }
-                if filter.matches(&env) {
-                    print(out, &envelope_json(&env), args.pretty)?;
-                }
+                print(out, &envelope_json(&env), args.pretty)?;
             }
             Ok(())
         }

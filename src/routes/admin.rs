@@ -13,7 +13,6 @@ use std::time::Instant;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use spg99_events::KeyScope;
 
 use crate::http::error::ErrorBody;
 use crate::http::{at_version, ApiError, AppState, Caller};
@@ -90,33 +89,22 @@ pub async fn log(
     }
     let types = tools::parse_types(query.types.as_deref())
         .map_err(|e| ApiError::bad_request("invalid_filter", e).with_field("types"))?;
-    let filter = Filter {
-        scope: KeyScope::Global,
-        key_id: String::new(),
-        tenant: query.tenant.clone(),
-        db: query.db,
-        types,
-    };
+    let filter = Filter::operator(query.tenant.clone(), query.db, types);
     let head = app.shared.head();
     let to = query.to.unwrap_or(head).min(head);
     let from = query.from.unwrap_or(1).max(1);
     let mut items = Vec::new();
     let mut next_from = None;
-    for env in app.log.read_from(from) {
+    for env in tools::select(&app.log, from, to, &filter) {
         let env = env.map_err(|e| {
             tracing::error!(error = %e, "the log cannot be read");
             ApiError::unavailable("the log cannot be read", 5)
         })?;
-        if env.seq > to {
-            break;
-        }
         if items.len() == limit {
             next_from = Some(env.seq);
             break;
         }
-        if filter.matches(&env) {
-            items.push(envelope_json(&env));
-        }
+        items.push(envelope_json(&env));
     }
     Ok(at_version(HttpResponse::Ok(), head).json(json!({"items": items, "next_from": next_from})))
 }
