@@ -13,24 +13,18 @@
 //! Run: `cargo bench --bench http_api` (`SPG99_BENCH_SECS`, default 3 s per cell). Prints a
 //! markdown table and writes `target/bench/http_api.json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::ROOT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CONNECTIONS: [usize; 4] = [1, 16, 64, 256];
-const ROOT: &str = "spg99_00000000000000aa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The bare handler: the same shape of answer a describe gives, from memory.
 fn bare_server() {
@@ -72,24 +66,6 @@ fn sample_describe() -> String {
 }
 
 /// Starts a child and waits for the line that names its address.
-fn spawn(mut cmd: Command, marker: &str) -> (Child, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("child exited").unwrap();
-        if let Some(rest) = line.split(marker).nth(1) {
-            break rest.trim().trim_start_matches("http://").to_owned();
-        }
-    };
-    // Keep draining its stdout so it never blocks.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 /// One minimal HTTP/1.1 request/response over a kept-alive connection.
 async fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
     conn.write_all(req).await.unwrap();
@@ -179,11 +155,7 @@ fn load(
         }
         let secs = started.elapsed().as_secs_f64();
         lat.sort_unstable();
-        let pct = |p: f64| {
-            lat.get(((lat.len().max(1) - 1) as f64 * p) as usize)
-                .copied()
-                .unwrap_or(0)
-        };
+        let pct = |p: f64| support::percentile(&lat, p);
         Cell {
             workload,
             conns,
@@ -228,19 +200,14 @@ fn main() {
     if std::env::args().any(|a| a == "--bare-server") {
         return bare_server();
     }
-    let dur = Duration::from_secs(env_or("SPG99_BENCH_SECS", 3));
+    let dur = Duration::from_secs(support::env_or("SPG99_BENCH_SECS", 3));
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("http_api");
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut spg = Command::new(env!("CARGO_BIN_EXE_spg99"));
-    spg.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
-        .env("RUST_LOG", "warn");
-    let (mut spg_child, spg_addr) = spawn(spg, "listening on ");
+    let (mut spg_child, spg_addr) = support::spawn_spg99(&dir);
     let mut bare = Command::new(std::env::current_exe().unwrap());
     bare.arg("--bare-server");
-    let (mut bare_child, bare_addr) = spawn(bare, "listening on ");
+    let (mut bare_child, bare_addr) = support::spawn_listening(bare);
 
     // An account, its key, a tenant and a database to describe.
     let account = once(&spg_addr, post("/v2/accounts", ROOT, r#"{"name":"bench"}"#));
@@ -330,11 +297,5 @@ fn main() {
             ));
         }
     }
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("http_api.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    support::write_results("http_api", &json);
 }

@@ -17,6 +17,8 @@
 //! 3, interleaved) for `SPG99_BENCH_SECS` each (default 2) and reports its median round.
 //! Prints a markdown table and writes `target/bench/log_append.json`.
 
+mod support;
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,13 +51,6 @@ impl Cell {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn finish(mode: &'static str, producers: usize, secs: f64, mut lat: Vec<u64>) -> Cell {
     lat.sort_unstable();
     Cell {
@@ -63,8 +58,8 @@ fn finish(mode: &'static str, producers: usize, secs: f64, mut lat: Vec<u64>) ->
         producers,
         ops: lat.len() as u64,
         secs,
-        p50_us: percentile(&lat, 0.50),
-        p99_us: percentile(&lat, 0.99),
+        p50_us: support::percentile(&lat, 0.50),
+        p99_us: support::percentile(&lat, 0.99),
     }
 }
 
@@ -219,13 +214,6 @@ fn committer(dir: &Path, producers: usize, dur: Duration) -> Cell {
     })
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Of several runs of one cell, the one with the median rate.
 fn median(mut runs: Vec<Cell>) -> Cell {
     runs.sort_by(|a, b| a.per_sec().total_cmp(&b.per_sec()));
@@ -234,8 +222,8 @@ fn median(mut runs: Vec<Cell>) -> Cell {
 
 fn main() {
     // `cargo bench` passes `--bench`; anything else (e.g. a filter) is ignored.
-    let secs = env_or("SPG99_BENCH_SECS", 2);
-    let rounds = env_or("SPG99_BENCH_ROUNDS", 3).max(1) as usize;
+    let secs = support::env_or("SPG99_BENCH_SECS", 2);
+    let rounds = support::env_or("SPG99_BENCH_ROUNDS", 3).max(1) as usize;
     let dur = Duration::from_secs(secs);
     let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("log_append");
     let fresh = |name: String| {
@@ -307,11 +295,5 @@ fn main() {
             ));
         }
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("log_append.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    support::write_results("log_append", &json);
 }

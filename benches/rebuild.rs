@@ -10,6 +10,8 @@
 //! Run: `cargo bench --bench rebuild` (`SPG99_BENCH_SIZES=1000000,10000000` by default).
 //! Prints a markdown table and writes `target/bench/rebuild.json`.
 
+mod support;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -156,11 +158,5 @@ fn main() {
             r.events, r.raw_scan_per_sec, r.rebuild_per_sec, r.cold_full_secs, r.cold_snapshot_secs, r.snapshot_replayed
         ));
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("rebuild.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    support::write_results("rebuild", &json);
 }

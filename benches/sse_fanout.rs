@@ -12,23 +12,17 @@
 //! scale; `SPG99_BENCH_RATE`, default 10 events/s). Prints a markdown table and writes
 //! `target/bench/sse_fanout.json`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::ROOT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ROOT: &str = "spg99_00000000000000aa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const SCALES: [usize; 2] = [1_000, 10_000];
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -163,12 +157,7 @@ fn run_scale(server: &Child, addr: &str, n: usize, secs: u64, rate: u64) -> Row 
     let held = results.iter().filter(|d| d.len() == events).count();
     let mut all: Vec<u64> = results.into_iter().flatten().collect();
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len().max(1) - 1) as f64 * p) as usize)
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| support::percentile(&all, p) as f64 / 1000.0;
     Row {
         subscribers: n,
         held,
@@ -180,27 +169,11 @@ fn run_scale(server: &Child, addr: &str, n: usize, secs: u64, rate: u64) -> Row 
 }
 
 fn main() {
-    let secs = env_or("SPG99_BENCH_SECS", 10);
-    let rate = env_or("SPG99_BENCH_RATE", 10).max(1);
+    let secs = support::env_or("SPG99_BENCH_SECS", 10);
+    let rate = support::env_or("SPG99_BENCH_RATE", 10).max(1);
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sse_fanout");
     let _ = std::fs::remove_dir_all(&dir);
-    let mut server = Command::new(env!("CARGO_BIN_EXE_spg99"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(a) = line.strip_prefix("spg99 listening on http://") {
-            break a.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (server, addr) = support::spawn_spg99(&dir);
     let server = Arc::new(server);
 
     let mut rows = Vec::new();
@@ -226,11 +199,5 @@ fn main() {
             r.subscribers, r.held, r.events, r.p50_ms, r.p99_ms, r.kib_per_subscriber
         ));
     }
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("sse_fanout.json"),
-        format!("[{}]\n", json.join(",\n")),
-    )
-    .unwrap();
+    support::write_results("sse_fanout", &json);
 }
