@@ -19,15 +19,14 @@ pub enum Commands {
     #[command(subcommand)]
     Log(LogCommand),
     /// Replay the whole log into fresh projections: counts, speed and state fingerprint.
+    /// With --url, compares with that server's state (and, without a log in --data-dir,
+    /// has the server rebuild from its own).
     Rebuild {
-        #[command(flatten)]
-        dir: DirArg,
         /// Compare with the newest snapshot, and with the server at --url (if given).
         #[arg(long)]
         verify: bool,
-        /// A running server to compare with (token in SPG99_TOKEN).
-        #[arg(long, env = "SPG99_URL")]
-        url: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
     },
     /// The state as it was at a point of the log (time travel for audits).
     State {
@@ -89,13 +88,6 @@ pub enum LogCommand {
 pub enum Format {
     Jsonl,
     Pretty,
-}
-
-/// The data directory of a stopped server.
-#[derive(Debug, Clone, Args)]
-pub struct DirArg {
-    #[arg(long, env = "SPG99_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
 }
 
 /// Offline on a data directory, or online with --url (token in SPG99_TOKEN).

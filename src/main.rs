@@ -108,11 +108,14 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
             let query = format!("?{}", params.join("&"));
             tools::tail(base, &token, &query, &mut out)
         }
-        Commands::Rebuild { dir, verify, url } => {
+        Commands::Rebuild {
+            verify,
+            source: SourceArgs { data_dir, url },
+        } => {
             let token = url.as_ref().map(|_| token()).transpose()?;
             match (url.as_deref(), token) {
                 // No log here: the server rebuilds from its own and compares.
-                (Some(base), Some(token)) if !dir.data_dir.join("db").exists() => {
+                (Some(base), Some(token)) if !data_dir.join("db").exists() => {
                     let source = Source::Url {
                         base: base.trim_end_matches('/').to_owned(),
                         token,
@@ -121,7 +124,7 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
                 }
                 (url, token) => {
                     let live = url.zip(token.as_deref());
-                    tools::rebuild(&dir.data_dir, verify, live, &mut out)
+                    tools::rebuild(&data_dir, verify, live, &mut out)
                 }
             }
         }
