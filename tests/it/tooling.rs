@@ -341,3 +341,53 @@ fn dumps_hold_no_secret_and_filter_as_asked() {
     );
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn log_tail_follows_the_live_log_from_now_on() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = tempdir();
+    let s = Start::new(&tmp.path().join("data")).spawn();
+    s.create_account("before");
+    let mut tail = Command::new(bin())
+        .args([
+            "log",
+            "tail",
+            "--url",
+            &s.base,
+            "--types",
+            "account.created",
+        ])
+        .env("SPG99_TOKEN", ROOT_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Write until the tail, once connected, shows something.
+    let mut line = None;
+    for i in 0..50 {
+        s.create_account(&format!("after{i}"));
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let v: Value = serde_json::from_str(&line.expect("the tail showed an event")).unwrap();
+    assert_eq!(v["type"], "account.created");
+    let name = v["data"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("after"),
+        "events from before the tail started are not shown: {name}"
+    );
+}
