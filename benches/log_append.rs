@@ -167,7 +167,13 @@ fn committer(dir: &Path, producers: usize, dur: Duration) -> Cell {
     rt.block_on(async {
         let log = Arc::new(Log::open(dir).unwrap());
         let secrets = Arc::new(spg99::secrets::SecretBox::from_key([7; 32]));
-        let committer = Committer::start(log, State::default(), Arc::new(SystemClock), secrets);
+        let committer = Committer::start(
+            log,
+            State::default(),
+            Arc::new(SystemClock),
+            secrets,
+            Default::default(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let tasks: Vec<_> = (0..producers)

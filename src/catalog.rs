@@ -109,6 +109,15 @@ pub fn profile(name: &str) -> Option<&'static Profile> {
     PROFILES.iter().find(|p| p.name == name)
 }
 
+/// The profiles the autoscaler may use for a size, smallest first (none for a size the
+/// catalog no longer has).
+pub fn profiles_of(size: &str) -> &'static [&'static str] {
+    SIZES
+        .iter()
+        .find(|s| s.name == size)
+        .map_or(&[], |s| s.profiles)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

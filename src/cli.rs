@@ -114,6 +114,23 @@ pub struct ServeArgs {
     /// Stop a database after this many seconds without connections.
     #[arg(long, env = "SPG99_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
+    /// A Gateway lease not renewed for this many milliseconds expires.
+    #[arg(long, env = "SPG99_LEASE_TTL_MS", default_value_t = 30_000)]
+    pub lease_ttl_ms: u64,
+    /// A worker silent for this many milliseconds is declared lost.
+    #[arg(long, env = "SPG99_WORKER_TIMEOUT_MS", default_value_t = 15_000)]
+    pub worker_timeout_ms: u64,
+    /// Each lifecycle phase (start, stop, prepare candidate, cutover) must finish within
+    /// this many seconds, or it fails.
+    #[arg(long, env = "SPG99_PHASE_DEADLINE", default_value_t = 60)]
+    pub phase_deadline: u64,
+    /// How often the reconciler runs, in milliseconds.
+    #[arg(long, env = "SPG99_RECONCILE_INTERVAL_MS", default_value_t = 1_000)]
+    pub reconcile_interval_ms: u64,
+    /// `system` (default) or `manual`: a clock that stands still until
+    /// `POST /internal/v1/clock/advance` moves it (tests and demos of time-driven behaviour).
+    #[arg(long, env = "SPG99_CLOCK", default_value = "system")]
+    pub clock: String,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "SPG99_HTTP_WORKERS")]
     pub http_workers: Option<usize>,

@@ -94,8 +94,8 @@ pub enum Command {
         tenant: ResourceName,
         db: ResourceName,
     },
-    /// The reconciler: remove what was being deleted and holds no compute any more.
-    FinishDeletions,
+    /// Workers, the Gateway and the reconciler: see [`crate::lifecycle`].
+    Lifecycle(crate::lifecycle::Lifecycle),
 }
 
 /// What an event concerns: the envelope's account, tenant and database.
@@ -108,14 +108,14 @@ pub struct Subject {
 }
 
 impl Subject {
-    fn account(account: Uuid) -> Self {
+    pub(crate) fn account(account: Uuid) -> Self {
         Subject {
             account: Some(account),
             ..Subject::default()
         }
     }
 
-    fn tenant(t: &Tenant) -> Self {
+    pub(crate) fn tenant(t: &Tenant) -> Self {
         Subject {
             account: Some(t.account),
             tenant: Some(t.name.clone()),
@@ -124,7 +124,7 @@ impl Subject {
         }
     }
 
-    fn db(t: &Tenant, db_id: Uuid) -> Self {
+    pub(crate) fn db(t: &Tenant, db_id: Uuid) -> Self {
         Subject {
             db_id: Some(db_id),
             ..Subject::tenant(t)
@@ -140,15 +140,15 @@ pub struct Draft {
 }
 
 impl Draft {
-    fn new(subject: Subject, event: Event) -> Self {
+    pub(crate) fn new(subject: Subject, event: Event) -> Self {
         Draft { subject, event }
     }
 
-    fn global(event: Event) -> Self {
+    pub(crate) fn global(event: Event) -> Self {
         Draft::new(Subject::default(), event)
     }
 
-    fn account(account: Uuid, event: Event) -> Self {
+    pub(crate) fn account(account: Uuid, event: Event) -> Self {
         Draft::new(Subject::account(account), event)
     }
 }
@@ -171,16 +171,27 @@ pub enum Rejection {
         field: &'static str,
         message: String,
     },
+    /// Not found, with a code more precise than `not_found` (an expired lease, an unknown
+    /// worker), so that the caller knows what to do next.
+    #[error("{message}")]
+    Gone { code: &'static str, message: String },
+    /// Not now: retry after a while (checkouts frozen by a handoff, no worker free).
+    #[error("{message}")]
+    Busy {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u32,
+    },
 }
 
-fn forbidden(code: &'static str, message: impl Into<String>) -> Rejection {
+pub(crate) fn forbidden(code: &'static str, message: impl Into<String>) -> Rejection {
     Rejection::Forbidden {
         code,
         message: message.into(),
     }
 }
 
-fn conflict(code: &'static str, message: impl Into<String>) -> Rejection {
+pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Rejection {
     Rejection::Conflict {
         code,
         message: message.into(),
@@ -548,15 +559,10 @@ pub fn decide(
                 Event::DbDeleteRequested { db_id: d.id },
             )])
         }
-        Command::FinishDeletions => {
-            if meta.actor != Actor::System {
-                return Err(forbidden(
-                    "system_only",
-                    "only the reconciler finishes deletions",
-                ));
-            }
-            Ok(finish_deletions(state))
-        }
+        Command::Lifecycle(_) => Err(forbidden(
+            "lifecycle_command",
+            "lifecycle commands are decided by crate::lifecycle",
+        )),
     }
 }
 
@@ -577,44 +583,4 @@ fn live_account(state: &State, account: Uuid) -> Result<(), Rejection> {
         Some(a) if a.deleting => Err(conflict("account_deleting", "the account is being deleted")),
         Some(_) => Ok(()),
     }
-}
-
-/// Databases in `deleting` are removed (no compute holds them in this version); then tenants
-/// in `deleting` with nothing left; then accounts in `deleting` with nothing left.
-fn finish_deletions(state: &State) -> Vec<Draft> {
-    let mut drafts = Vec::new();
-    for d in state.dbs.values().filter(|d| d.state == DbState::Deleting) {
-        let Some(t) = state.tenants.get(&d.tenant) else {
-            continue;
-        };
-        drafts.push(Draft::new(
-            Subject::db(t, d.id),
-            Event::DbDeleted { db_id: d.id },
-        ));
-    }
-    let db_gone = |t: Uuid| state.dbs_of(t).all(|d| d.state == DbState::Deleting);
-    for t in state
-        .tenants
-        .values()
-        .filter(|t| t.deleting && db_gone(t.id))
-    {
-        drafts.push(Draft::new(
-            Subject::tenant(t),
-            Event::TenantDeleted { tenant_id: t.id },
-        ));
-    }
-    for a in state.accounts.values().filter(|a| a.deleting) {
-        let empty = state
-            .tenants
-            .values()
-            .filter(|t| t.account == a.id)
-            .all(|t| t.deleting && db_gone(t.id));
-        if empty {
-            drafts.push(Draft::account(
-                a.id,
-                Event::AccountDeleted { account_id: a.id },
-            ));
-        }
-    }
-    drafts
 }

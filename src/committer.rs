@@ -39,6 +39,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::commands::{decide, Command, CommandMeta, Rejection, Subject};
+use crate::lifecycle::{self, Answer, Context, Runtime, Settings};
 use crate::log::Log;
 use crate::secrets::SecretBox;
 
@@ -94,6 +95,8 @@ pub struct Committed {
     pub response: Option<Rendered>,
     /// True when this is a retry answered from the record of the first request.
     pub replayed: bool,
+    /// What a lifecycle command answers besides its events.
+    pub answer: Answer,
 }
 
 impl Committed {
@@ -159,6 +162,7 @@ struct Outcome {
     range: Range<usize>,
     response: Option<Rendered>,
     replayed: bool,
+    answer: Answer,
 }
 
 // Queued by value: boxing would cost one more allocation per command.
@@ -238,6 +242,7 @@ impl Committer {
         state: State,
         clock: Arc<dyn Clock>,
         secrets: Arc<SecretBox>,
+        settings: Arc<Settings>,
     ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (feed, _) = broadcast::channel(FEED_DEPTH);
@@ -251,6 +256,8 @@ impl Committer {
         let decider = Decider {
             log: log.clone(),
             secrets,
+            runtime: Runtime::recovered(&state, clock.now(), &settings),
+            settings,
             working: state,
             shared: shared.clone(),
             clock,
@@ -313,6 +320,9 @@ struct Decider {
     log: Arc<Log>,
     secrets: Arc<SecretBox>,
     working: State,
+    /// The lifecycle's soft state (lease renewals, heartbeats); see [`crate::lifecycle`].
+    runtime: Runtime,
+    settings: Arc<Settings>,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Msg>,
@@ -407,6 +417,7 @@ impl Decider {
                                 body,
                             }),
                             replayed: true,
+                            answer: Answer::None,
                         });
                     }
                     Some(_) => {
@@ -421,7 +432,17 @@ impl Decider {
             }
             _ => None,
         };
-        let drafts = decide(&self.working, &meta, &command)?;
+        let (drafts, answer) = match &command {
+            Command::Lifecycle(lifecycle) => {
+                let mut cx = Context {
+                    runtime: &mut self.runtime,
+                    settings: &self.settings,
+                    now: at,
+                };
+                lifecycle::decide(&self.working, &mut cx, &meta, lifecycle)?
+            }
+            _ => (decide(&self.working, &meta, &command)?, Answer::None),
+        };
         let mut last = Subject::default();
         for d in drafts {
             last = d.subject.clone();
@@ -443,6 +464,7 @@ impl Decider {
             range: start..envs.len(),
             response,
             replayed: false,
+            answer,
         })
     }
 }
@@ -517,6 +539,7 @@ impl Syncer {
                         range: o.range,
                         response: o.response,
                         replayed: o.replayed,
+                        answer: o.answer,
                     });
                     let _ = reply.send(answer);
                 }

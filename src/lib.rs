@@ -35,6 +35,7 @@ pub mod commands;
 pub mod committer;
 pub mod domain;
 pub mod http;
+pub mod lifecycle;
 pub mod log;
 pub mod reconciler;
 pub mod recovery;

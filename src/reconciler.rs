@@ -1,22 +1,28 @@
 //! The reconciler: a background loop that carries out what the log asked for but no request
-//! finishes by itself. For now: deletions. A deletion request (`db.delete_requested`,
-//! `tenant.delete_requested`, `account.delete_requested`) leaves the object in `deleting`;
-//! the reconciler removes it once nothing holds it (databases first, then their tenant, then
-//! the account), as events with actor `system`.
+//! finishes by itself, and what only the passing of time decides. Each pass runs the
+//! lifecycle's steps in order ([`Step::ALL`]): expire leases not renewed, declare silent
+//! workers lost, fail phases past their deadline, stop idle databases, run the autoscaler,
+//! finish deletions. Every step is a command with actor `system`, decided against the state
+//! the steps before it left, so everything it decides is an event in the log.
 //!
-//! It wakes when a batch holding a deletion request is published (and once at start, for
-//! requests recovered from the log), so an idle platform costs nothing.
+//! A pass runs every `interval`, at once when a deletion is requested (so that deletions
+//! finish promptly), and on demand when a manual clock is advanced ([`pass`]). A pass that
+//! finds nothing to do writes nothing.
 
 use std::time::Duration;
 
 use spg99_events::{Actor, Event};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
 
 use crate::commands::{Command, CommandMeta};
 use crate::committer::{CommitError, CommitHandle};
+use crate::lifecycle::{Lifecycle, Step};
 
-/// Pause between a deletion request and its completion, so that bursts share one command.
+/// Pause between a deletion request and its pass, so that bursts share one pass.
 const SETTLE: Duration = Duration::from_millis(50);
+/// Most workers declared lost in one pass (one command each).
+const MAX_LOSSES_PER_PASS: usize = 64;
 
 fn asks_for_deletion(event: &Event) -> bool {
     matches!(
@@ -24,30 +30,60 @@ fn asks_for_deletion(event: &Event) -> bool {
         Event::DbDeleteRequested { .. }
             | Event::TenantDeleteRequested { .. }
             | Event::AccountDeleteRequested { .. }
+            | Event::WriterRetired { .. }
     )
 }
 
 /// Runs until the committer stops.
-pub async fn run(commits: CommitHandle) {
+pub async fn run(commits: CommitHandle, interval: Duration) {
     let mut feed = commits.shared().subscribe();
-    let mut pending = true;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        if pending {
-            tokio::time::sleep(SETTLE).await;
-            let meta = CommandMeta {
-                actor: Actor::System,
-                request_id: format!("reconciler-{}", uuid::Uuid::new_v4().simple()),
-            };
-            match commits.submit(meta, Command::FinishDeletions).await {
-                Ok(_) => {}
-                Err(CommitError::Unavailable) => return,
-                Err(e) => tracing::warn!(error = %e, "finishing deletions was refused"),
-            }
+        tokio::select! {
+            _ = tick.tick() => {}
+            got = feed.recv() => match got {
+                Ok(batch) if batch.iter().any(|e| asks_for_deletion(&e.event)) => {
+                    tokio::time::sleep(SETTLE).await;
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
         }
-        match feed.recv().await {
-            Ok(batch) => pending = batch.iter().any(|e| asks_for_deletion(&e.event)),
-            Err(RecvError::Lagged(_)) => pending = true,
-            Err(RecvError::Closed) => return,
+        if pass(&commits).await.is_err() {
+            return;
         }
     }
+}
+
+/// One pass of every step. Fails only when the log stopped accepting writes.
+pub async fn pass(commits: &CommitHandle) -> Result<(), CommitError> {
+    let request_id = format!("reconciler-{}", uuid::Uuid::new_v4().simple());
+    for step in Step::ALL {
+        let repeats = if step == Step::LoseWorkers {
+            MAX_LOSSES_PER_PASS
+        } else {
+            1
+        };
+        for _ in 0..repeats {
+            let meta = CommandMeta {
+                actor: Actor::System,
+                request_id: request_id.clone(),
+            };
+            match commits
+                .submit(meta, Command::Lifecycle(Lifecycle::Reconcile(step)))
+                .await
+            {
+                Ok(done) if !done.events().is_empty() => continue,
+                Ok(_) => break,
+                Err(CommitError::Unavailable) => return Err(CommitError::Unavailable),
+                Err(e) => {
+                    tracing::warn!(error = %e, ?step, "a reconciler step was refused");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }

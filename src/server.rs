@@ -14,10 +14,11 @@ use spg99_events::Actor;
 
 use crate::auth::Token;
 use crate::cli::ServeArgs;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::commands::{Command, CommandMeta};
 use crate::committer::{CommitHandle, Committer};
 use crate::http::{self, request_id, AppState};
+use crate::lifecycle::Settings;
 use crate::log::{Log, LogError};
 use crate::reconciler;
 use crate::recovery::recover;
@@ -32,7 +33,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: String,
     pub gateway_host: String,
-    pub idle_timeout: Duration,
+    pub lifecycle: Settings,
+    pub reconcile_interval: Duration,
+    /// A manual clock instead of the wall clock (`SPG99_CLOCK=manual`).
+    pub manual_clock: bool,
     pub http_workers: usize,
     /// `SPG99_BOOTSTRAP_TOKEN`: the first global key's token, on the first start only.
     pub bootstrap_token: Option<String>,
@@ -51,7 +55,16 @@ impl Config {
             data_dir: args.data_dir,
             listen: args.listen,
             gateway_host: args.gateway_host,
-            idle_timeout: Duration::from_secs(args.idle_timeout),
+            lifecycle: Settings {
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+                lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(1)),
+                worker_timeout: Duration::from_millis(args.worker_timeout_ms.max(1)),
+                heartbeat_interval: Duration::from_millis((args.worker_timeout_ms / 3).max(1)),
+                phase_deadline: Duration::from_secs(args.phase_deadline.max(1)),
+                ..Settings::default()
+            },
+            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms.max(10)),
+            manual_clock: args.clock == "manual",
             http_workers: args
                 .http_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -108,14 +121,25 @@ impl Application {
         if let Some(t) = recovered.state.tenants.values().next() {
             secrets.open(t.id.as_bytes(), &t.pg_password)?;
         }
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = if config.manual_clock {
+            tracing::warn!("manual clock: time stands still until /internal/v1/clock/advance");
+            Arc::new(ManualClock::starting_now())
+        } else {
+            Arc::new(SystemClock)
+        };
+        let settings = Arc::new(config.lifecycle.clone());
         // The snapshotter folds its own copy, so that writing a snapshot takes no lock.
         let for_snapshots = recovered.state.clone();
-        let committer =
-            Committer::start(log.clone(), recovered.state, clock.clone(), secrets.clone());
+        let committer = Committer::start(
+            log.clone(),
+            recovered.state,
+            clock.clone(),
+            secrets.clone(),
+            settings.clone(),
+        );
         let commits = committer.handle();
         bootstrap(&commits, &config).await?;
-        actix_web::rt::spawn(reconciler::run(commits.clone()));
+        actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
         actix_web::rt::spawn(crate::snapshot::run(
             commits.shared().clone(),
             log.clone(),
@@ -133,6 +157,7 @@ impl Application {
             tickets: Default::default(),
             data_dir: config.data_dir.clone(),
             gateway_host: config.gateway_host.clone(),
+            settings,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -174,6 +174,117 @@ fn event_data(event: &Event) -> Value {
             status,
             ..
         } => json!({"key_id": key_id, "idempotency_key": idempotency_key, "status": status}),
+        Event::WorkerRegistered {
+            worker_id,
+            address,
+            capacity,
+            profiles,
+            instance,
+        } => json!({
+            "worker_id": worker_id, "address": address, "capacity": capacity,
+            "profiles": profiles, "instance": instance,
+        }),
+        Event::WorkerLost { worker_id, reason } => {
+            json!({ "worker_id": worker_id, "reason": reason })
+        }
+        Event::DbStartRequested {
+            db_id,
+            worker_id,
+            profile,
+            writer_term,
+            deadline,
+        } => json!({
+            "db_id": db_id, "state": "starting", "worker_id": worker_id, "profile": profile,
+            "writer_term": writer_term, "deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbStarted {
+            db_id,
+            backend_addr,
+        } => json!({ "db_id": db_id, "state": "running", "backend_addr": backend_addr }),
+        Event::DbStartFailed {
+            db_id,
+            reason,
+            give_up,
+        } => json!({
+            "db_id": db_id, "state": if *give_up { "failed" } else { "stopped" }, "reason": reason,
+        }),
+        Event::DbStopRequested {
+            db_id,
+            reason,
+            deadline,
+        } => json!({
+            "db_id": db_id, "state": "stopping", "reason": reason,
+            "deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbStopped { db_id, reason } => {
+            json!({ "db_id": db_id, "state": "stopped", "reason": reason })
+        }
+        Event::LeaseGranted {
+            lease_id,
+            db_id,
+            lease_control_epoch,
+            ttl_ms,
+        } => json!({
+            "lease_id": lease_id, "db_id": db_id, "lease_control_epoch": lease_control_epoch,
+            "lease_ttl_ms": ttl_ms,
+        }),
+        Event::LeaseReleased { lease_id } | Event::LeaseExpired { lease_id } => {
+            json!({ "lease_id": lease_id })
+        }
+        Event::DbLoadChanged {
+            db_id,
+            cpu_milli,
+            active_connections,
+            band,
+        } => json!({
+            "db_id": db_id, "cpu": f64::from(*cpu_milli) / 1000.0,
+            "active_connections": active_connections, "band": band.as_str(),
+        }),
+        Event::DbScaleStarted {
+            db_id,
+            target_profile,
+            candidate_worker_id,
+            candidate_writer_term,
+            deadline,
+        } => json!({
+            "db_id": db_id, "scale_state": "PREPARING_CANDIDATE",
+            "target_profile": target_profile, "candidate_profile": target_profile,
+            "candidate_worker_id": candidate_worker_id,
+            "candidate_writer_term": candidate_writer_term,
+            "scale_phase_deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbScaleCutoverStarted {
+            db_id,
+            lease_control_epoch,
+            deadline,
+        } => json!({
+            "db_id": db_id, "scale_state": "CUTOVER", "freeze_new_checkouts": true,
+            "lease_control_epoch": lease_control_epoch,
+            "scale_phase_deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbScaleCompleted {
+            db_id,
+            backend_addr,
+            cooldown_until,
+        } => json!({
+            "db_id": db_id, "scale_state": "STABLE", "freeze_new_checkouts": false,
+            "backend_addr": backend_addr,
+            "autoscale_cooldown_until": rfc3339(*cooldown_until),
+        }),
+        Event::DbScaleFailed {
+            db_id,
+            reason,
+            cooldown_until,
+        } => json!({
+            "db_id": db_id, "scale_state": "FAILED", "freeze_new_checkouts": false,
+            "scale_failure_reason": reason,
+            "autoscale_cooldown_until": rfc3339(*cooldown_until),
+        }),
+        Event::WriterRetired {
+            db_id,
+            worker_id,
+            writer_term,
+        } => json!({ "db_id": db_id, "worker_id": worker_id, "writer_term": writer_term }),
     }
 }
 

@@ -216,6 +216,87 @@ mod tests {
                 status: 201,
                 body: Sealed(vec![0; 40]),
             },
+            Event::WorkerRegistered {
+                worker_id: "w-1".into(),
+                address: "10.0.0.5:6432".into(),
+                capacity: 64,
+                profiles: vec!["c0.25".into(), "c1".into()],
+                instance: "i-1".into(),
+            },
+            Event::WorkerLost {
+                worker_id: "w-1".into(),
+                reason: "no heartbeat".into(),
+            },
+            Event::DbStartRequested {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w-1".into(),
+                profile: "c0.25".into(),
+                writer_term: 1,
+                deadline: Timestamp(9),
+            },
+            Event::DbStarted {
+                db_id: Uuid::from_u128(8),
+                backend_addr: "10.0.0.5:6432".into(),
+            },
+            Event::DbStartFailed {
+                db_id: Uuid::from_u128(8),
+                reason: "disk full".into(),
+                give_up: false,
+            },
+            Event::DbStopRequested {
+                db_id: Uuid::from_u128(8),
+                reason: "idle".into(),
+                deadline: Timestamp(9),
+            },
+            Event::DbStopped {
+                db_id: Uuid::from_u128(8),
+                reason: "idle".into(),
+            },
+            Event::LeaseGranted {
+                lease_id: Uuid::from_u128(9),
+                db_id: Uuid::from_u128(8),
+                lease_control_epoch: 1,
+                ttl_ms: 30_000,
+            },
+            Event::LeaseReleased {
+                lease_id: Uuid::from_u128(9),
+            },
+            Event::LeaseExpired {
+                lease_id: Uuid::from_u128(9),
+            },
+            Event::DbLoadChanged {
+                db_id: Uuid::from_u128(8),
+                cpu_milli: 900,
+                active_connections: 4,
+                band: crate::event::LoadBand::High,
+            },
+            Event::DbScaleStarted {
+                db_id: Uuid::from_u128(8),
+                target_profile: "c0.5".into(),
+                candidate_worker_id: "w-2".into(),
+                candidate_writer_term: 2,
+                deadline: Timestamp(9),
+            },
+            Event::DbScaleCutoverStarted {
+                db_id: Uuid::from_u128(8),
+                lease_control_epoch: 2,
+                deadline: Timestamp(9),
+            },
+            Event::DbScaleCompleted {
+                db_id: Uuid::from_u128(8),
+                backend_addr: "10.0.0.6:6432".into(),
+                cooldown_until: Timestamp(9),
+            },
+            Event::DbScaleFailed {
+                db_id: Uuid::from_u128(8),
+                reason: "candidate failed".into(),
+                cooldown_until: Timestamp(9),
+            },
+            Event::WriterRetired {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w-1".into(),
+                writer_term: 1,
+            },
         ]
     }
 
@@ -236,9 +317,25 @@ mod tests {
             Event::DbDeleteRequested { .. } => 12,
             Event::DbDeleted { .. } => 13,
             Event::IdempotentResponseRecorded { .. } => 14,
+            Event::WorkerRegistered { .. } => 15,
+            Event::WorkerLost { .. } => 16,
+            Event::DbStartRequested { .. } => 17,
+            Event::DbStarted { .. } => 18,
+            Event::DbStartFailed { .. } => 19,
+            Event::DbStopRequested { .. } => 20,
+            Event::DbStopped { .. } => 21,
+            Event::LeaseGranted { .. } => 22,
+            Event::LeaseReleased { .. } => 23,
+            Event::LeaseExpired { .. } => 24,
+            Event::DbLoadChanged { .. } => 25,
+            Event::DbScaleStarted { .. } => 26,
+            Event::DbScaleCutoverStarted { .. } => 27,
+            Event::DbScaleCompleted { .. } => 28,
+            Event::DbScaleFailed { .. } => 29,
+            Event::WriterRetired { .. } => 30,
         }
     }
-    const VARIANTS: usize = 15;
+    const VARIANTS: usize = 31;
 
     fn envelope(seq: u64, event: Event) -> Envelope {
         Envelope {

@@ -120,6 +120,114 @@ pub enum Event {
         status: u16,
         body: Sealed,
     },
+    /// A worker (compute host) registered, or registered again after a restart (a new
+    /// `instance`) or after it was declared lost.
+    WorkerRegistered {
+        worker_id: String,
+        address: String,
+        capacity: u32,
+        profiles: Vec<String>,
+        instance: String,
+    },
+    /// A worker stopped heartbeating (or came back as a new instance): whatever it ran is gone.
+    WorkerLost { worker_id: String, reason: String },
+    /// A stopped database was placed on a worker, which is told to start its writer.
+    DbStartRequested {
+        db_id: Uuid,
+        worker_id: String,
+        profile: String,
+        writer_term: u64,
+        deadline: Timestamp,
+    },
+    /// The writer reported it serves: the database is `running`.
+    DbStarted { db_id: Uuid, backend_addr: String },
+    /// The writer did not start (the worker said so, or the deadline passed). With
+    /// `give_up`, the database goes `failed`; otherwise back to `stopped`.
+    DbStartFailed {
+        db_id: Uuid,
+        reason: String,
+        give_up: bool,
+    },
+    /// The writer is told to stop (idle past the timeout).
+    DbStopRequested {
+        db_id: Uuid,
+        reason: String,
+        deadline: Timestamp,
+    },
+    /// The writer is gone: it reported stopped, its worker was lost, or its stop timed out.
+    DbStopped { db_id: Uuid, reason: String },
+    /// The Gateway got a route to a running database.
+    LeaseGranted {
+        lease_id: Uuid,
+        db_id: Uuid,
+        lease_control_epoch: u64,
+        ttl_ms: u64,
+    },
+    /// The Gateway gave the lease back.
+    LeaseReleased { lease_id: Uuid },
+    /// The lease was not renewed within its TTL.
+    LeaseExpired { lease_id: Uuid },
+    /// The database's load moved to another band (CPU against the autoscaler's thresholds,
+    /// connections to another power-of-two bucket). Steady load writes nothing.
+    DbLoadChanged {
+        db_id: Uuid,
+        cpu_milli: u32,
+        active_connections: u32,
+        band: LoadBand,
+    },
+    /// The autoscaler started a handoff: a candidate writer is being prepared.
+    DbScaleStarted {
+        db_id: Uuid,
+        target_profile: String,
+        candidate_worker_id: String,
+        candidate_writer_term: u64,
+        deadline: Timestamp,
+    },
+    /// The candidate is ready: new checkouts are frozen, the lease epoch moves on, and the
+    /// candidate is told to take over.
+    DbScaleCutoverStarted {
+        db_id: Uuid,
+        lease_control_epoch: u64,
+        deadline: Timestamp,
+    },
+    /// The candidate serves: it is the writer now; checkouts are unfrozen.
+    DbScaleCompleted {
+        db_id: Uuid,
+        backend_addr: String,
+        cooldown_until: Timestamp,
+    },
+    /// The handoff failed: the old writer still serves, checkouts are unfrozen, the
+    /// candidate is discarded.
+    DbScaleFailed {
+        db_id: Uuid,
+        reason: String,
+        cooldown_until: Timestamp,
+    },
+    /// A writer that no longer serves (replaced, discarded, or of a deleted database) is
+    /// confirmed gone by its worker.
+    WriterRetired {
+        db_id: Uuid,
+        worker_id: String,
+        writer_term: u64,
+    },
+}
+
+/// A database's load against the autoscaler's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LoadBand {
+    Low,
+    Normal,
+    High,
+}
+
+impl LoadBand {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBand::Low => "low",
+            LoadBand::Normal => "normal",
+            LoadBand::High => "high",
+        }
+    }
 }
 
 /// Bytes encrypted with the control plane's secret key (XChaCha20-Poly1305; nonce first).
@@ -145,6 +253,22 @@ impl Event {
         "db.delete_requested",
         "db.deleted",
         "idempotency.recorded",
+        "worker.registered",
+        "worker.lost",
+        "db.start_requested",
+        "db.started",
+        "db.start_failed",
+        "db.stop_requested",
+        "db.stopped",
+        "lease.granted",
+        "lease.released",
+        "lease.expired",
+        "db.load_changed",
+        "db.scale_started",
+        "db.scale_cutover_started",
+        "db.scale_completed",
+        "db.scale_failed",
+        "writer.retired",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -165,6 +289,22 @@ impl Event {
             Event::DbDeleteRequested { .. } => "db.delete_requested",
             Event::DbDeleted { .. } => "db.deleted",
             Event::IdempotentResponseRecorded { .. } => "idempotency.recorded",
+            Event::WorkerRegistered { .. } => "worker.registered",
+            Event::WorkerLost { .. } => "worker.lost",
+            Event::DbStartRequested { .. } => "db.start_requested",
+            Event::DbStarted { .. } => "db.started",
+            Event::DbStartFailed { .. } => "db.start_failed",
+            Event::DbStopRequested { .. } => "db.stop_requested",
+            Event::DbStopped { .. } => "db.stopped",
+            Event::LeaseGranted { .. } => "lease.granted",
+            Event::LeaseReleased { .. } => "lease.released",
+            Event::LeaseExpired { .. } => "lease.expired",
+            Event::DbLoadChanged { .. } => "db.load_changed",
+            Event::DbScaleStarted { .. } => "db.scale_started",
+            Event::DbScaleCutoverStarted { .. } => "db.scale_cutover_started",
+            Event::DbScaleCompleted { .. } => "db.scale_completed",
+            Event::DbScaleFailed { .. } => "db.scale_failed",
+            Event::WriterRetired { .. } => "writer.retired",
         }
     }
 }

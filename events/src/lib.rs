@@ -19,4 +19,4 @@ pub mod event;
 
 pub use codec::{decode_record, encode_record, RecordError, FORMAT_VERSION};
 pub use envelope::{Actor, Envelope, Timestamp};
-pub use event::{Event, KeyScope, Permissions, Sealed, SecretHash};
+pub use event::{Event, KeyScope, LoadBand, Permissions, Sealed, SecretHash};

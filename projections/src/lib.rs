@@ -13,16 +13,20 @@
 //! may happen. An event that refers to something missing is applied as far as it can be and
 //! never panics, so a log is always replayable.
 
+pub mod billing;
 pub mod model;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use spg99_events::{Envelope, Event, SecretHash, Timestamp};
+use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
-pub use model::{Account, ApiKey, Db, DbState, IdempotentResponse, Tenant};
+pub use model::{
+    Account, ApiKey, Db, DbState, IdempotentResponse, Lease, Retire, Scale, ScaleStage, Tenant,
+    Usage, Worker, Writer,
+};
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
 /// measured in event time so that replay prunes exactly as the live state did.
@@ -53,6 +57,14 @@ pub struct State {
     pub idempotency: BTreeMap<(String, String), IdempotentResponse>,
     /// The same entries by time recorded, for expiry.
     idempotency_by_time: BTreeSet<(Timestamp, String, String)>,
+    /// Compute hosts, by id, lost ones included until they register again.
+    pub workers: BTreeMap<String, Worker>,
+    pub leases: BTreeMap<Uuid, Lease>,
+    /// Writers that no longer serve and that their worker must still shut down, by
+    /// (worker, database, term).
+    pub retiring: BTreeMap<(String, Uuid, u64), Retire>,
+    /// Compute used, by (account, billing period, database); see [`billing`].
+    pub usage: BTreeMap<(Uuid, u32, Uuid), Usage>,
 }
 
 /// How many objects of each kind the state holds.
@@ -62,6 +74,8 @@ pub struct Counts {
     pub api_keys: usize,
     pub tenants: usize,
     pub dbs: usize,
+    pub workers: usize,
+    pub leases: usize,
 }
 
 impl State {
@@ -112,7 +126,7 @@ impl State {
                     }
                 }
                 for t in self.tenants_of(*account_id) {
-                    self.mark_tenant_deleting(t);
+                    self.mark_tenant_deleting(t, at);
                 }
             }
             Event::AccountDeleted { account_id } => {
@@ -183,7 +197,7 @@ impl State {
                     },
                 );
             }
-            Event::TenantDeleteRequested { tenant_id } => self.mark_tenant_deleting(*tenant_id),
+            Event::TenantDeleteRequested { tenant_id } => self.mark_tenant_deleting(*tenant_id, at),
             Event::TenantDeleted { tenant_id } => self.remove_tenant(*tenant_id),
             Event::DbCreated {
                 db_id,
@@ -203,14 +217,27 @@ impl State {
                         timeline: timeline.clone(),
                         created_at: at,
                         state: DbState::Stopped,
+                        writer: None,
+                        writer_term: 0,
+                        phase_started_at: None,
+                        phase_deadline_at: None,
+                        failed_starts: 0,
+                        failure_reason: None,
+                        scale: Scale::default(),
+                        freeze_new_checkouts: false,
+                        lease_control_epoch: 1,
+                        autoscale_cooldown_until: None,
+                        leases: BTreeSet::new(),
+                        idle_since: None,
+                        cpu_milli: 0,
+                        active_connections: 0,
+                        load_band: LoadBand::Low,
+                        load_band_since: at,
+                        running_since: None,
                     },
                 );
             }
-            Event::DbDeleteRequested { db_id } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
-                    db.state = DbState::Deleting;
-                }
-            }
+            Event::DbDeleteRequested { db_id } => self.mark_db_deleting(*db_id, at),
             Event::DbDeleted { db_id } => self.remove_db(*db_id),
             Event::IdempotentResponseRecorded {
                 key_id,
@@ -232,8 +259,339 @@ impl State {
                     },
                 );
             }
+            Event::WorkerRegistered {
+                worker_id,
+                address,
+                capacity,
+                profiles,
+                instance,
+            } => {
+                self.workers.insert(
+                    worker_id.clone(),
+                    Worker {
+                        id: worker_id.clone(),
+                        address: address.clone(),
+                        capacity: *capacity,
+                        profiles: profiles.clone(),
+                        instance: instance.clone(),
+                        registered_at: at,
+                        lost_at: None,
+                    },
+                );
+            }
+            Event::WorkerLost { worker_id, .. } => {
+                if let Some(w) = self.workers.get_mut(worker_id) {
+                    w.lost_at = Some(at);
+                }
+                self.retiring.retain(|(w, _, _), _| w != worker_id);
+            }
+            Event::DbStartRequested {
+                db_id,
+                worker_id,
+                profile,
+                writer_term,
+                deadline,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.state = DbState::Starting;
+                    db.writer = Some(Writer {
+                        worker_id: worker_id.clone(),
+                        profile: profile.clone(),
+                        term: *writer_term,
+                        backend_addr: None,
+                    });
+                    db.writer_term = *writer_term;
+                    db.phase_started_at = Some(at);
+                    db.phase_deadline_at = Some(*deadline);
+                    db.idle_since = None;
+                }
+            }
+            Event::DbStarted {
+                db_id,
+                backend_addr,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    if let Some(w) = db.writer.as_mut() {
+                        w.backend_addr = Some(backend_addr.clone());
+                    }
+                    db.state = DbState::Running;
+                    db.phase_started_at = None;
+                    db.phase_deadline_at = None;
+                    db.failed_starts = 0;
+                    db.failure_reason = None;
+                    db.idle_since = db.leases.is_empty().then_some(at);
+                    db.running_since = Some(at);
+                    db.cpu_milli = 0;
+                    db.active_connections = 0;
+                    db.load_band = LoadBand::Normal;
+                    db.load_band_since = at;
+                }
+            }
+            Event::DbStartFailed {
+                db_id,
+                reason,
+                give_up,
+            } => {
+                self.drop_writer(*db_id, at, true);
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.failed_starts += 1;
+                    db.failure_reason = Some(reason.clone());
+                    db.state = if *give_up {
+                        DbState::Failed
+                    } else {
+                        DbState::Stopped
+                    };
+                }
+            }
+            Event::DbStopRequested {
+                db_id, deadline, ..
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.state = DbState::Stopping;
+                    db.phase_started_at = Some(at);
+                    db.phase_deadline_at = Some(*deadline);
+                    db.idle_since = None;
+                }
+            }
+            Event::DbStopped { db_id, .. } => {
+                self.drop_writer(*db_id, at, true);
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.state = DbState::Stopped;
+                }
+            }
+            Event::LeaseGranted {
+                lease_id,
+                db_id,
+                lease_control_epoch,
+                ttl_ms,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.leases.insert(*lease_id);
+                    db.idle_since = None;
+                    self.leases.insert(
+                        *lease_id,
+                        Lease {
+                            id: *lease_id,
+                            db_id: *db_id,
+                            epoch: *lease_control_epoch,
+                            ttl_ms: *ttl_ms,
+                            granted_at: at,
+                        },
+                    );
+                }
+            }
+            Event::LeaseReleased { lease_id } | Event::LeaseExpired { lease_id } => {
+                self.end_lease(*lease_id, at)
+            }
+            Event::DbLoadChanged {
+                db_id,
+                cpu_milli,
+                active_connections,
+                band,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.cpu_milli = *cpu_milli;
+                    db.active_connections = *active_connections;
+                    if db.load_band != *band {
+                        db.load_band = *band;
+                        db.load_band_since = at;
+                    }
+                }
+            }
+            Event::DbScaleStarted {
+                db_id,
+                target_profile,
+                candidate_worker_id,
+                candidate_writer_term,
+                deadline,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.writer_term = *candidate_writer_term;
+                    db.scale = Scale {
+                        stage: ScaleStage::PreparingCandidate,
+                        target_profile: Some(target_profile.clone()),
+                        candidate: Some(Writer {
+                            worker_id: candidate_worker_id.clone(),
+                            profile: target_profile.clone(),
+                            term: *candidate_writer_term,
+                            backend_addr: None,
+                        }),
+                        phase_started_at: Some(at),
+                        phase_deadline_at: Some(*deadline),
+                        failure_reason: None,
+                    };
+                }
+            }
+            Event::DbScaleCutoverStarted {
+                db_id,
+                lease_control_epoch,
+                deadline,
+            } => {
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.scale.stage = ScaleStage::Cutover;
+                    db.scale.phase_started_at = Some(at);
+                    db.scale.phase_deadline_at = Some(*deadline);
+                    db.freeze_new_checkouts = true;
+                    db.lease_control_epoch = *lease_control_epoch;
+                }
+            }
+            Event::DbScaleCompleted {
+                db_id,
+                backend_addr,
+                cooldown_until,
+            } => {
+                let candidate = self
+                    .dbs
+                    .get_mut(db_id)
+                    .and_then(|db| db.scale.candidate.take());
+                if let Some(mut candidate) = candidate {
+                    // The old writer's run ends here; its leases stay until they are released
+                    // or expire, and renewals under the old epoch are refused.
+                    self.bill(*db_id, at);
+                    candidate.backend_addr = Some(backend_addr.clone());
+                    let old = self
+                        .dbs
+                        .get_mut(db_id)
+                        .and_then(|db| db.writer.replace(candidate));
+                    if let Some(old) = old {
+                        self.retire(old, *db_id, Retire::Stop);
+                    }
+                    if let Some(db) = self.dbs.get_mut(db_id) {
+                        db.running_since = Some(at);
+                        db.scale = Scale::default();
+                        db.freeze_new_checkouts = false;
+                        db.autoscale_cooldown_until = Some(*cooldown_until);
+                        db.load_band = LoadBand::Normal;
+                        db.load_band_since = at;
+                    }
+                }
+            }
+            Event::DbScaleFailed {
+                db_id,
+                reason,
+                cooldown_until,
+            } => {
+                self.fail_scale(*db_id, reason.clone());
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    db.autoscale_cooldown_until = Some(*cooldown_until);
+                    db.load_band_since = at;
+                }
+            }
+            Event::WriterRetired {
+                db_id,
+                worker_id,
+                writer_term,
+            } => {
+                self.retiring
+                    .remove(&(worker_id.clone(), *db_id, *writer_term));
+            }
         }
         self.expire_idempotency(at);
+    }
+
+    /// The database's writer is gone (stopped, failed, replaced or deleted): its run
+    /// interval is billed, its leases end, and, with `retire`, its worker (if alive) is told
+    /// to shut it down.
+    fn drop_writer(&mut self, db_id: Uuid, at: Timestamp, retire: bool) {
+        self.bill(db_id, at);
+        let Some(db) = self.dbs.get_mut(&db_id) else {
+            return;
+        };
+        let writer = db.writer.take();
+        db.phase_started_at = None;
+        db.phase_deadline_at = None;
+        db.idle_since = None;
+        db.cpu_milli = 0;
+        db.active_connections = 0;
+        for lease in std::mem::take(&mut db.leases) {
+            self.leases.remove(&lease);
+        }
+        if let (Some(w), true) = (writer, retire) {
+            self.retire(w, db_id, Retire::Stop);
+        }
+    }
+
+    /// Asks the worker of a writer that no longer serves to shut it down, unless that
+    /// worker is lost (then nothing runs there any more).
+    fn retire(&mut self, writer: Writer, db_id: Uuid, how: Retire) {
+        let alive = self
+            .workers
+            .get(&writer.worker_id)
+            .is_some_and(|w| w.lost_at.is_none());
+        if alive {
+            self.retiring
+                .insert((writer.worker_id, db_id, writer.term), how);
+        }
+    }
+
+    /// Ends a handoff in `FAILED`: the candidate is discarded, checkouts are unfrozen.
+    fn fail_scale(&mut self, db_id: Uuid, reason: String) {
+        let Some(db) = self.dbs.get_mut(&db_id) else {
+            return;
+        };
+        let candidate = db.scale.candidate.take();
+        db.scale = Scale {
+            stage: ScaleStage::Failed,
+            failure_reason: Some(reason),
+            ..Scale::default()
+        };
+        db.freeze_new_checkouts = false;
+        if let Some(c) = candidate {
+            self.retire(c, db_id, Retire::Abort);
+        }
+    }
+
+    fn end_lease(&mut self, lease_id: Uuid, at: Timestamp) {
+        let Some(lease) = self.leases.remove(&lease_id) else {
+            return;
+        };
+        if let Some(db) = self.dbs.get_mut(&lease.db_id) {
+            db.leases.remove(&lease_id);
+            if db.leases.is_empty() && db.state == DbState::Running {
+                db.idle_since = Some(at);
+            }
+        }
+    }
+
+    /// Adds the serving writer's run since `running_since` to the usage, split at billing
+    /// period boundaries.
+    fn bill(&mut self, db_id: Uuid, at: Timestamp) {
+        let Some(db) = self.dbs.get_mut(&db_id) else {
+            return;
+        };
+        let (Some(since), Some(writer)) = (db.running_since.take(), db.writer.as_ref()) else {
+            return;
+        };
+        let Some(tenant) = self.tenants.get(&db.tenant) else {
+            return;
+        };
+        for (period, micros) in billing::split(since, at) {
+            let row = self
+                .usage
+                .entry((tenant.account, period, db_id))
+                .or_insert_with(|| Usage {
+                    tenant: tenant.name.clone(),
+                    db: db.name.clone(),
+                    by_profile: BTreeMap::new(),
+                });
+            *row.by_profile.entry(writer.profile.clone()).or_default() += micros;
+        }
+    }
+
+    /// Deletion asked for: the writer and any candidate are retired, leases end, the
+    /// handoff (if any) is abandoned.
+    fn mark_db_deleting(&mut self, db_id: Uuid, at: Timestamp) {
+        self.drop_writer(db_id, at, true);
+        let Some(db) = self.dbs.get_mut(&db_id) else {
+            return;
+        };
+        db.state = DbState::Deleting;
+        let candidate = db.scale.candidate.take();
+        db.scale = Scale::default();
+        db.freeze_new_checkouts = false;
+        if let Some(c) = candidate {
+            self.retire(c, db_id, Retire::Abort);
+        }
     }
 
     /// The ids of an account's tenants.
@@ -245,12 +603,13 @@ impl State {
             .collect()
     }
 
-    fn mark_tenant_deleting(&mut self, tenant: Uuid) {
+    fn mark_tenant_deleting(&mut self, tenant: Uuid, at: Timestamp) {
         if let Some(t) = self.tenants.get_mut(&tenant) {
             t.deleting = true;
         }
-        for db in self.dbs.values_mut().filter(|d| d.tenant == tenant) {
-            db.state = DbState::Deleting;
+        let dbs: Vec<Uuid> = self.dbs_of(tenant).map(|d| d.id).collect();
+        for db in dbs {
+            self.mark_db_deleting(db, at);
         }
     }
 
@@ -269,6 +628,9 @@ impl State {
     fn remove_db(&mut self, db: Uuid) {
         if let Some(d) = self.dbs.remove(&db) {
             self.dbs_by_name.remove(&(d.tenant, d.name));
+            for lease in d.leases {
+                self.leases.remove(&lease);
+            }
         }
     }
 
@@ -327,6 +689,8 @@ impl State {
             api_keys: self.api_keys.len(),
             tenants: self.tenants.len(),
             dbs: self.dbs.len(),
+            workers: self.workers.len(),
+            leases: self.leases.len(),
         }
     }
 }
@@ -397,6 +761,8 @@ mod tests {
                 api_keys: 1,
                 tenants: 0,
                 dbs: 0,
+                workers: 0,
+                leases: 0,
             }
         );
     }

@@ -1,7 +1,9 @@
 //! The materialized objects. Plain data: the service decides what they mean.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
-use spg99_events::{KeyScope, Permissions, Sealed, SecretHash, Timestamp};
+use spg99_events::{KeyScope, LoadBand, Permissions, Sealed, SecretHash, Timestamp};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +92,124 @@ pub struct Db {
     pub timeline: String,
     pub created_at: Timestamp,
     pub state: DbState,
+    /// The writer placed for this database (starting, serving or stopping); `None` when
+    /// no compute holds it.
+    pub writer: Option<Writer>,
+    /// The highest writer term handed out: every start and every candidate gets the next.
+    pub writer_term: u64,
+    /// Deadline of the start or stop in progress.
+    pub phase_started_at: Option<Timestamp>,
+    pub phase_deadline_at: Option<Timestamp>,
+    /// Starts that failed in a row; reset by a successful start.
+    pub failed_starts: u32,
+    /// Why the database is `failed`, or why its last start failed.
+    pub failure_reason: Option<String>,
+    pub scale: Scale,
+    pub freeze_new_checkouts: bool,
+    /// Leases granted under an older epoch are refused on renewal (fencing).
+    pub lease_control_epoch: u64,
+    pub autoscale_cooldown_until: Option<Timestamp>,
+    /// The Gateway's leases on this database.
+    pub leases: BTreeSet<Uuid>,
+    /// Running with no lease since then; `None` while leased or not running.
+    pub idle_since: Option<Timestamp>,
+    /// The last recorded load.
+    pub cpu_milli: u32,
+    pub active_connections: u32,
+    pub load_band: LoadBand,
+    pub load_band_since: Timestamp,
+    /// When the serving writer started serving on its current profile (billing).
+    pub running_since: Option<Timestamp>,
+}
+
+/// The writer of a database on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    pub worker_id: String,
+    pub profile: String,
+    pub term: u64,
+    /// Set once it serves.
+    pub backend_addr: Option<String>,
+}
+
+/// The handoff of a running database to another profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scale {
+    pub stage: ScaleStage,
+    pub target_profile: Option<String>,
+    pub candidate: Option<Writer>,
+    pub phase_started_at: Option<Timestamp>,
+    pub phase_deadline_at: Option<Timestamp>,
+    pub failure_reason: Option<String>,
+}
+
+/// The handoff stage, as `scale_state` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScaleStage {
+    #[default]
+    Stable,
+    PreparingCandidate,
+    Cutover,
+    Failed,
+}
+
+impl ScaleStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleStage::Stable => "STABLE",
+            ScaleStage::PreparingCandidate => "PREPARING_CANDIDATE",
+            ScaleStage::Cutover => "CUTOVER",
+            ScaleStage::Failed => "FAILED",
+        }
+    }
+
+    /// A handoff is under way.
+    pub fn in_progress(self) -> bool {
+        matches!(self, ScaleStage::PreparingCandidate | ScaleStage::Cutover)
+    }
+}
+
+/// A compute host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub address: String,
+    /// How many writers (serving, candidate or retiring) it can hold.
+    pub capacity: u32,
+    pub profiles: Vec<String>,
+    /// Changes when the worker process restarts.
+    pub instance: String,
+    pub registered_at: Timestamp,
+    /// Declared lost: it holds nothing and gets no work until it registers again.
+    pub lost_at: Option<Timestamp>,
+}
+
+/// A Gateway's route to a running database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: Uuid,
+    pub db_id: Uuid,
+    pub epoch: u64,
+    pub ttl_ms: u64,
+    pub granted_at: Timestamp,
+}
+
+/// Why a writer that no longer serves must still be shut down by its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retire {
+    /// A writer that served (replaced by a handoff, or its database deleted): `stop`.
+    Stop,
+    /// A candidate that never served: `abort`.
+    Abort,
+}
+
+/// Compute used by one database in one billing period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub tenant: String,
+    pub db: String,
+    /// Microseconds of serving writer, by profile.
+    pub by_profile: BTreeMap<String, i64>,
 }
 
 /// The first answer to an idempotent request, kept for retries.

@@ -46,6 +46,18 @@ impl Caller {
         matches!(&self.principal, Principal::Key(k) if k.scope == KeyScope::Global)
     }
 
+    /// The internal API: the service token, or a global key (operators).
+    pub fn require_internal(&self) -> Result<(), ApiError> {
+        if self.is_global() || matches!(self.principal, Principal::Service) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "service_token_required",
+                "the internal API is for the Gateway and the workers: use the service token",
+            ))
+        }
+    }
+
     /// Global-only operations: any other caller is told which key it needs.
     pub fn require_global(&self) -> Result<(), ApiError> {
         if self.is_global() {

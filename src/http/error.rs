@@ -104,6 +104,15 @@ impl From<Rejection> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", message)
                     .with_field(field)
             }
+            Rejection::Gone { code, .. } => Self::new(StatusCode::NOT_FOUND, code, message),
+            Rejection::Busy {
+                code,
+                retry_after_secs,
+                ..
+            } => ApiError {
+                code,
+                ..Self::unavailable(message, retry_after_secs)
+            },
         }
     }
 }

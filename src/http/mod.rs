@@ -39,6 +39,7 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// Host (and port) of the Gateway, for `dsn_template`.
     pub gateway_host: String,
+    pub settings: Arc<crate::lifecycle::Settings>,
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.
@@ -59,7 +60,7 @@ pub fn rfc3339(ts: Timestamp) -> String {
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use routes::{accounts, admin, dbs, events, health, keys, sizes, tenants};
+    use routes::{accounts, admin, billing, dbs, events, health, internal, keys, sizes, tenants};
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
         ApiError::bad_request("invalid_query", format!("query string: {e}")).into()
     }))
@@ -78,6 +79,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/account/profile").get(accounts::profile))
             .service(resource("/account/contact").post(accounts::contact))
             .service(resource("/account/delete").post(accounts::delete))
+            .service(resource("/billing/summary").get(billing::summary))
             .service(resource("/api-keys/me").get(keys::me))
             .service(resource("/api-keys/rotate").post(keys::rotate))
             .service(resource("/api-keys/revoke").post(keys::revoke))
@@ -105,6 +107,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(resource("/dbs/{id}").get(dbs::get_by_id))
             .service(resource("/accounts/{account}").get(accounts::get))
             .service(resource("/accounts/{account}/api-keys").post(keys::issue)),
+    )
+    .service(
+        web::scope("/internal/v1")
+            .service(resource("/checkout").post(internal::checkout))
+            .service(resource("/leases/{lease_id}/renew").post(internal::renew))
+            .service(resource("/leases/{lease_id}/release").post(internal::release))
+            .service(
+                resource("/workers")
+                    .post(internal::register)
+                    .get(internal::list_workers),
+            )
+            .service(resource("/workers/{id}/heartbeat").post(internal::heartbeat))
+            .service(resource("/workers/{id}/instructions").get(internal::instructions))
+            .service(resource("/workers/{id}/reports").post(internal::report))
+            .service(resource("/reconcile").post(internal::reconcile))
+            .service(resource("/clock/advance").post(internal::advance_clock)),
     )
     .default_service(web::to(not_found));
 }

@@ -8,7 +8,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, admin, dbs, events, keys, sizes, tenants};
+use crate::routes::{accounts, admin, billing, dbs, events, keys, sizes, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,7 @@ every answer carries `X-Request-Id`."
         keys::issue, keys::me, keys::rotate, keys::revoke,
         tenants::create, tenants::list, tenants::get, tenants::credentials, tenants::delete,
         dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::manual_lifecycle,
-        sizes::list, admin::state, admin::log, admin::verify, events::stream, events::ticket,
+        sizes::list, billing::summary, admin::state, admin::log, admin::verify, events::stream, events::ticket,
     ),
     modifiers(&BearerAuth)
 )]

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::Envelope;
-use spg99_projections::{Db, State, Tenant};
+use spg99_projections::{Db, DbState, State, Tenant};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,10 +53,20 @@ pub struct DbView {
     active_connections: u32,
     worker_id: Option<String>,
     backend_addr: Option<String>,
+    /// The serving (or starting) writer's term; a candidate gets the next one.
+    writer_term: Option<u64>,
+    /// Deadline of the start or stop in progress.
+    phase_deadline_at: Option<String>,
+    /// Why the database is `failed`, or why its last start failed.
+    failure_reason: Option<String>,
 }
 
 impl DbView {
     pub fn new(t: &Tenant, d: &Db) -> Self {
+        let serving = matches!(d.state, DbState::Running | DbState::Stopping);
+        let wanted = matches!(d.state, DbState::Starting | DbState::Running);
+        let writer = d.writer.as_ref();
+        let candidate = d.scale.candidate.as_ref();
         DbView {
             db_id: d.id,
             name: d.name.clone(),
@@ -65,24 +75,30 @@ impl DbView {
             state: d.state.as_str(),
             timeline: d.timeline.clone(),
             created_at: rfc3339(d.created_at),
-            // No writer runs until the first connection: nothing is scaled yet.
-            current_scale: 0,
-            target_scale: 0,
-            current_profile: None,
-            target_profile: None,
-            candidate_profile: None,
-            candidate_worker_id: None,
-            candidate_writer_term: None,
-            scale_state: "STABLE",
-            freeze_new_checkouts: false,
-            lease_control_epoch: 0,
-            autoscale_cooldown_until: None,
-            scale_phase_started_at: None,
-            scale_phase_deadline_at: None,
-            scale_failure_reason: None,
-            active_connections: 0,
-            worker_id: None,
-            backend_addr: None,
+            current_scale: u8::from(serving),
+            target_scale: u8::from(wanted),
+            current_profile: writer.map(|w| w.profile.clone()),
+            target_profile: d
+                .scale
+                .target_profile
+                .clone()
+                .or_else(|| writer.filter(|_| wanted).map(|w| w.profile.clone())),
+            candidate_profile: candidate.map(|c| c.profile.clone()),
+            candidate_worker_id: candidate.map(|c| c.worker_id.clone()),
+            candidate_writer_term: candidate.map(|c| c.term),
+            writer_term: writer.map(|w| w.term),
+            scale_state: d.scale.stage.as_str(),
+            freeze_new_checkouts: d.freeze_new_checkouts,
+            lease_control_epoch: d.lease_control_epoch,
+            autoscale_cooldown_until: d.autoscale_cooldown_until.map(rfc3339),
+            scale_phase_started_at: d.scale.phase_started_at.map(rfc3339),
+            scale_phase_deadline_at: d.scale.phase_deadline_at.map(rfc3339),
+            scale_failure_reason: d.scale.failure_reason.clone(),
+            active_connections: d.active_connections,
+            worker_id: writer.map(|w| w.worker_id.clone()),
+            backend_addr: writer.and_then(|w| w.backend_addr.clone()),
+            phase_deadline_at: d.phase_deadline_at.map(rfc3339),
+            failure_reason: d.failure_reason.clone(),
         }
     }
 }

@@ -6,9 +6,11 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod billing;
 pub mod dbs;
 pub mod events;
 pub mod health;
+pub mod internal;
 pub mod keys;
 pub mod sizes;
 pub mod tenants;

@@ -29,6 +29,9 @@ pub const DESCRIBE_FIELDS: &[&str] = &[
     "active_connections",
     "worker_id",
     "backend_addr",
+    "writer_term",
+    "phase_deadline_at",
+    "failure_reason",
 ];
 
 #[test]

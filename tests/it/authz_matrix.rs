@@ -124,6 +124,14 @@ fn cases() -> Vec<Case> {
             expect: [403, 200, 200, 403, 403, 200],
         },
         Case {
+            route: "GET /v2/billing/summary",
+            call: |w, _| {
+                let path = format!("/v2/billing/summary?account={}", w.fx.account);
+                ("GET", path, None)
+            },
+            expect: [200, 200, 404, 200, 200, 200],
+        },
+        Case {
             route: "GET /v2/api-keys/me",
             call: |_, _| ("GET", "/v2/api-keys/me".into(), None),
             expect: [200; 6],
@@ -273,6 +281,7 @@ const ROUTES: &[&str] = &[
     "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
     "GET /v2/dbs/{id}",
     "GET /v2/sizes",
+    "GET /v2/billing/summary",
     "GET /v2/events",
     "POST /v2/events/tickets",
     "GET /v2/admin/log",

@@ -37,7 +37,13 @@ fn meta() -> CommandMeta {
 async fn a_subscriber_that_never_reads_does_not_hold_up_commits() {
     let tmp = tempdir();
     let log = Arc::new(Log::open(tmp.path()).unwrap());
-    let committer = Committer::start(log, State::default(), Arc::new(SystemClock), secrets());
+    let committer = Committer::start(
+        log,
+        State::default(),
+        Arc::new(SystemClock),
+        secrets(),
+        Default::default(),
+    );
     let handle = committer.handle();
     let mut idle = handle.shared().subscribe();
     let mut reader = handle.shared().subscribe();
@@ -71,6 +77,7 @@ async fn concurrent_commands_get_gapless_seqs_and_readers_see_them_after_the_ans
         State::default(),
         Arc::new(SystemClock),
         secrets(),
+        Default::default(),
     );
     let tasks: Vec<_> = (0..64)
         .map(|t| {

@@ -1,0 +1,186 @@
+//! `GET /v2/billing/summary`: compute used by an account, from the log.
+//!
+//! A database is billed while a writer serves it (from `db.started` to `db.stopped`, and
+//! from a handoff's cutover on the new profile), per profile, per calendar month (UTC). The
+//! projections fold closed run intervals as the events arrive; the summary adds the open
+//! interval of each database running now, up to the time of the request.
+//!
+//! Account keys see their account; tenant keys see their tenant's databases; global keys name
+//! the account with `?account=`. `?period=YYYY-MM` picks another month (default: the
+//! current one).
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use spg99_events::{KeyScope, Timestamp};
+use spg99_projections::billing::{period_name, period_of, period_start, split};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::domain::Invalid;
+use crate::http::error::ErrorBody;
+use crate::http::{at_version, rfc3339, ApiError, AppState, Caller};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// `YYYY-MM`; default: the current month.
+    period: Option<String>,
+    /// The account, for global keys.
+    account: Option<Uuid>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct DbUsage {
+    db_id: Uuid,
+    tenant: String,
+    name: String,
+    compute_seconds: f64,
+    by_profile: BTreeMap<String, f64>,
+    /// A writer serves it now: its figures grow until it stops.
+    running: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Summary {
+    account_id: Uuid,
+    period: String,
+    period_start: String,
+    period_end: String,
+    /// The time the open intervals were counted up to.
+    as_of: String,
+    compute_seconds: f64,
+    by_profile: BTreeMap<String, f64>,
+    databases: Vec<DbUsage>,
+}
+
+fn seconds(micros: i64) -> f64 {
+    micros as f64 / 1e6
+}
+
+fn parse_period(raw: &str) -> Result<u32, Invalid> {
+    let bad = || Invalid {
+        field: "period",
+        message: "YYYY-MM, from 1970-01".into(),
+    };
+    let (y, m) = raw.split_once('-').ok_or_else(bad)?;
+    let (y, m): (u32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || raw.len() != 7 {
+        return Err(bad());
+    }
+    Ok((y - 1970) * 12 + m - 1)
+}
+
+#[utoipa::path(get, path = "/v2/billing/summary", tag = "billing", params(SummaryQuery), responses((status = 200, body = Summary), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn summary(
+    app: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<SummaryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = caller.key()?;
+    let now = app.clock.now();
+    let period = match &query.period {
+        Some(p) => parse_period(p)?,
+        None => period_of(now),
+    };
+    let (account, only_tenant) = match (key.scope, query.account) {
+        (KeyScope::Global, Some(a)) => (a, None),
+        (KeyScope::Global, None) => {
+            return Err(Invalid {
+                field: "account",
+                message: "a global key must name the account (?account=<id>)".into(),
+            }
+            .into())
+        }
+        (KeyScope::Account(a), q) if q.is_none_or(|q| q == a) => (a, None),
+        (KeyScope::Tenant { account, tenant }, q) if q.is_none_or(|q| q == account) => {
+            (account, Some(tenant))
+        }
+        _ => return Err(ApiError::not_found("account")),
+    };
+    let state = app.shared.read();
+    if !state.accounts.contains_key(&account) {
+        return Err(ApiError::not_found("account"));
+    }
+    let tenant_name = only_tenant
+        .and_then(|t| state.tenants.get(&t))
+        .map(|t| t.name.clone());
+    let mut dbs: BTreeMap<Uuid, DbUsage> = BTreeMap::new();
+    let mut add = |db_id: Uuid, tenant: &str, name: &str, profile: &str, micros: i64| {
+        let row = dbs.entry(db_id).or_insert_with(|| DbUsage {
+            db_id,
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            ..DbUsage::default()
+        });
+        *row.by_profile.entry(profile.to_owned()).or_default() += seconds(micros);
+        row.compute_seconds += seconds(micros);
+    };
+    let from = (account, period, Uuid::nil());
+    for ((_, _, db_id), usage) in state
+        .usage
+        .range(from..)
+        .take_while(|((a, p, _), _)| *a == account && *p == period)
+    {
+        if tenant_name.as_ref().is_some_and(|t| *t != usage.tenant) {
+            continue;
+        }
+        for (profile, micros) in &usage.by_profile {
+            add(*db_id, &usage.tenant, &usage.db, profile, *micros);
+        }
+    }
+    let mut running = Vec::new();
+    for t in state
+        .tenants
+        .values()
+        .filter(|t| t.account == account && only_tenant.is_none_or(|o| o == t.id))
+    {
+        for db in state.dbs_of(t.id) {
+            let (Some(since), Some(w)) = (db.running_since, db.writer.as_ref()) else {
+                continue;
+            };
+            running.push(db.id);
+            for (p, micros) in split(since, now.max(since)) {
+                if p == period {
+                    add(db.id, &t.name, &db.name, &w.profile, micros);
+                }
+            }
+        }
+    }
+    let mut by_profile: BTreeMap<String, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    let mut databases: Vec<DbUsage> = dbs.into_values().collect();
+    for d in &mut databases {
+        d.running = running.contains(&d.db_id);
+        total += d.compute_seconds;
+        for (p, s) in &d.by_profile {
+            *by_profile.entry(p.clone()).or_default() += s;
+        }
+    }
+    let summary = Summary {
+        account_id: account,
+        period: period_name(period),
+        period_start: rfc3339(period_start(period)),
+        period_end: rfc3339(period_start(period + 1)),
+        as_of: rfc3339(Timestamp::from_micros(now.as_micros())),
+        compute_seconds: total,
+        by_profile,
+        databases,
+    };
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse_strictly() {
+        assert_eq!(parse_period("1970-01").unwrap(), 0);
+        assert_eq!(parse_period("2026-11").unwrap(), 56 * 12 + 10);
+        for bad in ["2026-13", "2026-1", "1969-12", "2026/11", "x", "2026-00"] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The internal API (`/internal/v1`), for the Gateway and the workers. Authenticated with the
+//! service token (`SPG99_SERVICE_TOKEN`) or a global key. The contract, with the state
+//! diagram, is in `docs/lifecycle.md`.
+//!
+//! Workers:
+//! - `POST /internal/v1/workers` register; `GET /internal/v1/workers` list
+//! - `POST /internal/v1/workers/{id}/heartbeat` load per database → instructions
+//! - `GET /internal/v1/workers/{id}/instructions?wait_ms=` the same, long-polled
+//! - `POST /internal/v1/workers/{id}/reports` the result of an instruction
+//!
+//! Gateway:
+//! - `POST /internal/v1/checkout` → 200 lease, 202 not running yet, 503 frozen
+//! - `POST /internal/v1/leases/{lease_id}/renew`, `.../release`
+//!
+//! Operations: `POST /internal/v1/reconcile` (a reconciler pass now) and, with
+//! `SPG99_CLOCK=manual`, `POST /internal/v1/clock/advance`.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use spg99_events::{Envelope, Event, Timestamp};
+use spg99_projections::DbState;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::commands::Command;
+use crate::committer::Committed;
+use crate::http::{rfc3339, ApiError, ApiJson, AppState, Caller};
+use crate::lifecycle::{self, Answer, Instruction, Lifecycle, Load, Outcome};
+use crate::reconciler;
+
+/// Longest a checkout or an instructions poll may wait.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// What a 202 checkout suggests the Gateway waits before asking again.
+const RETRY_AFTER_MS: u64 = 250;
+
+async fn submit(
+    app: &AppState,
+    caller: &Caller,
+    command: Lifecycle,
+) -> Result<Committed, ApiError> {
+    caller.require_internal()?;
+    Ok(app
+        .commits
+        .submit(caller.meta(), Command::Lifecycle(command))
+        .await?)
+}
+
+fn wait_of(wait_ms: Option<u64>) -> Duration {
+    Duration::from_millis(wait_ms.unwrap_or(0)).min(MAX_WAIT)
+}
+
+// ---- workers ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    id: String,
+    address: String,
+    capacity: u32,
+    profiles: Vec<String>,
+    /// Changes when the worker process restarts; defaults to a fixed value.
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Registered {
+    worker_id: String,
+    heartbeat_interval_ms: u64,
+    worker_timeout_ms: u64,
+}
+
+pub async fn register(
+    app: web::Data<AppState>,
+    caller: Caller,
+    body: ApiJson<Register>,
+) -> Result<HttpResponse, ApiError> {
+    let r = body.value;
+    submit(
+        &app,
+        &caller,
+        Lifecycle::RegisterWorker {
+            id: r.id.clone(),
+            address: r.address,
+            capacity: r.capacity,
+            profiles: r.profiles,
+            instance: r.instance.unwrap_or_else(|| "default".into()),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(Registered {
+        worker_id: r.id,
+        heartbeat_interval_ms: app.settings.heartbeat_interval.as_millis() as u64,
+        worker_timeout_ms: app.settings.worker_timeout.as_millis() as u64,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerView {
+    worker_id: String,
+    address: String,
+    capacity: u32,
+    profiles: Vec<String>,
+    registered_at: String,
+    lost_at: Option<String>,
+    /// Writers and candidates placed on it, and writers it still has to shut down.
+    assigned: usize,
+}
+
+pub async fn list_workers(
+    app: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_internal()?;
+    let state = app.shared.read();
+    let workers: Vec<WorkerView> = state
+        .workers
+        .values()
+        .map(|w| WorkerView {
+            worker_id: w.id.clone(),
+            address: w.address.clone(),
+            capacity: w.capacity,
+            profiles: w.profiles.clone(),
+            registered_at: rfc3339(w.registered_at),
+            lost_at: w.lost_at.map(rfc3339),
+            assigned: lifecycle::instructions(&state, &w.id).len()
+                + state
+                    .dbs
+                    .values()
+                    .filter(|d| d.writer.as_ref().is_some_and(|x| x.worker_id == w.id))
+                    .filter(|d| d.state == DbState::Running)
+                    .count(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "workers": workers })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadReport {
+    db_id: Uuid,
+    /// Fraction of the writer's profile in use (1.0 = all of it).
+    cpu: f64,
+    #[serde(default)]
+    active_connections: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    loads: Vec<LoadReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct Instructions {
+    instructions: Vec<Instruction>,
+}
+
+fn cpu_milli(field: &'static str, cpu: f64) -> Result<u32, ApiError> {
+    if !cpu.is_finite() || cpu < 0.0 {
+        return Err(ApiError::from(crate::domain::Invalid {
+            field,
+            message: "a fraction of the profile, 0 or more".into(),
+        }));
+    }
+    Ok((cpu * 1000.0).round().min(1_000_000.0) as u32)
+}
+
+pub async fn heartbeat(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: ApiJson<Heartbeat>,
+) -> Result<HttpResponse, ApiError> {
+    let loads = body
+        .value
+        .loads
+        .iter()
+        .map(|l| {
+            Ok(Load {
+                db_id: l.db_id,
+                cpu_milli: cpu_milli("loads.cpu", l.cpu)?,
+                active_connections: l.active_connections,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let worker_id = path.into_inner();
+    submit(
+        &app,
+        &caller,
+        Lifecycle::Heartbeat {
+            worker_id: worker_id.clone(),
+            loads,
+        },
+    )
+    .await?;
+    let instructions = lifecycle::instructions(&app.shared.read(), &worker_id);
+    Ok(HttpResponse::Ok().json(Instructions { instructions }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// Events after which a worker's instructions may have changed.
+fn moves_writers(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::DbStartRequested { .. }
+            | Event::DbStopRequested { .. }
+            | Event::DbScaleStarted { .. }
+            | Event::DbScaleCutoverStarted { .. }
+            | Event::DbScaleCompleted { .. }
+            | Event::DbScaleFailed { .. }
+            | Event::DbStartFailed { .. }
+            | Event::DbStopped { .. }
+            | Event::DbDeleteRequested { .. }
+            | Event::TenantDeleteRequested { .. }
+            | Event::AccountDeleteRequested { .. }
+            | Event::WorkerRegistered { .. }
+    )
+}
+
+pub async fn instructions(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<WaitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_internal()?;
+    let worker_id = path.into_inner();
+    let deadline = tokio::time::Instant::now() + wait_of(query.wait_ms);
+    let mut feed = app.shared.subscribe();
+    loop {
+        let found = {
+            let state = app.shared.read();
+            if state
+                .workers
+                .get(&worker_id)
+                .is_none_or(|w| w.lost_at.is_some())
+            {
+                return Err(ApiError::from(crate::commands::Rejection::Gone {
+                    code: "worker_unknown",
+                    message: format!("worker {worker_id:?} is not registered (or was declared lost): register again"),
+                }));
+            }
+            lifecycle::instructions(&state, &worker_id)
+        };
+        if !found.is_empty() || !wait_for(&mut feed, deadline, moves_writers).await {
+            return Ok(HttpResponse::Ok().json(Instructions {
+                instructions: found,
+            }));
+        }
+    }
+}
+
+/// Waits for a published batch holding an event that `matters`; `false` at the deadline.
+async fn wait_for(
+    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<[Envelope]>>,
+    deadline: tokio::time::Instant,
+    matters: impl Fn(&Event) -> bool,
+) -> bool {
+    loop {
+        match tokio::time::timeout_at(deadline, feed.recv()).await {
+            Err(_) | Ok(Err(RecvError::Closed)) => return false,
+            Ok(Err(RecvError::Lagged(_))) => return true,
+            Ok(Ok(batch)) if batch.iter().any(|e| matters(&e.event)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    db_id: Uuid,
+    writer_term: u64,
+    outcome: String,
+    #[serde(default)]
+    backend_addr: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn report(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: ApiJson<Report>,
+) -> Result<HttpResponse, ApiError> {
+    let r = body.value;
+    let outcome = match r.outcome.as_str() {
+        "started" => Outcome::Started,
+        "stopped" => Outcome::Stopped,
+        "prepared" => Outcome::Prepared,
+        "promoted" => Outcome::Promoted,
+        "aborted" => Outcome::Aborted,
+        "failed" => Outcome::Failed,
+        other => {
+            return Err(ApiError::from(crate::domain::Invalid {
+                field: "outcome",
+                message: format!(
+                    "{other:?} is not one of started, stopped, prepared, promoted, aborted, failed"
+                ),
+            }))
+        }
+    };
+    let done = submit(
+        &app,
+        &caller,
+        Lifecycle::Report {
+            worker_id: path.into_inner(),
+            db_id: r.db_id,
+            writer_term: r.writer_term,
+            outcome,
+            backend_addr: r.backend_addr,
+            reason: r.reason,
+        },
+    )
+    .await?;
+    let accepted = done.answer == Answer::Accepted(true);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "accepted": accepted })))
+}
+
+// ---- Gateway ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {
+    pg_user: String,
+    db: String,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// Events after which a pending checkout may succeed (or fail for good).
+fn settles_checkout(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::DbStarted { .. }
+            | Event::DbStartFailed { .. }
+            | Event::DbStopped { .. }
+            | Event::DbScaleCompleted { .. }
+            | Event::DbScaleFailed { .. }
+            | Event::DbDeleteRequested { .. }
+            | Event::TenantDeleteRequested { .. }
+            | Event::AccountDeleteRequested { .. }
+            | Event::WorkerRegistered { .. }
+    )
+}
+
+pub async fn checkout(
+    app: web::Data<AppState>,
+    caller: Caller,
+    body: ApiJson<Checkout>,
+) -> Result<HttpResponse, ApiError> {
+    let c = body.value;
+    let deadline = tokio::time::Instant::now() + wait_of(c.wait_ms);
+    let mut feed = app.shared.subscribe();
+    loop {
+        let command = Lifecycle::Checkout {
+            pg_user: c.pg_user.clone(),
+            db: c.db.clone(),
+            lease_id: Uuid::new_v4(),
+        };
+        let done = submit(&app, &caller, command).await?;
+        match done.answer {
+            Answer::Lease {
+                db_id,
+                backend_addr,
+                worker_id,
+                lease_id,
+                lease_ttl_ms,
+                lease_control_epoch,
+            } => {
+                return Ok(HttpResponse::Ok().json(serde_json::json!({
+                    "db_id": db_id, "backend_addr": backend_addr, "worker_id": worker_id,
+                    "lease_id": lease_id, "lease_ttl_ms": lease_ttl_ms,
+                    "lease_control_epoch": lease_control_epoch,
+                })))
+            }
+            Answer::Pending { db_id, state } => {
+                if !wait_for(&mut feed, deadline, settles_checkout).await {
+                    return Ok(HttpResponse::build(StatusCode::ACCEPTED)
+                        .insert_header(("Retry-After", "1"))
+                        .json(serde_json::json!({
+                            "db_id": db_id, "state": state.as_str(),
+                            "retry_after_ms": RETRY_AFTER_MS,
+                        })));
+                }
+            }
+            other => {
+                tracing::error!(?other, "checkout answered with something else");
+                return Err(ApiError::unavailable("checkout did not complete; retry", 1));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    active_connections: u32,
+    lease_control_epoch: u64,
+}
+
+pub async fn renew(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: ApiJson<Renew>,
+) -> Result<HttpResponse, ApiError> {
+    let lease_id = lease_id(&path)?;
+    let done = submit(
+        &app,
+        &caller,
+        Lifecycle::Renew {
+            lease_id,
+            lease_control_epoch: body.value.lease_control_epoch,
+            active_connections: body.value.active_connections,
+        },
+    )
+    .await?;
+    let expires_at = match done.answer {
+        Answer::Renewed { expires_at } => expires_at,
+        _ => Timestamp::from_micros(0),
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "expires_at": rfc3339(expires_at) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    #[serde(default)]
+    active_connections: u32,
+}
+
+pub async fn release(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: ApiJson<Release>,
+) -> Result<HttpResponse, ApiError> {
+    let lease_id = lease_id(&path)?;
+    submit(
+        &app,
+        &caller,
+        Lifecycle::Release {
+            lease_id,
+            active_connections: body.value.active_connections,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "released": true })))
+}
+
+fn lease_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::from(crate::commands::Rejection::Gone {
+            code: "lease_not_found",
+            message: "no such lease".into(),
+        })
+    })
+}
+
+// ---- operations ----
+
+/// Runs a reconciler pass now and answers when it is durable.
+pub async fn reconcile(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_internal()?;
+    reconciler::pass(&app.commits).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "now": rfc3339(app.clock.now()) })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advance {
+    seconds: f64,
+}
+
+/// Moves the manual clock forward, then runs a reconciler pass at the new time.
+pub async fn advance_clock(
+    app: web::Data<AppState>,
+    caller: Caller,
+    body: ApiJson<Advance>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_internal()?;
+    let secs = body.value.seconds;
+    if !secs.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&secs) {
+        return Err(ApiError::from(crate::domain::Invalid {
+            field: "seconds",
+            message: "between 0 and one year".into(),
+        }));
+    }
+    if !app.clock.advance((secs * 1e6) as i64) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "manual_clock_off",
+            "the clock only moves by itself: start the server with SPG99_CLOCK=manual",
+        ));
+    }
+    reconcile(app, caller).await
+}
