@@ -568,10 +568,12 @@ fn lose_worker(state: &State, cx: &Context<'_>, worker_id: &str, reason: &str) -
                     db_id: db.id,
                     reason: why,
                     give_up: false,
+                    retire: false,
                 },
                 _ => Event::DbStopped {
                     db_id: db.id,
                     reason: why,
+                    retire: false,
                 },
             };
             drafts.push(Draft::new(subject, event));
@@ -643,6 +645,7 @@ fn report(
             db_id,
             reason: format!("the writer failed to start on {worker_id}: {}", why()),
             give_up: db.failed_starts + 1 >= cx.settings.max_failed_starts,
+            retire: false,
         },
         Outcome::Failed if candidate && stage.in_progress() => {
             let phase = if stage == ScaleStage::Cutover {
@@ -675,6 +678,7 @@ fn report(
         Outcome::Stopped if writer && db.state == DbState::Stopping => Event::DbStopped {
             db_id,
             reason: "stopped after being idle".into(),
+            retire: false,
         },
         Outcome::Stopped | Outcome::Aborted if retiring => Event::WriterRetired {
             db_id,
@@ -940,10 +944,12 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
                         db_id: db.id,
                         reason: format!("the worker did not start the writer within {limit} s"),
                         give_up: db.failed_starts + 1 >= settings.max_failed_starts,
+                        retire: true,
                     },
                     DbState::Stopping => Event::DbStopped {
                         db_id: db.id,
                         reason: format!("the worker did not confirm the stop within {limit} s"),
+                        retire: true,
                     },
                     _ => continue,
                 };

@@ -205,6 +205,7 @@ fn event_data(event: &Event) -> Value {
             db_id,
             reason,
             give_up,
+            ..
         } => json!({
             "db_id": db_id, "state": if *give_up { "failed" } else { "stopped" }, "reason": reason,
         }),
@@ -216,7 +217,7 @@ fn event_data(event: &Event) -> Value {
             "db_id": db_id, "state": "stopping", "reason": reason,
             "deadline_at": rfc3339(*deadline),
         }),
-        Event::DbStopped { db_id, reason } => {
+        Event::DbStopped { db_id, reason, .. } => {
             json!({ "db_id": db_id, "state": "stopped", "reason": reason })
         }
         Event::LeaseGranted {

@@ -242,6 +242,7 @@ mod tests {
                 db_id: Uuid::from_u128(8),
                 reason: "disk full".into(),
                 give_up: false,
+                retire: true,
             },
             Event::DbStopRequested {
                 db_id: Uuid::from_u128(8),
@@ -251,6 +252,7 @@ mod tests {
             Event::DbStopped {
                 db_id: Uuid::from_u128(8),
                 reason: "idle".into(),
+                retire: false,
             },
             Event::LeaseGranted {
                 lease_id: Uuid::from_u128(9),

@@ -142,11 +142,13 @@ pub enum Event {
     /// The writer reported it serves: the database is `running`.
     DbStarted { db_id: Uuid, backend_addr: String },
     /// The writer did not start (the worker said so, or the deadline passed). With
-    /// `give_up`, the database goes `failed`; otherwise back to `stopped`.
+    /// `give_up`, the database goes `failed`; otherwise back to `stopped`. With `retire`, the
+    /// worker may still hold it and is told to shut it down.
     DbStartFailed {
         db_id: Uuid,
         reason: String,
         give_up: bool,
+        retire: bool,
     },
     /// The writer is told to stop (idle past the timeout).
     DbStopRequested {
@@ -154,8 +156,13 @@ pub enum Event {
         reason: String,
         deadline: Timestamp,
     },
-    /// The writer is gone: it reported stopped, its worker was lost, or its stop timed out.
-    DbStopped { db_id: Uuid, reason: String },
+    /// The writer is gone: it reported stopped, its worker was lost, or its stop timed out
+    /// (then, with `retire`, its worker is told to shut it down until it confirms).
+    DbStopped {
+        db_id: Uuid,
+        reason: String,
+        retire: bool,
+    },
     /// The Gateway got a route to a running database.
     LeaseGranted {
         lease_id: Uuid,

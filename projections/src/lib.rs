@@ -331,8 +331,9 @@ impl State {
                 db_id,
                 reason,
                 give_up,
+                retire,
             } => {
-                self.drop_writer(*db_id, at, true);
+                self.drop_writer(*db_id, at, *retire);
                 if let Some(db) = self.dbs.get_mut(db_id) {
                     db.failed_starts += 1;
                     db.failure_reason = Some(reason.clone());
@@ -353,8 +354,8 @@ impl State {
                     db.idle_since = None;
                 }
             }
-            Event::DbStopped { db_id, .. } => {
-                self.drop_writer(*db_id, at, true);
+            Event::DbStopped { db_id, retire, .. } => {
+                self.drop_writer(*db_id, at, *retire);
                 if let Some(db) = self.dbs.get_mut(db_id) {
                     db.state = DbState::Stopped;
                 }

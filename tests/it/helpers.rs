@@ -299,7 +299,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(data_dir: &Path) -> Fixture {
-        let server = Start::new(data_dir).spawn();
+        Fixture::with_server(Start::new(data_dir).spawn())
+    }
+
+    /// The fixture on a server started elsewhere (with other settings).
+    pub fn with_server(server: Server) -> Fixture {
         let account = server.create_account("acme");
         let account_key = server.issue_key(
             ROOT_TOKEN,

@@ -10,6 +10,8 @@ mod durability;
 mod events;
 mod helpers;
 mod http_basics;
+mod lab;
+mod lifecycle;
 mod log_integrity;
 mod restart;
 mod tooling;
