@@ -46,6 +46,9 @@ pub enum Commands {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Run a simulated compute worker against a control plane's internal API (token in
+    /// SPG99_SERVICE_TOKEN): registers, obeys its instructions, reports, heartbeats a load.
+    Worker(crate::agent::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,10 @@
 //!   flush, publishes the durable result to readers and subscribers.
 //! - [`commands`]: the commands and the business rules that decide them.
 //! - [`access`]: scope and permission rules, shared by commands and read handlers.
-//! - [`reconciler`]: the background loop that finishes what the log asked for (deletions).
+//! - [`lifecycle`]: workers, Gateway checkouts and leases, the reconciler's steps and the
+//!   autoscaler: the rules that start, stop and move databases.
+//! - [`reconciler`]: the background loop that runs the lifecycle's time-driven steps.
+//! - [`agent`]: `spg99 worker`, a simulated compute worker driven by the internal API.
 //! - [`recovery`]: start-up replay of the log into the read models; [`snapshot`]: snapshots
 //!   of them, written in the background, so that start-up replays only the tail.
 //! - [`domain`]: validated values (names, e-mail addresses, ...); [`catalog`]: database sizes
@@ -27,6 +30,7 @@
 //! `spg99-projections`; this crate depends on both, never the other way round.
 
 pub mod access;
+pub mod agent;
 pub mod auth;
 pub mod catalog;
 pub mod cli;

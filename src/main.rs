@@ -10,6 +10,7 @@ fn main() {
     spg99::telemetry::init();
     let code = match cli.command {
         Commands::Serve(args) => serve(Config::from_args(args)),
+        Commands::Worker(args) => spg99::agent::run(args),
         other => match run_tool(other) {
             Ok(()) => 0,
             Err(e) => {
@@ -61,7 +62,7 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match command {
-        Commands::Serve(_) => unreachable!("handled by main"),
+        Commands::Serve(_) | Commands::Worker(_) => unreachable!("handled by main"),
         Commands::Log(LogCommand::Dump {
             from,
             to,

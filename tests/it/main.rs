@@ -15,3 +15,4 @@ mod lifecycle;
 mod log_integrity;
 mod restart;
 mod tooling;
+mod worker_agent;
