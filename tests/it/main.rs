@@ -12,6 +12,7 @@ mod helpers;
 mod http_basics;
 mod lab;
 mod lifecycle;
+mod lifecycle_props;
 mod log_integrity;
 mod restart;
 mod tooling;
