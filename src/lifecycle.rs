@@ -800,9 +800,9 @@ fn checkout(
     }
 }
 
-/// The live worker with the most room that runs `profile`, other than `avoid`; ties go to
-/// the smallest id, so placement is deterministic.
-fn place(state: &State, cx: &Context<'_>, profile: &str, avoid: Option<&str>) -> Option<String> {
+/// How many writers each worker holds: serving or starting, candidates, and writers it still
+/// has to shut down. Capacity is counted against this.
+pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
     let mut used: BTreeMap<&str, u32> = BTreeMap::new();
     for db in state.dbs.values() {
         for w in [&db.writer, &db.scale.candidate].into_iter().flatten() {
@@ -812,6 +812,13 @@ fn place(state: &State, cx: &Context<'_>, profile: &str, avoid: Option<&str>) ->
     for (w, _, _) in state.retiring.keys() {
         *used.entry(w.as_str()).or_default() += 1;
     }
+    used
+}
+
+/// The live worker with the most room that runs `profile`, other than `avoid`; ties go to
+/// the smallest id, so placement is deterministic.
+fn place(state: &State, cx: &Context<'_>, profile: &str, avoid: Option<&str>) -> Option<String> {
+    let used = occupancy(state);
     let timeout = cx.settings.worker_timeout;
     state
         .workers

@@ -21,7 +21,6 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::{Envelope, Event, Timestamp};
-use spg99_projections::DbState;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -107,7 +106,7 @@ struct WorkerView {
     registered_at: String,
     lost_at: Option<String>,
     /// Writers and candidates placed on it, and writers it still has to shut down.
-    assigned: usize,
+    assigned: u32,
 }
 
 pub async fn list_workers(
@@ -116,6 +115,7 @@ pub async fn list_workers(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_internal()?;
     let state = app.shared.read();
+    let used = lifecycle::occupancy(&state);
     let workers: Vec<WorkerView> = state
         .workers
         .values()
@@ -126,13 +126,7 @@ pub async fn list_workers(
             profiles: w.profiles.clone(),
             registered_at: rfc3339(w.registered_at),
             lost_at: w.lost_at.map(rfc3339),
-            assigned: lifecycle::instructions(&state, &w.id).len()
-                + state
-                    .dbs
-                    .values()
-                    .filter(|d| d.writer.as_ref().is_some_and(|x| x.worker_id == w.id))
-                    .filter(|d| d.state == DbState::Running)
-                    .count(),
+            assigned: used.get(w.id.as_str()).copied().unwrap_or(0),
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "workers": workers })))
