@@ -52,6 +52,8 @@ use serde_json::Value;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::lifecycle::Outcome;
+
 /// How long one instructions poll may wait on the control plane.
 const POLL_WAIT: Duration = Duration::from_millis(5000);
 /// The least time between two polls that brought nothing new (a control plane answering at
@@ -275,30 +277,6 @@ struct Instruction {
     writer_term: u64,
     #[serde(default)]
     profile: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Outcome {
-    Started,
-    Stopped,
-    Prepared,
-    Promoted,
-    Aborted,
-    Failed,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Started => "started",
-            Outcome::Stopped => "stopped",
-            Outcome::Prepared => "prepared",
-            Outcome::Promoted => "promoted",
-            Outcome::Aborted => "aborted",
-            Outcome::Failed => "failed",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

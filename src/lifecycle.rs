@@ -109,8 +109,9 @@ pub struct Load {
     pub active_connections: u32,
 }
 
-/// What a worker reports about an instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a worker reports about an instruction (`"started"`, ... on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Started,
     Stopped,
@@ -118,6 +119,19 @@ pub enum Outcome {
     Promoted,
     Aborted,
     Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Started => "started",
+            Outcome::Stopped => "stopped",
+            Outcome::Prepared => "prepared",
+            Outcome::Promoted => "promoted",
+            Outcome::Aborted => "aborted",
+            Outcome::Failed => "failed",
+        }
+    }
 }
 
 /// The reconciler's steps, in the order it runs them. Each sees the effects of the ones

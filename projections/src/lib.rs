@@ -67,6 +67,13 @@ pub struct State {
     pub usage: BTreeMap<(Uuid, u32, Uuid), Usage>,
 }
 
+/// A writer starts serving the database at `at`: its run (billed) and its load window begin.
+fn serve_from(db: &mut Db, at: Timestamp) {
+    db.running_since = Some(at);
+    db.load_band = LoadBand::Normal;
+    db.load_band_since = at;
+}
+
 /// How many objects of each kind the state holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -320,11 +327,9 @@ impl State {
                     db.failed_starts = 0;
                     db.failure_reason = None;
                     db.idle_since = db.leases.is_empty().then_some(at);
-                    db.running_since = Some(at);
                     db.cpu_milli = 0;
                     db.active_connections = 0;
-                    db.load_band = LoadBand::Normal;
-                    db.load_band_since = at;
+                    serve_from(db, at);
                 }
             }
             Event::DbStartFailed {
@@ -458,12 +463,10 @@ impl State {
                         self.retire(old, *db_id, Retire::Stop);
                     }
                     if let Some(db) = self.dbs.get_mut(db_id) {
-                        db.running_since = Some(at);
                         db.scale = Scale::default();
                         db.freeze_new_checkouts = false;
                         db.autoscale_cooldown_until = Some(*cooldown_until);
-                        db.load_band = LoadBand::Normal;
-                        db.load_band_since = at;
+                        serve_from(db, at);
                     }
                 }
             }

@@ -275,7 +275,7 @@ async fn wait_for(
 pub struct Report {
     db_id: Uuid,
     writer_term: u64,
-    outcome: String,
+    outcome: Outcome,
     #[serde(default)]
     backend_addr: Option<String>,
     #[serde(default)]
@@ -289,22 +289,6 @@ pub async fn report(
     body: ApiJson<Report>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.value;
-    let outcome = match r.outcome.as_str() {
-        "started" => Outcome::Started,
-        "stopped" => Outcome::Stopped,
-        "prepared" => Outcome::Prepared,
-        "promoted" => Outcome::Promoted,
-        "aborted" => Outcome::Aborted,
-        "failed" => Outcome::Failed,
-        other => {
-            return Err(ApiError::from(crate::domain::Invalid {
-                field: "outcome",
-                message: format!(
-                    "{other:?} is not one of started, stopped, prepared, promoted, aborted, failed"
-                ),
-            }))
-        }
-    };
     let done = submit(
         &app,
         &caller,
@@ -312,7 +296,7 @@ pub async fn report(
             worker_id: path.into_inner(),
             db_id: r.db_id,
             writer_term: r.writer_term,
-            outcome,
+            outcome: r.outcome,
             backend_addr: r.backend_addr,
             reason: r.reason,
         },
