@@ -29,7 +29,10 @@ use crate::log::Log;
 use crate::stream::Follower;
 
 const MAGIC: &[u8; 8] = b"SPG99SNP";
-const VERSION: u8 = 1;
+/// The encoding of [`State`]: bumped whenever its shape changes, so that a snapshot of an
+/// older shape is skipped (and the log replayed) rather than misread. 2: the lifecycle
+/// (workers, leases, writers, handoffs, usage).
+const VERSION: u8 = 2;
 const KEEP: usize = 2;
 pub const DIR: &str = "snapshots";
 
