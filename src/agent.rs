@@ -15,7 +15,8 @@
 //! All calls go to `{--control-plane}/internal/v1/workers` with `Authorization: Bearer
 //! $SPG99_SERVICE_TOKEN`. The agent registers (`POST /workers`, retried while the control
 //! plane is unreachable or failing) with a fresh `instance` id per process, then runs two
-//! loops: a long poll of `GET /workers/{id}/instructions?wait_ms=5000`, the fast path, and
+//! loops: a long poll of `GET /workers/{id}/instructions?wait_ms=5000&known=<version>` (it
+//! answers when the list differs from the version last seen), the fast path, and
 //! `POST /workers/{id}/heartbeat` every `heartbeat_interval_ms` (or `--heartbeat-ms`) with one
 //! load per serving writer. Both answer the pending instructions, and both are handled. An
 //! outcome goes back by `POST /workers/{id}/reports`. When the control plane answers
@@ -56,8 +57,8 @@ use crate::lifecycle::Outcome;
 
 /// How long one instructions poll may wait on the control plane.
 const POLL_WAIT: Duration = Duration::from_millis(5000);
-/// The least time between two polls that brought nothing new (a control plane answering at
-/// once while instructions are only pending must not be hammered).
+/// The least time between two polls that brought nothing new, against a control plane that
+/// answers at once while instructions are only pending (one without list versions).
 const POLL_PAUSE: Duration = Duration::from_millis(200);
 /// Connect timeout, and the whole-call timeout beyond a poll's wait.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -246,6 +247,9 @@ struct Load {
 #[derive(Debug, Deserialize)]
 struct Instructions {
     instructions: Vec<Value>,
+    /// Names the list; polling with it as `known` waits until the list changes.
+    #[serde(default)]
+    version: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -401,16 +405,19 @@ impl Client {
         Ok(answer.instructions)
     }
 
-    fn instructions(&self, wait: Duration) -> Result<Vec<Value>, CallError> {
+    /// The instructions, waiting up to `wait` for a list other than the `known` version.
+    fn instructions(&self, wait: Duration, known: Option<&str>) -> Result<Instructions, CallError> {
         let url = format!("{}/{}/instructions", self.base, self.worker);
-        let request = self
+        let mut request = self
             .http
             .get(&url)
             .query("wait_ms", &wait.as_millis().to_string())
             .timeout(wait + CALL_TIMEOUT)
             .set("Authorization", &self.auth);
-        let answer: Instructions = Self::answer(request.call())?;
-        Ok(answer.instructions)
+        if let Some(known) = known {
+            request = request.query("known", known);
+        }
+        Self::answer(request.call())
     }
 
     /// Whether the control plane accepted the report (false: stale, which is fine).
@@ -992,13 +999,18 @@ impl Agent {
     /// The long poll of instructions, the fast path; returns only to end the agent.
     fn poll_loop(self: &Arc<Self>) -> i32 {
         let mut backoff = Backoff::new();
+        let mut known: Option<String> = None;
         loop {
             let epoch = self.epoch();
             let began = Instant::now();
-            match self.client.instructions(POLL_WAIT) {
-                Ok(list) => {
+            match self.client.instructions(POLL_WAIT, known.as_deref()) {
+                Ok(answer) => {
                     backoff.reset();
-                    if self.handle(list) == 0 {
+                    let fresh = self.handle(answer.instructions);
+                    // A control plane that names its lists waits for a change itself; one
+                    // that does not answers at once while anything is pending.
+                    known = answer.version;
+                    if fresh == 0 && known.is_none() {
                         thread::sleep(POLL_PAUSE.saturating_sub(began.elapsed()));
                     }
                 }

@@ -5,7 +5,8 @@
 //! Workers:
 //! - `POST /internal/v1/workers` register; `GET /internal/v1/workers` list
 //! - `POST /internal/v1/workers/{id}/heartbeat` load per database → instructions
-//! - `GET /internal/v1/workers/{id}/instructions?wait_ms=` the same, long-polled
+//! - `GET /internal/v1/workers/{id}/instructions?wait_ms=&known=` the same, long-polled until
+//!   the list differs from the `version` the worker already has
 //! - `POST /internal/v1/workers/{id}/reports` the result of an instruction
 //!
 //! Gateway:
@@ -20,6 +21,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use spg99_events::{Envelope, Event, Timestamp};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
@@ -152,6 +154,19 @@ pub struct Heartbeat {
 #[derive(Debug, Serialize)]
 struct Instructions {
     instructions: Vec<Instruction>,
+    /// Names this list: pass it back as `known` to wait until the list changes.
+    version: String,
+}
+
+impl Instructions {
+    fn new(instructions: Vec<Instruction>) -> Self {
+        let bytes = serde_json::to_vec(&instructions).unwrap_or_default();
+        let version = crate::auth::hex(&sha2::Sha256::digest(&bytes)[..8]);
+        Instructions {
+            instructions,
+            version,
+        }
+    }
 }
 
 fn cpu_milli(field: &'static str, cpu: f64) -> Result<u32, ApiError> {
@@ -193,13 +208,15 @@ pub async fn heartbeat(
     )
     .await?;
     let instructions = lifecycle::instructions(&app.shared.read(), &worker_id);
-    Ok(HttpResponse::Ok().json(Instructions { instructions }))
+    Ok(HttpResponse::Ok().json(Instructions::new(instructions)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     wait_ms: Option<u64>,
+    /// The `version` of the list the worker already has: wait until the list differs.
+    known: Option<String>,
 }
 
 /// Events after which a worker's instructions may have changed.
@@ -207,6 +224,7 @@ fn moves_writers(event: &Event) -> bool {
     matches!(
         event,
         Event::DbStartRequested { .. }
+            | Event::DbStarted { .. }
             | Event::DbStopRequested { .. }
             | Event::DbScaleStarted { .. }
             | Event::DbScaleCutoverStarted { .. }
@@ -218,6 +236,8 @@ fn moves_writers(event: &Event) -> bool {
             | Event::TenantDeleteRequested { .. }
             | Event::AccountDeleteRequested { .. }
             | Event::WorkerRegistered { .. }
+            | Event::WorkerLost { .. }
+            | Event::WriterRetired { .. }
     )
 }
 
@@ -246,10 +266,13 @@ pub async fn instructions(
             }
             lifecycle::instructions(&state, &worker_id)
         };
-        if !found.is_empty() || !wait_for(&mut feed, deadline, moves_writers).await {
-            return Ok(HttpResponse::Ok().json(Instructions {
-                instructions: found,
-            }));
+        let answer = Instructions::new(found);
+        let news = match &query.known {
+            Some(known) => *known != answer.version,
+            None => !answer.instructions.is_empty(),
+        };
+        if news || !wait_for(&mut feed, deadline, moves_writers).await {
+            return Ok(HttpResponse::Ok().json(answer));
         }
     }
 }

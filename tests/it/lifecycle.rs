@@ -638,3 +638,38 @@ fn after_a_crash_live_leases_get_one_ttl_of_grace_and_the_state_is_exact() {
     let verify = lab.s().get("/v2/admin/verify", ROOT_TOKEN);
     assert_eq!(verify.body["equal"], true, "{verify:?}");
 }
+
+#[test]
+fn a_worker_long_polls_until_its_instructions_change() {
+    let tmp = tempdir();
+    let lab = Lab::new(&tmp.path().join("data"), &[]);
+    lab.register("w1", &["c0.25", "c0.5", "c1"]);
+    lab.create_db("a");
+    lab.create_db("b");
+    assert_eq!(lab.checkout("a").status, 202);
+    let poll = |query: &str| {
+        let r = lab.s().get(
+            &format!("/internal/v1/workers/w1/instructions?{query}"),
+            SERVICE_TOKEN,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body
+    };
+    let first = poll("wait_ms=0");
+    let version = first["version"].as_str().unwrap().to_owned();
+    assert_eq!(first["instructions"].as_array().unwrap().len(), 1);
+
+    // Nothing changed: the poll waits its time out and names the same list.
+    let same = poll(&format!("wait_ms=200&known={version}"));
+    assert_eq!(same["version"], version.as_str());
+
+    // A change while it waits ends the wait with the new list.
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| poll(&format!("wait_ms=10000&known={version}")));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(lab.checkout("b").status, 202);
+        let changed = waiting.join().unwrap();
+        assert_ne!(changed["version"], version.as_str());
+        assert_eq!(changed["instructions"].as_array().unwrap().len(), 2);
+    });
+}
