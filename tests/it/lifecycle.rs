@@ -673,3 +673,37 @@ fn a_worker_long_polls_until_its_instructions_change() {
         assert_eq!(changed["instructions"].as_array().unwrap().len(), 2);
     });
 }
+
+#[test]
+fn a_tenant_key_watches_its_database_start_on_the_event_stream() {
+    let tmp = tempdir();
+    let lab = Lab::new(&tmp.path().join("data"), &[]);
+    lab.register("w1", &["c0.25", "c0.5", "c1"]);
+    let db_id = lab.create_db("app");
+    let s = lab.s();
+    let tenant_key = s.issue_key(
+        &lab.fx.account_key,
+        &lab.fx.account,
+        json!({"scope": "tenant", "tenant": "shop"}),
+    );
+    let since = lab.head();
+    let mut stream = crate::helpers::Events::open(
+        s,
+        &format!("/v2/events?since={since}&db={db_id}"),
+        Some(&tenant_key),
+        None,
+    )
+    .unwrap();
+    lab.start_db("app", "w1");
+    lab.lease("app");
+    let seen: Vec<(String, Value)> = (0..3)
+        .map(|_| stream.next_event().expect("an event"))
+        .map(|f| (f.event.clone(), f.json()))
+        .collect();
+    let types: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, ["db.start_requested", "db.started", "lease.granted"]);
+    assert_eq!(seen[0].1["data"]["worker_id"], "w1");
+    assert_eq!(seen[0].1["actor"], "service");
+    assert_eq!(seen[1].1["data"]["backend_addr"], "w1.local:6432");
+    assert_eq!(seen[2].1["tenant"], "shop");
+}
