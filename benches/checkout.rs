@@ -26,9 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::http::{get, post, Conn};
 use support::ROOT;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// The internal API's token (`SPG99_SERVICE_TOKEN`).
 const SERVICE: &str = "spg99_svc_cccccccccccccccccccccccccccccccccccccccccccccccc";
@@ -44,75 +43,13 @@ const TENANT: &str = "shop";
 /// bring nothing new, so that each checkout finds it waiting in its long poll.
 const IDLE_GAP: Duration = Duration::from_millis(250);
 
-/// One kept-alive HTTP/1.1 connection.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    body_at: usize,
+/// What a Gateway does on a connection.
+trait Gateway {
+    async fn checkout(&mut self, pg_user: &str, db: &str, wait_ms: u64) -> String;
+    async fn release(&mut self, lease: &str);
 }
 
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            stream,
-            buf: Vec::with_capacity(4096),
-            body_at: 0,
-        }
-    }
-
-    /// Sends one request and reads its whole answer; returns the status.
-    async fn call(&mut self, req: &[u8]) -> u16 {
-        self.stream.write_all(req).await.unwrap();
-        self.buf.clear();
-        let mut chunk = [0u8; 8192];
-        loop {
-            let n = self.stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&self.buf[..end])
-                    .unwrap()
-                    .to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map(|v| v.trim().parse().unwrap())
-                    .unwrap_or(0);
-                while self.buf.len() < end + 4 + len {
-                    let n = self.stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "server closed the connection");
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                self.body_at = end + 4;
-                return head[9..12].parse().unwrap();
-            }
-        }
-    }
-
-    fn body(&self) -> &str {
-        std::str::from_utf8(&self.buf[self.body_at..]).unwrap()
-    }
-
-    /// The string field `key` of the last answer's (flat, compact) JSON body.
-    fn field(&self, key: &str) -> &str {
-        let body = self.body();
-        let pat = format!("\"{key}\":\"");
-        let Some(at) = body.find(&pat) else {
-            panic!("no {key} in {body}");
-        };
-        let rest = &body[at + pat.len()..];
-        &rest[..rest.find('"').unwrap()]
-    }
-
-    /// A request that must succeed; its body as JSON.
-    async fn json(&mut self, req: &[u8]) -> serde_json::Value {
-        let status = self.call(req).await;
-        assert!(status < 300, "{status}: {}", self.body());
-        serde_json::from_str(self.body()).unwrap()
-    }
-
+impl Gateway for Conn {
     /// Checks out `db`, waiting up to 10 s for it to run (asking again on a 202); returns the
     /// lease id.
     async fn checkout(&mut self, pg_user: &str, db: &str, wait_ms: u64) -> String {
@@ -139,19 +76,6 @@ impl Conn {
         let status = self.call(&req).await;
         assert_eq!(status, 200, "release: {}", self.body());
     }
-}
-
-fn get(path: &str, token: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n")
-        .into_bytes()
-}
-
-fn post(path: &str, token: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 fn create_db(name: &str) -> Vec<u8> {

@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::http::{get, post, Conn};
 use support::ROOT;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const CONNECTIONS: [usize; 4] = [1, 16, 64, 256];
 
@@ -65,35 +64,6 @@ fn sample_describe() -> String {
     .to_string()
 }
 
-/// Starts a child and waits for the line that names its address.
-/// One minimal HTTP/1.1 request/response over a kept-alive connection.
-async fn roundtrip(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> u16 {
-    conn.write_all(req).await.unwrap();
-    buf.clear();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = conn.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end])
-                .unwrap()
-                .to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = conn.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "server closed the connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return head[9..12].parse().unwrap();
-        }
-    }
-}
-
 struct Cell {
     workload: &'static str,
     conns: usize,
@@ -132,15 +102,13 @@ fn load(
                 let (stop, counter, make) = (stop.clone(), counter.clone(), make.clone());
                 let addr = addr.to_owned();
                 tokio::spawn(async move {
-                    let mut conn = TcpStream::connect(&addr).await.unwrap();
-                    conn.set_nodelay(true).unwrap();
-                    let mut buf = Vec::with_capacity(4096);
+                    let mut conn = Conn::open(&addr).await;
                     let mut lat = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let req = make(counter.fetch_add(1, Ordering::Relaxed));
                         let t = Instant::now();
-                        let status = roundtrip(&mut conn, &req, &mut buf).await;
-                        assert_eq!(status, expect, "{}", String::from_utf8_lossy(&buf));
+                        let status = conn.call(&req).await;
+                        assert_eq!(status, expect, "{}", conn.body());
                         lat.push(t.elapsed().as_micros() as u64);
                     }
                     lat
@@ -167,33 +135,13 @@ fn load(
     })
 }
 
-fn get(path: &str, token: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n")
-        .into_bytes()
-}
-
-fn post(path: &str, token: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// Sends one request on a fresh connection and returns the JSON body.
 fn once(addr: &str, req: Vec<u8>) -> serde_json::Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let mut conn = TcpStream::connect(addr).await.unwrap();
-        let mut buf = Vec::new();
-        let status = roundtrip(&mut conn, &req, &mut buf).await;
-        let start = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert!(status < 300, "{}", String::from_utf8_lossy(&buf));
-        serde_json::from_slice(&buf[start..]).unwrap()
-    })
+    rt.block_on(async { Conn::open(addr).await.json(&req).await })
 }
 
 fn main() {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses a part
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
