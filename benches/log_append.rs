@@ -19,20 +19,12 @@
 
 mod support;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spg99::clock::SystemClock;
-use spg99::commands::{Command, CommandMeta};
-use spg99::committer::Committer;
-use spg99::domain::AccountName;
-use spg99::log::Log;
-use spg99_events::{encode_record, Actor, Envelope, Event, Timestamp};
-use spg99_projections::State;
-use uuid::Uuid;
+use support::appends;
 
 const PRODUCERS: [usize; 3] = [1, 16, 256];
 
@@ -63,69 +55,24 @@ fn finish(mode: &'static str, producers: usize, secs: f64, mut lat: Vec<u64>) ->
     }
 }
 
-fn sample_record(seq: u64) -> Vec<u8> {
-    encode_record(&Envelope {
-        seq,
-        at: Timestamp(1_763_000_000_000_000),
-        actor: Actor::ApiKey("0123456789abcdef".into()),
-        request_id: "0123456789abcdef0123456789abcdef".into(),
-        account: Some(Uuid::from_u128(seq as u128)),
-        tenant: None,
-        tenant_id: None,
-        db_id: None,
-        event: Event::AccountCreated {
-            account_id: Uuid::from_u128(seq as u128),
-            name: format!("bench account {seq}"),
-            email: None,
-        },
-    })
-}
-
-fn open_sled(dir: &Path) -> (sled::Db, sled::Tree, File) {
-    let db = sled::Config::new()
-        .path(dir)
-        .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
-    let tree = db.open_tree("log").unwrap();
-    let file = File::open(dir.join("db")).unwrap();
-    (db, tree, file)
-}
-
-/// One writer, batches of `producers` records: the group-commit ceiling.
+/// The raw ceiling: batches of `producers` ~100-byte records, one writer.
 fn sled_batches(dir: &Path, producers: usize, dur: Duration, fdatasync: bool) -> Cell {
-    let (db, tree, file) = open_sled(dir);
-    let started = Instant::now();
-    let mut lat = Vec::new();
-    let mut seq = 0u64;
-    while started.elapsed() < dur {
-        let t = Instant::now();
-        let mut batch = sled::Batch::default();
-        for _ in 0..producers {
-            seq += 1;
-            batch.insert(&seq.to_be_bytes(), sample_record(seq));
-        }
-        tree.apply_batch(batch).unwrap();
-        db.flush().unwrap();
-        if fdatasync {
-            file.sync_data().unwrap();
-        }
-        let us = t.elapsed().as_micros() as u64;
-        lat.extend(std::iter::repeat_n(us, producers));
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let m = appends::sled_batches(dir, producers, dur, fdatasync, 0);
     let mode = if fdatasync {
         "sled batch+flush+fdatasync"
     } else {
         "sled batch+flush"
     };
-    finish(mode, producers, secs, lat)
+    finish(mode, producers, m.secs, m.lat)
 }
 
-/// N threads, each flushing its own one-record batch.
+fn committer(dir: &Path, producers: usize, dur: Duration) -> Cell {
+    let m = appends::committer(dir, producers, dur, 0);
+    finish("committer", producers, m.secs, m.lat)
+}
+
 fn sled_per_producer(dir: &Path, producers: usize, dur: Duration) -> Cell {
-    let (db, tree, _) = open_sled(dir);
+    let (db, tree, _) = appends::open_sled(dir);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..producers)
@@ -138,7 +85,7 @@ fn sled_per_producer(dir: &Path, producers: usize, dur: Duration) -> Cell {
                     let key = ((p as u64) << 40) | i;
                     let t = Instant::now();
                     let mut batch = sled::Batch::default();
-                    batch.insert(&key.to_be_bytes(), sample_record(key));
+                    batch.insert(&key.to_be_bytes(), appends::record(key, 0));
                     tree.apply_batch(batch).unwrap();
                     db.flush().unwrap();
                     lat.push(t.elapsed().as_micros() as u64);
@@ -156,68 +103,6 @@ fn sled_per_producer(dir: &Path, producers: usize, dur: Duration) -> Cell {
         .collect();
     let secs = started.elapsed().as_secs_f64();
     finish("sled flush per producer", producers, secs, lat)
-}
-
-fn committer(dir: &Path, producers: usize, dur: Duration) -> Cell {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let log = Arc::new(Log::open(dir).unwrap());
-        let secrets = Arc::new(spg99::secrets::SecretBox::from_key([7; 32]));
-        let committer = Committer::start(
-            log,
-            State::default(),
-            Arc::new(SystemClock),
-            secrets,
-            Default::default(),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..producers)
-            .map(|p| {
-                let handle = committer.handle();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let mut lat = Vec::new();
-                    let mut i = 0u64;
-                    let meta = CommandMeta {
-                        actor: Actor::System,
-                        request_id: "0123456789abcdef0123456789abcdef".into(),
-                    };
-                    while !stop.load(Ordering::Relaxed) {
-                        let name = AccountName::parse("name", &format!("bench {p}-{i}")).unwrap();
-                        let t = Instant::now();
-                        handle
-                            .submit(
-                                meta.clone(),
-                                Command::CreateAccount {
-                                    account_id: Uuid::new_v4(),
-                                    name,
-                                    email: None,
-                                },
-                            )
-                            .await
-                            .unwrap();
-                        lat.push(t.elapsed().as_micros() as u64);
-                        i += 1;
-                    }
-                    lat
-                })
-            })
-            .collect();
-        tokio::time::sleep(dur).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        let secs = started.elapsed().as_secs_f64();
-        committer.stop().await;
-        finish("committer", producers, secs, lat)
-    })
 }
 
 /// Of several runs of one cell, the one with the median rate.

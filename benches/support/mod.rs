@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each benchmark uses a part
 
+pub mod appends;
 pub mod http;
 
 use std::io::{BufRead, BufReader};
