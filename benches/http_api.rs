@@ -7,7 +7,7 @@
 //! - `POST create-tenant`, `POST create-db`: durable creates with unique names.
 //!
 //! Both servers run as their own processes (the bare one is this binary started with
-//! `--bare-server`); the load comes from this process over loopback, one minimal HTTP/1.1
+//! `--bare-server`, answering the very describe body the server gives); the load comes from this process over loopback, one minimal HTTP/1.1
 //! client task per connection, the same client for both.
 //!
 //! Run: `cargo bench --bench http_api` (`SPG99_BENCH_SECS`, default 3 s per cell). Prints a
@@ -15,7 +15,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,45 +23,6 @@ use support::http::{get, post, Conn};
 use support::ROOT;
 
 const CONNECTIONS: [usize; 4] = [1, 16, 64, 256];
-
-/// The bare handler: the same shape of answer a describe gives, from memory.
-fn bare_server() {
-    use actix_web::{web, App, HttpResponse, HttpServer};
-    let body: &'static str = Box::leak(sample_describe().into_boxed_str());
-    actix_web::rt::System::new().block_on(async move {
-        let server = HttpServer::new(move || {
-            App::new().route(
-                "/bare",
-                web::get().to(move || async move {
-                    HttpResponse::Ok()
-                        .content_type("application/json")
-                        .body(body)
-                }),
-            )
-        })
-        .workers(2)
-        .backlog(4096)
-        .bind("127.0.0.1:0")
-        .unwrap();
-        println!("listening on {}", server.addrs()[0]);
-        server.run().await.unwrap();
-    });
-}
-
-fn sample_describe() -> String {
-    serde_json::json!({
-        "db_id": "7b0f3d5e-8f3c-4a55-9a4c-2d6f1f7e9a10", "name": "app", "tenant": "shop",
-        "size": "L1", "state": "stopped", "timeline": "20785cc67d10b6000450f07d9f0a63e2",
-        "created_at": "2026-11-24T11:51:56.830048Z", "current_scale": 0, "target_scale": 0,
-        "current_profile": null, "target_profile": null, "candidate_profile": null,
-        "candidate_worker_id": null, "candidate_writer_term": null, "scale_state": "STABLE",
-        "freeze_new_checkouts": false, "lease_control_epoch": 0,
-        "autoscale_cooldown_until": null, "scale_phase_started_at": null,
-        "scale_phase_deadline_at": null, "scale_failure_reason": null,
-        "active_connections": 0, "worker_id": null, "backend_addr": null
-    })
-    .to_string()
-}
 
 struct Cell {
     workload: &'static str,
@@ -145,17 +105,14 @@ fn once(addr: &str, req: Vec<u8>) -> serde_json::Value {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--bare-server") {
-        return bare_server();
+    if support::bare::child_main() {
+        return;
     }
     let dur = Duration::from_secs(support::env_or("SPG99_BENCH_SECS", 3));
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("http_api");
     let _ = std::fs::remove_dir_all(&dir);
 
     let (mut spg_child, spg_addr) = support::spawn_spg99(&dir);
-    let mut bare = Command::new(std::env::current_exe().unwrap());
-    bare.arg("--bare-server");
-    let (mut bare_child, bare_addr) = support::spawn_listening(bare);
 
     // An account, its key, a tenant and a database to describe.
     let account = once(&spg_addr, post("/v2/accounts", ROOT, r#"{"name":"bench"}"#));
@@ -174,6 +131,9 @@ fn main() {
         &spg_addr,
         post("/v2/tenants/shop/dbs", key, r#"{"name":"app","size":"L1"}"#),
     );
+    // The ceiling answers exactly what the describe answers, from memory.
+    let describe = once(&spg_addr, get("/v2/tenants/shop/dbs/app", key)).to_string();
+    let (mut bare_child, bare_addr) = support::bare::spawn(&describe);
 
     let mut cells = Vec::new();
     for &n in &CONNECTIONS {

@@ -23,7 +23,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn new(mut lat: Vec<u64>, secs: f64) -> Self {
+    pub fn new(mut lat: Vec<u64>, secs: f64) -> Self {
         lat.sort_unstable();
         Measured { lat, secs }
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each benchmark uses a part
 
 pub mod appends;
+pub mod bare;
 pub mod http;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,557 @@
+//! SPG99 against the stores a user would pick instead, on the same machine in the same run:
+//! PostgreSQL as an event store (an `events` table, `synchronous_commit=on`) and etcd (`put`).
+//!
+//! Run it with `benches/peers.sh`, which installs PostgreSQL and etcd from Debian's packages,
+//! starts both on loopback in temp dirs and passes them here (`SPG99_PEER_PG`,
+//! `SPG99_PEER_PG_PID`, `SPG99_PEER_ETCD`, `SPG99_PEER_ETCD_PID`, `SPG99_PEER_VERSIONS`).
+//! Without them, `cargo bench --bench peers` measures SPG99 and its ceilings only.
+//!
+//! Workloads, each at 1, 16 and 256 concurrent clients for `SPG99_BENCH_SECS` (default 3):
+//!
+//! 1. **Durable append** of one ~200-byte event: SPG99's log layer (the committer, in this
+//!    process), raw sled batch+flush (the ceiling; and with fdatasync, at SPG99's
+//!    durability), PostgreSQL `INSERT INTO events(body)`, etcd `put`. The payload is the
+//!    same bytes for all: the encoded log record.
+//! 2. **Create over the wire**: `POST /v2/tenants/{t}/dbs` on SPG99 (HTTP, auth, validation,
+//!    the name's uniqueness, event, projections, JSON answer) against the same logical
+//!    operation in the peers: an `INSERT` into a `dbs` table with a primary key on
+//!    (tenant, name), and an etcd transaction that puts the key only if it does not exist.
+//! 3. **Reads**: `GET` describe on SPG99 against a bare actix-web handler answering the same
+//!    body from memory (the HTTP ceiling), also at 64 clients.
+//!
+//! The same client drives every system: one tokio task per client connection on one thread,
+//! a minimal HTTP/1.1 client for HTTP, tokio-postgres for PostgreSQL. Every server runs in
+//! its own process except the in-process log-layer rows, whose CPU and memory are this
+//! process's (client included). CPU is the server's (process tree's) CPU time over the
+//! cell's wall time; RSS is its resident memory at the end of the cell.
+//!
+//! Prints markdown tables; writes `target/bench/peers.json`.
+
+mod support;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::appends::{self, Measured};
+use support::http::{get, post, Conn};
+use support::ROOT;
+
+const CLIENTS: [usize; 3] = [1, 16, 256];
+const READ_CLIENTS: [usize; 4] = [1, 16, 64, 256];
+/// The size of the event every system appends.
+const EVENT_BYTES: usize = 200;
+
+type Fut<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+type Op<C> = Arc<dyn for<'a> Fn(&'a mut C, u64) -> Fut<'a> + Send + Sync>;
+type Pg = (tokio_postgres::Client, tokio_postgres::Statement);
+
+fn op<C, F>(f: F) -> Op<C>
+where
+    F: for<'a> Fn(&'a mut C, u64) -> Fut<'a> + Send + Sync + 'static,
+{
+    Arc::new(f)
+}
+
+/// Runs one loop per client for `dur`, each calling `op` with a global counter.
+async fn drive<C: Send + 'static>(clients: Vec<C>, dur: Duration, op: Op<C>) -> Measured {
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            let (op, counter) = (op.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while started.elapsed() < dur {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    op(&mut c, i).await;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    Measured::new(lat, started.elapsed().as_secs_f64())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// ---- the servers' CPU and memory, from /proc ----
+
+/// A process and its descendants.
+fn tree(root: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse().ok())) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out
+}
+
+/// The fields of /proc/PID/stat after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU seconds (user + system) and resident MiB of a process tree.
+fn usage(root: u32) -> (f64, f64) {
+    let (mut ticks, mut rss_kib) = (0u64, 0u64);
+    for pid in tree(root) {
+        if let Some(f) = stat_fields(pid) {
+            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            rss_kib += kib;
+        }
+    }
+    (ticks as f64 / 100.0, rss_kib as f64 / 1024.0)
+}
+
+// ---- results ----
+
+struct Row {
+    workload: &'static str,
+    system: &'static str,
+    clients: usize,
+    m: Measured,
+    cpu_pct: f64,
+    rss_mib: f64,
+}
+
+impl Row {
+    fn per_sec(&self) -> f64 {
+        self.m.lat.len() as f64 / self.m.secs
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        support::percentile(&self.m.lat, q) as f64 / 1000.0
+    }
+}
+
+/// Measures `work` with the CPU and memory of the process tree at `pid`.
+fn measure(
+    workload: &'static str,
+    system: &'static str,
+    clients: usize,
+    pid: u32,
+    work: impl FnOnce() -> Measured,
+) -> Row {
+    let (cpu0, _) = usage(pid);
+    let m = work();
+    let (cpu1, rss_mib) = usage(pid);
+    let cpu_pct = (cpu1 - cpu0) / m.secs * 100.0;
+    eprintln!("done: {workload} / {system} / {clients}");
+    Row {
+        workload,
+        system,
+        clients,
+        m,
+        cpu_pct,
+        rss_mib,
+    }
+}
+
+// ---- peers ----
+
+struct Peers {
+    pg: Option<(String, u32)>,
+    etcd: Option<(String, u32)>,
+}
+
+impl Peers {
+    fn from_env() -> Peers {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let pid = |k: &str| var(k).and_then(|p| p.parse().ok());
+        Peers {
+            pg: var("SPG99_PEER_PG").zip(pid("SPG99_PEER_PG_PID")),
+            etcd: var("SPG99_PEER_ETCD").zip(pid("SPG99_PEER_ETCD_PID")),
+        }
+    }
+}
+
+async fn pg_clients(conn: &str, n: usize, sql: &str) -> Vec<Pg> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        let stmt = client.prepare(sql).await.unwrap();
+        out.push((client, stmt));
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> shift) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `(host:port, path prefix)` of an `http://host:port/prefix` URL.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.trim_start_matches("http://");
+    match rest.find('/') {
+        Some(i) => (
+            rest[..i].to_owned(),
+            rest[i..].trim_end_matches('/').to_owned(),
+        ),
+        None => (rest.to_owned(), String::new()),
+    }
+}
+
+async fn conns(addr: &str, n: usize) -> Vec<Conn> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(Conn::open(addr).await);
+    }
+    out
+}
+
+fn expect(conn: &Conn, status: u16, want: u16) {
+    assert_eq!(status, want, "{}", conn.body());
+}
+
+fn main() {
+    if support::bare::child_main() {
+        return;
+    }
+    let dur = Duration::from_secs(support::env_or("SPG99_BENCH_SECS", 3));
+    let peers = Peers::from_env();
+    let me = std::process::id();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("peers");
+    let fresh = |name: String| {
+        let d = root.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    };
+    let pad = (0..)
+        .find(|p| appends::record(1, *p).len() >= EVENT_BYTES)
+        .unwrap();
+    let event = Arc::new(appends::record(1, pad));
+    let mut rows = Vec::new();
+    let rt = runtime();
+
+    // 1. Durable appends.
+    for &n in &CLIENTS {
+        rows.push(measure("append", "sled batch+flush", n, me, || {
+            appends::sled_batches(&fresh(format!("raw-{n}")), n, dur, false, pad)
+        }));
+        rows.push(measure(
+            "append",
+            "sled batch+flush+fdatasync",
+            n,
+            me,
+            || appends::sled_batches(&fresh(format!("rawsync-{n}")), n, dur, true, pad),
+        ));
+        rows.push(measure("append", "SPG99 log (committer)", n, me, || {
+            appends::committer(&fresh(format!("committer-{n}")), n, dur, pad)
+        }));
+        if let Some((conn, pid)) = &peers.pg {
+            let event = event.clone();
+            rows.push(measure("append", "PostgreSQL INSERT", n, *pid, || {
+                rt.block_on(async {
+                    let clients =
+                        pg_clients(conn, n, "INSERT INTO events (body) VALUES ($1)").await;
+                    drive(
+                        clients,
+                        dur,
+                        op(move |(c, stmt): &mut Pg, _| {
+                            let event = event.clone();
+                            Box::pin(async move {
+                                let body: &[u8] = &event;
+                                c.execute(&*stmt, &[&body]).await.unwrap();
+                            })
+                        }),
+                    )
+                    .await
+                })
+            }));
+        }
+        if let Some((url, pid)) = &peers.etcd {
+            let (addr, prefix) = split_url(url);
+            let value = base64(&event);
+            rows.push(measure("append", "etcd put", n, *pid, || {
+                rt.block_on(async {
+                    let path: &'static str = Box::leak(format!("{prefix}/kv/put").into_boxed_str());
+                    drive(
+                        conns(&addr, n).await,
+                        dur,
+                        op(move |c: &mut Conn, i| {
+                            let body = format!(
+                                r#"{{"key":"{}","value":"{value}"}}"#,
+                                base64(format!("ev/{n}/{i:012}").as_bytes())
+                            );
+                            Box::pin(async move {
+                                let status = c.call(&post(path, "-", &body)).await;
+                                expect(c, status, 200);
+                            })
+                        }),
+                    )
+                    .await
+                })
+            }));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+
+    // 2 and 3 go through the real server.
+    let dir = fresh("server".into());
+    let (mut spg, spg_addr) = support::spawn_spg99(&dir);
+    let spg_pid = spg.id();
+    let (key, describe) = rt.block_on(async {
+        let mut c = Conn::open(&spg_addr).await;
+        let account = c.json(&post("/v2/accounts", ROOT, r#"{"name":"bench"}"#)).await;
+        let account = account["account_id"].as_str().unwrap().to_owned();
+        let key = c
+            .json(&post(
+                &format!("/v2/accounts/{account}/api-keys"),
+                ROOT,
+                r#"{"scope":"account","permissions":{"can_create_tenant":true,"can_create_db":true}}"#,
+            ))
+            .await;
+        let key = key["token"].as_str().unwrap().to_owned();
+        c.json(&post("/v2/tenants", &key, r#"{"name":"shop"}"#)).await;
+        c.json(&post("/v2/tenants/shop/dbs", &key, r#"{"name":"app","size":"L1"}"#))
+            .await;
+        let describe = c.json(&get("/v2/tenants/shop/dbs/app", &key)).await;
+        (key, describe.to_string())
+    });
+    let key: &'static str = Box::leak(key.into_boxed_str());
+    let (mut bare, bare_addr) = support::bare::spawn(&describe);
+
+    for &n in &CLIENTS {
+        rows.push(measure(
+            "create",
+            "SPG99 POST create-db",
+            n,
+            spg_pid,
+            || {
+                rt.block_on(async {
+                    drive(
+                        conns(&spg_addr, n).await,
+                        dur,
+                        op(move |c: &mut Conn, i| {
+                            let req = post(
+                                "/v2/tenants/shop/dbs",
+                                key,
+                                &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
+                            );
+                            Box::pin(async move {
+                                let status = c.call(&req).await;
+                                expect(c, status, 201);
+                            })
+                        }),
+                    )
+                    .await
+                })
+            },
+        ));
+        if let Some((conn, pid)) = &peers.pg {
+            let event = event.clone();
+            rows.push(measure("create", "PostgreSQL INSERT (unique)", n, *pid, || {
+                rt.block_on(async {
+                    let sql = "INSERT INTO dbs (tenant, name, size, body) VALUES ('shop', $1, 'L1', $2)";
+                    drive(
+                        pg_clients(conn, n, sql).await,
+                        dur,
+                        op(move |(c, stmt): &mut Pg, i| {
+                            let (event, name) = (event.clone(), format!("d{n}-{i}"));
+                            Box::pin(async move {
+                                let body: &[u8] = &event;
+                                c.execute(&*stmt, &[&name, &body]).await.unwrap();
+                            })
+                        }),
+                    )
+                    .await
+                })
+            }));
+        }
+        if let Some((url, pid)) = &peers.etcd {
+            let (addr, prefix) = split_url(url);
+            let value = base64(&event);
+            rows.push(measure("create", "etcd txn (put if absent)", n, *pid, || {
+                rt.block_on(async {
+                    let path: &'static str = Box::leak(format!("{prefix}/kv/txn").into_boxed_str());
+                    drive(
+                        conns(&addr, n).await,
+                        dur,
+                        op(move |c: &mut Conn, i| {
+                            let k = base64(format!("dbs/shop/d{n}-{i}").as_bytes());
+                            let body = format!(
+                                r#"{{"compare":[{{"key":"{k}","result":"EQUAL","target":"CREATE","create_revision":"0"}}],"success":[{{"request_put":{{"key":"{k}","value":"{value}"}}}}]}}"#
+                            );
+                            Box::pin(async move {
+                                let status = c.call(&post(path, "-", &body)).await;
+                                expect(c, status, 200);
+                                assert!(c.body().contains("\"succeeded\":true"), "{}", c.body());
+                            })
+                        }),
+                    )
+                    .await
+                })
+            }));
+        }
+    }
+
+    for &n in &READ_CLIENTS {
+        let bare_pid = bare.id();
+        rows.push(measure("read", "bare actix-web GET", n, bare_pid, || {
+            rt.block_on(async {
+                let req = Arc::new(get("/bare", "-"));
+                drive(
+                    conns(&bare_addr, n).await,
+                    dur,
+                    op(move |c: &mut Conn, _| {
+                        let req = req.clone();
+                        Box::pin(async move {
+                            let status = c.call(&req).await;
+                            expect(c, status, 200);
+                        })
+                    }),
+                )
+                .await
+            })
+        }));
+        rows.push(measure("read", "SPG99 GET describe", n, spg_pid, || {
+            rt.block_on(async {
+                let req = Arc::new(get("/v2/tenants/shop/dbs/app", key));
+                drive(
+                    conns(&spg_addr, n).await,
+                    dur,
+                    op(move |c: &mut Conn, _| {
+                        let req = req.clone();
+                        Box::pin(async move {
+                            let status = c.call(&req).await;
+                            expect(c, status, 200);
+                        })
+                    }),
+                )
+                .await
+            })
+        }));
+    }
+    let _ = spg.kill();
+    let _ = bare.kill();
+    let _ = spg.wait();
+    let _ = bare.wait();
+    let _ = std::fs::remove_dir_all(&root);
+
+    report(&rows, event.len());
+}
+
+fn report(rows: &[Row], event_bytes: usize) {
+    let rate = |workload: &str, system: &str, clients: usize| {
+        rows.iter()
+            .find(|r| r.workload == workload && r.system == system && r.clients == clients)
+            .map(Row::per_sec)
+    };
+    let ratio = |r: &Row, system: &str| {
+        rate(r.workload, system, r.clients).map_or("–".to_owned(), |base| {
+            format!("{:.2}", r.per_sec() / base)
+        })
+    };
+    let sections = [
+        (
+            "append",
+            format!("1. Durable append of one {event_bytes}-byte event (appends/s)"),
+            vec![
+                "sled batch+flush",
+                "sled batch+flush+fdatasync",
+                "PostgreSQL INSERT",
+                "etcd put",
+            ],
+        ),
+        (
+            "create",
+            "2. Create over the wire (creates/s)".to_owned(),
+            vec!["PostgreSQL INSERT (unique)", "etcd txn (put if absent)"],
+        ),
+        (
+            "read",
+            "3. Reads (requests/s)".to_owned(),
+            vec!["bare actix-web GET"],
+        ),
+    ];
+    let mut json = Vec::new();
+    for (workload, title, bases) in sections {
+        println!("\n### {title}\n");
+        let mut head = "| clients | system | per s | p50 ms | p99 ms |".to_owned();
+        let mut rule = "|---:|---|---:|---:|---:|".to_owned();
+        for b in &bases {
+            head.push_str(&format!(" vs {b} |"));
+            rule.push_str("---:|");
+        }
+        println!("{head} server CPU % | server RSS MiB |");
+        println!("{rule}---:|---:|");
+        for r in rows.iter().filter(|r| r.workload == workload) {
+            let mut line = format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} |",
+                r.clients,
+                r.system,
+                r.per_sec(),
+                r.p(0.5),
+                r.p(0.99)
+            );
+            for b in &bases {
+                line.push_str(&format!(" {} |", ratio(r, b)));
+            }
+            println!("{line} {:.0} | {:.0} |", r.cpu_pct, r.rss_mib);
+            json.push(format!(
+                "{{\"workload\":\"{}\",\"system\":\"{}\",\"clients\":{},\"ops\":{},\"secs\":{:.3},\"per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"cpu_pct\":{:.1},\"rss_mib\":{:.1}}}",
+                r.workload, r.system, r.clients, r.m.lat.len(), r.m.secs, r.per_sec(), r.p(0.5), r.p(0.99), r.cpu_pct, r.rss_mib
+            ));
+        }
+    }
+    println!(
+        "\nIn-process rows (sled, SPG99 log) show this process's CPU and memory, client included."
+    );
+    support::write_results("peers", &json);
+}
