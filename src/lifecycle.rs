@@ -19,7 +19,7 @@
 //! deadline, a database idle, a load sustained) are made by the reconciler's steps
 //! ([`Step`]), submitted as commands with actor `system`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use spg99_events::{Actor, Event, LoadBand, Timestamp};
@@ -556,7 +556,7 @@ fn register(
 fn lose_worker(state: &State, cx: &Context<'_>, worker_id: &str, reason: &str) -> Vec<Draft> {
     let cooldown_until = after(cx.now, cx.settings.autoscaler.cooldown);
     let mut drafts = Vec::new();
-    for db in state.dbs.values() {
+    for db in state.active_dbs() {
         let Some(t) = state.tenants.get(&db.tenant) else {
             continue;
         };
@@ -818,7 +818,7 @@ fn checkout(
 /// has to shut down. Capacity is counted against this.
 pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
     let mut used: BTreeMap<&str, u32> = BTreeMap::new();
-    for db in state.dbs.values() {
+    for db in state.active_dbs() {
         for w in [&db.writer, &db.scale.candidate].into_iter().flatten() {
             *used.entry(w.worker_id.as_str()).or_default() += 1;
         }
@@ -942,7 +942,7 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
         }
         Step::Deadlines => {
             let limit = secs(settings.phase_deadline);
-            for db in state.dbs.values() {
+            for db in state.active_dbs() {
                 let Some(subject) = db_subject(db) else {
                     continue;
                 };
@@ -978,7 +978,7 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
             }
         }
         Step::IdleStops => {
-            for db in state.dbs.values() {
+            for db in state.active_dbs() {
                 let idle = db.state == DbState::Running
                     && db.leases.is_empty()
                     && !db.scale.stage.in_progress()
@@ -998,7 +998,7 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
             }
         }
         Step::Autoscale => {
-            for db in state.dbs.values() {
+            for db in state.active_dbs() {
                 if let Some(draft) = autoscale(state, cx, db) {
                     drafts.push(draft);
                 }
@@ -1051,21 +1051,20 @@ fn autoscale(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
 fn finish_deletions(state: &State) -> Vec<Draft> {
     let mut drafts = Vec::new();
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
-    let mut remaining: BTreeMap<Uuid, usize> = BTreeMap::new();
-    for d in state.dbs.values() {
+    let mut removed = BTreeSet::new();
+    for d in state.active_dbs().filter(|d| d.state == DbState::Deleting) {
         let Some(t) = state.tenants.get(&d.tenant) else {
             continue;
         };
-        if d.state == DbState::Deleting && !held(d.id) {
+        if !held(d.id) {
+            removed.insert(d.id);
             drafts.push(Draft::new(
                 Subject::db(t, d.id),
                 Event::DbDeleted { db_id: d.id },
             ));
-        } else {
-            *remaining.entry(t.id).or_default() += 1;
         }
     }
-    let empty = |t: Uuid| !remaining.contains_key(&t);
+    let empty = |t: Uuid| state.dbs_of(t).all(|d| removed.contains(&d.id));
     for t in state.tenants.values().filter(|t| t.deleting && empty(t.id)) {
         drafts.push(Draft::new(
             Subject::tenant(t),
@@ -1109,7 +1108,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             profile: with_profile.then(|| w.profile.clone()),
         })
     };
-    for db in state.dbs.values() {
+    for db in state.active_dbs() {
         if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
             match db.state {
                 DbState::Starting => push("start", db.id, w, true),

@@ -65,6 +65,10 @@ pub struct State {
     pub retiring: BTreeMap<(String, Uuid, u64), Retire>,
     /// Compute used, by (account, billing period, database); see [`billing`].
     pub usage: BTreeMap<(Uuid, u32, Uuid), Usage>,
+    /// The databases the lifecycle has work with: a writer or candidate placed, or being
+    /// deleted. An index of `dbs`, so that the reconciler's steps and the workers'
+    /// instructions cost what is moving, not how many databases exist.
+    active: BTreeSet<Uuid>,
 }
 
 /// A writer starts serving the database at `at`: its run (billed) and its load window begin.
@@ -490,7 +494,27 @@ impl State {
                     .remove(&(worker_id.clone(), *db_id, *writer_term));
             }
         }
+        if let Some(db) = env.db_id {
+            self.reindex(db);
+        }
         self.expire_idempotency(at);
+    }
+
+    /// Keeps [`State::active`] in step with one database.
+    fn reindex(&mut self, db_id: Uuid) {
+        let active = self.dbs.get(&db_id).is_some_and(|d| {
+            d.writer.is_some() || d.scale.candidate.is_some() || d.state == DbState::Deleting
+        });
+        if active {
+            self.active.insert(db_id);
+        } else {
+            self.active.remove(&db_id);
+        }
+    }
+
+    /// The databases with a writer or candidate placed, or being deleted.
+    pub fn active_dbs(&self) -> impl Iterator<Item = &Db> + '_ {
+        self.active.iter().filter_map(|id| self.dbs.get(id))
     }
 
     /// The database's writer is gone (stopped, failed, replaced or deleted): its run
@@ -596,6 +620,7 @@ impl State {
         if let Some(c) = candidate {
             self.retire(c, db_id, Retire::Abort);
         }
+        self.reindex(db_id);
     }
 
     /// The ids of an account's tenants.
@@ -630,6 +655,7 @@ impl State {
     }
 
     fn remove_db(&mut self, db: Uuid) {
+        self.active.remove(&db);
         if let Some(d) = self.dbs.remove(&db) {
             self.dbs_by_name.remove(&(d.tenant, d.name));
             for lease in d.leases {
