@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::appends::{self, Measured};
-use support::http::{get, post, Conn};
+use support::http::{get, post, post_plain, Conn};
 use support::ROOT;
 
 const CLIENTS: [usize; 3] = [1, 16, 256];
@@ -120,12 +120,18 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
-/// CPU seconds (user + system) and resident MiB of a process tree.
+/// CPU seconds (user + system) and resident MiB of a process tree. The root's count
+/// includes the children it has reaped (PostgreSQL's backends end with their connections).
 fn usage(root: u32) -> (f64, f64) {
     let (mut ticks, mut rss_kib) = (0u64, 0u64);
     for pid in tree(root) {
         if let Some(f) = stat_fields(pid) {
-            ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            // After the state: utime, stime, cutime, cstime are fields 11 to 14.
+            let fields = if pid == root { 11..15 } else { 11..13 };
+            ticks += f[fields]
+                .iter()
+                .map(|v| v.parse::<u64>().unwrap_or(0))
+                .sum::<u64>();
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if let Some(kib) = status
@@ -330,7 +336,7 @@ fn main() {
                                 base64(format!("ev/{n}/{i:012}").as_bytes())
                             );
                             Box::pin(async move {
-                                let status = c.call(&post(path, "-", &body)).await;
+                                let status = c.call(&post_plain(path, &body)).await;
                                 expect(c, status, 200);
                             })
                         }),
@@ -429,7 +435,7 @@ fn main() {
                                 r#"{{"compare":[{{"key":"{k}","result":"EQUAL","target":"CREATE","create_revision":"0"}}],"success":[{{"request_put":{{"key":"{k}","value":"{value}"}}}}]}}"#
                             );
                             Box::pin(async move {
-                                let status = c.call(&post(path, "-", &body)).await;
+                                let status = c.call(&post_plain(path, &body)).await;
                                 expect(c, status, 200);
                                 assert!(c.body().contains("\"succeeded\":true"), "{}", c.body());
                             })
