@@ -89,3 +89,12 @@ pub fn post(path: &str, token: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A JSON POST without credentials (for servers that take none, or reject unknown ones).
+pub fn post_plain(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
