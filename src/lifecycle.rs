@@ -257,10 +257,6 @@ fn after(t: Timestamp, d: Duration) -> Timestamp {
     Timestamp::from_micros(t.as_micros().saturating_add(d.as_micros() as i64))
 }
 
-fn secs(d: Duration) -> u64 {
-    d.as_secs()
-}
-
 /// Everything a lifecycle decision reads besides the state.
 pub struct Context<'a> {
     pub runtime: &'a mut Runtime,
@@ -902,9 +898,16 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
     let db_subject = |db: &Db| state.tenants.get(&db.tenant).map(|t| Subject::db(t, db.id));
     match step {
         Step::ExpireLeases => {
+            // The soft state of what is gone goes with it.
             cx.runtime
                 .leases
                 .retain(|id, _| state.leases.contains_key(id));
+            cx.runtime.writer_load.retain(|db, _| {
+                state
+                    .dbs
+                    .get(db)
+                    .is_some_and(|d| d.state == DbState::Running)
+            });
             for lease in state.leases.values() {
                 let expired = cx
                     .runtime
@@ -932,7 +935,8 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
                     .is_none_or(|seen| after(*seen, settings.worker_timeout) <= now);
                 if silent {
                     cx.runtime.workers_seen.remove(&w.id);
-                    let reason = format!("no heartbeat for {} s", secs(settings.worker_timeout));
+                    let reason =
+                        format!("no heartbeat for {} s", settings.worker_timeout.as_secs());
                     // One worker per command keeps each loss's events together; a database
                     // touched by two lost workers is handled by the first.
                     drafts.extend(lose_worker(state, cx, &w.id, &reason));
@@ -941,7 +945,7 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
             }
         }
         Step::Deadlines => {
-            let limit = secs(settings.phase_deadline);
+            let limit = settings.phase_deadline.as_secs();
             for db in state.active_dbs() {
                 let Some(subject) = db_subject(db) else {
                     continue;
@@ -990,7 +994,10 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
                         subject,
                         Event::DbStopRequested {
                             db_id: db.id,
-                            reason: format!("no connection for {} s", secs(settings.idle_timeout)),
+                            reason: format!(
+                                "no connection for {} s",
+                                settings.idle_timeout.as_secs()
+                            ),
                             deadline: after(now, settings.phase_deadline),
                         },
                     ));
