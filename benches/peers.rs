@@ -265,6 +265,71 @@ fn expect(conn: &Conn, status: u16, want: u16) {
     assert_eq!(status, want, "{}", conn.body());
 }
 
+/// `n` keep-alive connections to `addr`, each sending `request(i)` and expecting `status`
+/// with a body that contains `must` (when given).
+fn http_load(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    n: usize,
+    dur: Duration,
+    status: u16,
+    must: Option<&'static str>,
+    request: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static,
+) -> Measured {
+    rt.block_on(async {
+        let request = Arc::new(request);
+        drive(
+            conns(addr, n).await,
+            dur,
+            op(move |c: &mut Conn, i| {
+                let req = request(i);
+                Box::pin(async move {
+                    let got = c.call(&req).await;
+                    expect(c, got, status);
+                    if let Some(must) = must {
+                        assert!(c.body().contains(must), "{}", c.body());
+                    }
+                })
+            }),
+        )
+        .await
+    })
+}
+
+/// `n` PostgreSQL connections, each executing `sql` with `event` as its last parameter,
+/// after `name(i)` when given.
+fn pg_load(
+    rt: &tokio::runtime::Runtime,
+    conn: &str,
+    n: usize,
+    dur: Duration,
+    sql: &str,
+    name: Option<fn(usize, u64) -> String>,
+    event: Arc<Vec<u8>>,
+) -> Measured {
+    rt.block_on(async {
+        drive(
+            pg_clients(conn, n, sql).await,
+            dur,
+            op(move |(c, stmt): &mut Pg, i| {
+                let (event, name) = (event.clone(), name.map(|f| f(n, i)));
+                Box::pin(async move {
+                    let body: &[u8] = &event;
+                    match &name {
+                        Some(name) => c.execute(&*stmt, &[name, &body]).await.unwrap(),
+                        None => c.execute(&*stmt, &[&body]).await.unwrap(),
+                    };
+                })
+            }),
+        )
+        .await
+    })
+}
+
+fn db_name(n: usize, i: u64) -> String {
+    format!("d{n}-{i}")
+}
+
 fn main() {
     if support::bare::child_main() {
         return;
@@ -282,6 +347,12 @@ fn main() {
         .find(|p| appends::record(1, *p).len() >= EVENT_BYTES)
         .unwrap();
     let event = Arc::new(appends::record(1, pad));
+    let value: &'static str = Box::leak(base64(&event).into_boxed_str());
+    let etcd = peers.etcd.as_ref().map(|(url, pid)| {
+        let (addr, prefix) = split_url(url);
+        let prefix: &'static str = Box::leak(prefix.into_boxed_str());
+        (addr, prefix, *pid)
+    });
     let mut rows = Vec::new();
     let rt = runtime();
 
@@ -301,47 +372,18 @@ fn main() {
             appends::committer(&fresh(format!("committer-{n}")), n, dur, pad)
         }));
         if let Some((conn, pid)) = &peers.pg {
-            let event = event.clone();
+            let sql = "INSERT INTO events (body) VALUES ($1)";
             rows.push(measure("append", "PostgreSQL INSERT", n, *pid, || {
-                rt.block_on(async {
-                    let clients =
-                        pg_clients(conn, n, "INSERT INTO events (body) VALUES ($1)").await;
-                    drive(
-                        clients,
-                        dur,
-                        op(move |(c, stmt): &mut Pg, _| {
-                            let event = event.clone();
-                            Box::pin(async move {
-                                let body: &[u8] = &event;
-                                c.execute(&*stmt, &[&body]).await.unwrap();
-                            })
-                        }),
-                    )
-                    .await
-                })
+                pg_load(&rt, conn, n, dur, sql, None, event.clone())
             }));
         }
-        if let Some((url, pid)) = &peers.etcd {
-            let (addr, prefix) = split_url(url);
-            let value = base64(&event);
+        if let Some((addr, prefix, pid)) = &etcd {
+            let prefix: &'static str = prefix;
             rows.push(measure("append", "etcd put", n, *pid, || {
-                rt.block_on(async {
-                    let path: &'static str = Box::leak(format!("{prefix}/kv/put").into_boxed_str());
-                    drive(
-                        conns(&addr, n).await,
-                        dur,
-                        op(move |c: &mut Conn, i| {
-                            let body = format!(
-                                r#"{{"key":"{}","value":"{value}"}}"#,
-                                base64(format!("ev/{n}/{i:012}").as_bytes())
-                            );
-                            Box::pin(async move {
-                                let status = c.call(&post_plain(path, &body)).await;
-                                expect(c, status, 200);
-                            })
-                        }),
-                    )
-                    .await
+                http_load(&rt, addr, n, dur, 200, None, move |i| {
+                    let key = base64(format!("ev/{n}/{i:012}").as_bytes());
+                    let body = format!(r#"{{"key":"{key}","value":"{value}"}}"#);
+                    post_plain(&format!("{prefix}/kv/put"), &body)
                 })
             }));
         }
@@ -380,107 +422,43 @@ fn main() {
             n,
             spg_pid,
             || {
-                rt.block_on(async {
-                    drive(
-                        conns(&spg_addr, n).await,
-                        dur,
-                        op(move |c: &mut Conn, i| {
-                            let req = post(
-                                "/v2/tenants/shop/dbs",
-                                key,
-                                &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
-                            );
-                            Box::pin(async move {
-                                let status = c.call(&req).await;
-                                expect(c, status, 201);
-                            })
-                        }),
-                    )
-                    .await
+                http_load(&rt, &spg_addr, n, dur, 201, None, move |i| {
+                    let body = format!(r#"{{"name":"{}","size":"L1"}}"#, db_name(n, i));
+                    post("/v2/tenants/shop/dbs", key, &body)
                 })
             },
         ));
         if let Some((conn, pid)) = &peers.pg {
-            let event = event.clone();
-            rows.push(measure("create", "PostgreSQL INSERT (unique)", n, *pid, || {
-                rt.block_on(async {
-                    let sql = "INSERT INTO dbs (tenant, name, size, body) VALUES ('shop', $1, 'L1', $2)";
-                    drive(
-                        pg_clients(conn, n, sql).await,
-                        dur,
-                        op(move |(c, stmt): &mut Pg, i| {
-                            let (event, name) = (event.clone(), format!("d{n}-{i}"));
-                            Box::pin(async move {
-                                let body: &[u8] = &event;
-                                c.execute(&*stmt, &[&name, &body]).await.unwrap();
-                            })
-                        }),
-                    )
-                    .await
-                })
-            }));
+            let sql = "INSERT INTO dbs (tenant, name, size, body) VALUES ('shop', $1, 'L1', $2)";
+            rows.push(measure(
+                "create",
+                "PostgreSQL INSERT (unique)",
+                n,
+                *pid,
+                || pg_load(&rt, conn, n, dur, sql, Some(db_name), event.clone()),
+            ));
         }
-        if let Some((url, pid)) = &peers.etcd {
-            let (addr, prefix) = split_url(url);
-            let value = base64(&event);
+        if let Some((addr, prefix, pid)) = &etcd {
+            let prefix: &'static str = prefix;
             rows.push(measure("create", "etcd txn (put if absent)", n, *pid, || {
-                rt.block_on(async {
-                    let path: &'static str = Box::leak(format!("{prefix}/kv/txn").into_boxed_str());
-                    drive(
-                        conns(&addr, n).await,
-                        dur,
-                        op(move |c: &mut Conn, i| {
-                            let k = base64(format!("dbs/shop/d{n}-{i}").as_bytes());
-                            let body = format!(
-                                r#"{{"compare":[{{"key":"{k}","result":"EQUAL","target":"CREATE","create_revision":"0"}}],"success":[{{"request_put":{{"key":"{k}","value":"{value}"}}}}]}}"#
-                            );
-                            Box::pin(async move {
-                                let status = c.call(&post_plain(path, &body)).await;
-                                expect(c, status, 200);
-                                assert!(c.body().contains("\"succeeded\":true"), "{}", c.body());
-                            })
-                        }),
-                    )
-                    .await
+                http_load(&rt, addr, n, dur, 200, Some("\"succeeded\":true"), move |i| {
+                    let k = base64(format!("dbs/shop/{}", db_name(n, i)).as_bytes());
+                    let body = format!(
+                        r#"{{"compare":[{{"key":"{k}","result":"EQUAL","target":"CREATE","create_revision":"0"}}],"success":[{{"request_put":{{"key":"{k}","value":"{value}"}}}}]}}"#
+                    );
+                    post_plain(&format!("{prefix}/kv/txn"), &body)
                 })
             }));
         }
     }
 
     for &n in &READ_CLIENTS {
-        let bare_pid = bare.id();
-        rows.push(measure("read", "bare actix-web GET", n, bare_pid, || {
-            rt.block_on(async {
-                let req = Arc::new(get("/bare", "-"));
-                drive(
-                    conns(&bare_addr, n).await,
-                    dur,
-                    op(move |c: &mut Conn, _| {
-                        let req = req.clone();
-                        Box::pin(async move {
-                            let status = c.call(&req).await;
-                            expect(c, status, 200);
-                        })
-                    }),
-                )
-                .await
-            })
+        rows.push(measure("read", "bare actix-web GET", n, bare.id(), || {
+            http_load(&rt, &bare_addr, n, dur, 200, None, |_| get("/bare", "-"))
         }));
         rows.push(measure("read", "SPG99 GET describe", n, spg_pid, || {
-            rt.block_on(async {
-                let req = Arc::new(get("/v2/tenants/shop/dbs/app", key));
-                drive(
-                    conns(&spg_addr, n).await,
-                    dur,
-                    op(move |c: &mut Conn, _| {
-                        let req = req.clone();
-                        Box::pin(async move {
-                            let status = c.call(&req).await;
-                            expect(c, status, 200);
-                        })
-                    }),
-                )
-                .await
+            http_load(&rt, &spg_addr, n, dur, 200, None, move |_| {
+                get("/v2/tenants/shop/dbs/app", key)
             })
         }));
     }
