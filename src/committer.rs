@@ -233,6 +233,7 @@ impl CommitHandle {
 pub struct Committer {
     handle: CommitHandle,
     threads: Vec<JoinHandle<()>>,
+    log: Arc<Log>,
 }
 
 impl Committer {
@@ -265,7 +266,7 @@ impl Committer {
             to_syncer,
         };
         let syncer = Syncer {
-            log,
+            log: log.clone(),
             shared: shared.clone(),
             rx: written,
         };
@@ -282,6 +283,7 @@ impl Committer {
         Committer {
             handle: CommitHandle { tx, shared },
             threads,
+            log,
         }
     }
 
@@ -289,13 +291,17 @@ impl Committer {
         self.handle.clone()
     }
 
-    /// Commits what was queued before this call, then stops the threads.
+    /// Commits what was queued before this call, stops the threads, and checkpoints the
+    /// log so that the next start has nothing to replay.
     pub async fn stop(self) {
         let _ = self.handle.tx.send(Msg::Stop).await;
-        let threads = self.threads;
+        let (threads, log) = (self.threads, self.log);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
+            }
+            if let Err(e) = log.checkpoint() {
+                tracing::warn!(error = %e, "final checkpoint failed; the next start replays the WAL");
             }
         })
         .await;

@@ -50,3 +50,4 @@ pub mod snapshot;
 pub mod stream;
 pub mod telemetry;
 pub mod tools;
+pub mod wal;

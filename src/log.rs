@@ -19,21 +19,27 @@
 //! numbers. Nothing else is durable here: every read model is rebuilt from these records.
 //!
 //! ## When is a write durable?
-//! [`Log::write`] writes a whole batch with one `apply_batch` (atomic: after a crash the log
-//! holds all of a batch or none of it); [`Log::sync`] then calls `flush()`, then `fdatasync`
-//! of sled's data file, and covers every batch written before it.
-//! The last step matters: sled 0.34's `flush()` ends in `sync_file_range`, which pushes pages
-//! to the device but does not ask the device to empty its volatile write cache, and does not
-//! persist file metadata. `fdatasync` does both. Sled writes values too large for a segment
-//! into separate files under `blobs/` without syncing them; those are synced here too when
-//! they appear, with their directory.
+//! [`Log::write`] writes a whole batch to sled's tree with one `apply_batch` (atomic: a reader
+//! and, after a crash, the log hold all of a batch or none of it) and queues its frames for the
+//! write-ahead file ([`crate::wal`]); [`Log::sync`] writes them there with one `pwrite` and
+//! one `fdatasync` of a preallocated segment, and covers every batch written before it.
+//! `fdatasync` is what asks the device to empty its volatile write cache; sled's own
+//! `flush()` ends in `sync_file_range`, which does not, and costs a second wait per commit.
+//!
+//! sled itself is made durable by checkpoints (`flush()`, then `fdatasync` of its data file
+//! and of any blob files it made), in the background whenever a WAL segment fills, and on a
+//! clean stop; the segments a checkpoint covers are then deleted. [`Log::open`] puts back into
+//! sled, before anything reads it, the frames that only the WAL held when the process stopped.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use spg99_events::{decode_record, encode_record, Envelope, RecordError};
+
+use crate::wal::Wal;
 
 /// Why the log cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -111,15 +117,55 @@ pub type Result<T, E = LogError> = std::result::Result<T, E>;
 /// The append-only, durable sequence of envelopes.
 pub struct Log {
     dir: PathBuf,
-    db: sled::Db,
     tree: sled::Tree,
+    durable: Arc<Durable>,
+}
+
+/// What makes the log durable: the write-ahead file per commit, sled in the background.
+struct Durable {
+    dir: PathBuf,
+    db: sled::Db,
     /// sled's data file, opened a second time so its data can be `fdatasync`ed.
     data_file: File,
     blobs: Mutex<BlobSync>,
+    wal: Wal,
+    checkpointing: Mutex<()>,
+}
+
+/// How often the background checkpoint looks for filled WAL segments.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+
+impl Durable {
+    fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> LogError {
+        move |source| LogError::Io { path, source }
+    }
+
+    /// Makes sled durable, then deletes the WAL segments it now covers.
+    fn checkpoint(&self) -> Result<()> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        // Segments filled before now hold only frames already applied to sled's tree (a frame
+        // goes to the tree before its entry is queued for the WAL).
+        let closed = self.wal.closed();
+        self.db.flush().map_err(|source| LogError::Storage {
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.data_file
+            .sync_data()
+            .map_err(self.io(self.dir.join("db")))?;
+        self.blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_new()?;
+        self.wal
+            .remove(&closed)
+            .map_err(self.io(self.dir.join("wal")))
+    }
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`. Does not read the records; see [`Log::head`] and
+    /// Opens (or creates) the log in `dir`, putting back into sled what only the WAL held
+    /// (after a crash). Does not read the records otherwise; see [`Log::head`] and
     /// [`Log::read_from`].
     pub fn open(dir: &Path) -> Result<Log> {
         let storage = |source| LogError::Storage {
@@ -134,7 +180,7 @@ impl Log {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
-            // We flush when a batch commits; a background flusher would only compete.
+            // Commits are made durable by the WAL; sled is flushed by checkpoints.
             .flush_every_ms(None)
             .open()
             .map_err(storage)?;
@@ -147,13 +193,68 @@ impl Log {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
-        let blobs = Mutex::new(BlobSync::new(dir.join("blobs")));
-        Ok(Log {
+
+        let wal_dir = dir.join("wal");
+        let survivors = Wal::read_all(&wal_dir).map_err(io(&wal_dir))?;
+        let mut head = tree_head(&tree)?;
+        let sled_head = head;
+        for (first, frame) in survivors {
+            let count = split_frame(&frame)
+                .map_err(|reason| LogError::BadFrame {
+                    first_seq: first,
+                    reason,
+                })?
+                .len() as u64;
+            if first + count.max(1) - 1 <= head {
+                continue;
+            }
+            if first != head + 1 {
+                return Err(LogError::Gap {
+                    expected: head + 1,
+                    found: first,
+                });
+            }
+            tree.insert(first.to_be_bytes(), frame).map_err(storage)?;
+            head = first + count - 1;
+        }
+        if head > sled_head {
+            db.flush().map_err(storage)?;
+            data_file.sync_data().map_err(io(&data_path))?;
+            tracing::info!(
+                from = sled_head + 1,
+                to = head,
+                "log records only the WAL held were put back"
+            );
+        }
+        let wal = Wal::create(&wal_dir).map_err(io(&wal_dir))?;
+
+        let durable = Arc::new(Durable {
             dir: dir.to_path_buf(),
             db,
-            tree,
             data_file,
-            blobs,
+            blobs: Mutex::new(BlobSync::new(dir.join("blobs"))),
+            wal,
+            checkpointing: Mutex::new(()),
+        });
+        let weak = Arc::downgrade(&durable);
+        std::thread::Builder::new()
+            .name("spg99-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(CHECKPOINT_POLL);
+                let Some(durable) = weak.upgrade() else {
+                    return;
+                };
+                if !durable.wal.closed().is_empty() {
+                    if let Err(e) = durable.checkpoint() {
+                        tracing::error!(error = %e, "checkpoint failed; the WAL keeps the log durable");
+                    }
+                }
+            })
+            .map_err(io(dir))?;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            tree,
+            durable,
         })
     }
 
@@ -166,17 +267,7 @@ impl Log {
 
     /// The `seq` of the last record; 0 when the log is empty.
     pub fn head(&self) -> Result<u64> {
-        match self.tree.last().map_err(|e| self.storage(e))? {
-            None => Ok(0),
-            Some((key, value)) => {
-                let first = key_to_seq(&key)?;
-                let records = split_frame(&value).map_err(|reason| LogError::BadFrame {
-                    first_seq: first,
-                    reason,
-                })?;
-                Ok(first + records.len().max(1) as u64 - 1)
-            }
-        }
+        tree_head(&self.tree)
     }
 
     /// Writes a batch atomically but does not wait for the device: the records may be lost
@@ -185,38 +276,49 @@ impl Log {
     /// reads by the durable head the committer publishes.
     pub fn write<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) -> Result<()> {
         let mut batch = sled::Batch::default();
-        let mut frame: Vec<Vec<u8>> = Vec::new();
+        let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut records: Vec<Vec<u8>> = Vec::new();
         let (mut first, mut size) = (0, 0);
         for env in envs {
-            if frame.is_empty() {
+            if records.is_empty() {
                 first = env.seq;
             }
             let record = encode_record(env);
             size += record.len() + 4;
-            frame.push(record);
+            records.push(record);
             if size >= FRAME_TARGET {
-                batch.insert(&first.to_be_bytes(), join_frame(&frame));
-                frame.clear();
+                frames.push((first, join_frame(&records)));
+                records.clear();
                 size = 0;
             }
         }
-        if !frame.is_empty() {
-            batch.insert(&first.to_be_bytes(), join_frame(&frame));
+        if !records.is_empty() {
+            frames.push((first, join_frame(&records)));
         }
-        self.tree.apply_batch(batch).map_err(|e| self.storage(e))
+        for (first, frame) in &frames {
+            batch.insert(&first.to_be_bytes(), frame.as_slice());
+        }
+        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
+        // Only once the tree holds them: a checkpoint may then drop the WAL segment.
+        for (first, frame) in &frames {
+            self.durable.wal.append(*first, frame);
+        }
+        Ok(())
     }
 
-    /// Makes everything written before this call durable on the device.
+    /// Makes everything written before this call durable on the device: one write and one
+    /// `fdatasync` of the WAL.
     pub fn sync(&self) -> Result<()> {
-        self.db.flush().map_err(|e| self.storage(e))?;
-        self.data_file.sync_data().map_err(|source| LogError::Io {
-            path: self.dir.join("db"),
+        self.durable.wal.sync().map_err(|source| LogError::Io {
+            path: self.dir.join("wal"),
             source,
-        })?;
-        self.blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sync_new()
+        })
+    }
+
+    /// Makes sled itself durable and drops the WAL it covers (done in the background as WAL
+    /// segments fill; call it on a clean stop, so that the next start has nothing to replay).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.durable.checkpoint()
     }
 
     /// The key of the frame holding `seq` (or of the first frame after it).
@@ -278,6 +380,24 @@ impl Log {
             failed: false,
             error: failed,
             dir: self.dir.clone(),
+        }
+    }
+}
+
+/// The `seq` of the tree's last record; 0 when it is empty.
+fn tree_head(tree: &sled::Tree) -> Result<u64> {
+    match tree.last().map_err(|source| LogError::Storage {
+        path: PathBuf::new(),
+        source,
+    })? {
+        None => Ok(0),
+        Some((key, value)) => {
+            let first = key_to_seq(&key)?;
+            let records = split_frame(&value).map_err(|reason| LogError::BadFrame {
+                first_seq: first,
+                reason,
+            })?;
+            Ok(first + records.len().max(1) as u64 - 1)
         }
     }
 }

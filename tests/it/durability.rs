@@ -1,8 +1,8 @@
 //! SIGKILL proves that an acknowledged write is out of the process; power loss needs more:
 //! the device must have been told to persist it. These tests watch the server's system calls
-//! and check that every acknowledgement is preceded by `fdatasync` of the log's data file, the
-//! call that makes the kernel flush the device's write cache (sled's own `flush` ends in
-//! `sync_file_range`, which does not).
+//! and check that every acknowledgement is preceded by `fdatasync` of the log's write-ahead
+//! file, the call that makes the kernel flush the device's write cache (sled's own `flush` ends
+//! in `sync_file_range`, which does not).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -55,15 +55,15 @@ fn every_acknowledgement_follows_an_fdatasync_of_the_log() {
     let _ = Command::new("kill").args(["-9", server_pid]).status();
     server.kill9();
 
-    // Walk the trace in order: an fdatasync of `…/data/db` must complete between any two
+    // Walk the trace in order: an fdatasync of a `…/data/wal/*.wal` segment must complete between any two
     // acknowledgements (the requests were sequential, so each needs its own).
-    let db_file = format!("{}/db>", dir.display());
+    let wal_dir = format!("{}/wal/", dir.display());
     let mut pending: HashMap<&str, bool> = HashMap::new();
     let mut synced = false;
     let mut acknowledged = 0;
     for line in text.lines() {
         let pid = line.split_whitespace().next().unwrap_or("");
-        if line.contains("fdatasync(") && line.contains(&db_file) {
+        if line.contains("fdatasync(") && line.contains(&wal_dir) && line.contains(".wal>") {
             if line.contains("<unfinished") {
                 pending.insert(pid, true);
             } else if line.ends_with("= 0") {

@@ -517,6 +517,8 @@ impl Events {
 /// foreign writer would do); an empty result removes the record.
 pub fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut Vec<u8>)) {
     use spg99::log::{join_frame, split_frame};
+    // Opening the log puts back into sled what only the WAL held; then sled is the whole log.
+    drop(spg99::log::Log::open(dir).unwrap());
     let db = sled::open(dir).unwrap();
     let tree = db.open_tree("log").unwrap();
     let (key, value) = tree
