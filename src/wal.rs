@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// full, so rotation does not wait for the zero-filling.
 pub const SEGMENT_SIZE: u64 = 16 << 20;
 const HEADER: usize = 8;
+/// Longest a rotation waits for a spare segment still being made.
+const SPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -173,6 +175,14 @@ impl Wal {
 
     /// Moves on to the spare segment (or a new one, if the spare is not ready).
     fn rotate(&self, active: &mut Active, need: u64) -> std::io::Result<()> {
+        if active.spare_asked {
+            // It was asked for half a segment ago; if it is still being made, wait for it
+            // rather than make the same file twice.
+            let asked = std::time::Instant::now();
+            while lock(&self.spare).is_none() && asked.elapsed() < SPARE_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let spare = lock(&self.spare)
             .take()
             .and_then(Result::ok)
@@ -216,7 +226,10 @@ impl Wal {
             return Ok(());
         }
         for id in ids {
-            std::fs::remove_file(segment_path(&self.dir, *id))?;
+            match std::fs::remove_file(segment_path(&self.dir, *id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         lock(&self.active).closed.retain(|id| !ids.contains(id));
         sync_dir(&self.dir)
