@@ -34,6 +34,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +120,19 @@ pub struct Log {
     dir: PathBuf,
     tree: sled::Tree,
     durable: Arc<Durable>,
+    /// The background checkpoint, stopped (and joined) when the log is dropped, so that
+    /// sled is closed by then.
+    checkpointer: Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some((thread, stop)) = self.checkpointer.take() {
+            stop.store(true, Ordering::Release);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What makes the log durable: the write-ahead file per commit, sled in the background.
@@ -236,17 +250,17 @@ impl Log {
             wal,
             checkpointing: Mutex::new(()),
         });
-        let weak = Arc::downgrade(&durable);
-        std::thread::Builder::new()
+        let stop = Arc::new(AtomicBool::new(false));
+        let (background, stopping) = (durable.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
             .name("spg99-checkpoint".into())
-            .spawn(move || loop {
-                std::thread::sleep(CHECKPOINT_POLL);
-                let Some(durable) = weak.upgrade() else {
-                    return;
-                };
-                if !durable.wal.closed().is_empty() {
-                    if let Err(e) = durable.checkpoint() {
-                        tracing::error!(error = %e, "checkpoint failed; the WAL keeps the log durable");
+            .spawn(move || {
+                while !stopping.load(Ordering::Acquire) {
+                    std::thread::park_timeout(CHECKPOINT_POLL);
+                    if !background.wal.closed().is_empty() {
+                        if let Err(e) = background.checkpoint() {
+                            tracing::error!(error = %e, "checkpoint failed; the WAL keeps the log durable");
+                        }
                     }
                 }
             })
@@ -255,6 +269,7 @@ impl Log {
             dir: dir.to_path_buf(),
             tree,
             durable,
+            checkpointer: Some((thread, stop)),
         })
     }
 
@@ -599,6 +614,51 @@ mod tests {
         assert_eq!(log.get(250).unwrap().unwrap().seq, 250);
         assert!(log.get(401).unwrap().is_none());
         assert_eq!(log.raw_records().count(), 400);
+    }
+
+    #[test]
+    fn frames_only_the_wal_held_are_put_back_when_the_log_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = Log::open(dir.path()).unwrap();
+            log.write(&(1..=3).map(|s| env(s, 10)).collect::<Vec<_>>())
+                .unwrap();
+            log.sync().unwrap();
+            log.checkpoint().unwrap();
+        }
+        // What a crash leaves: frames 4-5 and 6 durable in the WAL, not in sled.
+        let frame = |seqs: std::ops::RangeInclusive<u64>| {
+            join_frame(&seqs.map(|s| encode_record(&env(s, 10))).collect::<Vec<_>>())
+        };
+        {
+            let wal = Wal::create(&dir.path().join("wal")).unwrap();
+            wal.append(2, &frame(2..=3)); // already in sled: skipped
+            wal.append(4, &frame(4..=5));
+            wal.append(6, &frame(6..=6));
+            wal.sync().unwrap();
+        }
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(seqs(&log, 1), (1..=6).collect::<Vec<_>>());
+        assert!(Wal::read_all(&dir.path().join("wal")).unwrap().is_empty());
+        drop(log);
+
+        // A WAL that does not continue the log is refused, not glued on.
+        {
+            let wal = Wal::create(&dir.path().join("wal")).unwrap();
+            wal.append(9, &frame(9..=9));
+            wal.sync().unwrap();
+        }
+        let err = Log::open(dir.path()).err().expect("a gap");
+        assert!(
+            matches!(
+                err,
+                LogError::Gap {
+                    expected: 7,
+                    found: 9
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
