@@ -22,7 +22,7 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,39 +216,11 @@ async fn checkout_release(
 
 /// `gateways` connections for `dur`, each creating databases with unique names.
 async fn creates(addr: &str, gateways: usize, dur: Duration) -> Row {
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..gateways)
-        .map(|_| {
-            let (addr, stop, counter) = (addr.to_owned(), stop.clone(), counter.clone());
-            tokio::spawn(async move {
-                let mut conn = Conn::open(&addr).await;
-                let mut lat = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let i = counter.fetch_add(1, Ordering::Relaxed);
-                    let req = create_db(&format!("c{gateways}-{i}"));
-                    let t = Instant::now();
-                    let status = conn.call(&req).await;
-                    lat.push(t.elapsed().as_micros() as u64);
-                    assert_eq!(status, 201, "create: {}", conn.body());
-                }
-                lat
-            })
-        })
-        .collect();
-    tokio::time::sleep(dur).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    Row::new(
-        "create-db (baseline)",
-        gateways,
-        started.elapsed().as_secs_f64(),
-        lat,
-    )
+    let m = support::load::http_drive(addr, gateways, dur, 201, None, move |i| {
+        create_db(&format!("c{gateways}-{i}"))
+    })
+    .await;
+    Row::new("create-db (baseline)", gateways, m.secs, m.lat)
 }
 
 /// `spg99 worker` with room for every database, zero delays; returns once the control plane

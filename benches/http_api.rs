@@ -15,9 +15,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::http::{get, post, Conn};
 use support::ROOT;
@@ -47,52 +45,26 @@ fn load(
     conns: usize,
     dur: Duration,
     expect: u16,
-    make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+    make: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static,
 ) -> Cell {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counter = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| {
-                let (stop, counter, make) = (stop.clone(), counter.clone(), make.clone());
-                let addr = addr.to_owned();
-                tokio::spawn(async move {
-                    let mut conn = Conn::open(&addr).await;
-                    let mut lat = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let req = make(counter.fetch_add(1, Ordering::Relaxed));
-                        let t = Instant::now();
-                        let status = conn.call(&req).await;
-                        assert_eq!(status, expect, "{}", conn.body());
-                        lat.push(t.elapsed().as_micros() as u64);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        tokio::time::sleep(dur).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        let secs = started.elapsed().as_secs_f64();
-        lat.sort_unstable();
-        let pct = |p: f64| support::percentile(&lat, p);
-        Cell {
-            workload,
-            conns,
-            ok: lat.len() as u64,
-            secs,
-            p50_us: pct(0.5),
-            p99_us: pct(0.99),
-        }
-    })
+    let m = support::load::http_load(
+        &support::load::runtime(),
+        addr,
+        conns,
+        dur,
+        expect,
+        None,
+        make,
+    );
+    let pct = |p: f64| support::percentile(&m.lat, p);
+    Cell {
+        workload,
+        conns,
+        ok: m.lat.len() as u64,
+        secs: m.secs,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
 }
 
 /// Sends one request on a fresh connection and returns the JSON body.
@@ -137,44 +109,27 @@ fn main() {
 
     let mut cells = Vec::new();
     for &n in &CONNECTIONS {
-        cells.push(load(
-            &bare_addr,
-            "bare GET",
-            n,
-            dur,
-            200,
-            Arc::new(|_| get("/bare", "x")),
-        ));
-        cells.push(load(
-            &spg_addr,
-            "GET describe",
-            n,
-            dur,
-            200,
-            Arc::new(|_| get("/v2/tenants/shop/dbs/app", key)),
-        ));
+        cells.push(load(&bare_addr, "bare GET", n, dur, 200, |_| {
+            get("/bare", "x")
+        }));
+        cells.push(load(&spg_addr, "GET describe", n, dur, 200, move |_| {
+            get("/v2/tenants/shop/dbs/app", key)
+        }));
         cells.push(load(
             &spg_addr,
             "POST create-tenant",
             n,
             dur,
             201,
-            Arc::new(move |i| post("/v2/tenants", key, &format!(r#"{{"name":"t{n}-{i}"}}"#))),
+            move |i| post("/v2/tenants", key, &format!(r#"{{"name":"t{n}-{i}"}}"#)),
         ));
-        cells.push(load(
-            &spg_addr,
-            "POST create-db",
-            n,
-            dur,
-            201,
-            Arc::new(move |i| {
-                post(
-                    "/v2/tenants/shop/dbs",
-                    key,
-                    &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
-                )
-            }),
-        ));
+        cells.push(load(&spg_addr, "POST create-db", n, dur, 201, move |i| {
+            post(
+                "/v2/tenants/shop/dbs",
+                key,
+                &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
+            )
+        }));
         eprintln!("done: {n} connections");
     }
     let _ = spg_child.kill();

@@ -29,15 +29,13 @@
 
 mod support;
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::appends::{self, Measured};
 use support::http::{get, post, post_plain, Conn};
+use support::load::{drive, http_load, op, runtime};
 use support::ROOT;
 
 const CLIENTS: [usize; 3] = [1, 16, 256];
@@ -45,50 +43,7 @@ const READ_CLIENTS: [usize; 4] = [1, 16, 64, 256];
 /// The size of the event every system appends.
 const EVENT_BYTES: usize = 200;
 
-type Fut<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-type Op<C> = Arc<dyn for<'a> Fn(&'a mut C, u64) -> Fut<'a> + Send + Sync>;
 type Pg = (tokio_postgres::Client, tokio_postgres::Statement);
-
-fn op<C, F>(f: F) -> Op<C>
-where
-    F: for<'a> Fn(&'a mut C, u64) -> Fut<'a> + Send + Sync + 'static,
-{
-    Arc::new(f)
-}
-
-/// Runs one loop per client for `dur`, each calling `op` with a global counter.
-async fn drive<C: Send + 'static>(clients: Vec<C>, dur: Duration, op: Op<C>) -> Measured {
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut c| {
-            let (op, counter) = (op.clone(), counter.clone());
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while started.elapsed() < dur {
-                    let i = counter.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    op(&mut c, i).await;
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    Measured::new(lat, started.elapsed().as_secs_f64())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 // ---- the servers' CPU and memory, from /proc ----
 
@@ -251,49 +206,6 @@ fn split_url(url: &str) -> (String, String) {
         ),
         None => (rest.to_owned(), String::new()),
     }
-}
-
-async fn conns(addr: &str, n: usize) -> Vec<Conn> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(Conn::open(addr).await);
-    }
-    out
-}
-
-fn expect(conn: &Conn, status: u16, want: u16) {
-    assert_eq!(status, want, "{}", conn.body());
-}
-
-/// `n` keep-alive connections to `addr`, each sending `request(i)` and expecting `status`
-/// with a body that contains `must` (when given).
-fn http_load(
-    rt: &tokio::runtime::Runtime,
-    addr: &str,
-    n: usize,
-    dur: Duration,
-    status: u16,
-    must: Option<&'static str>,
-    request: impl Fn(u64) -> Vec<u8> + Send + Sync + 'static,
-) -> Measured {
-    rt.block_on(async {
-        let request = Arc::new(request);
-        drive(
-            conns(addr, n).await,
-            dur,
-            op(move |c: &mut Conn, i| {
-                let req = request(i);
-                Box::pin(async move {
-                    let got = c.call(&req).await;
-                    expect(c, got, status);
-                    if let Some(must) = must {
-                        assert!(c.body().contains(must), "{}", c.body());
-                    }
-                })
-            }),
-        )
-        .await
-    })
 }
 
 /// `n` PostgreSQL connections, each executing `sql` with `event` as its last parameter,

@@ -6,6 +6,7 @@
 pub mod appends;
 pub mod bare;
 pub mod http;
+pub mod load;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
