@@ -598,6 +598,7 @@ impl State {
                 .usage
                 .entry((tenant.account, period, db_id))
                 .or_insert_with(|| Usage {
+                    tenant_id: tenant.id,
                     tenant: tenant.name.clone(),
                     db: db.name.clone(),
                     by_profile: BTreeMap::new(),

@@ -206,6 +206,8 @@ pub enum Retire {
 /// Compute used by one database in one billing period.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    pub tenant_id: Uuid,
+    /// Names as they were (the database may be gone, a name reused).
     pub tenant: String,
     pub db: String,
     /// Microseconds of serving writer, by profile.

@@ -103,9 +103,6 @@ pub async fn summary(
     if !state.accounts.contains_key(&account) {
         return Err(ApiError::not_found("account"));
     }
-    let tenant_name = only_tenant
-        .and_then(|t| state.tenants.get(&t))
-        .map(|t| t.name.clone());
     let mut dbs: BTreeMap<Uuid, DbUsage> = BTreeMap::new();
     let mut add = |db_id: Uuid, tenant: &str, name: &str, profile: &str, micros: i64| {
         let row = dbs.entry(db_id).or_insert_with(|| DbUsage {
@@ -123,7 +120,7 @@ pub async fn summary(
         .range(from..)
         .take_while(|((a, p, _), _)| *a == account && *p == period)
     {
-        if tenant_name.as_ref().is_some_and(|t| *t != usage.tenant) {
+        if only_tenant.is_some_and(|t| t != usage.tenant_id) {
             continue;
         }
         for (profile, micros) in &usage.by_profile {

@@ -707,3 +707,39 @@ fn a_tenant_key_watches_its_database_start_on_the_event_stream() {
     assert_eq!(seen[1].1["data"]["backend_addr"], "w1.local:6432");
     assert_eq!(seen[2].1["tenant"], "shop");
 }
+
+#[test]
+fn usage_outlives_its_tenant_and_is_not_shown_to_a_new_tenant_of_the_same_name() {
+    let tmp = tempdir();
+    let lab = Lab::new(&tmp.path().join("data"), &[]);
+    lab.register("w1", &["c0.25", "c0.5", "c1"]);
+    let db_id = lab.create_db("app");
+    lab.start_db("app", "w1");
+    lab.advance(10.0);
+    let s = lab.s();
+    let r = s.delete("/v2/tenants/shop?cascade=true", &lab.fx.account_key);
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(lab.report("w1", &db_id, 1, "stopped"));
+    s.wait_for_status("/v2/tenants/shop", &lab.fx.account_key, 404);
+
+    s.create_tenant(&lab.fx.account_key, "shop");
+    let new_tenant_key = s.issue_key(
+        &lab.fx.account_key,
+        &lab.fx.account,
+        json!({"scope": "tenant", "tenant": "shop"}),
+    );
+    let theirs = s.get("/v2/billing/summary", &new_tenant_key);
+    assert_eq!(
+        theirs.body["compute_seconds"].as_f64(),
+        Some(0.0),
+        "{theirs:?}"
+    );
+    let account = s.get("/v2/billing/summary", &lab.fx.account_key);
+    assert_eq!(
+        account.body["compute_seconds"].as_f64(),
+        Some(10.0),
+        "{account:?}"
+    );
+    assert_eq!(account.body["databases"][0]["db_id"], db_id.as_str());
+    assert_eq!(account.body["databases"][0]["running"], false);
+}
