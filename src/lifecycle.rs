@@ -89,11 +89,25 @@ impl Default for Autoscaler {
     }
 }
 
+/// How far past a threshold the load must come back to leave its band (thousandths).
+pub const HYSTERESIS_MILLI: u32 = 50;
+
 impl Autoscaler {
-    pub fn band(&self, cpu_milli: u32) -> LoadBand {
-        if cpu_milli >= self.high_cpu_milli {
+    /// The band of a CPU reading, given the band the database is in: entering `high` takes
+    /// the high threshold, leaving it takes [`HYSTERESIS_MILLI`] less (and the other way
+    /// round for `low`), so that a load hovering at a threshold does not flap.
+    pub fn band(&self, current: LoadBand, cpu_milli: u32) -> LoadBand {
+        let (high, low) = match current {
+            LoadBand::High => (
+                self.high_cpu_milli.saturating_sub(HYSTERESIS_MILLI),
+                self.low_cpu_milli,
+            ),
+            LoadBand::Low => (self.high_cpu_milli, self.low_cpu_milli + HYSTERESIS_MILLI),
+            LoadBand::Normal => (self.high_cpu_milli, self.low_cpu_milli),
+        };
+        if cpu_milli >= high {
             LoadBand::High
-        } else if cpu_milli <= self.low_cpu_milli {
+        } else if cpu_milli <= low {
             LoadBand::Low
         } else {
             LoadBand::Normal
@@ -851,12 +865,17 @@ fn place(state: &State, cx: &Context<'_>, profile: &str, avoid: Option<&str>) ->
         .map(|(_, id)| id.clone())
 }
 
-/// Power-of-two buckets of a connection count: 0, 1, 2–3, 4–7, ...
-fn bucket(n: u32) -> u32 {
-    32 - n.leading_zeros()
+/// Whether a connection count moved enough from the one recorded to be recorded again: to or
+/// from zero, or to double or half of it.
+fn connections_moved(recorded: u32, now: u32) -> bool {
+    if recorded == 0 || now == 0 {
+        return recorded != now;
+    }
+    now >= recorded.saturating_mul(2) || now.saturating_mul(2) <= recorded
 }
 
-/// A `db.load_changed` event if the database's load left its band or connection bucket.
+/// A `db.load_changed` event if the database's load left its band, or its connection count
+/// moved enough (see [`connections_moved`]).
 fn load_change(state: &State, cx: &Context<'_>, db_id: Uuid) -> Option<Draft> {
     let db = state
         .dbs
@@ -875,8 +894,8 @@ fn load_change(state: &State, cx: &Context<'_>, db_id: Uuid) -> Option<Draft> {
         .copied()
         .unwrap_or((db.cpu_milli, 0));
     let conns = gateway.max(writer_conns);
-    let band = cx.settings.autoscaler.band(cpu);
-    if band == db.load_band && bucket(conns) == bucket(db.active_connections) {
+    let band = cx.settings.autoscaler.band(db.load_band, cpu);
+    if band == db.load_band && !connections_moved(db.active_connections, conns) {
         return None;
     }
     let t = state.tenants.get(&db.tenant)?;
@@ -1152,4 +1171,28 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_hovering_at_a_threshold_keeps_its_band() {
+        let policy = Autoscaler::default();
+        assert_eq!(policy.band(LoadBand::Normal, 800), LoadBand::High);
+        assert_eq!(policy.band(LoadBand::Normal, 799), LoadBand::Normal);
+        assert_eq!(policy.band(LoadBand::High, 760), LoadBand::High);
+        assert_eq!(policy.band(LoadBand::High, 749), LoadBand::Normal);
+        assert_eq!(policy.band(LoadBand::Normal, 200), LoadBand::Low);
+        assert_eq!(policy.band(LoadBand::Low, 240), LoadBand::Low);
+        assert_eq!(policy.band(LoadBand::Low, 251), LoadBand::Normal);
+    }
+
+    #[test]
+    fn connection_counts_are_recorded_when_they_double_halve_or_touch_zero() {
+        assert!(connections_moved(0, 1) && connections_moved(5, 0));
+        assert!(!connections_moved(3, 4) && !connections_moved(4, 3) && !connections_moved(7, 7));
+        assert!(connections_moved(3, 6) && connections_moved(8, 4));
+    }
 }

@@ -174,8 +174,8 @@ pub enum Event {
     LeaseReleased { lease_id: Uuid },
     /// The lease was not renewed within its TTL.
     LeaseExpired { lease_id: Uuid },
-    /// The database's load moved to another band (CPU against the autoscaler's thresholds,
-    /// connections to another power-of-two bucket). Steady load writes nothing.
+    /// The database's load moved to another band (CPU against the autoscaler's thresholds) or
+    /// its connection count to or from zero, or to double or half. Steady load writes nothing.
     DbLoadChanged {
         db_id: Uuid,
         cpu_milli: u32,
