@@ -271,7 +271,7 @@ pub async fn instructions(
             Some(known) => *known != answer.version,
             None => !answer.instructions.is_empty(),
         };
-        if news || !wait_for(&mut feed, deadline, moves_writers).await {
+        if news || !wait_for(&mut feed, deadline, |e| moves_writers(&e.event)).await {
             return Ok(HttpResponse::Ok().json(answer));
         }
     }
@@ -281,13 +281,13 @@ pub async fn instructions(
 async fn wait_for(
     feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<[Envelope]>>,
     deadline: tokio::time::Instant,
-    matters: impl Fn(&Event) -> bool,
+    matters: impl Fn(&Envelope) -> bool,
 ) -> bool {
     loop {
         match tokio::time::timeout_at(deadline, feed.recv()).await {
             Err(_) | Ok(Err(RecvError::Closed)) => return false,
             Ok(Err(RecvError::Lagged(_))) => return true,
-            Ok(Ok(batch)) if batch.iter().any(|e| matters(&e.event)) => return true,
+            Ok(Ok(batch)) if batch.iter().any(&matters) => return true,
             Ok(Ok(_)) => {}
         }
     }
@@ -340,20 +340,17 @@ pub struct Checkout {
     wait_ms: Option<u64>,
 }
 
-/// Events after which a pending checkout may succeed (or fail for good).
-fn settles_checkout(event: &Event) -> bool {
-    matches!(
-        event,
+/// Whether an event may settle the checkout of a starting or stopping database: its start
+/// or stop ended, or it (or its tenant, or its account) is being deleted.
+fn settles_checkout(env: &Envelope, db_id: Uuid) -> bool {
+    match env.event {
         Event::DbStarted { .. }
-            | Event::DbStartFailed { .. }
-            | Event::DbStopped { .. }
-            | Event::DbScaleCompleted { .. }
-            | Event::DbScaleFailed { .. }
-            | Event::DbDeleteRequested { .. }
-            | Event::TenantDeleteRequested { .. }
-            | Event::AccountDeleteRequested { .. }
-            | Event::WorkerRegistered { .. }
-    )
+        | Event::DbStartFailed { .. }
+        | Event::DbStopped { .. }
+        | Event::DbDeleteRequested { .. } => env.db_id == Some(db_id),
+        Event::TenantDeleteRequested { .. } | Event::AccountDeleteRequested { .. } => true,
+        _ => false,
+    }
 }
 
 pub async fn checkout(
@@ -387,7 +384,7 @@ pub async fn checkout(
                 })))
             }
             Answer::Pending { db_id, state } => {
-                if !wait_for(&mut feed, deadline, settles_checkout).await {
+                if !wait_for(&mut feed, deadline, |e| settles_checkout(e, db_id)).await {
                     return Ok(HttpResponse::build(StatusCode::ACCEPTED)
                         .insert_header(("Retry-After", "1"))
                         .json(serde_json::json!({
