@@ -202,9 +202,9 @@ pub enum Lifecycle {
         lease_control_epoch: u64,
         active_connections: u32,
     },
+    /// The connection count a release carries is not needed: the lease's share ends with it.
     Release {
         lease_id: Uuid,
-        active_connections: u32,
     },
     Reconcile(Step),
 }
@@ -412,13 +412,7 @@ pub fn decide(
             let drafts = load_change(state, cx, db.id).into_iter().collect();
             Ok((drafts, Answer::Renewed { expires_at }))
         }
-        (
-            _,
-            Lifecycle::Release {
-                lease_id,
-                active_connections: _,
-            },
-        ) => {
+        (_, Lifecycle::Release { lease_id }) => {
             let (lease, db) = live_lease(state, cx, *lease_id)?;
             let t = tenant_of(state, db)?;
             cx.runtime.leases.remove(lease_id);
@@ -439,7 +433,8 @@ fn tenant_of<'s>(state: &'s State, db: &Db) -> Result<&'s Tenant, Rejection> {
         .ok_or(Rejection::NotFound { what: "tenant" })
 }
 
-fn live_worker<'s>(
+/// The worker, registered and not lost; `worker_unknown` otherwise (it must register again).
+pub fn live_worker<'s>(
     state: &'s State,
     worker_id: &str,
 ) -> Result<&'s spg99_projections::Worker, Rejection> {

@@ -254,16 +254,7 @@ pub async fn instructions(
     loop {
         let found = {
             let state = app.shared.read();
-            if state
-                .workers
-                .get(&worker_id)
-                .is_none_or(|w| w.lost_at.is_some())
-            {
-                return Err(ApiError::from(crate::commands::Rejection::Gone {
-                    code: "worker_unknown",
-                    message: format!("worker {worker_id:?} is not registered (or was declared lost): register again"),
-                }));
-            }
+            lifecycle::live_worker(&state, &worker_id)?;
             lifecycle::instructions(&state, &worker_id)
         };
         let answer = Instructions::new(found);
@@ -435,7 +426,10 @@ pub async fn renew(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
+    /// Accepted as the Gateway's contract has it; the lease's share of connections ends with
+    /// the lease.
     #[serde(default)]
+    #[allow(dead_code)]
     active_connections: u32,
 }
 
@@ -443,18 +437,10 @@ pub async fn release(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
-    body: ApiJson<Release>,
+    _body: ApiJson<Release>,
 ) -> Result<HttpResponse, ApiError> {
     let lease_id = lease_id(&path)?;
-    submit(
-        &app,
-        &caller,
-        Lifecycle::Release {
-            lease_id,
-            active_connections: body.value.active_connections,
-        },
-    )
-    .await?;
+    submit(&app, &caller, Lifecycle::Release { lease_id }).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "released": true })))
 }
 
