@@ -77,9 +77,10 @@ impl Segment {
     }
 }
 
-/// The segment being written, and those filled since the last checkpoint.
+/// The segment being written (made at the first commit, so that opening the log to read it
+/// writes nothing), and those filled since the last checkpoint.
 struct Active {
-    segment: Segment,
+    segment: Option<Segment>,
     offset: u64,
     closed: Vec<u64>,
     next_id: u64,
@@ -118,8 +119,8 @@ impl Wal {
         Ok(out)
     }
 
-    /// Deletes every segment in `dir` (their entries are in sled, durably), then starts a
-    /// fresh one.
+    /// Deletes every segment in `dir` (their entries are in sled, durably); the next sync
+    /// starts a fresh one.
     pub fn create(dir: &Path) -> std::io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
         let old = segment_ids(dir)?;
@@ -127,15 +128,14 @@ impl Wal {
         for id in old {
             std::fs::remove_file(segment_path(dir, id))?;
         }
-        let segment = Segment::make(dir, next, SEGMENT_SIZE)?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             pending: Mutex::new(Vec::new()),
             active: Mutex::new(Active {
-                segment,
+                segment: None,
                 offset: 0,
                 closed: Vec::new(),
-                next_id: next + 1,
+                next_id: next,
                 spare_asked: false,
             }),
             spare: Arc::new(Mutex::new(None)),
@@ -144,13 +144,15 @@ impl Wal {
 
     /// Queues one frame, for the next [`Wal::sync`].
     pub fn append(&self, first_seq: u64, frame: &[u8]) {
-        let mut payload = Vec::with_capacity(8 + frame.len());
-        payload.extend_from_slice(&first_seq.to_le_bytes());
-        payload.extend_from_slice(frame);
+        let seq = first_seq.to_le_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&seq);
+        crc.update(frame);
         let mut pending = lock(&self.pending);
-        pending.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        pending.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        pending.extend_from_slice(&payload);
+        pending.extend_from_slice(&((seq.len() + frame.len()) as u32).to_le_bytes());
+        pending.extend_from_slice(&crc.finalize().to_le_bytes());
+        pending.extend_from_slice(&seq);
+        pending.extend_from_slice(frame);
     }
 
     /// Writes what was appended before this call and waits until the device holds it.
@@ -160,20 +162,28 @@ impl Wal {
             return Ok(());
         }
         let mut active = lock(&self.active);
-        if active.offset + bytes.len() as u64 > active.segment.size {
+        let offset = active.offset;
+        let fits = |s: &Segment| offset + bytes.len() as u64 <= s.size;
+        if !active.segment.as_ref().is_some_and(fits) {
             self.rotate(&mut active, bytes.len() as u64)?;
         }
-        active.segment.file.write_all_at(&bytes, active.offset)?;
-        active.offset += bytes.len() as u64;
-        active.segment.file.sync_data()?;
-        if !active.spare_asked && active.offset > active.segment.size / 2 {
+        let Active {
+            segment, offset, ..
+        } = &mut *active;
+        let segment = segment.as_ref().expect("a segment after rotating");
+        segment.file.write_all_at(&bytes, *offset)?;
+        *offset += bytes.len() as u64;
+        segment.file.sync_data()?;
+        let half_full = *offset > segment.size / 2;
+        if !active.spare_asked && half_full {
             active.spare_asked = true;
             self.prepare_spare(active.next_id);
         }
         Ok(())
     }
 
-    /// Moves on to the spare segment (or a new one, if the spare is not ready).
+    /// Moves on to the spare segment (or a new one, if the spare is not ready); the first
+    /// time, makes the first segment.
     fn rotate(&self, active: &mut Active, need: u64) -> std::io::Result<()> {
         if active.spare_asked {
             // It was asked for half a segment ago; if it is still being made, wait for it
@@ -195,8 +205,9 @@ impl Wal {
                 Segment::make(&self.dir, active.next_id, need)?
             }
         };
-        let old = std::mem::replace(&mut active.segment, segment);
-        active.closed.push(old.id);
+        if let Some(old) = active.segment.replace(segment) {
+            active.closed.push(old.id);
+        }
         active.offset = 0;
         active.next_id += 1;
         active.spare_asked = false;
