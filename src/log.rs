@@ -210,7 +210,7 @@ impl Log {
 
         let wal_dir = dir.join("wal");
         let survivors = Wal::read_all(&wal_dir).map_err(io(&wal_dir))?;
-        let mut head = tree_head(&tree)?;
+        let mut head = tree_head(dir, &tree)?;
         let sled_head = head;
         for (first, frame) in survivors {
             let count = split_frame(&frame)
@@ -282,7 +282,7 @@ impl Log {
 
     /// The `seq` of the last record; 0 when the log is empty.
     pub fn head(&self) -> Result<u64> {
-        tree_head(&self.tree)
+        tree_head(&self.dir, &self.tree)
     }
 
     /// Writes a batch atomically but does not wait for the device: the records may be lost
@@ -400,9 +400,9 @@ impl Log {
 }
 
 /// The `seq` of the tree's last record; 0 when it is empty.
-fn tree_head(tree: &sled::Tree) -> Result<u64> {
+fn tree_head(dir: &Path, tree: &sled::Tree) -> Result<u64> {
     match tree.last().map_err(|source| LogError::Storage {
-        path: PathBuf::new(),
+        path: dir.to_path_buf(),
         source,
     })? {
         None => Ok(0),

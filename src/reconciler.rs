@@ -24,7 +24,8 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Most workers declared lost in one pass (one command each).
 const MAX_LOSSES_PER_PASS: usize = 64;
 
-fn asks_for_deletion(event: &Event) -> bool {
+/// Deletion requests, and writers confirmed gone (which may let a deletion finish).
+fn moves_a_deletion(event: &Event) -> bool {
     matches!(
         event,
         Event::DbDeleteRequested { .. }
@@ -43,7 +44,7 @@ pub async fn run(commits: CommitHandle, interval: Duration) {
         tokio::select! {
             _ = tick.tick() => {}
             got = feed.recv() => match got {
-                Ok(batch) if batch.iter().any(|e| asks_for_deletion(&e.event)) => {
+                Ok(batch) if batch.iter().any(|e| moves_a_deletion(&e.event)) => {
                     tokio::time::sleep(SETTLE).await;
                 }
                 Ok(_) => continue,

@@ -22,7 +22,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use spg99_events::{Envelope, Event, Timestamp};
+use spg99_events::{Envelope, Event};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -416,9 +416,12 @@ pub async fn renew(
         },
     )
     .await?;
-    let expires_at = match done.answer {
-        Answer::Renewed { expires_at } => expires_at,
-        _ => Timestamp::from_micros(0),
+    let Answer::Renewed { expires_at } = done.answer else {
+        tracing::error!(answer = ?done.answer, "renewal answered with something else");
+        return Err(ApiError::unavailable(
+            "the renewal did not complete; retry",
+            1,
+        ));
     };
     Ok(HttpResponse::Ok().json(serde_json::json!({ "expires_at": rfc3339(expires_at) })))
 }
