@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need when it is missing:
-# strace, which the durability test uses to watch the server's fdatasync calls.
+# - strace, which the durability test uses to watch the server's fdatasync calls;
+# - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
 if ! command -v strace >/dev/null 2>&1; then
   echo "installing strace (needed by the durability test)" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq strace >/dev/null
+fi
+
+if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; then
+  echo "installing schemathesis and openapi-spec-validator (needed by the API document tests)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check \
+    'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' >&2
 fi
 
 exec cargo test --workspace "$@"

@@ -22,28 +22,45 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// A display name for an account: 1 to 100 characters, no control characters, trimmed.
+/// Whitespace as Unicode's `White_Space` (what `str::trim` removes), as a regex class body.
+/// (`\uXXXX` escapes: the form both ECMA-262 and Python regular expressions read.)
+const WHITE_SPACE: &str = r"\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+/// Control characters (`char::is_control`: Unicode's Cc), likewise.
+const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
+
+/// A display name for an account: 1 to 100 characters, no control characters, no
+/// whitespace at either end (refused rather than trimmed, so that what is stored is what
+/// was sent, and the API document can say exactly what is accepted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountName(String);
 
 impl AccountName {
     pub const MAX_CHARS: usize = 100;
 
+    /// What [`AccountName::parse`] accepts (with `MAX_CHARS`), as a regular expression.
+    pub fn pattern() -> String {
+        let inner = format!("[^{CONTROL}]");
+        let edge = format!("[^{CONTROL}{WHITE_SPACE}]");
+        format!("^{edge}({inner}*{edge})?$")
+    }
+
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, Invalid> {
-        let name = raw.trim();
-        if name.is_empty() {
+        if raw.is_empty() {
             return Err(invalid(field, "must not be empty"));
         }
-        if name.chars().count() > Self::MAX_CHARS {
+        if raw.trim() != raw {
+            return Err(invalid(field, "must not start or end with whitespace"));
+        }
+        if raw.chars().count() > Self::MAX_CHARS {
             return Err(invalid(
                 field,
                 format!("must be at most {} characters", Self::MAX_CHARS),
             ));
         }
-        if name.chars().any(char::is_control) {
+        if raw.chars().any(char::is_control) {
             return Err(invalid(field, "must not contain control characters"));
         }
-        Ok(AccountName(name.to_owned()))
+        Ok(AccountName(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -51,32 +68,39 @@ impl AccountName {
     }
 }
 
-/// A contact e-mail address: `local@domain`, at most 254 characters, no spaces. Deliverability
-/// is not checked; the shape is, so that typos like a missing `@` are caught.
+/// A contact e-mail address: `local@domain`, at most 254 characters, no whitespace or
+/// control characters, a dot inside the domain. Deliverability is not checked; the shape is,
+/// so that typos like a missing `@` are caught.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
-    pub const MAX_LEN: usize = 254;
+    pub const MAX_CHARS: usize = 254;
+
+    /// What [`Email::parse`] accepts (with `MAX_CHARS`), as a regular expression.
+    pub fn pattern() -> String {
+        let part = format!("[^@{CONTROL}{WHITE_SPACE}]");
+        let edge = format!("[^@.{CONTROL}{WHITE_SPACE}]");
+        format!(r"^{part}+@{edge}{part}*\.{part}*{edge}$")
+    }
 
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, Invalid> {
-        let email = raw.trim();
         let bad = || invalid(field, "must be an e-mail address like name@example.com");
-        if email.len() > Self::MAX_LEN {
+        if raw.chars().count() > Self::MAX_CHARS {
             return Err(invalid(
                 field,
-                format!("must be at most {} bytes", Self::MAX_LEN),
+                format!("must be at most {} characters", Self::MAX_CHARS),
             ));
         }
-        let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+        let (local, domain) = raw.split_once('@').ok_or_else(bad)?;
         let ok = !local.is_empty()
             && domain.contains('.')
             && !domain.starts_with('.')
             && !domain.ends_with('.')
             && !domain.contains('@')
-            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+            && !raw.chars().any(|c| c.is_whitespace() || c.is_control());
         if ok {
-            Ok(Email(email.to_owned()))
+            Ok(Email(raw.to_owned()))
         } else {
             Err(bad())
         }
@@ -94,6 +118,8 @@ pub struct ResourceName(String);
 
 impl ResourceName {
     pub const MAX_LEN: usize = 63;
+    /// What [`ResourceName::parse`] accepts, as a regular expression (for the API document).
+    pub const PATTERN: &'static str = "^[a-z][a-z0-9_-]{0,62}$";
 
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, Invalid> {
         let bytes = raw.as_bytes();
@@ -130,10 +156,12 @@ mod tests {
     #[test]
     fn account_names() {
         assert_eq!(
-            AccountName::parse("name", "  Acme  ").unwrap().as_str(),
-            "Acme"
+            AccountName::parse("name", "Acme Ltd").unwrap().as_str(),
+            "Acme Ltd"
         );
-        assert!(AccountName::parse("name", "   ").is_err());
+        for bad in ["", "   ", "  Acme", "Acme\n", "Acme\u{3000}"] {
+            assert!(AccountName::parse("name", bad).is_err(), "{bad:?}");
+        }
         assert!(AccountName::parse("name", &"x".repeat(101)).is_err());
         assert!(AccountName::parse("name", "a\u{0}b").is_err());
         assert!(AccountName::parse("name", "Ünïcode Ltd").is_ok());
@@ -170,6 +198,7 @@ mod tests {
             "ops@.io",
             "a b@acme.io",
             "a@b@c.io",
+            " ops@acme.io",
         ] {
             assert!(Email::parse("email", bad).is_err(), "{bad}");
         }

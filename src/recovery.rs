@@ -29,6 +29,11 @@ pub fn recover(log: &Log, data_dir: &Path, use_snapshots: bool) -> Result<Recove
     if head > 0 {
         log.get(head)?;
     }
+    if use_snapshots {
+        for path in crate::snapshot::ahead_of(data_dir, head) {
+            tracing::warn!(path = %path.display(), head, "snapshot is ahead of the log; skipped");
+        }
+    }
     let base = use_snapshots
         .then(|| crate::snapshot::load(data_dir, head))
         .flatten();

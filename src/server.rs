@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{middleware, web, App, HttpServer};
+use actix_web::{middleware, web, App};
 use spg99_events::Actor;
 
 use crate::auth::Token;
@@ -17,7 +17,7 @@ use crate::cli::ServeArgs;
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::commands::{Command, CommandMeta};
 use crate::committer::{CommitHandle, Committer};
-use crate::http::{self, request_id, AppState};
+use crate::http::{self, front, request_id, AppState};
 use crate::lifecycle::Settings;
 use crate::log::{Log, LogError};
 use crate::reconciler;
@@ -159,27 +159,24 @@ impl Application {
             gateway_host: config.gateway_host.clone(),
             settings,
         });
-        let server = HttpServer::new(move || {
+        let settings = front::Settings {
+            workers: config.http_workers,
+            backlog: 4096,
+            shutdown_timeout: SHUTDOWN_GRACE,
+        };
+        let (server, addr) = front::bind(&config.listen, &settings, move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(request_id::middleware))
                 .configure(http::configure)
         })
-        .workers(config.http_workers)
-        .backlog(4096)
-        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        .bind(&config.listen)
         .map_err(|source| StartError::Bind {
             addr: config.listen.clone(),
             source,
         })?;
-        let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
-            addr: config.listen.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
         Ok(Application {
             addr,
-            server: server.run(),
+            server,
             committer,
         })
     }

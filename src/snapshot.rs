@@ -108,10 +108,11 @@ fn list(data_dir: &Path) -> Vec<(u64, PathBuf)> {
 }
 
 /// The newest valid snapshot at or below `max_seq`; invalid ones are skipped with a warning.
+/// Newer ones are skipped in silence: asking for an older point of the log is normal (time
+/// travel); a snapshot ahead of the log's head is what start-up warns of ([`ahead_of`]).
 pub fn load(data_dir: &Path, max_seq: u64) -> Option<State> {
     for (seq, path) in list(data_dir) {
         if seq > max_seq {
-            tracing::warn!(path = %path.display(), seq, max_seq, "snapshot is ahead of the log; skipped");
             continue;
         }
         let result = std::fs::read(&path)
@@ -125,6 +126,16 @@ pub fn load(data_dir: &Path, max_seq: u64) -> Option<State> {
         }
     }
     None
+}
+
+/// Snapshots of seqs past `head`: they describe a log longer than this one (a log restored
+/// from an older copy, say), and are never used.
+pub fn ahead_of(data_dir: &Path, head: u64) -> Vec<PathBuf> {
+    list(data_dir)
+        .into_iter()
+        .filter(|(seq, _)| *seq > head)
+        .map(|(_, path)| path)
+        .collect()
 }
 
 /// Writes a snapshot durably and keeps only the newest few.

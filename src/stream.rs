@@ -398,7 +398,7 @@ impl Follower {
     pub fn new(feed: tokio::sync::broadcast::Receiver<Arc<[Envelope]>>, after: u64) -> Self {
         Follower {
             feed,
-            next: after + 1,
+            next: after.saturating_add(1),
         }
     }
 

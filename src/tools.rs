@@ -51,14 +51,14 @@ impl At {
     }
 }
 
-/// `a.b,c.d` → known event types.
+/// `a.b,c.d` → known event types (exactly: no spaces, no empty names).
 pub fn parse_types(raw: Option<&str>) -> Result<Option<Vec<&'static str>>, String> {
     raw.map(|list| {
         list.split(',')
             .map(|t| {
                 Event::TYPE_NAMES
                     .iter()
-                    .find(|k| **k == t.trim())
+                    .find(|k| **k == t)
                     .copied()
                     .ok_or_else(|| format!("unknown event type {t:?}"))
             })

@@ -1,5 +1,7 @@
-//! `Caller`: the authenticated principal of a request, with what a command needs to know
-//! about who sent it.
+//! Who sent a request, as handlers take it: [`Caller`] on the public API (an API key; the
+//! service token is refused there), [`Internal`] on the internal API (the service token or a
+//! global key). Each is an extractor, so that a request with the wrong kind of credential is
+//! refused before anything else of it is read.
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -14,7 +16,14 @@ use crate::http::error::ApiError;
 use crate::http::request_id::RequestId;
 use crate::http::AppState;
 
+/// The caller of a public route: always an API key.
 pub struct Caller {
+    pub key: ApiKey,
+    pub request_id: String,
+}
+
+/// The caller of an internal route: the service token, or a global key (operators).
+pub struct Internal {
     pub principal: Principal,
     pub request_id: String,
 }
@@ -23,39 +32,13 @@ impl Caller {
     /// The metadata a command submitted on behalf of this caller carries into the log.
     pub fn meta(&self) -> CommandMeta {
         CommandMeta {
-            actor: match &self.principal {
-                Principal::Key(k) => Actor::ApiKey(k.id.clone()),
-                Principal::Service => Actor::Service,
-            },
+            actor: Actor::ApiKey(self.key.id.clone()),
             request_id: self.request_id.clone(),
         }
     }
 
-    /// The calling API key; the service token has no business on the public API.
-    pub fn key(&self) -> Result<&ApiKey, ApiError> {
-        match &self.principal {
-            Principal::Key(k) => Ok(k),
-            Principal::Service => Err(ApiError::forbidden(
-                "api_key_required",
-                "the service token is for the internal API; use an API key",
-            )),
-        }
-    }
-
     pub fn is_global(&self) -> bool {
-        matches!(&self.principal, Principal::Key(k) if k.scope == KeyScope::Global)
-    }
-
-    /// The internal API: the service token, or a global key (operators).
-    pub fn require_internal(&self) -> Result<(), ApiError> {
-        if self.is_global() || matches!(self.principal, Principal::Service) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "service_token_required",
-                "the internal API is for the Gateway and the workers: use the service token",
-            ))
-        }
+        self.key.scope == KeyScope::Global
     }
 
     /// Global-only operations: any other caller is told which key it needs.
@@ -71,32 +54,74 @@ impl Caller {
     }
 }
 
+impl Internal {
+    pub fn meta(&self) -> CommandMeta {
+        CommandMeta {
+            actor: match &self.principal {
+                Principal::Key(k) => Actor::ApiKey(k.id.clone()),
+                Principal::Service => Actor::Service,
+            },
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+/// The authenticated principal of `req` and its request id.
+fn principal(req: &HttpRequest) -> Result<(Principal, String), ApiError> {
+    let app = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered on the app");
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let principal = authenticate(&app.shared.read(), header, app.clock.now())?;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    Ok((principal, request_id))
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let app = req
-            .app_data::<web::Data<AppState>>()
-            .expect("AppState is registered on the app");
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap_or(""));
-        let now = app.clock.now();
-        let principal = authenticate(&app.shared.read(), header, now);
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
         ready(
-            principal
-                .map(|principal| Caller {
+            principal(req).and_then(|(principal, request_id)| match principal {
+                Principal::Key(key) => Ok(Caller { key, request_id }),
+                Principal::Service => Err(ApiError::forbidden(
+                    "api_key_required",
+                    "the service token is for the internal API; use an API key",
+                )),
+            }),
+        )
+    }
+}
+
+impl FromRequest for Internal {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(principal(req).and_then(|(principal, request_id)| {
+            let allowed = match &principal {
+                Principal::Service => true,
+                Principal::Key(k) => k.scope == KeyScope::Global,
+            };
+            if allowed {
+                Ok(Internal {
                     principal,
                     request_id,
                 })
-                .map_err(ApiError::from),
-        )
+            } else {
+                Err(ApiError::forbidden(
+                    "service_token_required",
+                    "the internal API is for the Gateway and the workers: use the service token",
+                ))
+            }
+        }))
     }
 }

@@ -20,6 +20,8 @@ pub struct ApiError {
     message: String,
     field: Option<String>,
     retry_after_secs: Option<u32>,
+    /// Close the connection after this answer (what is left of the request is not read).
+    close: bool,
 }
 
 impl std::fmt::Display for ApiError {
@@ -42,7 +44,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after_secs: None,
+            close: false,
         }
+    }
+
+    /// The connection closes after this answer.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -177,6 +186,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after_secs {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.close {
+            res.force_close();
         }
         res.json(self.body())
     }

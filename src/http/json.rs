@@ -18,6 +18,9 @@ use crate::http::error::ApiError;
 
 /// Largest request body accepted. Every body of the API is a few hundred bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a body may take to arrive once the request's head has: a client that trickles
+/// its body holds a connection only this long (the head itself has actix-web's 5 s).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A parsed JSON body, with the bytes it came from (for idempotency). An empty body with no
 /// `Content-Type` reads as `{}`, so that routes whose fields are all optional need none.
@@ -34,22 +37,25 @@ fn too_large() -> ApiError {
     )
 }
 
-/// `Some(true)` for a JSON content type, `Some(false)` for another, `None` for none.
+/// `Some(true)` for `application/json` (with no parameter but `charset=utf-8`, which RFC 8259
+/// makes the only encoding of JSON), `Some(false)` for any other type, `None` for none. Types
+/// that merely end in `+json` (`application/merge-patch+json`, ...) have their own
+/// semantics, which the API does not implement: they are refused, not read as plain JSON.
 fn is_json(req: &HttpRequest) -> Option<bool> {
     let ct = req.headers().get(header::CONTENT_TYPE)?;
     let Ok(ct) = ct.to_str() else {
         return Some(false);
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    Some(
-        essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json")),
-    )
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let params_ok = parts.all(|p| {
+        let Some((name, value)) = p.split_once('=') else {
+            return false;
+        };
+        name.trim().eq_ignore_ascii_case("charset")
+            && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+    });
+    Some(essence.eq_ignore_ascii_case("application/json") && params_ok)
 }
 
 /// Parses a JSON body, naming the offending field on failure.
@@ -120,7 +126,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
                 ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
-                    "send the body as JSON with 'Content-Type: application/json'",
+                    "send the body as JSON with 'Content-Type: application/json' (charset, if given, must be utf-8)",
                 )
             };
             if json == Some(false) {
@@ -129,20 +135,35 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
                 return Err(too_large());
             }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(
-                        "body_unreadable",
-                        format!("the body could not be read: {e}"),
-                    )
-                })?;
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return Err(too_large());
+            let read = async {
+                let mut body = BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::bad_request(
+                            "body_unreadable",
+                            format!("the body could not be read: {e}"),
+                        )
+                    })?;
+                    if body.len() + chunk.len() > BODY_LIMIT {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
-            let raw = body.freeze();
+                Ok(body.freeze())
+            };
+            let raw = tokio::time::timeout(BODY_TIMEOUT, read)
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            BODY_TIMEOUT.as_secs()
+                        ),
+                    )
+                    .closing()
+                })??;
             if raw.is_empty() && json.is_none() {
                 return parse(b"{}").map(|value| ApiJson { value, raw });
             }

@@ -5,6 +5,7 @@
 
 pub mod caller;
 pub mod error;
+pub mod front;
 pub mod json;
 pub mod mutation;
 pub mod openapi;
@@ -14,7 +15,7 @@ pub mod request_id;
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, HttpResponse, HttpResponseBuilder};
+use actix_web::{guard, web, HttpResponse, HttpResponseBuilder, ResponseError};
 use spg99_events::Timestamp;
 
 use crate::clock::Clock;
@@ -22,7 +23,7 @@ use crate::committer::{CommitHandle, Shared};
 use crate::routes;
 use crate::secrets::SecretBox;
 
-pub use caller::Caller;
+pub use caller::{Caller, Internal};
 pub use error::ApiError;
 pub use json::ApiJson;
 
@@ -51,9 +52,14 @@ pub fn at_version(mut res: HttpResponseBuilder, seq: u64) -> HttpResponseBuilder
     res
 }
 
-/// RFC 3339, UTC, microsecond precision: how every time is shown.
+/// RFC 3339, UTC, microsecond precision: how every time is shown. RFC 3339 has four-digit
+/// years only, so a time outside 0000-01-01 to 9999-12-31 (none that the API accepts or
+/// derives) is shown as the nearest end of that range rather than in another format.
 pub fn rfc3339(ts: Timestamp) -> String {
-    chrono::DateTime::from_timestamp_micros(ts.as_micros())
+    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
+    const FIRST: i64 = -62_167_219_200_000_000;
+    const LAST: i64 = 253_402_300_799_999_999;
+    chrono::DateTime::from_timestamp_micros(ts.as_micros().clamp(FIRST, LAST))
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -69,75 +75,199 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ApiError::bad_request("invalid_path", format!("path: {e}")).into()
         }),
     )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
+    .service(Methods::at("/healthz").get(health::healthz).done())
+    .service(Methods::at("/readyz").get(health::readyz).done())
     // One resource per path, static paths first, and the tenant's routes under one scope:
     // the router tries resources in order and matches dynamic ones with a regex each, so
     // this order keeps the common describe path cheap.
     .service(
         web::scope("/v2")
-            .service(resource("/account/profile").get(accounts::profile))
-            .service(resource("/account/contact").post(accounts::contact))
-            .service(resource("/account/delete").post(accounts::delete))
-            .service(resource("/billing/summary").get(billing::summary))
-            .service(resource("/api-keys/me").get(keys::me))
-            .service(resource("/api-keys/rotate").post(keys::rotate))
-            .service(resource("/api-keys/revoke").post(keys::revoke))
-            .service(resource("/sizes").get(sizes::list))
-            .service(resource("/openapi.json").get(openapi::serve))
-            .service(resource("/events").get(events::stream))
-            .service(resource("/events/tickets").post(events::ticket))
-            .service(resource("/admin/state").get(admin::state))
-            .service(resource("/admin/log").get(admin::log))
-            .service(resource("/admin/verify").get(admin::verify))
-            .service(resource("/accounts").post(accounts::create))
             .service(
-                resource("/tenants")
+                Methods::at("/account/profile")
+                    .get(accounts::profile)
+                    .done(),
+            )
+            .service(
+                Methods::at("/account/contact")
+                    .post(accounts::contact)
+                    .done(),
+            )
+            .service(Methods::at("/account/delete").post(accounts::delete).done())
+            .service(Methods::at("/billing/summary").get(billing::summary).done())
+            .service(Methods::at("/api-keys/me").get(keys::me).done())
+            .service(Methods::at("/api-keys/rotate").post(keys::rotate).done())
+            .service(Methods::at("/api-keys/revoke").post(keys::revoke).done())
+            .service(Methods::at("/sizes").get(sizes::list).done())
+            .service(Methods::at("/openapi.json").get(openapi::serve).done())
+            .service(Methods::at("/events").get(events::stream).done())
+            .service(Methods::at("/events/tickets").post(events::ticket).done())
+            .service(Methods::at("/admin/state").get(admin::state).done())
+            .service(Methods::at("/admin/log").get(admin::log).done())
+            .service(Methods::at("/admin/verify").get(admin::verify).done())
+            .service(Methods::at("/accounts").post(accounts::create).done())
+            .service(
+                Methods::at("/tenants")
+                    .get(tenants::list)
                     .post(tenants::create)
-                    .get(tenants::list),
+                    .done(),
             )
             .service(
                 web::scope("/tenants/{tenant}")
-                    .service(resource("/dbs/{db}").get(dbs::get).delete(dbs::delete))
-                    .service(resource("/dbs").post(dbs::create).get(dbs::list))
-                    .service(resource("/credentials").get(tenants::credentials))
-                    .service(resource("/dbs/{db}/{action}").post(dbs::manual_lifecycle))
-                    .service(resource("").get(tenants::get).delete(tenants::delete)),
+                    .service(
+                        Methods::at("/dbs/{db}")
+                            .get(dbs::get)
+                            .delete(dbs::delete)
+                            .done(),
+                    )
+                    .service(Methods::at("/dbs").get(dbs::list).post(dbs::create).done())
+                    .service(Methods::at("/credentials").get(tenants::credentials).done())
+                    .service(
+                        Methods::at("/dbs/{db}/{action}")
+                            .post(dbs::manual_lifecycle)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("")
+                            .get(tenants::get)
+                            .delete(tenants::delete)
+                            .done(),
+                    ),
             )
-            .service(resource("/dbs/{id}").get(dbs::get_by_id))
-            .service(resource("/accounts/{account}").get(accounts::get))
-            .service(resource("/accounts/{account}/api-keys").post(keys::issue)),
+            .service(Methods::at("/dbs/{id}").get(dbs::get_by_id).done())
+            .service(Methods::at("/accounts/{account}").get(accounts::get).done())
+            .service(
+                Methods::at("/accounts/{account}/api-keys")
+                    .post(keys::issue)
+                    .done(),
+            ),
     )
     .service(
         web::scope("/internal/v1")
-            .service(resource("/checkout").post(internal::checkout))
-            .service(resource("/leases/{lease_id}/renew").post(internal::renew))
-            .service(resource("/leases/{lease_id}/release").post(internal::release))
+            .service(Methods::at("/checkout").post(internal::checkout).done())
             .service(
-                resource("/workers")
-                    .post(internal::register)
-                    .get(internal::list_workers),
+                Methods::at("/leases/{lease_id}/renew")
+                    .post(internal::renew)
+                    .done(),
             )
-            .service(resource("/workers/{id}/heartbeat").post(internal::heartbeat))
-            .service(resource("/workers/{id}/instructions").get(internal::instructions))
-            .service(resource("/workers/{id}/reports").post(internal::report))
-            .service(resource("/reconcile").post(internal::reconcile))
-            .service(resource("/clock/advance").post(internal::advance_clock)),
+            .service(
+                Methods::at("/leases/{lease_id}/release")
+                    .post(internal::release)
+                    .done(),
+            )
+            .service(
+                Methods::at("/workers")
+                    .get(internal::list_workers)
+                    .post(internal::register)
+                    .done(),
+            )
+            .service(
+                Methods::at("/workers/{id}/heartbeat")
+                    .post(internal::heartbeat)
+                    .done(),
+            )
+            .service(
+                Methods::at("/workers/{id}/instructions")
+                    .get(internal::instructions)
+                    .done(),
+            )
+            .service(
+                Methods::at("/workers/{id}/reports")
+                    .post(internal::report)
+                    .done(),
+            )
+            .service(Methods::at("/reconcile").post(internal::reconcile).done())
+            .service(
+                Methods::at("/clock/advance")
+                    .post(internal::advance_clock)
+                    .done(),
+            ),
     )
     .default_service(web::to(not_found));
 }
 
-/// A resource whose unknown methods get a JSON 405.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// One path and the methods it takes. `HEAD` is answered wherever `GET` is (the server sends
+/// the head of the GET answer without its body, RFC 9110 §9.3.2); any other method gets a
+/// JSON 405 with the `Allow` header RFC 9110 §15.5.6 requires.
+struct Methods {
+    resource: actix_web::Resource,
+    allow: Vec<&'static str>,
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+impl Methods {
+    fn at(path: &str) -> Self {
+        Methods {
+            resource: web::resource(path),
+            allow: Vec::new(),
+        }
+    }
+
+    fn with<F, Args>(
+        mut self,
+        guard: impl guard::Guard + 'static,
+        methods: &[&'static str],
+        handler: F,
+    ) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.resource = self.resource.route(web::route().guard(guard).to(handler));
+        self.allow.extend_from_slice(methods);
+        self
+    }
+
+    fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.with(
+            guard::Any(guard::Get()).or(guard::Head()),
+            &["GET", "HEAD"],
+            handler,
+        )
+    }
+
+    fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.with(guard::Post(), &["POST"], handler)
+    }
+
+    fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.with(guard::Delete(), &["DELETE"], handler)
+    }
+
+    fn done(self) -> actix_web::Resource {
+        let allow = self.allow.join(", ");
+        self.resource.default_service(web::to(move || {
+            let allow = allow.clone();
+            async move { method_not_allowed(allow) }
+        }))
+    }
+}
+
+fn method_not_allowed(allow: String) -> HttpResponse {
+    let mut res = ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this route does not take that method",
-    ))
+        format!("this route takes {allow}"),
+    )
+    .error_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, v);
+    }
+    res
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

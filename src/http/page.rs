@@ -10,6 +10,8 @@ use crate::http::ApiError;
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 const CURSOR_PREFIX: &str = "n1.";
+/// What a cursor looks like, for the API document (it is still to be used as given).
+pub const CURSOR_PATTERN: &str = "^n1\\.([0-9a-f]{2}){1,64}$";
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -63,14 +65,17 @@ fn encode(name: &str) -> String {
 
 fn decode(cursor: &str) -> Option<String> {
     let hex = cursor.strip_prefix(CURSOR_PREFIX)?;
-    if hex.len() % 2 != 0 || hex.len() > 2 * 64 {
+    let lower_hex = hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex || hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * 64 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect();
-    String::from_utf8(bytes?).ok()
+    // Any position is a position: names are ASCII, and a cursor holding other bytes simply
+    // sorts where its lossy decoding does.
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
 }
 
 /// One page of a list.

@@ -25,7 +25,7 @@ pub fn current() -> Option<String> {
 
 /// A new request id: a random per-process prefix and a counter. Unique, cheap (no system
 /// call per request), and ordered within a process, which helps reading logs.
-fn generate() -> String {
+pub fn generate() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<String> = OnceLock::new();

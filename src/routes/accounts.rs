@@ -20,6 +20,7 @@ use crate::domain::{parse_label, AccountName, Email};
 use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
+use crate::http::openapi::Idempotent;
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -66,7 +67,7 @@ fn render_account(
     }
 }
 
-#[utoipa::path(post, path = "/v2/accounts", tag = "accounts", request_body = CreateAccount, responses((status = 201, body = AccountView), (status = 403, description = "not a global key", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/accounts", tag = "accounts", operation_id = "createAccount", params(Idempotent), request_body = CreateAccount, responses((status = 201, body = AccountView), (status = 403, description = "not a global key", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -98,14 +99,14 @@ pub async fn create(
     .await
 }
 
-#[utoipa::path(get, path = "/v2/accounts/{account}", tag = "accounts", params(("account" = Uuid, Path)), responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/accounts/{account}", tag = "accounts", operation_id = "getAccount", params(("account" = Uuid, Path)), responses((status = 200, body = AccountView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("account");
-    let key = caller.key()?;
+    let key = &caller.key;
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
     if !access::sees_account(key, id) {
         return Err(not_found());
@@ -117,7 +118,7 @@ pub async fn get(
 
 /// The calling key's own account.
 fn own_account(caller: &Caller) -> Result<Uuid, ApiError> {
-    caller.key()?.account().ok_or_else(|| {
+    caller.key.account().ok_or_else(|| {
         ApiError::forbidden(
             "account_scope_required",
             "a global key has no account of its own; use GET /v2/accounts/{account}",
@@ -125,7 +126,7 @@ fn own_account(caller: &Caller) -> Result<Uuid, ApiError> {
     })
 }
 
-#[utoipa::path(get, path = "/v2/account/profile", tag = "accounts", responses((status = 200, body = AccountView), (status = 403, description = "a global key has no account", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/account/profile", tag = "accounts", operation_id = "getAccountProfile", responses((status = 200, body = AccountView), (status = 403, description = "a global key has no account", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn profile(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let id = own_account(&caller)?;
     let state = app.shared.read();
@@ -144,7 +145,7 @@ pub struct Contact {
     name: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v2/account/contact", tag = "accounts", request_body = Contact, responses((status = 200, body = AccountView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/account/contact", tag = "accounts", operation_id = "setAccountContact", params(Idempotent), request_body = Contact, responses((status = 200, body = AccountView), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn contact(
     app: web::Data<AppState>,
     caller: Caller,
@@ -171,7 +172,7 @@ pub async fn contact(
     .await
 }
 
-#[utoipa::path(post, path = "/v2/account/delete", tag = "accounts", request_body(content = Empty, description = "optional"), responses((status = 202, description = "the account, `deleting`", body = AccountView), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/account/delete", tag = "accounts", operation_id = "deleteAccount", params(Idempotent), request_body(content = Empty, description = "optional"), responses((status = 202, description = "the account, `deleting`", body = AccountView), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,

@@ -26,7 +26,7 @@ pub struct StateQuery {
     tenant: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v2/admin/state", tag = "admin",
+#[utoipa::path(get, path = "/v2/admin/state", tag = "admin", operation_id = "getAdminState",
     params(("at" = Option<String>, Query, description = "a seq or an RFC 3339 time: the state as it was then"),
            ("tenant" = Option<String>, Query, description = "with `at`: only this tenant")),
     responses((status = 200, description = "`{seq, fingerprint, counts}`, and with `at` the `state`", body = Object), (status = 403, body = ErrorBody)),
@@ -69,10 +69,10 @@ pub struct LogQuery {
     types: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v2/admin/log", tag = "admin",
-    params(("from" = Option<u64>, Query), ("to" = Option<u64>, Query), ("limit" = Option<u32>, Query, description = "1 to 10000, default 1000"),
+#[utoipa::path(get, path = "/v2/admin/log", tag = "admin", operation_id = "getAdminLog",
+    params(("from" = Option<u64>, Query), ("to" = Option<u64>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1 to 10000, default 1000"),
            ("tenant" = Option<String>, Query), ("db" = Option<uuid::Uuid>, Query), ("types" = Option<String>, Query)),
-    responses((status = 200, description = "`{items: [envelope], next_from}`", body = Object), (status = 403, body = ErrorBody)),
+    responses((status = 200, description = "`{items: [envelope], next_from}`", body = Object), (status = 403, body = ErrorBody), (status = 422, description = "`limit` out of range", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn log(
     app: web::Data<AppState>,
@@ -109,7 +109,7 @@ pub async fn log(
     Ok(at_version(HttpResponse::Ok(), head).json(json!({"items": items, "next_from": next_from})))
 }
 
-#[utoipa::path(get, path = "/v2/admin/verify", tag = "admin",
+#[utoipa::path(get, path = "/v2/admin/verify", tag = "admin", operation_id = "verifyAdminState",
     responses((status = 200, description = "`{seq, live_fingerprint, replayed_fingerprint, equal, events, millis}`", body = Object), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn verify(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -125,7 +125,7 @@ pub async fn verify(app: web::Data<AppState>, caller: Caller) -> Result<HttpResp
         .map_err(|_| ApiError::unavailable("the replay could not run", 5))?
         .map_err(|e| ApiError::unavailable(format!("the log cannot be replayed: {e}"), 5))?;
     let fingerprint = replayed.0.fingerprint();
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(at_version(HttpResponse::Ok(), seq).json(json!({
         "seq": seq,
         "live_fingerprint": live,
         "replayed_fingerprint": fingerprint,

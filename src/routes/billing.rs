@@ -24,8 +24,10 @@ use crate::http::{at_version, rfc3339, ApiError, AppState, Caller};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SummaryQuery {
-    /// `YYYY-MM`; default: the current month.
+    /// `YYYY-MM`, from 1970-01 to 9999-11; default: the current month.
+    #[param(pattern = r"^(?!9999-12)(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$")]
     period: Option<String>,
     /// The account, for global keys.
     account: Option<Uuid>,
@@ -62,23 +64,28 @@ fn seconds(micros: i64) -> f64 {
 fn parse_period(raw: &str) -> Result<u32, Invalid> {
     let bad = || Invalid {
         field: "period",
-        message: "YYYY-MM, from 1970-01".into(),
+        message: "YYYY-MM, from 1970-01 to 9999-11".into(),
     };
     let (y, m) = raw.split_once('-').ok_or_else(bad)?;
     let (y, m): (u32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || raw.len() != 7 {
+    // The last period is 9999-11: 9999-12 would end in year 10000, which RFC 3339 cannot write.
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || raw.len() != 7
+        || (y, m) == (9999, 12)
+    {
         return Err(bad());
     }
     Ok((y - 1970) * 12 + m - 1)
 }
 
-#[utoipa::path(get, path = "/v2/billing/summary", tag = "billing", params(SummaryQuery), responses((status = 200, body = Summary), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/billing/summary", tag = "billing", operation_id = "getBillingSummary", params(SummaryQuery), responses((status = 200, body = Summary), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn summary(
     app: web::Data<AppState>,
     caller: Caller,
     query: web::Query<SummaryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let now = app.clock.now();
     let period = match &query.period {
         Some(p) => parse_period(p)?,
@@ -176,7 +183,10 @@ mod tests {
     fn periods_parse_strictly() {
         assert_eq!(parse_period("1970-01").unwrap(), 0);
         assert_eq!(parse_period("2026-11").unwrap(), 56 * 12 + 10);
-        for bad in ["2026-13", "2026-1", "1969-12", "2026/11", "x", "2026-00"] {
+        assert!(parse_period("9999-11").is_ok());
+        for bad in [
+            "2026-13", "2026-1", "1969-12", "2026/11", "x", "2026-00", "9999-12",
+        ] {
             assert!(parse_period(bad).is_err(), "{bad}");
         }
     }

@@ -23,6 +23,7 @@ use crate::commands::Command;
 use crate::domain::{Invalid, ResourceName};
 use crate::http::error::ErrorBody;
 use crate::http::mutation::{answer, execute};
+use crate::http::openapi::Idempotent;
 use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
@@ -137,7 +138,7 @@ fn path_name(what: &'static str, raw: &str) -> Result<ResourceName, ApiError> {
     ResourceName::parse(what, raw).map_err(|_| ApiError::not_found(what))
 }
 
-#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", params(("tenant" = String, Path)), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "createDb", params(("tenant" = String, Path), Idempotent), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -145,7 +146,6 @@ pub async fn create(
     path: web::Path<String>,
     body: ApiJson<CreateDb>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.key()?;
     let tenant = path_name("tenant", &path)?;
     let b = &body.value;
     let name = ResourceName::parse("name", &b.name)?;
@@ -172,14 +172,14 @@ pub async fn create(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
-#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs", tag = "databases", params(("tenant" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, body = Listed<DbView>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "listDbs", params(("tenant" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<DbView>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn list(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let page = query.parse()?;
     let state = app.shared.read();
     let t = access::tenant(&state, key, &path)?;
@@ -191,39 +191,38 @@ pub async fn list(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
-#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path)), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", operation_id = "getDb", params(("tenant" = String, Path), ("db" = String, Path)), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let state = app.shared.read();
     let (t, d) = access::db(&state, key, &path.0, &path.1)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
 }
 
-#[utoipa::path(get, path = "/v2/dbs/{id}", tag = "databases", params(("id" = Uuid, Path, description = "the `db_id`")), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/dbs/{id}", tag = "databases", operation_id = "getDbById", params(("id" = Uuid, Path, description = "the `db_id`")), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get_by_id(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("database"))?;
     let state = app.shared.read();
     let (t, d) = access::db_by_id(&state, key, id)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
 }
 
-#[utoipa::path(delete, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path)), responses((status = 202, description = "the database, `deleting`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", operation_id = "deleteDb", params(("tenant" = String, Path), ("db" = String, Path), Idempotent), responses((status = 202, description = "the database, `deleting`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.key()?;
     let tenant = path_name("tenant", &path.0)?;
     let db = path_name("database", &path.1)?;
     let render = render_db(
@@ -244,13 +243,13 @@ pub async fn delete(
 
 /// Manual start, stop and scale are refused: a database starts on its first connection and
 /// stops when idle, and the autoscaler picks its profile.
-#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/{action}", tag = "databases", params(("tenant" = String, Path), ("db" = String, Path), ("action" = String, Path, description = "`start`, `stop` or `scale`")), responses((status = 409, description = "always: the lifecycle is automatic", body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/{action}", tag = "databases", operation_id = "refuseManualLifecycle", params(("tenant" = String, Path), ("db" = String, Path), ("action" = String, Path, description = "`start`, `stop` or `scale`")), responses((status = 409, description = "always: the lifecycle is automatic", body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn manual_lifecycle(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let (tenant, db, action) = path.into_inner();
     if !matches!(action.as_str(), "start" | "stop" | "scale") {
         return Err(ApiError::new(

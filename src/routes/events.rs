@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse, Responder};
+use actix_web::{web, Either, HttpRequest, HttpResponse, Responder};
 use actix_web_lab::sse::Sse;
 use serde::{Deserialize, Serialize};
 use spg99_events::{Event, SecretHash, Timestamp};
@@ -25,7 +25,7 @@ use crate::auth::{authenticate, check_key, hashes_equal, random_hex, AuthError, 
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
-use crate::http::{rfc3339, ApiError, ApiJson, AppState, Caller};
+use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller, RESOURCE_VERSION};
 use crate::stream::{self, Filter, CLIENT_BUFFER};
 
 /// How long a ticket may wait to be used.
@@ -72,13 +72,13 @@ pub struct TicketView {
     expires_at: String,
 }
 
-#[utoipa::path(post, path = "/v2/events/tickets", tag = "events", request_body(content = Empty, description = "optional"), responses((status = 201, body = TicketView), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/events/tickets", tag = "events", operation_id = "createStreamTicket", request_body(content = Empty, description = "optional"), responses((status = 201, body = TicketView), (status = 401, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn ticket(
     app: web::Data<AppState>,
     caller: Caller,
     _body: ApiJson<Empty>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let (ticket, expires) = app.tickets.issue(&key.id, app.clock.now());
     Ok(HttpResponse::Created().json(TicketView {
         ticket,
@@ -137,16 +137,17 @@ fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result
     }
 }
 
-#[utoipa::path(get, path = "/v2/events", tag = "events",
+#[utoipa::path(get, path = "/v2/events", tag = "events", operation_id = "streamEvents",
     params(
-        ("since" = Option<u64>, Query, description = "deliver events with a larger seq (Last-Event-ID wins when both are given)"),
+        ("since" = Option<u64>, Query, description = "deliver events with a larger seq (Last-Event-ID wins when both are given); at most the head seq"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "the `id` of the last event received: resume after it; at most the head seq"),
         ("tenant" = Option<String>, Query), ("db" = Option<Uuid>, Query),
         ("types" = Option<String>, Query, description = "comma-separated event types"),
         ("initial" = Option<String>, Query, description = "`snapshot`: the current state first"),
         ("ticket" = Option<String>, Query, description = "instead of the Authorization header"),
     ),
-    responses((status = 200, description = "`text/event-stream`: `id: <seq>`, `event: <type>`, `data: <JSON envelope>`; `event: bookmark` frames carry the head seq"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 200, description = "`id: <seq>`, `event: <type>`, `data: <JSON envelope>` frames; `event: bookmark` frames carry the head seq", content_type = "text/event-stream", body = String),
+        (status = 400, description = "a bad filter, or a resume point past the head (`since_beyond_head`)", body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn stream(
     app: web::Data<AppState>,
@@ -204,6 +205,29 @@ pub async fn stream(
         types,
     };
 
+    let head = app.shared.head();
+    if let Some(after) = last_event_id.or(since).filter(|&after| after > head) {
+        // A resume point past the head names events that do not exist: the client follows
+        // another log (or an older copy of this one). Waiting would claim a seq that is not.
+        let field = if last_event_id.is_some() {
+            "Last-Event-ID"
+        } else {
+            "since"
+        };
+        return Err(bad(
+            "since_beyond_head",
+            field,
+            format!("{field} {after} is beyond the log's head ({head}): no such event exists here; resume from a seq this server gave, or from 0"),
+        ));
+    }
+    if req.method() == actix_web::http::Method::HEAD {
+        return Ok(Either::Left(
+            at_version(HttpResponse::Ok(), head)
+                .content_type("text/event-stream")
+                .finish(),
+        ));
+    }
+
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     // Subscribe before reading anything, so that nothing falls in between.
     let feed = app.shared.subscribe();
@@ -221,7 +245,12 @@ pub async fn stream(
         after,
         tx,
     ));
-    Ok(Sse::from_infallible_receiver(rx)
-        .with_keep_alive(Duration::from_secs(15))
-        .with_retry_duration(Duration::from_secs(3)))
+    // The head when the stream opened: what a client resumes from if it reads nothing.
+    Ok(Either::Right(
+        Sse::from_infallible_receiver(rx)
+            .with_keep_alive(Duration::from_secs(15))
+            .with_retry_duration(Duration::from_secs(3))
+            .customize()
+            .insert_header((RESOURCE_VERSION, head)),
+    ))
 }

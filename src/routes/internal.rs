@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::commands::Command;
 use crate::committer::Committed;
-use crate::http::{rfc3339, ApiError, ApiJson, AppState, Caller};
+use crate::http::{rfc3339, ApiError, ApiJson, AppState, Internal};
 use crate::lifecycle::{self, Answer, Instruction, Lifecycle, Load, Outcome};
 use crate::reconciler;
 
@@ -39,10 +39,9 @@ const RETRY_AFTER_MS: u64 = 250;
 
 async fn submit(
     app: &AppState,
-    caller: &Caller,
+    caller: &Internal,
     command: Lifecycle,
 ) -> Result<Committed, ApiError> {
-    caller.require_internal()?;
     Ok(app
         .commits
         .submit(caller.meta(), Command::Lifecycle(command))
@@ -76,7 +75,7 @@ struct Registered {
 
 pub async fn register(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     body: ApiJson<Register>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.value;
@@ -111,11 +110,7 @@ struct WorkerView {
     assigned: u32,
 }
 
-pub async fn list_workers(
-    app: web::Data<AppState>,
-    caller: Caller,
-) -> Result<HttpResponse, ApiError> {
-    caller.require_internal()?;
+pub async fn list_workers(app: web::Data<AppState>, _: Internal) -> Result<HttpResponse, ApiError> {
     let state = app.shared.read();
     let used = lifecycle::occupancy(&state);
     let workers: Vec<WorkerView> = state
@@ -181,7 +176,7 @@ fn cpu_milli(field: &'static str, cpu: f64) -> Result<u32, ApiError> {
 
 pub async fn heartbeat(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     path: web::Path<String>,
     body: ApiJson<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
@@ -243,11 +238,10 @@ fn moves_writers(event: &Event) -> bool {
 
 pub async fn instructions(
     app: web::Data<AppState>,
-    caller: Caller,
+    _: Internal,
     path: web::Path<String>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_internal()?;
     let worker_id = path.into_inner();
     let deadline = tokio::time::Instant::now() + wait_of(query.wait_ms);
     let mut feed = app.shared.subscribe();
@@ -298,7 +292,7 @@ pub struct Report {
 
 pub async fn report(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     path: web::Path<String>,
     body: ApiJson<Report>,
 ) -> Result<HttpResponse, ApiError> {
@@ -346,7 +340,7 @@ fn settles_checkout(env: &Envelope, db_id: Uuid) -> bool {
 
 pub async fn checkout(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     body: ApiJson<Checkout>,
 ) -> Result<HttpResponse, ApiError> {
     let c = body.value;
@@ -401,7 +395,7 @@ pub struct Renew {
 
 pub async fn renew(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     path: web::Path<String>,
     body: ApiJson<Renew>,
 ) -> Result<HttpResponse, ApiError> {
@@ -438,7 +432,7 @@ pub struct Release {
 
 pub async fn release(
     app: web::Data<AppState>,
-    caller: Caller,
+    caller: Internal,
     path: web::Path<String>,
     _body: ApiJson<Release>,
 ) -> Result<HttpResponse, ApiError> {
@@ -459,8 +453,11 @@ fn lease_id(raw: &str) -> Result<Uuid, ApiError> {
 // ---- operations ----
 
 /// Runs a reconciler pass now and answers when it is durable.
-pub async fn reconcile(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    caller.require_internal()?;
+pub async fn reconcile(app: web::Data<AppState>, _: Internal) -> Result<HttpResponse, ApiError> {
+    reconcile_now(&app).await
+}
+
+async fn reconcile_now(app: &AppState) -> Result<HttpResponse, ApiError> {
     reconciler::pass(&app.commits).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "now": rfc3339(app.clock.now()) })))
 }
@@ -474,10 +471,9 @@ pub struct Advance {
 /// Moves the manual clock forward, then runs a reconciler pass at the new time.
 pub async fn advance_clock(
     app: web::Data<AppState>,
-    caller: Caller,
+    _: Internal,
     body: ApiJson<Advance>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_internal()?;
     let secs = body.value.seconds;
     if !secs.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&secs) {
         return Err(ApiError::from(crate::domain::Invalid {
@@ -492,5 +488,5 @@ pub async fn advance_clock(
             "the clock only moves by itself: start the server with SPG99_CLOCK=manual",
         ));
     }
-    reconcile(app, caller).await
+    reconcile_now(&app).await
 }

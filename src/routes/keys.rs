@@ -22,6 +22,7 @@ use crate::domain::{parse_label, Invalid, ResourceName};
 use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
+use crate::http::openapi::Idempotent;
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, ToSchema)]
@@ -168,7 +169,7 @@ fn parse_expiry(raw: &str, now: Timestamp) -> Result<Timestamp, Invalid> {
     Ok(at)
 }
 
-#[utoipa::path(post, path = "/v2/accounts/{account}/api-keys", tag = "api-keys", params(("account" = Uuid, Path)), request_body = IssueKey, responses((status = 201, description = "the key and its token, shown once", body = KeyWithToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/accounts/{account}/api-keys", tag = "api-keys", operation_id = "issueApiKey", params(("account" = Uuid, Path), Idempotent), request_body = IssueKey, responses((status = 201, description = "the key and its token, shown once", body = KeyWithToken), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn issue(
     app: web::Data<AppState>,
     caller: Caller,
@@ -176,7 +177,6 @@ pub async fn issue(
     path: web::Path<String>,
     body: ApiJson<IssueKey>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.key()?;
     let account = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("account"))?;
     let b = &body.value;
     let scope = parse_scope(b)?;
@@ -204,21 +204,21 @@ pub async fn issue(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
-#[utoipa::path(get, path = "/v2/api-keys/me", tag = "api-keys", responses((status = 200, body = KeyView)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/api-keys/me", tag = "api-keys", operation_id = "getCallingApiKey", responses((status = 200, body = KeyView)), security(("bearer" = [])))]
 pub async fn me(app: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let state = app.shared.read();
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(KeyView::new(&state, key)))
 }
 
-#[utoipa::path(post, path = "/v2/api-keys/rotate", tag = "api-keys", request_body(content = Empty, description = "optional"), responses((status = 200, description = "the key and its new token, shown once", body = KeyWithToken)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/api-keys/rotate", tag = "api-keys", operation_id = "rotateCallingApiKey", params(Idempotent), request_body(content = Empty, description = "optional"), responses((status = 200, description = "the key and its new token, shown once", body = KeyWithToken)), security(("bearer" = [])))]
 pub async fn rotate(
     app: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     body: ApiJson<Empty>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     // Same key id, new secret.
     let token = Token::with_new_secret(&key.id);
     let command = Command::RotateKey {
@@ -235,14 +235,14 @@ pub struct Revoke {
     key_id: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v2/api-keys/revoke", tag = "api-keys", request_body(content = Revoke, description = "optional; without `key_id` the calling key is revoked"), responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/api-keys/revoke", tag = "api-keys", operation_id = "revokeApiKey", params(Idempotent), request_body(content = Revoke, description = "optional; without `key_id` the calling key is revoked"), responses((status = 200, body = KeyView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn revoke(
     app: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     body: ApiJson<Revoke>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let key_id = body.value.key_id.clone().unwrap_or_else(|| key.id.clone());
     let command = Command::RevokeKey {
         key_id: body.value.key_id.clone(),

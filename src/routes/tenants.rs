@@ -23,6 +23,7 @@ use crate::committer::Rendered;
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
 use crate::http::mutation::{answer, execute};
+use crate::http::openapi::Idempotent;
 use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 use crate::secrets::SecretBox;
@@ -104,14 +105,13 @@ pub struct CreateTenant {
     account: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v2/tenants", tag = "tenants", request_body = CreateTenant, responses((status = 201, description = "the tenant with its credentials", body = TenantCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/tenants", tag = "tenants", operation_id = "createTenant", params(Idempotent), request_body = CreateTenant, responses((status = 201, description = "the tenant with its credentials", body = TenantCreated), (status = 403, body = ErrorBody), (status = 404, description = "`account` names no account the key sees", body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
     body: ApiJson<CreateTenant>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.key()?;
     let name = ResourceName::parse("name", &body.value.name)?;
     let account = match &body.value.account {
         None => None,
@@ -145,13 +145,13 @@ pub async fn create(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
-#[utoipa::path(get, path = "/v2/tenants", tag = "tenants", params(("limit" = Option<u32>, Query, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<TenantView>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/tenants", tag = "tenants", operation_id = "listTenants", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<TenantView>)), security(("bearer" = [])))]
 pub async fn list(
     app: web::Data<AppState>,
     caller: Caller,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let page = query.parse()?;
     let state = app.shared.read();
     let start = page.after.clone().unwrap_or_default();
@@ -166,25 +166,25 @@ pub async fn list(
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
-#[utoipa::path(get, path = "/v2/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path)), responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/tenants/{tenant}", tag = "tenants", operation_id = "getTenant", params(("tenant" = String, Path)), responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn get(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let state = app.shared.read();
     let t = access::tenant(&state, key, &path)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(TenantView::new(&state, t)))
 }
 
-#[utoipa::path(get, path = "/v2/tenants/{tenant}/credentials", tag = "tenants", params(("tenant" = String, Path)), responses((status = 200, body = Credentials), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v2/tenants/{tenant}/credentials", tag = "tenants", operation_id = "getTenantCredentials", params(("tenant" = String, Path)), responses((status = 200, body = Credentials), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
 pub async fn credentials(
     app: web::Data<AppState>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = caller.key()?;
+    let key = &caller.key;
     let state = app.shared.read();
     let t = access::tenant(&state, key, &path)?;
     let creds = Credentials::new(&app.secrets, &app.gateway_host, t)?;
@@ -198,7 +198,7 @@ pub struct DeleteQuery {
     cascade: bool,
 }
 
-#[utoipa::path(delete, path = "/v2/tenants/{tenant}", tag = "tenants", params(("tenant" = String, Path), ("cascade" = Option<bool>, Query, description = "also delete its databases")), responses((status = 202, description = "the tenant, `deleting`", body = TenantView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "databases remain and no cascade", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v2/tenants/{tenant}", tag = "tenants", operation_id = "deleteTenant", params(("tenant" = String, Path), ("cascade" = Option<bool>, Query, description = "also delete its databases"), Idempotent), responses((status = 202, description = "the tenant, `deleting`", body = TenantView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "databases remain and no cascade", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     app: web::Data<AppState>,
     caller: Caller,
@@ -206,7 +206,6 @@ pub async fn delete(
     path: web::Path<String>,
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.key()?;
     let tenant = ResourceName::parse("tenant", &path).map_err(|_| ApiError::not_found("tenant"))?;
     let name = tenant.as_str().to_owned();
     let command = Command::DeleteTenant {
