@@ -228,7 +228,14 @@ async fn creates(addr: &str, gateways: usize, dur: Duration) -> Row {
 async fn spawn_worker(addr: &str) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spg99"))
         .args(["worker", "--control-plane", &format!("http://{addr}")])
-        .args(["--id", "w1", "--capacity", "100000"])
+        .args([
+            "--id",
+            "w1",
+            "--capacity",
+            "100000",
+            "--compute",
+            "simulated",
+        ])
         .env("SPG99_SERVICE_TOKEN", SERVICE)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -8,46 +8,7 @@ use serde::Serialize;
 
 use crate::domain::Invalid;
 
-/// One compute profile: a writer's CPU and memory.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Profile {
-    pub name: &'static str,
-    pub vcpu: f32,
-    pub memory_mib: u32,
-}
-
-pub const PROFILES: &[Profile] = &[
-    Profile {
-        name: "c0.25",
-        vcpu: 0.25,
-        memory_mib: 1024,
-    },
-    Profile {
-        name: "c0.5",
-        vcpu: 0.5,
-        memory_mib: 2048,
-    },
-    Profile {
-        name: "c1",
-        vcpu: 1.0,
-        memory_mib: 4096,
-    },
-    Profile {
-        name: "c2",
-        vcpu: 2.0,
-        memory_mib: 8192,
-    },
-    Profile {
-        name: "c4",
-        vcpu: 4.0,
-        memory_mib: 16384,
-    },
-    Profile {
-        name: "c8",
-        vcpu: 8.0,
-        memory_mib: 32768,
-    },
-];
+pub use spg99_wire::profiles::{profile, Profile, PROFILES};
 
 /// One size of the catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -103,10 +64,6 @@ impl Size {
     pub fn name(self) -> &'static str {
         self.0.name
     }
-}
-
-pub fn profile(name: &str) -> Option<&'static Profile> {
-    PROFILES.iter().find(|p| p.name == name)
 }
 
 /// The profiles the autoscaler may use for a size, smallest first (none for a size the

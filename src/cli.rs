@@ -46,9 +46,10 @@ pub enum Commands {
         #[command(flatten)]
         source: SourceArgs,
     },
-    /// Run a simulated compute worker against a control plane's internal API (token in
-    /// SPG99_SERVICE_TOKEN): registers, obeys its instructions, reports, heartbeats a load.
-    Worker(crate::agent::WorkerArgs),
+    /// Run a compute worker against a control plane's internal API (token in
+    /// SPG99_SERVICE_TOKEN): PostgreSQL for each database placed on it (or a simulation),
+    /// on the control plane's instructions.
+    Worker(spg99_worker::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -78,6 +78,12 @@ pub enum Command {
         name: ResourceName,
         pg_user: String,
         pg_password: Sealed,
+        verifier: Sealed,
+    },
+    /// A tenant created before verifiers existed gets one (system only, at a start).
+    SetTenantVerifier {
+        tenant_id: Uuid,
+        verifier: Sealed,
     },
     DeleteTenant {
         tenant: ResourceName,
@@ -421,6 +427,7 @@ pub fn decide(
             name,
             pg_user,
             pg_password,
+            verifier,
         } => {
             let key = caller(state, meta)?;
             let account = match (key.scope, account) {
@@ -468,16 +475,46 @@ pub fn decide(
                 tenant_id: Some(*tenant_id),
                 db_id: None,
             };
-            Ok(vec![Draft::new(
-                subject,
-                Event::TenantCreated {
-                    tenant_id: *tenant_id,
-                    account_id: account,
-                    name: name.as_str().to_owned(),
-                    pg_user: pg_user.clone(),
-                    pg_password: pg_password.clone(),
-                },
-            )])
+            Ok(vec![
+                Draft::new(
+                    subject.clone(),
+                    Event::TenantCreated {
+                        tenant_id: *tenant_id,
+                        account_id: account,
+                        name: name.as_str().to_owned(),
+                        pg_user: pg_user.clone(),
+                        pg_password: pg_password.clone(),
+                    },
+                ),
+                Draft::new(
+                    subject,
+                    Event::TenantVerifierSet {
+                        tenant_id: *tenant_id,
+                        verifier: verifier.clone(),
+                    },
+                ),
+            ])
+        }
+        Command::SetTenantVerifier {
+            tenant_id,
+            verifier,
+        } => {
+            if meta.actor != Actor::System {
+                return Err(forbidden(
+                    "system_only",
+                    "only the control plane itself gives old tenants their verifier",
+                ));
+            }
+            match state.tenants.get(tenant_id) {
+                Some(t) if t.verifier.is_none() => Ok(vec![Draft::new(
+                    Subject::tenant(t),
+                    Event::TenantVerifierSet {
+                        tenant_id: *tenant_id,
+                        verifier: verifier.clone(),
+                    },
+                )]),
+                _ => Ok(vec![]),
+            }
         }
         Command::DeleteTenant { tenant, cascade } => {
             let key = caller(state, meta)?;

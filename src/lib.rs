@@ -12,12 +12,12 @@
 //! - [`lifecycle`]: workers, Gateway checkouts and leases, the reconciler's steps and the
 //!   autoscaler: the rules that start, stop and move databases.
 //! - [`reconciler`]: the background loop that runs the lifecycle's time-driven steps.
-//! - [`agent`]: `spg99 worker`, a simulated compute worker driven by the internal API.
 //! - [`recovery`]: start-up replay of the log into the read models; [`snapshot`]: snapshots
 //!   of them, written in the background, so that start-up replays only the tail.
 //! - [`domain`]: validated values (names, e-mail addresses, ...); [`catalog`]: database sizes
 //!   and compute profiles.
-//! - [`secrets`]: the secret key that seals passwords and recorded answers in the log.
+//! - [`secrets`]: the secret key that seals passwords and recorded answers in the log;
+//!   [`credentials`]: tenants' passwords and their SCRAM verifiers.
 //! - [`auth`]: token format, hashing and authentication.
 //! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
 //! - [`routes`]: one module of handlers per resource.
@@ -30,13 +30,13 @@
 //! `spg99-projections`; this crate depends on both, never the other way round.
 
 pub mod access;
-pub mod agent;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod committer;
+pub mod credentials;
 pub mod domain;
 pub mod http;
 pub mod lifecycle;

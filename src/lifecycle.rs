@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::catalog;
 use crate::commands::{conflict, CommandMeta, Draft, Rejection, Subject};
+pub use spg99_wire::{Instruction, Op, Outcome};
 
 /// The lifecycle's tunables. Defaults are the documented production values.
 #[derive(Debug, Clone)]
@@ -123,31 +124,6 @@ pub struct Load {
     pub active_connections: u32,
 }
 
-/// What a worker reports about an instruction (`"started"`, ... on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Started,
-    Stopped,
-    Prepared,
-    Promoted,
-    Aborted,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Started => "started",
-            Outcome::Stopped => "stopped",
-            Outcome::Prepared => "prepared",
-            Outcome::Promoted => "promoted",
-            Outcome::Aborted => "aborted",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
 /// The reconciler's steps, in the order it runs them. Each sees the effects of the ones
 /// before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +167,8 @@ pub enum Lifecycle {
         outcome: Outcome,
         backend_addr: Option<String>,
         reason: Option<String>,
+        /// The writer keeps the database's data on the worker's own storage.
+        keeps_data: bool,
     },
     Checkout {
         pg_user: String,
@@ -352,6 +330,7 @@ pub fn decide(
                 outcome,
                 backend_addr,
                 reason,
+                keeps_data,
             },
         ) => {
             live_worker(state, worker_id)?;
@@ -364,6 +343,7 @@ pub fn decide(
                 *outcome,
                 backend_addr.as_deref(),
                 reason.as_deref(),
+                *keeps_data,
             )?;
             let accepted = !drafts.is_empty();
             Ok((drafts, Answer::Accepted(accepted)))
@@ -626,7 +606,11 @@ fn report(
     outcome: Outcome,
     backend_addr: Option<&str>,
     reason: Option<&str>,
+    keeps_data: bool,
 ) -> Result<Vec<Draft>, Rejection> {
+    if outcome == Outcome::Destroyed {
+        return Ok(destroyed(state, worker_id, db_id).into_iter().collect());
+    }
     let Some(db) = state.dbs.get(&db_id) else {
         return Ok(vec![]);
     };
@@ -655,11 +639,38 @@ fn report(
             .collect::<String>()
     };
     let stage = db.scale.stage;
+    // A writer that serves from this worker's own storage: the data is here from now on.
+    let placed = || {
+        (keeps_data && db.data_on.as_deref() != Some(worker_id)).then(|| {
+            Draft::new(
+                subject.clone(),
+                Event::DbDataPlaced {
+                    db_id,
+                    worker_id: worker_id.to_owned(),
+                },
+            )
+        })
+    };
     let event = match outcome {
-        Outcome::Started if writer && db.state == DbState::Starting => Event::DbStarted {
-            db_id,
-            backend_addr: addr()?,
-        },
+        Outcome::Started if writer && db.state == DbState::Starting => {
+            let started = Draft::new(
+                subject.clone(),
+                Event::DbStarted {
+                    db_id,
+                    backend_addr: addr()?,
+                },
+            );
+            return Ok(std::iter::once(started).chain(placed()).collect());
+        }
+        // The serving writer stopped by itself (its server exited): the database is stopped,
+        // and the next checkout starts it again.
+        Outcome::Failed if writer && db.state == DbState::Running && !stage.in_progress() => {
+            Event::DbStopped {
+                db_id,
+                reason: format!("the writer on {worker_id} stopped unexpectedly: {}", why()),
+                retire: false,
+            }
+        }
         Outcome::Failed if writer && db.state == DbState::Starting => Event::DbStartFailed {
             db_id,
             reason: format!("the writer failed to start on {worker_id}: {}", why()),
@@ -689,11 +700,17 @@ fn report(
                 deadline: after(cx.now, cx.settings.phase_deadline),
             }
         }
-        Outcome::Promoted if candidate && stage == ScaleStage::Cutover => Event::DbScaleCompleted {
-            db_id,
-            backend_addr: addr()?,
-            cooldown_until: after(cx.now, cx.settings.autoscaler.cooldown),
-        },
+        Outcome::Promoted if candidate && stage == ScaleStage::Cutover => {
+            let completed = Draft::new(
+                subject.clone(),
+                Event::DbScaleCompleted {
+                    db_id,
+                    backend_addr: addr()?,
+                    cooldown_until: after(cx.now, cx.settings.autoscaler.cooldown),
+                },
+            );
+            return Ok(std::iter::once(completed).chain(placed()).collect());
+        }
         Outcome::Stopped if writer && db.state == DbState::Stopping => Event::DbStopped {
             db_id,
             reason: "stopped after being idle".into(),
@@ -707,6 +724,29 @@ fn report(
         _ => return Ok(vec![]),
     };
     Ok(vec![Draft::new(subject, event)])
+}
+
+/// A worker removed its copy of a database's data: the copy the database lives on, or one
+/// left behind. A report about a copy nobody asked it to remove changes nothing.
+fn destroyed(state: &State, worker_id: &str, db_id: Uuid) -> Option<Draft> {
+    let db = state.dbs.get(&db_id);
+    let stale = state
+        .stale_copies
+        .contains_key(&(worker_id.to_owned(), db_id));
+    let deleting_here =
+        db.is_some_and(|d| d.state == DbState::Deleting && d.data_on.as_deref() == Some(worker_id));
+    if !stale && !deleting_here {
+        return None;
+    }
+    let event = Event::DbDataDestroyed {
+        db_id,
+        worker_id: worker_id.to_owned(),
+    };
+    // A stale copy may outlive its database and tenant.
+    Some(match db.and_then(|d| state.tenants.get(&d.tenant)) {
+        Some(t) => Draft::new(Subject::db(t, db_id), event),
+        None => Draft::global(event),
+    })
 }
 
 fn checkout(
@@ -796,13 +836,28 @@ fn checkout(
                 .ok_or_else(|| {
                     conflict("unknown_size", "the database's size is not in the catalog")
                 })?;
-            let worker = place(state, cx, profile, None).ok_or_else(|| {
-                busy(
-                    "no_capacity",
-                    format!("no live worker has room for a {profile} writer; retry shortly"),
-                    2,
-                )
-            })?;
+            let worker = match db.data_on.as_deref() {
+                // Its data lives on one worker's own storage: it starts there or not at all.
+                Some(home) => {
+                    place(state, cx, profile, Placement::Only(home)).ok_or_else(|| {
+                        busy(
+                            "data_unavailable",
+                            format!(
+                            "the worker that holds database {db_name:?}'s data ({home}) is not \
+                             live or has no room for it; retry shortly"
+                        ),
+                            2,
+                        )
+                    })?
+                }
+                None => place(state, cx, profile, Placement::Anywhere).ok_or_else(|| {
+                    busy(
+                        "no_capacity",
+                        format!("no live worker has room for a {profile} writer; retry shortly"),
+                        2,
+                    )
+                })?,
+            };
             let drafts = vec![Draft::new(
                 Subject::db(t, db.id),
                 Event::DbStartRequested {
@@ -834,15 +889,35 @@ pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
     used
 }
 
-/// The live worker with the most room that runs `profile`, other than `avoid`; ties go to
-/// the smallest id, so placement is deterministic.
-fn place(state: &State, cx: &Context<'_>, profile: &str, avoid: Option<&str>) -> Option<String> {
+/// Which workers a writer may go to.
+#[derive(Debug, Clone, Copy)]
+enum Placement<'a> {
+    Anywhere,
+    /// Any but this one (a candidate, away from the serving writer).
+    Avoid(&'a str),
+    /// This one only (the one holding the database's data).
+    Only(&'a str),
+}
+
+/// The live worker with the most room that runs `profile`, among those `placement` allows;
+/// ties go to the smallest id, so placement is deterministic.
+fn place(
+    state: &State,
+    cx: &Context<'_>,
+    profile: &str,
+    placement: Placement<'_>,
+) -> Option<String> {
     let used = occupancy(state);
     let timeout = cx.settings.worker_timeout;
+    let allowed = |id: &str| match placement {
+        Placement::Anywhere => true,
+        Placement::Avoid(other) => id != other,
+        Placement::Only(one) => id == one,
+    };
     state
         .workers
         .values()
-        .filter(|w| w.lost_at.is_none() && Some(w.id.as_str()) != avoid)
+        .filter(|w| w.lost_at.is_none() && allowed(&w.id))
         .filter(|w| w.profiles.iter().any(|p| p == profile))
         .filter(|w| {
             cx.runtime
@@ -1052,8 +1127,12 @@ fn autoscale(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
         }
         _ => return None,
     };
-    let candidate = place(state, cx, target, Some(&writer.worker_id))
-        .or_else(|| place(state, cx, target, None))?;
+    let candidate = match db.data_on.as_deref() {
+        // The data is on this worker's own storage: the candidate takes it over in place.
+        Some(home) => place(state, cx, target, Placement::Only(home))?,
+        None => place(state, cx, target, Placement::Avoid(&writer.worker_id))
+            .or_else(|| place(state, cx, target, Placement::Anywhere))?,
+    };
     let t = state.tenants.get(&db.tenant)?;
     Some(Draft::new(
         Subject::db(t, db.id),
@@ -1072,12 +1151,20 @@ fn autoscale(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
 fn finish_deletions(state: &State) -> Vec<Draft> {
     let mut drafts = Vec::new();
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
+    // Its data is still on a live worker, which is told to remove it (`destroy`); a lost
+    // worker's copy is left for it to remove when it comes back (`stale_copies`).
+    let data_kept = |d: &Db| {
+        d.data_on
+            .as_ref()
+            .and_then(|w| state.workers.get(w))
+            .is_some_and(|w| w.lost_at.is_none())
+    };
     let mut removed = BTreeSet::new();
     for d in state.active_dbs().filter(|d| d.state == DbState::Deleting) {
         let Some(t) = state.tenants.get(&d.tenant) else {
             continue;
         };
-        if !held(d.id) {
+        if !held(d.id) && !data_kept(d) {
             removed.insert(d.id);
             drafts.push(Draft::new(
                 Subject::db(t, d.id),
@@ -1109,31 +1196,30 @@ fn finish_deletions(state: &State) -> Vec<Draft> {
 }
 
 /// What a worker must do now, derived from the state alone (level-triggered: an instruction
-/// is repeated until the report that settles it is recorded).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-pub struct Instruction {
-    /// `start`, `stop`, `prepare`, `promote` or `abort`.
-    pub op: &'static str,
-    pub db_id: Uuid,
-    pub writer_term: u64,
-    pub profile: Option<String>,
-}
-
+/// is repeated until the report that settles it is recorded). The route adds each writer's
+/// role verifier, which the state holds sealed.
 pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     let mut out = Vec::new();
-    let mut push = |op, db_id, w: &Writer, with_profile: bool| {
-        out.push(Instruction {
+    let instruction = |op, db: &Db, term, profile: Option<&str>| {
+        let pg_user = state.tenants.get(&db.tenant).map(|t| t.pg_user.clone());
+        let serves = matches!(op, Op::Start | Op::Prepare | Op::Promote);
+        Instruction {
             op,
-            db_id,
-            writer_term: w.term,
-            profile: with_profile.then(|| w.profile.clone()),
-        })
+            db_id: db.id,
+            writer_term: term,
+            profile: profile.map(str::to_owned),
+            timeline: Some(db.timeline.clone()),
+            database: serves.then(|| db.name.clone()),
+            pg_user: pg_user.filter(|_| serves),
+            verifier: None,
+        }
     };
+    let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
     for db in state.active_dbs() {
         if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
             match db.state {
-                DbState::Starting => push("start", db.id, w, true),
-                DbState::Stopping => push("stop", db.id, w, false),
+                DbState::Starting => out.push(instruction(Op::Start, db, w.term, Some(&w.profile))),
+                DbState::Stopping => out.push(instruction(Op::Stop, db, w.term, None)),
                 _ => {}
             }
         }
@@ -1144,10 +1230,18 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             .filter(|c| c.worker_id == worker_id)
         {
             match db.scale.stage {
-                ScaleStage::PreparingCandidate => push("prepare", db.id, c, true),
-                ScaleStage::Cutover => push("promote", db.id, c, true),
+                ScaleStage::PreparingCandidate => {
+                    out.push(instruction(Op::Prepare, db, c.term, Some(&c.profile)))
+                }
+                ScaleStage::Cutover => {
+                    out.push(instruction(Op::Promote, db, c.term, Some(&c.profile)))
+                }
                 _ => {}
             }
+        }
+        let gone = db.state == DbState::Deleting && db.writer.is_none() && !held(db.id);
+        if gone && db.data_on.as_deref() == Some(worker_id) {
+            out.push(instruction(Op::Destroy, db, 0, None));
         }
     }
     let from = (worker_id.to_owned(), Uuid::nil(), 0);
@@ -1155,14 +1249,36 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         if w != worker_id {
             break;
         }
+        let op = match how {
+            Retire::Stop => Op::Stop,
+            Retire::Abort => Op::Abort,
+        };
+        let timeline = state.dbs.get(db_id).map(|d| d.timeline.clone());
         out.push(Instruction {
-            op: match how {
-                Retire::Stop => "stop",
-                Retire::Abort => "abort",
-            },
+            op,
             db_id: *db_id,
             writer_term: *term,
             profile: None,
+            timeline,
+            database: None,
+            pg_user: None,
+            verifier: None,
+        });
+    }
+    let from = (worker_id.to_owned(), Uuid::nil());
+    for ((w, db_id), timeline) in state.stale_copies.range(from..) {
+        if w != worker_id {
+            break;
+        }
+        out.push(Instruction {
+            op: Op::Destroy,
+            db_id: *db_id,
+            writer_term: 0,
+            profile: None,
+            timeline: Some(timeline.clone()),
+            database: None,
+            pg_user: None,
+            verifier: None,
         });
     }
     out

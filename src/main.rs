@@ -10,7 +10,7 @@ fn main() {
     spg99::telemetry::init();
     let code = match cli.command {
         Commands::Serve(args) => serve(Config::from_args(args)),
-        Commands::Worker(args) => spg99::agent::run(args),
+        Commands::Worker(args) => spg99_worker::run(args),
         other => match run_tool(other) {
             Ok(()) => 0,
             Err(e) => {

@@ -139,6 +139,7 @@ impl Application {
         );
         let commits = committer.handle();
         bootstrap(&commits, &config).await?;
+        give_old_tenants_verifiers(&commits, &secrets).await?;
         actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
         actix_web::rt::spawn(crate::snapshot::run(
             commits.shared().clone(),
@@ -192,6 +193,41 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Tenants created before verifiers existed get theirs, once, by an event (derived here from
+/// their password; never by replay).
+async fn give_old_tenants_verifiers(
+    commits: &CommitHandle,
+    secrets: &SecretBox,
+) -> Result<(), StartError> {
+    let missing: Vec<(uuid::Uuid, spg99_events::Sealed)> = commits
+        .shared()
+        .read()
+        .tenants
+        .values()
+        .filter(|t| t.verifier.is_none())
+        .map(|t| (t.id, t.pg_password.clone()))
+        .collect();
+    for (tenant_id, sealed) in missing {
+        let password = crate::credentials::open_password(secrets, tenant_id, &sealed)?;
+        let (_, verifier) = crate::credentials::seal(secrets, tenant_id, &password);
+        let meta = CommandMeta {
+            actor: Actor::System,
+            request_id: "verifiers".into(),
+        };
+        commits
+            .submit(
+                meta,
+                Command::SetTenantVerifier {
+                    tenant_id,
+                    verifier,
+                },
+            )
+            .await
+            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// First start: the first global key. Every start: the service token.

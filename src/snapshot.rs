@@ -31,8 +31,9 @@ use crate::stream::Follower;
 const MAGIC: &[u8; 8] = b"SPG99SNP";
 /// The encoding of [`State`]: bumped whenever its shape changes, so that a snapshot of an
 /// older shape is skipped (and the log replayed) rather than misread. 2: the lifecycle
-/// (workers, leases, writers, handoffs, usage).
-const VERSION: u8 = 2;
+/// (workers, leases, writers, handoffs, usage). 3: tenants' verifiers, where each database's
+/// data lives, and stale copies.
+const VERSION: u8 = 3;
 const KEEP: usize = 2;
 pub const DIR: &str = "snapshots";
 

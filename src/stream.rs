@@ -286,6 +286,13 @@ fn event_data(event: &Event) -> Value {
             worker_id,
             writer_term,
         } => json!({ "db_id": db_id, "worker_id": worker_id, "writer_term": writer_term }),
+        Event::TenantVerifierSet { tenant_id, .. }
+        | Event::TenantPasswordReset { tenant_id, .. } => {
+            json!({ "tenant_id": tenant_id })
+        }
+        Event::DbDataPlaced { db_id, worker_id } | Event::DbDataDestroyed { db_id, worker_id } => {
+            json!({ "db_id": db_id, "worker_id": worker_id })
+        }
     }
 }
 

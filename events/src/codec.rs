@@ -299,6 +299,23 @@ mod tests {
                 worker_id: "w-1".into(),
                 writer_term: 1,
             },
+            Event::TenantVerifierSet {
+                tenant_id: Uuid::from_u128(7),
+                verifier: Sealed(vec![4; 20]),
+            },
+            Event::TenantPasswordReset {
+                tenant_id: Uuid::from_u128(7),
+                pg_password: Sealed(vec![5; 20]),
+                verifier: Sealed(vec![6; 20]),
+            },
+            Event::DbDataPlaced {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w-1".into(),
+            },
+            Event::DbDataDestroyed {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w-1".into(),
+            },
         ]
     }
 
@@ -335,9 +352,13 @@ mod tests {
             Event::DbScaleCompleted { .. } => 28,
             Event::DbScaleFailed { .. } => 29,
             Event::WriterRetired { .. } => 30,
+            Event::TenantVerifierSet { .. } => 31,
+            Event::TenantPasswordReset { .. } => 32,
+            Event::DbDataPlaced { .. } => 33,
+            Event::DbDataDestroyed { .. } => 34,
         }
     }
-    const VARIANTS: usize = 31;
+    const VARIANTS: usize = 35;
 
     fn envelope(seq: u64, event: Event) -> Envelope {
         Envelope {

@@ -217,6 +217,22 @@ pub enum Event {
         worker_id: String,
         writer_term: u64,
     },
+    /// The tenant's role got its SCRAM-SHA-256 verifier (sealed, like the password), from
+    /// which writers make the role and the Gateway authenticates clients. New tenants get it
+    /// with `tenant.created`; tenants older than verifiers get it once, at a start.
+    TenantVerifierSet { tenant_id: Uuid, verifier: Sealed },
+    /// The tenant's `pg_password` was reset: a new password and its verifier (both sealed).
+    TenantPasswordReset {
+        tenant_id: Uuid,
+        pg_password: Sealed,
+        verifier: Sealed,
+    },
+    /// The database's data now lives on this worker's own storage (its first start there, or
+    /// a handoff onto it): it starts there, and only there, from now on.
+    DbDataPlaced { db_id: Uuid, worker_id: String },
+    /// A worker removed its copy of the database's data (the database was deleted, or the
+    /// copy was left behind by a move).
+    DbDataDestroyed { db_id: Uuid, worker_id: String },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -276,6 +292,10 @@ impl Event {
         "db.scale_completed",
         "db.scale_failed",
         "writer.retired",
+        "tenant.verifier_set",
+        "tenant.password_reset",
+        "db.data_placed",
+        "db.data_destroyed",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -312,6 +332,10 @@ impl Event {
             Event::DbScaleCompleted { .. } => "db.scale_completed",
             Event::DbScaleFailed { .. } => "db.scale_failed",
             Event::WriterRetired { .. } => "writer.retired",
+            Event::TenantVerifierSet { .. } => "tenant.verifier_set",
+            Event::TenantPasswordReset { .. } => "tenant.password_reset",
+            Event::DbDataPlaced { .. } => "db.data_placed",
+            Event::DbDataDestroyed { .. } => "db.data_destroyed",
         }
     }
 }

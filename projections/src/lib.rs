@@ -63,6 +63,10 @@ pub struct State {
     /// Writers that no longer serve and that their worker must still shut down, by
     /// (worker, database, term).
     pub retiring: BTreeMap<(String, Uuid, u64), Retire>,
+    /// Copies of databases' data that their worker must still remove, by (worker, database),
+    /// with the copy's timeline: left behind when the data moved to another worker, or when
+    /// a database was deleted while the worker holding it was lost.
+    pub stale_copies: BTreeMap<(String, Uuid), String>,
     /// Compute used, by (account, billing period, database); see [`billing`].
     pub usage: BTreeMap<(Uuid, u32, Uuid), Usage>,
     /// The databases the lifecycle has work with: a writer or candidate placed, or being
@@ -203,10 +207,29 @@ impl State {
                         name: name.clone(),
                         pg_user: pg_user.clone(),
                         pg_password: pg_password.clone(),
+                        verifier: None,
                         created_at: at,
                         deleting: false,
                     },
                 );
+            }
+            Event::TenantVerifierSet {
+                tenant_id,
+                verifier,
+            } => {
+                if let Some(t) = self.tenants.get_mut(tenant_id) {
+                    t.verifier = Some(verifier.clone());
+                }
+            }
+            Event::TenantPasswordReset {
+                tenant_id,
+                pg_password,
+                verifier,
+            } => {
+                if let Some(t) = self.tenants.get_mut(tenant_id) {
+                    t.pg_password = pg_password.clone();
+                    t.verifier = Some(verifier.clone());
+                }
             }
             Event::TenantDeleteRequested { tenant_id } => self.mark_tenant_deleting(*tenant_id, at),
             Event::TenantDeleted { tenant_id } => self.remove_tenant(*tenant_id),
@@ -245,6 +268,7 @@ impl State {
                         load_band: LoadBand::Low,
                         load_band_since: at,
                         running_since: None,
+                        data_on: None,
                     },
                 );
             }
@@ -402,6 +426,13 @@ impl State {
                 if let Some(db) = self.dbs.get_mut(db_id) {
                     db.cpu_milli = *cpu_milli;
                     db.active_connections = *active_connections;
+                    // A database is idle when nothing uses it: no lease and no session, the
+                    // direct ones its writer reports included.
+                    if *active_connections > 0 {
+                        db.idle_since = None;
+                    } else if db.state == DbState::Running && db.leases.is_empty() {
+                        db.idle_since.get_or_insert(at);
+                    }
                     if db.load_band != *band {
                         db.load_band = *band;
                         db.load_band_since = at;
@@ -493,6 +524,24 @@ impl State {
                 self.retiring
                     .remove(&(worker_id.clone(), *db_id, *writer_term));
             }
+            Event::DbDataPlaced { db_id, worker_id } => {
+                self.stale_copies.remove(&(worker_id.clone(), *db_id));
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    if let Some(old) = db.data_on.replace(worker_id.clone()) {
+                        if old != *worker_id {
+                            self.stale_copies.insert((old, *db_id), db.timeline.clone());
+                        }
+                    }
+                }
+            }
+            Event::DbDataDestroyed { db_id, worker_id } => {
+                self.stale_copies.remove(&(worker_id.clone(), *db_id));
+                if let Some(db) = self.dbs.get_mut(db_id) {
+                    if db.data_on.as_ref() == Some(worker_id) {
+                        db.data_on = None;
+                    }
+                }
+            }
         }
         if let Some(db) = env.db_id {
             self.reindex(db);
@@ -575,7 +624,7 @@ impl State {
         };
         if let Some(db) = self.dbs.get_mut(&lease.db_id) {
             db.leases.remove(&lease_id);
-            if db.leases.is_empty() && db.state == DbState::Running {
+            if db.leases.is_empty() && db.state == DbState::Running && db.active_connections == 0 {
                 db.idle_since = Some(at);
             }
         }
@@ -659,6 +708,10 @@ impl State {
         self.active.remove(&db);
         if let Some(d) = self.dbs.remove(&db) {
             self.dbs_by_name.remove(&(d.tenant, d.name));
+            // Removed while the worker holding its data was lost: the copy waits for it.
+            if let Some(worker) = d.data_on {
+                self.stale_copies.insert((worker, db), d.timeline);
+            }
             for lease in d.leases {
                 self.leases.remove(&lease);
             }

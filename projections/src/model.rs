@@ -54,6 +54,9 @@ pub struct Tenant {
     pub name: String,
     pub pg_user: String,
     pub pg_password: Sealed,
+    /// The role's SCRAM-SHA-256 verifier, sealed; `None` only for a tenant created before
+    /// verifiers existed, until the start that gives it one.
+    pub verifier: Option<Sealed>,
     pub created_at: Timestamp,
     /// Deletion was asked for; the tenant disappears once its databases are gone.
     pub deleting: bool,
@@ -120,6 +123,10 @@ pub struct Db {
     pub load_band_since: Timestamp,
     /// When the serving writer started serving on its current profile (billing).
     pub running_since: Option<Timestamp>,
+    /// The worker whose own storage holds the database's data: it starts there, and only
+    /// there. `None` until a worker that keeps data has served it (simulated compute keeps
+    /// none, so its databases start wherever there is room).
+    pub data_on: Option<String>,
 }
 
 /// The writer of a database on a worker.

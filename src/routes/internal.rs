@@ -23,13 +23,14 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use spg99_events::{Envelope, Event};
+use spg99_wire as wire;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::commands::Command;
 use crate::committer::Committed;
 use crate::http::{rfc3339, ApiError, ApiJson, AppState, Internal};
-use crate::lifecycle::{self, Answer, Instruction, Lifecycle, Load, Outcome};
+use crate::lifecycle::{self, Answer, Lifecycle, Load};
 use crate::reconciler;
 
 /// Longest a checkout or an instructions poll may wait.
@@ -54,29 +55,10 @@ fn wait_of(wait_ms: Option<u64>) -> Duration {
 
 // ---- workers ----
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Register {
-    id: String,
-    address: String,
-    capacity: u32,
-    profiles: Vec<String>,
-    /// Changes when the worker process restarts; defaults to a fixed value.
-    #[serde(default)]
-    instance: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct Registered {
-    worker_id: String,
-    heartbeat_interval_ms: u64,
-    worker_timeout_ms: u64,
-}
-
 pub async fn register(
     app: web::Data<AppState>,
     caller: Internal,
-    body: ApiJson<Register>,
+    body: ApiJson<wire::Register>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.value;
     submit(
@@ -91,7 +73,7 @@ pub async fn register(
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().json(Registered {
+    Ok(HttpResponse::Ok().json(wire::Registered {
         worker_id: r.id,
         heartbeat_interval_ms: app.settings.heartbeat_interval.as_millis() as u64,
         worker_timeout_ms: app.settings.worker_timeout.as_millis() as u64,
@@ -129,38 +111,27 @@ pub async fn list_workers(app: web::Data<AppState>, _: Internal) -> Result<HttpR
     Ok(HttpResponse::Ok().json(serde_json::json!({ "workers": workers })))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoadReport {
-    db_id: Uuid,
-    /// Fraction of the writer's profile in use (1.0 = all of it).
-    cpu: f64,
-    #[serde(default)]
-    active_connections: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    #[serde(default)]
-    loads: Vec<LoadReport>,
-}
-
-#[derive(Debug, Serialize)]
-struct Instructions {
-    instructions: Vec<Instruction>,
-    /// Names this list: pass it back as `known` to wait until the list changes.
-    version: String,
-}
-
-impl Instructions {
-    fn new(instructions: Vec<Instruction>) -> Self {
-        let bytes = serde_json::to_vec(&instructions).unwrap_or_default();
-        let version = crate::auth::hex(&sha2::Sha256::digest(&bytes)[..8]);
-        Instructions {
-            instructions,
-            version,
+/// A worker's instructions, each with its role's verifier unsealed, and the list's version
+/// (what a poll with `known` compares).
+fn listed(app: &AppState, state: &spg99_projections::State, worker_id: &str) -> wire::Instructions {
+    let mut instructions = lifecycle::instructions(state, worker_id);
+    for i in &mut instructions {
+        let tenant = state
+            .dbs
+            .get(&i.db_id)
+            .and_then(|d| state.tenants.get(&d.tenant));
+        if let (Some(t), true) = (tenant, i.pg_user.is_some()) {
+            i.verifier = t
+                .verifier
+                .as_ref()
+                .and_then(|v| crate::credentials::open_verifier(&app.secrets, t.id, v).ok());
         }
+    }
+    let bytes = serde_json::to_vec(&instructions).unwrap_or_default();
+    let version = crate::auth::hex(&sha2::Sha256::digest(&bytes)[..8]);
+    wire::Instructions {
+        instructions,
+        version: Some(version),
     }
 }
 
@@ -178,7 +149,7 @@ pub async fn heartbeat(
     app: web::Data<AppState>,
     caller: Internal,
     path: web::Path<String>,
-    body: ApiJson<Heartbeat>,
+    body: ApiJson<wire::Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     let loads = body
         .value
@@ -202,8 +173,8 @@ pub async fn heartbeat(
         },
     )
     .await?;
-    let instructions = lifecycle::instructions(&app.shared.read(), &worker_id);
-    Ok(HttpResponse::Ok().json(Instructions::new(instructions)))
+    let answer = listed(&app, &app.shared.read(), &worker_id);
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,14 +217,13 @@ pub async fn instructions(
     let deadline = tokio::time::Instant::now() + wait_of(query.wait_ms);
     let mut feed = app.shared.subscribe();
     loop {
-        let found = {
+        let answer = {
             let state = app.shared.read();
             lifecycle::live_worker(&state, &worker_id)?;
-            lifecycle::instructions(&state, &worker_id)
+            listed(&app, &state, &worker_id)
         };
-        let answer = Instructions::new(found);
         let news = match &query.known {
-            Some(known) => *known != answer.version,
+            Some(known) => answer.version.as_ref() != Some(known),
             None => !answer.instructions.is_empty(),
         };
         if news || !wait_for(&mut feed, deadline, |e| moves_writers(&e.event)).await {
@@ -278,23 +248,11 @@ async fn wait_for(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Report {
-    db_id: Uuid,
-    writer_term: u64,
-    outcome: Outcome,
-    #[serde(default)]
-    backend_addr: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 pub async fn report(
     app: web::Data<AppState>,
     caller: Internal,
     path: web::Path<String>,
-    body: ApiJson<Report>,
+    body: ApiJson<wire::Report>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.value;
     let done = submit(
@@ -307,23 +265,15 @@ pub async fn report(
             outcome: r.outcome,
             backend_addr: r.backend_addr,
             reason: r.reason,
+            keeps_data: r.keeps_data,
         },
     )
     .await?;
     let accepted = done.answer == Answer::Accepted(true);
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "accepted": accepted })))
+    Ok(HttpResponse::Ok().json(wire::ReportAnswer { accepted }))
 }
 
 // ---- Gateway ----
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checkout {
-    pg_user: String,
-    db: String,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-}
 
 /// Whether an event may settle the checkout of a starting or stopping database: its start
 /// or stop ended, or it (or its tenant, or its account) is being deleted.
@@ -341,7 +291,7 @@ fn settles_checkout(env: &Envelope, db_id: Uuid) -> bool {
 pub async fn checkout(
     app: web::Data<AppState>,
     caller: Internal,
-    body: ApiJson<Checkout>,
+    body: ApiJson<wire::Checkout>,
 ) -> Result<HttpResponse, ApiError> {
     let c = body.value;
     let deadline = tokio::time::Instant::now() + wait_of(c.wait_ms);
@@ -362,20 +312,24 @@ pub async fn checkout(
                 lease_ttl_ms,
                 lease_control_epoch,
             } => {
-                return Ok(HttpResponse::Ok().json(serde_json::json!({
-                    "db_id": db_id, "backend_addr": backend_addr, "worker_id": worker_id,
-                    "lease_id": lease_id, "lease_ttl_ms": lease_ttl_ms,
-                    "lease_control_epoch": lease_control_epoch,
-                })))
+                return Ok(HttpResponse::Ok().json(wire::Lease {
+                    db_id,
+                    backend_addr,
+                    worker_id,
+                    lease_id,
+                    lease_ttl_ms,
+                    lease_control_epoch,
+                }))
             }
             Answer::Pending { db_id, state } => {
                 if !wait_for(&mut feed, deadline, |e| settles_checkout(e, db_id)).await {
                     return Ok(HttpResponse::build(StatusCode::ACCEPTED)
                         .insert_header(("Retry-After", "1"))
-                        .json(serde_json::json!({
-                            "db_id": db_id, "state": state.as_str(),
-                            "retry_after_ms": RETRY_AFTER_MS,
-                        })));
+                        .json(wire::Pending {
+                            db_id,
+                            state: state.as_str().to_owned(),
+                            retry_after_ms: RETRY_AFTER_MS,
+                        }));
                 }
             }
             other => {
@@ -386,18 +340,11 @@ pub async fn checkout(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Renew {
-    active_connections: u32,
-    lease_control_epoch: u64,
-}
-
 pub async fn renew(
     app: web::Data<AppState>,
     caller: Internal,
     path: web::Path<String>,
-    body: ApiJson<Renew>,
+    body: ApiJson<wire::Renew>,
 ) -> Result<HttpResponse, ApiError> {
     let lease_id = lease_id(&path)?;
     let done = submit(
@@ -417,24 +364,16 @@ pub async fn renew(
             1,
         ));
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "expires_at": rfc3339(expires_at) })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Release {
-    /// Accepted as the Gateway's contract has it; the lease's share of connections ends with
-    /// the lease.
-    #[serde(default)]
-    #[allow(dead_code)]
-    active_connections: u32,
+    Ok(HttpResponse::Ok().json(wire::Renewed {
+        expires_at: rfc3339(expires_at),
+    }))
 }
 
 pub async fn release(
     app: web::Data<AppState>,
     caller: Internal,
     path: web::Path<String>,
-    _body: ApiJson<Release>,
+    _body: ApiJson<wire::Release>,
 ) -> Result<HttpResponse, ApiError> {
     let lease_id = lease_id(&path)?;
     submit(&app, &caller, Lifecycle::Release { lease_id }).await?;

@@ -17,9 +17,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::access;
-use crate::auth::{random_alphanumeric, random_hex};
+use crate::auth::random_hex;
 use crate::commands::Command;
 use crate::committer::Rendered;
+use crate::credentials;
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
 use crate::http::mutation::{answer, execute};
@@ -69,9 +70,8 @@ pub struct Credentials {
 
 impl Credentials {
     fn new(secrets: &SecretBox, gateway_host: &str, t: &Tenant) -> Result<Self, ApiError> {
-        let pg_password = secrets
-            .open_string(t.id.as_bytes(), &t.pg_password)
-            .map_err(|e| {
+        let pg_password =
+            credentials::open_password(secrets, t.id, &t.pg_password).map_err(|e| {
                 tracing::error!(tenant = %t.name, error = %e, "tenant password does not open");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,13 +119,15 @@ pub async fn create(
     };
     let tenant_id = Uuid::new_v4();
     let pg_user = format!("u_{}", random_hex(8));
-    let password = random_alphanumeric(32);
+    let password = credentials::new_password();
+    let (pg_password, verifier) = credentials::seal(&app.secrets, tenant_id, &password);
     let command = Command::CreateTenant {
         tenant_id,
         account,
         name,
         pg_user,
-        pg_password: app.secrets.seal(tenant_id.as_bytes(), password.as_bytes()),
+        pg_password,
+        verifier,
     };
     let gateway_host = app.gateway_host.clone();
     let render = move |state: &State, _: &[Envelope]| -> Rendered {

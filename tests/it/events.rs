@@ -53,9 +53,10 @@ fn a_scenario_streams_in_order_and_a_resume_gets_exactly_what_was_missed() {
     assert_gapless(&frames, 1);
     let types: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
     assert_eq!(
-        &types[types.len() - 4..],
+        &types[types.len() - 5..],
         [
             "tenant.created",
+            "tenant.verifier_set",
             "db.created",
             "db.delete_requested",
             "db.deleted"

@@ -17,6 +17,7 @@ impl Agent {
     fn spawn(lab: &Lab, id: &str, extra: &[&str]) -> Agent {
         let child = Command::new(bin())
             .args(["worker", "--control-plane", &lab.s().base, "--id", id])
+            .args(["--compute", "simulated"])
             .args([
                 "--address",
                 &format!("{id}.sim:6432"),

@@ -1,15 +1,4 @@
-//! `spg99 worker`: a simulated compute worker, driven by the control plane's internal API.
-//!
-//! A real worker host runs Postgres writers, and during a handoff candidate writers (replicas
-//! catching up), on the control plane's orders. This agent plays that part without Postgres,
-//! so that placement, handoffs, failures and autoscaling can be exercised end to end: it
-//! registers, carries out instructions after configurable delays (`--start-delay-ms`,
-//! `--prepare-delay-ms`, `--promote-delay-ms`, `--stop-delay-ms`), fails or dies on request
-//! (`--fail-start`, `--fail-prepare`, `--die-mid-handoff`, which exits with status 3 on the
-//! first `prepare`), reports every outcome, and heartbeats a synthetic load for each writer it
-//! serves (`--cpu` or a repeating `--cpu-schedule`, and `--connections`). Every writer it runs
-//! answers at `--address`. It hosts at most `--capacity` writers and candidates, of the
-//! compute `--profiles` it offers, and runs until killed.
+//! The worker agent: the control plane's protocol, and the books of what this worker runs.
 //!
 //! ## Protocol
 //! All calls go to `{--control-plane}/internal/v1/workers` with `Authorization: Bearer
@@ -17,43 +6,48 @@
 //! plane is unreachable or failing) with a fresh `instance` id per process, then runs two
 //! loops: a long poll of `GET /workers/{id}/instructions?wait_ms=5000&known=<version>` (it
 //! answers when the list differs from the version last seen), the fast path, and
-//! `POST /workers/{id}/heartbeat` every `heartbeat_interval_ms` (or `--heartbeat-ms`) with one
-//! load per serving writer. Both answer the pending instructions, and both are handled. An
+//! `POST /workers/{id}/heartbeat` every `heartbeat_interval_ms` (or `--heartbeat-ms`) with the
+//! load of each serving writer. Both answer the pending instructions, and both are handled. An
 //! outcome goes back by `POST /workers/{id}/reports`. When the control plane answers
-//! `worker_unknown` (it declared this worker lost, or forgot it), the agent drops every writer
+//! `worker_unknown` (it declared this worker lost, or forgot it), the agent stops every writer
 //! it holds and registers again.
 //!
 //! ## Level-triggered instructions
 //! An instruction (`start`, `stop`, `prepare`, `promote`, `abort` of a database at a writer
-//! term) is listed on every answer until the control plane has recorded its report. The agent
-//! keys its work by (database, term, op): each instruction runs once, in its own thread (so a
-//! slow start never holds up the others), and a report still listed after it was sent is sent
-//! again (reports are idempotent on the control plane), at most once a second. A
-//! registration starts a new epoch: work begun under an older one ends without a report.
+//! term, or `destroy` of a database's data) is listed on every answer until the control plane
+//! has recorded its report. The agent keys its work by (database, term, op): each instruction
+//! runs once, in its own thread (so a slow start never holds up the others), and a report
+//! still listed after it was sent is sent again (reports are idempotent on the control plane),
+//! at most once a second. A `stop`, `abort` or `destroy` that failed runs again when listed
+//! again. A registration starts a new epoch: work begun under an older one ends without a
+//! report (and a writer it started is stopped).
 //!
 //! ## Bookkeeping
 //! The agent holds writers by (database, term), each starting, serving, preparing, a
 //! candidate or promoting; only serving writers have a load. A writer that becomes the
 //! serving one (started or promoted) fences every older term of its database on this worker,
 //! so a database has at most one serving writer here; a later `stop` of a fenced term is
-//! reported at once.
+//! reported at once. A serving writer the driver finds dead is reported `failed` (the
+//! control plane then marks its database stopped) and forgotten.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use spg99_wire::{
+    ErrorBody, Heartbeat, Instruction, Instructions, Load, Op, Outcome, Register, Registered,
+    Report, ReportAnswer,
+};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::lifecycle::Outcome;
+use crate::compute::{Compute, Served, WriterSpec};
 
 /// How long one instructions poll may wait on the control plane.
 const POLL_WAIT: Duration = Duration::from_millis(5000);
@@ -75,73 +69,14 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// Heartbeat interval when the control plane suggests none, and the shortest one used.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
-/// Exit status when the control plane refuses this worker; `--die-mid-handoff`'s status.
-const EXIT_REFUSED: i32 = 1;
-const EXIT_DIED: i32 = 3;
-
-/// `spg99 worker`: the flags.
-#[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    /// Base URL of the control plane, e.g. http://127.0.0.1:8080.
-    #[arg(long, env = "SPG99_URL")]
-    pub control_plane: String,
-    /// This worker's id, stable across restarts of the same host.
-    #[arg(long)]
-    pub id: String,
-    /// The service token the internal API expects (prefer the environment variable).
-    #[arg(long, env = "SPG99_SERVICE_TOKEN", hide_env_values = true)]
-    pub token: Token,
-    /// The worker's Postgres listener: the backend address reported for every writer it runs.
-    #[arg(long, default_value = "127.0.0.1:6432")]
-    pub address: String,
-    /// How many writers and candidates this worker can host at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    pub capacity: u32,
-    /// The compute profiles this worker offers, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "c0.25,c0.5,c1,c2,c4,c8")]
-    pub profiles: Vec<String>,
-    /// Milliseconds a `start` takes before `started` is reported.
-    #[arg(long, default_value_t = 0)]
-    pub start_delay_ms: u64,
-    /// Milliseconds a `prepare` takes (the candidate catching up) before `prepared`.
-    #[arg(long, default_value_t = 0)]
-    pub prepare_delay_ms: u64,
-    /// Milliseconds a `promote` takes before `promoted`.
-    #[arg(long, default_value_t = 0)]
-    pub promote_delay_ms: u64,
-    /// Milliseconds a `stop` of a running writer takes before `stopped`.
-    #[arg(long, default_value_t = 0)]
-    pub stop_delay_ms: u64,
-    /// Report every `start` as failed ("simulated start failure").
-    #[arg(long)]
-    pub fail_start: bool,
-    /// Report every `prepare` as failed ("simulated prepare failure").
-    #[arg(long)]
-    pub fail_prepare: bool,
-    /// On the first `prepare`, exit at once with status 3 without reporting: a candidate's
-    /// host dying mid-handoff.
-    #[arg(long)]
-    pub die_mid_handoff: bool,
-    /// Synthetic CPU load of each serving writer, as a fraction of its profile (0.0 and up).
-    #[arg(long, default_value_t = 0.1, value_parser = parse_cpu)]
-    pub cpu: f64,
-    /// A repeating CPU schedule of cpu:seconds steps, e.g. "0.9:30,0.1:60" (overrides --cpu;
-    /// the clock starts with the process and is the same for every writer).
-    #[arg(long, value_parser = CpuSchedule::parse)]
-    pub cpu_schedule: Option<CpuSchedule>,
-    /// Synthetic active connections of each serving writer.
-    #[arg(long, default_value_t = 0)]
-    pub connections: u32,
-    /// Heartbeat every this many milliseconds instead of the control plane's suggestion.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub heartbeat_ms: Option<u64>,
-}
+/// Exit status when the control plane refuses this worker.
+pub const EXIT_REFUSED: i32 = 1;
 
 /// A bearer token, kept out of `Debug` output.
 #[derive(Clone)]
-pub struct Token(String);
+pub struct Token(pub String);
 
-impl FromStr for Token {
+impl std::str::FromStr for Token {
     type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -155,160 +90,11 @@ impl fmt::Debug for Token {
     }
 }
 
-/// A CPU value: a finite fraction, 0.0 or more.
-fn parse_cpu(raw: &str) -> Result<f64, String> {
-    match raw.trim().parse::<f64>() {
-        Ok(cpu) if cpu.is_finite() && cpu >= 0.0 => Ok(cpu),
-        _ => Err(format!("`{raw}`: expected a CPU fraction, 0.0 or more")),
-    }
-}
-
-/// `--cpu-schedule`: (cpu, seconds) steps, repeated for ever.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CpuSchedule {
-    steps: Vec<(f64, f64)>,
-    period: f64,
-}
-
-impl CpuSchedule {
-    /// `0.9:30,0.1:60` → 0.9 for 30 s, then 0.1 for 60 s, then again.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let steps = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|step| !step.is_empty())
-            .map(Self::step)
-            .collect::<Result<Vec<_>, _>>()?;
-        if steps.is_empty() {
-            return Err("expected cpu:seconds steps, e.g. 0.9:30,0.1:60".into());
-        }
-        let period = steps.iter().map(|(_, secs)| secs).sum();
-        Ok(Self { steps, period })
-    }
-
-    fn step(raw: &str) -> Result<(f64, f64), String> {
-        let (cpu, secs) = raw
-            .split_once(':')
-            .ok_or_else(|| format!("`{raw}`: expected cpu:seconds"))?;
-        let cpu = parse_cpu(cpu)?;
-        match secs.trim().parse::<f64>() {
-            Ok(secs) if secs.is_finite() && secs > 0.0 => Ok((cpu, secs)),
-            _ => Err(format!("`{raw}`: seconds must be a positive number")),
-        }
-    }
-
-    /// The CPU `elapsed` after the schedule began.
-    pub fn at(&self, elapsed: Duration) -> f64 {
-        let mut t = elapsed.as_secs_f64() % self.period;
-        for &(cpu, secs) in &self.steps {
-            if t < secs {
-                return cpu;
-            }
-            t -= secs;
-        }
-        // Only rounding gets here: the end of the last step.
-        self.steps.last().map_or(0.0, |&(cpu, _)| cpu)
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-struct Registration {
-    id: String,
-    address: String,
-    capacity: u32,
-    profiles: Vec<String>,
-    instance: Uuid,
-}
-
-#[derive(Debug, Deserialize)]
-struct Registered {
-    #[serde(default)]
-    worker_id: String,
-    #[serde(default)]
-    heartbeat_interval_ms: u64,
-    #[serde(default)]
-    worker_timeout_ms: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Heartbeat<'a> {
-    loads: &'a [Load],
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct Load {
-    db_id: Uuid,
-    cpu: f64,
-    active_connections: u32,
-}
-
-/// Instructions stay raw JSON until each is parsed on its own: one this agent does not
-/// understand must not hide the others.
-#[derive(Debug, Deserialize)]
-struct Instructions {
-    instructions: Vec<Value>,
-    /// Names the list; polling with it as `known` waits until the list changes.
-    #[serde(default)]
-    version: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Op {
-    Start,
-    Stop,
-    Prepare,
-    Promote,
-    Abort,
-}
-
-impl Op {
-    fn as_str(self) -> &'static str {
-        match self {
-            Op::Start => "start",
-            Op::Stop => "stop",
-            Op::Prepare => "prepare",
-            Op::Promote => "promote",
-            Op::Abort => "abort",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-struct Instruction {
-    op: Op,
-    db_id: Uuid,
-    writer_term: u64,
-    #[serde(default)]
-    profile: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct Report {
-    db_id: Uuid,
-    writer_term: u64,
-    outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    backend_addr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ReportAnswer {
-    accepted: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorDetail {
-    code: String,
-    #[serde(default)]
-    message: String,
+/// What this worker offers: how many writers, of which profiles.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub capacity: usize,
+    pub profiles: Vec<String>,
 }
 
 /// Why a call to the control plane did not succeed.
@@ -395,18 +181,22 @@ impl Client {
         }
     }
 
-    fn register(&self, body: &Registration) -> Result<Registered, CallError> {
+    fn register(&self, body: &Register) -> Result<Registered, CallError> {
         self.post(&self.base, body)
     }
 
-    fn heartbeat(&self, loads: &[Load]) -> Result<Vec<Value>, CallError> {
+    fn heartbeat(&self, loads: Vec<Load>) -> Result<Vec<Value>, CallError> {
         let url = format!("{}/{}/heartbeat", self.base, self.worker);
-        let answer: Instructions = self.post(&url, &Heartbeat { loads })?;
+        let answer: Instructions<Value> = self.post(&url, &Heartbeat { loads })?;
         Ok(answer.instructions)
     }
 
     /// The instructions, waiting up to `wait` for a list other than the `known` version.
-    fn instructions(&self, wait: Duration, known: Option<&str>) -> Result<Instructions, CallError> {
+    fn instructions(
+        &self,
+        wait: Duration,
+        known: Option<&str>,
+    ) -> Result<Instructions<Value>, CallError> {
         let url = format!("{}/{}/instructions", self.base, self.worker);
         let mut request = self
             .http
@@ -470,57 +260,6 @@ impl Backoff {
     }
 }
 
-/// How the simulated host behaves: the flags that shape outcomes.
-#[derive(Debug, Clone)]
-struct Sim {
-    address: String,
-    capacity: usize,
-    profiles: Vec<String>,
-    start_delay: Duration,
-    prepare_delay: Duration,
-    promote_delay: Duration,
-    stop_delay: Duration,
-    fail_start: bool,
-    fail_prepare: bool,
-    die_mid_handoff: bool,
-}
-
-impl Sim {
-    fn from_args(args: &WorkerArgs) -> Self {
-        Self {
-            address: args.address.clone(),
-            capacity: usize::try_from(args.capacity).unwrap_or(usize::MAX),
-            profiles: args.profiles.clone(),
-            start_delay: Duration::from_millis(args.start_delay_ms),
-            prepare_delay: Duration::from_millis(args.prepare_delay_ms),
-            promote_delay: Duration::from_millis(args.promote_delay_ms),
-            stop_delay: Duration::from_millis(args.stop_delay_ms),
-            fail_start: args.fail_start,
-            fail_prepare: args.fail_prepare,
-            die_mid_handoff: args.die_mid_handoff,
-        }
-    }
-
-    /// The report of `outcome` for `key`; a serving writer's carries its backend address.
-    fn report(&self, key: &Key, outcome: Outcome) -> Report {
-        let serving = matches!(outcome, Outcome::Started | Outcome::Promoted);
-        Report {
-            db_id: key.db_id,
-            writer_term: key.term,
-            outcome,
-            backend_addr: serving.then(|| self.address.clone()),
-            reason: None,
-        }
-    }
-
-    fn failure(&self, key: &Key, reason: impl Into<String>) -> Report {
-        Report {
-            reason: Some(reason.into()),
-            ..self.report(key, Outcome::Failed)
-        }
-    }
-}
-
 /// What a hosted writer is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -535,6 +274,8 @@ enum Role {
 struct Hosted {
     profile: Option<String>,
     role: Role,
+    /// Where it serves, once it does.
+    served: Option<Served>,
 }
 
 /// One instruction, as the control plane repeats it.
@@ -557,6 +298,32 @@ impl Key {
     fn writer(&self) -> (Uuid, u64) {
         (self.db_id, self.term)
     }
+
+    fn report(&self, outcome: Outcome) -> Report {
+        Report {
+            db_id: self.db_id,
+            writer_term: self.term,
+            outcome,
+            backend_addr: None,
+            reason: None,
+            keeps_data: false,
+        }
+    }
+
+    fn served(&self, outcome: Outcome, served: &Served) -> Report {
+        Report {
+            backend_addr: Some(served.backend_addr.clone()),
+            keeps_data: served.keeps_data,
+            ..self.report(outcome)
+        }
+    }
+
+    fn failure(&self, reason: impl Into<String>) -> Report {
+        Report {
+            reason: Some(reason.into()),
+            ..self.report(Outcome::Failed)
+        }
+    }
 }
 
 /// Where an instruction's work stands.
@@ -572,15 +339,17 @@ enum Task {
     },
 }
 
-/// What finishing an instruction takes, after its delay.
+/// What finishing an instruction takes.
 #[derive(Debug, Clone)]
 enum Plan {
-    /// Nothing to simulate: the outcome is known already.
+    /// Nothing to do: the outcome is known already.
     Conclude(Report),
-    Start,
+    Start(WriterSpec),
     Stop,
-    Prepare,
-    Promote,
+    Prepare(WriterSpec),
+    Promote(WriterSpec),
+    Abort,
+    Destroy(String),
 }
 
 /// An instruction's work, run in its own thread.
@@ -588,7 +357,6 @@ enum Plan {
 struct Work {
     key: Key,
     epoch: u64,
-    delay: Duration,
     plan: Plan,
 }
 
@@ -598,12 +366,24 @@ enum Action {
     Nothing,
     Run(Work),
     Resend(Report),
-    /// `--die-mid-handoff` met a `prepare`.
-    Die,
 }
 
-fn at_once(report: Report) -> (Duration, Plan) {
-    (Duration::ZERO, Plan::Conclude(report))
+/// What the driver did with a piece of work.
+type Done = Result<Option<Served>, String>;
+
+/// The writer the instruction describes (empty where it says nothing: the driver refuses
+/// what it cannot run).
+fn spec(instruction: &Instruction) -> WriterSpec {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    WriterSpec {
+        db_id: instruction.db_id,
+        term: instruction.writer_term,
+        profile: text(&instruction.profile),
+        timeline: text(&instruction.timeline),
+        database: text(&instruction.database),
+        pg_user: text(&instruction.pg_user),
+        verifier: text(&instruction.verifier),
+    }
 }
 
 /// The writers this worker hosts and the work instructions gave it; pure, no I/O.
@@ -615,6 +395,8 @@ struct State {
     tasks: HashMap<Key, Task>,
     /// Instructions already logged as not understood.
     malformed: HashSet<String>,
+    /// Reports of serving writers that stopped by themselves, not yet delivered.
+    exits: Vec<Report>,
 }
 
 impl State {
@@ -625,6 +407,7 @@ impl State {
         self.writers.clear();
         self.tasks.clear();
         self.malformed.clear();
+        self.exits.clear();
         dropped
     }
 
@@ -645,7 +428,7 @@ impl State {
     }
 
     /// Takes note of a listed instruction: new work, a report to send again, or nothing.
-    fn begin(&mut self, sim: &Sim, instruction: &Instruction, now: Instant) -> Action {
+    fn begin(&mut self, limits: &Limits, instruction: &Instruction, now: Instant) -> Action {
         let key = Key::of(instruction);
         match self.tasks.get_mut(&key) {
             Some(Task::Running | Task::Reporting(_)) => return Action::Nothing,
@@ -658,9 +441,6 @@ impl State {
             }
             None => {}
         }
-        if key.op == Op::Prepare && sim.die_mid_handoff {
-            return Action::Die;
-        }
         info!(
             op = key.op.as_str(),
             db_id = %key.db_id,
@@ -668,121 +448,146 @@ impl State {
             profile = instruction.profile.as_deref().unwrap_or("-"),
             "instruction"
         );
-        let (delay, plan) = self.plan(sim, instruction);
+        let plan = self.plan(limits, instruction);
         self.tasks.insert(key, Task::Running);
         Action::Run(Work {
             key,
             epoch: self.epoch,
-            delay,
             plan,
         })
     }
 
     /// What the instruction takes, and the writers it claims right away.
-    fn plan(&mut self, sim: &Sim, instruction: &Instruction) -> (Duration, Plan) {
+    fn plan(&mut self, limits: &Limits, instruction: &Instruction) -> Plan {
         let key = Key::of(instruction);
-        let role = self.writers.get(&key.writer()).map(|h| h.role);
-        match (key.op, role) {
-            (Op::Start, Some(Role::Serving)) => at_once(sim.report(&key, Outcome::Started)),
-            (Op::Start, _) => match self.admit(sim, instruction, Role::Starting) {
-                Ok(()) => (sim.start_delay, Plan::Start),
-                Err(report) => at_once(report),
-            },
-            (Op::Stop, Some(_)) => (sim.stop_delay, Plan::Stop),
-            (Op::Stop, None) => at_once(sim.report(&key, Outcome::Stopped)),
-            (Op::Prepare, Some(Role::Candidate | Role::Promoting | Role::Serving)) => {
-                at_once(sim.report(&key, Outcome::Prepared))
+        let hosted = self.writers.get(&key.writer());
+        let role = hosted.map(|h| h.role);
+        let served = hosted.and_then(|h| h.served.clone());
+        match (key.op, role, served) {
+            (Op::Start, Some(Role::Serving), Some(s)) => {
+                Plan::Conclude(key.served(Outcome::Started, &s))
             }
-            (Op::Prepare, _) => match self.admit(sim, instruction, Role::Preparing) {
-                Ok(()) => (sim.prepare_delay, Plan::Prepare),
-                Err(report) => at_once(report),
+            (Op::Start, _, _) => match self.admit(limits, instruction, Role::Starting) {
+                Ok(()) => Plan::Start(spec(instruction)),
+                Err(report) => Plan::Conclude(report),
             },
-            (Op::Promote, Some(Role::Candidate)) => {
+            (Op::Stop, Some(_), _) => Plan::Stop,
+            (Op::Stop, None, _) => Plan::Conclude(key.report(Outcome::Stopped)),
+            (Op::Prepare, Some(Role::Candidate | Role::Promoting | Role::Serving), _) => {
+                Plan::Conclude(key.report(Outcome::Prepared))
+            }
+            (Op::Prepare, _, _) => match self.admit(limits, instruction, Role::Preparing) {
+                Ok(()) => Plan::Prepare(spec(instruction)),
+                Err(report) => Plan::Conclude(report),
+            },
+            (Op::Promote, Some(Role::Candidate), _) => {
                 self.set_role(key.writer(), Role::Promoting);
-                (sim.promote_delay, Plan::Promote)
+                Plan::Promote(spec(instruction))
             }
-            (Op::Promote, Some(Role::Serving)) => at_once(sim.report(&key, Outcome::Promoted)),
-            (Op::Promote, _) => at_once(sim.failure(&key, "no prepared candidate at this term")),
-            (Op::Abort, Some(Role::Preparing | Role::Candidate | Role::Promoting)) => {
+            (Op::Promote, Some(Role::Serving), Some(s)) => {
+                Plan::Conclude(key.served(Outcome::Promoted, &s))
+            }
+            (Op::Promote, _, _) => {
+                Plan::Conclude(key.failure("no prepared candidate at this term"))
+            }
+            (Op::Abort, Some(Role::Preparing | Role::Candidate | Role::Promoting), _) => {
                 self.writers.remove(&key.writer());
-                at_once(sim.report(&key, Outcome::Aborted))
+                Plan::Abort
             }
-            (Op::Abort, other) => {
+            (Op::Abort, other, _) => {
                 if other.is_some() {
                     let (db_id, writer_term) = key.writer();
                     warn!(%db_id, writer_term, "abort of a writer that is no candidate: kept");
                 }
-                at_once(sim.report(&key, Outcome::Aborted))
+                Plan::Conclude(key.report(Outcome::Aborted))
             }
+            (Op::Destroy, _, _) => Plan::Destroy(instruction.timeline.clone().unwrap_or_default()),
         }
     }
 
     /// Takes a slot for a new writer or candidate, or says why not.
-    fn admit(&mut self, sim: &Sim, instruction: &Instruction, role: Role) -> Result<(), Report> {
+    fn admit(
+        &mut self,
+        limits: &Limits,
+        instruction: &Instruction,
+        role: Role,
+    ) -> Result<(), Report> {
         let key = Key::of(instruction);
         if let Some(profile) = instruction.profile.as_deref() {
-            if !sim.profiles.iter().any(|offered| offered == profile) {
-                return Err(sim.failure(&key, format!("profile {profile} not offered here")));
+            if !limits.profiles.iter().any(|offered| offered == profile) {
+                return Err(key.failure(format!("profile {profile} not offered here")));
             }
         }
-        if !self.writers.contains_key(&key.writer()) && self.writers.len() >= sim.capacity {
-            let reason = format!("worker at capacity ({} writers)", sim.capacity);
-            return Err(sim.failure(&key, reason));
+        if !self.writers.contains_key(&key.writer()) && self.writers.len() >= limits.capacity {
+            let reason = format!("worker at capacity ({} writers)", limits.capacity);
+            return Err(key.failure(reason));
         }
         let hosted = Hosted {
             profile: instruction.profile.clone(),
             role,
+            served: None,
         };
         self.writers.insert(key.writer(), hosted);
         Ok(())
     }
 
-    /// After the delay: the outcome to report, or `None` when a registration came between.
-    fn finish(&mut self, sim: &Sim, work: &Work) -> Option<Report> {
+    /// After the driver's work: the outcome to report (`None` when a registration came
+    /// between), and whether a writer it started is unwanted and must be stopped again.
+    fn finish(&mut self, work: &Work, done: Done) -> (Option<Report>, bool) {
+        let started = matches!(done, Ok(Some(_)));
         if work.epoch != self.epoch {
-            return None;
+            return (None, started);
         }
         let key = &work.key;
         let writer = key.writer();
         let role = self.writers.get(&writer).map(|h| h.role);
-        let report = match &work.plan {
-            Plan::Conclude(report) => report.clone(),
-            Plan::Start if role != Some(Role::Starting) => {
-                sim.failure(key, "writer stopped before it started")
+        let (report, undo) = match (&work.plan, done) {
+            (Plan::Conclude(report), _) => (report.clone(), false),
+            (Plan::Start(_), _) if role != Some(Role::Starting) => {
+                (key.failure("writer stopped before it started"), started)
             }
-            Plan::Start if sim.fail_start => {
-                self.writers.remove(&writer);
-                sim.failure(key, "simulated start failure")
+            (Plan::Start(_), Ok(Some(served))) => {
+                let report = key.served(Outcome::Started, &served);
+                self.serve(writer, served);
+                (report, false)
             }
-            Plan::Start => {
-                self.serve(writer);
-                sim.report(key, Outcome::Started)
+            (Plan::Prepare(_), _) if role != Some(Role::Preparing) => {
+                (key.failure("candidate aborted while preparing"), false)
             }
-            Plan::Stop => {
-                self.writers.remove(&writer);
-                sim.report(key, Outcome::Stopped)
-            }
-            Plan::Prepare if role != Some(Role::Preparing) => {
-                sim.failure(key, "candidate aborted while preparing")
-            }
-            Plan::Prepare if sim.fail_prepare => {
-                self.writers.remove(&writer);
-                sim.failure(key, "simulated prepare failure")
-            }
-            Plan::Prepare => {
+            (Plan::Prepare(_), Ok(_)) => {
                 self.set_role(writer, Role::Candidate);
-                sim.report(key, Outcome::Prepared)
+                (key.report(Outcome::Prepared), false)
             }
-            Plan::Promote if role != Some(Role::Promoting) => {
-                sim.failure(key, "candidate aborted while promoting")
+            (Plan::Promote(_), _) if role != Some(Role::Promoting) => {
+                (key.failure("candidate aborted while promoting"), false)
             }
-            Plan::Promote => {
-                self.serve(writer);
-                sim.report(key, Outcome::Promoted)
+            (Plan::Promote(_), Ok(Some(served))) => {
+                let report = key.served(Outcome::Promoted, &served);
+                self.serve(writer, served);
+                (report, false)
             }
+            (Plan::Start(_) | Plan::Prepare(_) | Plan::Promote(_), Err(reason)) => {
+                self.writers.remove(&writer);
+                (key.failure(reason), false)
+            }
+            (Plan::Start(_) | Plan::Promote(_), Ok(None)) => {
+                self.writers.remove(&writer);
+                (key.failure("the writer did not say where it serves"), false)
+            }
+            (Plan::Stop | Plan::Abort | Plan::Destroy(_), Err(reason)) => {
+                // Not settled: run again when listed again.
+                self.tasks.remove(key);
+                return (Some(key.failure(reason)), false);
+            }
+            (Plan::Stop, Ok(_)) => {
+                self.writers.remove(&writer);
+                (key.report(Outcome::Stopped), false)
+            }
+            (Plan::Abort, Ok(_)) => (key.report(Outcome::Aborted), false),
+            (Plan::Destroy(_), Ok(_)) => (key.report(Outcome::Destroyed), false),
         };
         self.tasks.insert(*key, Task::Reporting(report.clone()));
-        Some(report)
+        (Some(report), undo)
     }
 
     /// The report of `key` was sent (delivered or not: it goes again while listed).
@@ -811,10 +616,11 @@ impl State {
     }
 
     /// Makes `writer` the serving one, fencing the older terms of its database.
-    fn serve(&mut self, (db_id, term): (Uuid, u64)) {
+    fn serve(&mut self, (db_id, term): (Uuid, u64), served: Served) {
         self.writers.retain(|&(d, t), _| d != db_id || t >= term);
         if let Some(hosted) = self.writers.get_mut(&(db_id, term)) {
             hosted.role = Role::Serving;
+            hosted.served = Some(served);
             let profile = hosted.profile.as_deref().unwrap_or("-");
             info!(%db_id, writer_term = term, profile, "serving");
         }
@@ -826,72 +632,74 @@ impl State {
         }
     }
 
-    /// The databases this worker serves, once each.
-    fn serving(&self) -> Vec<Uuid> {
-        let mut dbs: Vec<Uuid> = self
-            .writers
+    /// The serving writers, by (database, term).
+    fn serving(&self) -> Vec<(Uuid, u64)> {
+        self.writers
             .iter()
             .filter(|(_, hosted)| hosted.role == Role::Serving)
-            .map(|(&(db_id, _), _)| db_id)
-            .collect();
-        dbs.dedup();
-        dbs
+            .map(|(&writer, _)| writer)
+            .collect()
     }
-}
 
-/// The synthetic load of a serving writer.
-#[derive(Debug)]
-struct Synthetic {
-    cpu: f64,
-    schedule: Option<CpuSchedule>,
-    connections: u32,
-    since: Instant,
-}
-
-impl Synthetic {
-    fn cpu(&self) -> f64 {
-        match &self.schedule {
-            Some(schedule) => schedule.at(self.since.elapsed()),
-            None => self.cpu,
+    /// A serving writer stopped by itself: forget it and report it.
+    fn exited(&mut self, db_id: Uuid, term: u64, reason: String) {
+        if self.writers.remove(&(db_id, term)).is_some() {
+            warn!(%db_id, writer_term = term, %reason, "writer stopped by itself");
+            let key = Key {
+                db_id,
+                term,
+                op: Op::Start,
+            };
+            self.exits.push(key.failure(reason));
         }
     }
 }
 
-struct Agent {
+/// The agent: the protocol's loops around one compute driver.
+pub struct Agent {
     client: Client,
-    sim: Sim,
-    load: Synthetic,
-    registration: Registration,
+    compute: Arc<dyn Compute>,
+    limits: Limits,
+    registration: Register,
     heartbeat_override: Option<Duration>,
     heartbeat_ms: AtomicU64,
     state: Mutex<State>,
     /// Held while registering again, so that two loops told `worker_unknown` register once.
     registering: Mutex<()>,
+    /// Set to end the loops (the embedding process is shutting down).
+    stopping: AtomicBool,
+}
+
+/// What the agent needs to run.
+pub struct Config {
+    pub control_plane: String,
+    pub id: String,
+    pub token: Token,
+    /// The address registered (where the worker can be reached).
+    pub address: String,
+    pub limits: Limits,
+    pub heartbeat: Option<Duration>,
 }
 
 impl Agent {
-    fn new(args: WorkerArgs) -> Self {
-        let registration = Registration {
-            id: args.id.clone(),
-            address: args.address.clone(),
-            capacity: args.capacity,
-            profiles: args.profiles.clone(),
-            instance: Uuid::new_v4(),
+    pub fn new(config: Config, compute: Arc<dyn Compute>) -> Self {
+        let registration = Register {
+            id: config.id.clone(),
+            address: config.address,
+            capacity: u32::try_from(config.limits.capacity).unwrap_or(u32::MAX),
+            profiles: config.limits.profiles.clone(),
+            instance: Some(Uuid::new_v4().to_string()),
         };
         Self {
-            client: Client::new(&args.control_plane, &args.id, &args.token),
-            sim: Sim::from_args(&args),
-            load: Synthetic {
-                cpu: args.cpu,
-                schedule: args.cpu_schedule.clone(),
-                connections: args.connections,
-                since: Instant::now(),
-            },
+            client: Client::new(&config.control_plane, &config.id, &config.token),
+            compute,
+            limits: config.limits,
             registration,
-            heartbeat_override: args.heartbeat_ms.map(Duration::from_millis),
+            heartbeat_override: config.heartbeat,
             heartbeat_ms: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             registering: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -907,14 +715,18 @@ impl Agent {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
     }
 
+    fn stopped(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// Registers, retrying while the control plane is unreachable or failing; then drops
-    /// whatever was held before.
+    /// whatever was held before (the control plane counts on none of it any more).
     fn register(&self) -> Result<(), CallError> {
         let mut backoff = Backoff::new();
         let registered = loop {
             match self.client.register(&self.registration) {
                 Ok(registered) => break registered,
-                Err(e) if e.is_transient() => {
+                Err(e) if e.is_transient() && !self.stopped() => {
                     warn!(error = %e, "cannot register yet; retrying");
                     backoff.sleep();
                 }
@@ -938,14 +750,15 @@ impl Agent {
                 "heartbeats slower than the worker timeout: the control plane will lose this worker"
             );
         }
-        if !registered.worker_id.is_empty() && registered.worker_id != self.registration.id {
+        if registered.worker_id != self.registration.id {
             let worker_id = &registered.worker_id;
             warn!(%worker_id, "the control plane names this worker differently");
         }
         let dropped = self.state().reset();
+        self.compute.stop_all();
         info!(
             worker_id = %self.registration.id,
-            instance = %self.registration.instance,
+            instance = self.registration.instance.as_deref().unwrap_or("-"),
             heartbeat_ms = interval_ms,
             worker_timeout_ms = registered.worker_timeout_ms,
             dropped,
@@ -965,7 +778,7 @@ impl Agent {
             return Ok(());
         }
         warn!(
-            "the control plane does not know this worker: dropping every writer, registering again"
+            "the control plane does not know this worker: stopping every writer, registering again"
         );
         self.register()
     }
@@ -1000,7 +813,7 @@ impl Agent {
     fn poll_loop(self: &Arc<Self>) -> i32 {
         let mut backoff = Backoff::new();
         let mut known: Option<String> = None;
-        loop {
+        while !self.stopped() {
             let epoch = self.epoch();
             let began = Instant::now();
             match self.client.instructions(POLL_WAIT, known.as_deref()) {
@@ -1021,16 +834,19 @@ impl Agent {
                 }
             }
         }
+        0
     }
 
-    /// Heartbeats with the serving writers' loads; returns only to end the agent.
+    /// Heartbeats with the serving writers' loads, and reports the writers that stopped by
+    /// themselves; returns only to end the agent.
     fn heartbeat_loop(self: &Arc<Self>) -> i32 {
         let mut backoff = Backoff::new();
-        loop {
+        while !self.stopped() {
             let epoch = self.epoch();
-            match self.client.heartbeat(&self.loads()) {
+            match self.client.heartbeat(self.loads()) {
                 Ok(list) => {
                     backoff.reset();
+                    self.report_exits();
                     self.handle(list);
                     thread::sleep(self.heartbeat_interval());
                 }
@@ -1041,19 +857,39 @@ impl Agent {
                 }
             }
         }
+        0
     }
 
     fn loads(&self) -> Vec<Load> {
-        let cpu = self.load.cpu();
-        self.state()
-            .serving()
+        let serving = self.state().serving();
+        let (measured, exited) = self.compute.load(&serving);
+        if !exited.is_empty() {
+            let mut state = self.state();
+            for e in exited {
+                state.exited(e.db_id, e.term, e.reason);
+            }
+        }
+        measured
             .into_iter()
-            .map(|db_id| Load {
-                db_id,
-                cpu,
-                active_connections: self.load.connections,
+            .map(|m| Load {
+                db_id: m.db_id,
+                cpu: m.cpu,
+                active_connections: m.sessions,
             })
             .collect()
+    }
+
+    /// Delivers the reports of writers that stopped by themselves; those not delivered go
+    /// with the next heartbeat.
+    fn report_exits(&self) {
+        let exits = std::mem::take(&mut self.state().exits);
+        let mut kept = Vec::new();
+        for report in exits {
+            if self.client.report(&report).is_err() {
+                kept.push(report);
+            }
+        }
+        self.state().exits.extend(kept);
     }
 
     /// Acts on a listed set of instructions; returns how many were new.
@@ -1064,7 +900,7 @@ impl Agent {
             let listed = state.parse(raw);
             let actions = listed
                 .iter()
-                .map(|instruction| state.begin(&self.sim, instruction, now))
+                .map(|instruction| state.begin(&self.limits, instruction, now))
                 .collect();
             state.forget(&listed, now);
             actions
@@ -1073,7 +909,6 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Nothing => {}
-                Action::Die => die(),
                 Action::Run(work) => {
                     fresh += 1;
                     self.spawn_work(work);
@@ -1095,12 +930,28 @@ impl Agent {
         }
     }
 
-    /// An instruction's work: its delay, its outcome, its report.
+    /// An instruction's work: the driver's part, its outcome, its report.
     fn execute(&self, work: Work) {
-        thread::sleep(work.delay);
-        let Some(report) = self.state().finish(&self.sim, &work) else {
-            let (db_id, op) = (work.key.db_id, work.key.op.as_str());
-            debug!(%db_id, op, "dropped: registered again meanwhile");
+        let c = &self.compute;
+        let (db_id, term) = work.key.writer();
+        let done: Done = match &work.plan {
+            Plan::Conclude(_) => Ok(None),
+            Plan::Start(w) => c.start(w).map(Some),
+            Plan::Stop => c.stop(db_id, term).map(|()| None),
+            Plan::Prepare(w) => c.prepare(w).map(|()| None),
+            Plan::Promote(w) => c.promote(w).map(Some),
+            Plan::Abort => c.abort(db_id, term).map(|()| None),
+            Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| None),
+        };
+        let (report, undo) = self.state().finish(&work, done);
+        if undo {
+            debug!(%db_id, writer_term = term, "stopping a writer started for nothing");
+            if let Err(e) = c.stop(db_id, term) {
+                warn!(%db_id, error = %e, "cannot stop a writer started for nothing");
+            }
+        }
+        let Some(report) = report else {
+            debug!(%db_id, op = work.key.op.as_str(), "dropped: registered again meanwhile");
             return;
         };
         self.deliver(&report);
@@ -1139,12 +990,12 @@ impl Agent {
             }
         }
     }
-}
 
-/// `--die-mid-handoff`: gone at once, nothing reported.
-fn die() -> ! {
-    error!("--die-mid-handoff: a prepare arrived; exiting with status {EXIT_DIED}");
-    std::process::exit(EXIT_DIED)
+    /// Ends the loops and stops every writer (the process is shutting down).
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.compute.stop_all();
+    }
 }
 
 /// Runs `f` in a named thread; false if no thread could be made.
@@ -1158,58 +1009,49 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
     }
 }
 
-/// `spg99 worker`: registers, then runs until killed; returns the exit status when the
-/// control plane refuses this worker (1). `--die-mid-handoff` exits the process itself (3).
-pub fn run(args: WorkerArgs) -> i32 {
-    info!(
-        id = %args.id,
-        control_plane = %args.control_plane,
-        address = %args.address,
-        capacity = args.capacity,
-        profiles = %args.profiles.join(","),
-        "worker starting"
-    );
-    let agent = Arc::new(Agent::new(args));
+/// Registers, then runs the agent's loops in threads of their own; the receiver gets the
+/// exit status when one of them ends the agent (the control plane refused this worker).
+pub fn start(agent: &Arc<Agent>) -> Result<std::sync::mpsc::Receiver<i32>, i32> {
     if let Err(e) = agent.register() {
         error!(error = %e, "cannot register");
-        return EXIT_REFUSED;
+        return Err(EXIT_REFUSED);
     }
-    // Each loop returns only to end the agent, with the exit status.
-    let (exit, exited) = mpsc::channel();
+    let (exit, exited) = std::sync::mpsc::channel();
     let poll = {
-        let (agent, exit) = (Arc::clone(&agent), exit.clone());
+        let (agent, exit) = (Arc::clone(agent), exit.clone());
         move || {
             let _ = exit.send(agent.poll_loop());
         }
     };
-    let heartbeat = move || {
-        let _ = exit.send(agent.heartbeat_loop());
+    let heartbeat = {
+        let agent = Arc::clone(agent);
+        move || {
+            let _ = exit.send(agent.heartbeat_loop());
+        }
     };
     if !spawn("spg99-poll", poll) || !spawn("spg99-heartbeat", heartbeat) {
-        return EXIT_REFUSED;
+        return Err(EXIT_REFUSED);
     }
-    exited.recv().unwrap_or(EXIT_REFUSED)
+    Ok(exited)
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use serde_json::json;
 
     use super::*;
 
-    fn sim() -> Sim {
-        Sim {
-            address: "10.0.0.7:6432".into(),
+    fn limits() -> Limits {
+        Limits {
             capacity: 2,
             profiles: vec!["c1".into(), "c2".into()],
-            start_delay: Duration::from_millis(30),
-            prepare_delay: Duration::from_millis(40),
-            promote_delay: Duration::from_millis(50),
-            stop_delay: Duration::from_millis(60),
-            fail_start: false,
-            fail_prepare: false,
-            die_mid_handoff: false,
+        }
+    }
+
+    fn served() -> Served {
+        Served {
+            backend_addr: "10.0.0.7:6432".into(),
+            keeps_data: true,
         }
     }
 
@@ -1219,6 +1061,10 @@ mod tests {
             db_id,
             writer_term,
             profile: Some("c1".into()),
+            timeline: Some("t1".into()),
+            database: Some("app".into()),
+            pg_user: Some("u_1".into()),
+            verifier: Some("SCRAM-SHA-256$...".into()),
         }
     }
 
@@ -1229,117 +1075,106 @@ mod tests {
         }
     }
 
-    /// Begins, finishes and reports one instruction; its report.
-    fn complete(state: &mut State, sim: &Sim, instruction: &Instruction, now: Instant) -> Report {
-        let work = work(state.begin(sim, instruction, now));
-        let report = state.finish(sim, &work).expect("same epoch");
+    /// What a driver that always succeeds answers to `plan`.
+    fn success(plan: &Plan) -> Done {
+        Ok(match plan {
+            Plan::Start(_) | Plan::Promote(_) => Some(served()),
+            _ => None,
+        })
+    }
+
+    /// Begins, finishes (the driver succeeding) and reports one instruction; its report.
+    fn complete(state: &mut State, instruction: &Instruction, now: Instant) -> Report {
+        let work = work(state.begin(&limits(), instruction, now));
+        let done = success(&work.plan);
+        let (report, undo) = state.finish(&work, done);
+        assert!(!undo);
         state.reported(&work.key, work.epoch, now);
-        report
+        report.expect("same epoch")
     }
 
     #[test]
     fn a_start_runs_once_and_its_report_is_resent_while_listed() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
+        let (mut state, now) = (State::default(), Instant::now());
         let db = Uuid::new_v4();
         let start = ins(Op::Start, db, 1);
 
-        let work = work(state.begin(&sim, &start, now));
-        assert_eq!(work.delay, sim.start_delay);
-        assert!(matches!(state.begin(&sim, &start, now), Action::Nothing));
-        assert!(
-            state.serving().is_empty(),
-            "starting writers have no load yet"
-        );
-
-        let report = state.finish(&sim, &work).expect("same epoch");
+        let w = work(state.begin(&limits(), &start, now));
+        match &w.plan {
+            Plan::Start(spec) => {
+                assert_eq!(
+                    (spec.timeline.as_str(), spec.database.as_str()),
+                    ("t1", "app")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            state.begin(&limits(), &start, now),
+            Action::Nothing
+        ));
+        let (report, _) = state.finish(&w, success(&w.plan));
+        let report = report.unwrap();
         assert_eq!(report.outcome, Outcome::Started);
         assert_eq!(report.backend_addr.as_deref(), Some("10.0.0.7:6432"));
-        assert_eq!(state.serving(), vec![db]);
-        assert!(matches!(state.begin(&sim, &start, now), Action::Nothing));
-
-        state.reported(&work.key, work.epoch, now);
-        assert!(matches!(state.begin(&sim, &start, now), Action::Nothing));
-        let later = now + RESEND_AFTER;
-        match state.begin(&sim, &start, later) {
+        assert!(report.keeps_data);
+        state.reported(&w.key, w.epoch, now);
+        assert!(matches!(
+            state.begin(&limits(), &start, now),
+            Action::Nothing
+        ));
+        match state.begin(&limits(), &start, now + RESEND_AFTER) {
             Action::Resend(again) => assert_eq!(again, report),
-            other => panic!("expected a resend, got {other:?}"),
+            other => panic!("{other:?}"),
         }
-        assert!(matches!(state.begin(&sim, &start, later), Action::Nothing));
-    }
-
-    #[test]
-    fn stop_of_a_writer_not_run_here_is_reported_at_once() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
-        let work = work(state.begin(&sim, &ins(Op::Stop, Uuid::new_v4(), 4), now));
-        assert_eq!(work.delay, Duration::ZERO);
-        let report = state.finish(&sim, &work).expect("same epoch");
-        assert_eq!(report.outcome, Outcome::Stopped);
-        assert_eq!(report.backend_addr, None);
-    }
-
-    #[test]
-    fn stop_of_a_running_writer_takes_the_stop_delay() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
-        let db = Uuid::new_v4();
-        complete(&mut state, &sim, &ins(Op::Start, db, 1), now);
-        let work = work(state.begin(&sim, &ins(Op::Stop, db, 1), now));
-        assert_eq!(work.delay, sim.stop_delay);
-        assert_eq!(state.serving(), vec![db], "serving until stopped");
-        assert_eq!(
-            state.finish(&sim, &work).map(|r| r.outcome),
-            Some(Outcome::Stopped)
-        );
-        assert!(state.serving().is_empty());
+        assert_eq!(state.serving(), vec![(db, 1)]);
     }
 
     #[test]
     fn a_handoff_on_one_worker_fences_the_old_term() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
+        let (mut state, now) = (State::default(), Instant::now());
         let db = Uuid::new_v4();
-        complete(&mut state, &sim, &ins(Op::Start, db, 1), now);
+        complete(&mut state, &ins(Op::Start, db, 1), now);
 
-        let prepared = complete(&mut state, &sim, &ins(Op::Prepare, db, 2), now);
+        let prepared = complete(&mut state, &ins(Op::Prepare, db, 2), now);
         assert_eq!(prepared.outcome, Outcome::Prepared);
-        assert_eq!(state.serving(), vec![db], "a candidate has no load");
+        assert_eq!(state.serving(), vec![(db, 1)], "a candidate has no load");
 
-        let promote = work(state.begin(&sim, &ins(Op::Promote, db, 2), now));
-        assert_eq!(promote.delay, sim.promote_delay);
-        let promoted = state.finish(&sim, &promote).expect("same epoch");
+        let promoted = complete(&mut state, &ins(Op::Promote, db, 2), now);
         assert_eq!(promoted.outcome, Outcome::Promoted);
-        assert_eq!(promoted.backend_addr.as_deref(), Some("10.0.0.7:6432"));
-        assert_eq!(state.serving(), vec![db]);
+        assert_eq!(state.serving(), vec![(db, 2)]);
         assert_eq!(state.writers.len(), 1, "term 1 fenced");
 
-        let stop_old = work(state.begin(&sim, &ins(Op::Stop, db, 1), now));
-        assert_eq!(stop_old.delay, Duration::ZERO);
+        let stop_old = work(state.begin(&limits(), &ins(Op::Stop, db, 1), now));
+        assert!(matches!(stop_old.plan, Plan::Conclude(ref r) if r.outcome == Outcome::Stopped));
     }
 
     #[test]
     fn promote_without_a_candidate_fails() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
-        let report = complete(&mut state, &sim, &ins(Op::Promote, Uuid::new_v4(), 2), now);
+        let (mut state, now) = (State::default(), Instant::now());
+        let report = complete(&mut state, &ins(Op::Promote, Uuid::new_v4(), 2), now);
         assert_eq!(report.outcome, Outcome::Failed);
     }
 
     #[test]
     fn abort_discards_a_preparing_candidate() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
+        let (mut state, now) = (State::default(), Instant::now());
         let db = Uuid::new_v4();
-        let prepare = work(state.begin(&sim, &ins(Op::Prepare, db, 3), now));
-        let aborted = complete(&mut state, &sim, &ins(Op::Abort, db, 3), now);
+        let prepare = work(state.begin(&limits(), &ins(Op::Prepare, db, 3), now));
+        let aborted = complete(&mut state, &ins(Op::Abort, db, 3), now);
         assert_eq!(aborted.outcome, Outcome::Aborted);
         assert!(state.writers.is_empty());
-        let late = state.finish(&sim, &prepare).expect("same epoch");
-        assert_eq!(late.outcome, Outcome::Failed);
+        let (late, _) = state.finish(&prepare, Ok(None));
+        assert_eq!(late.unwrap().outcome, Outcome::Failed);
         assert!(state.writers.is_empty());
     }
 
     #[test]
     fn capacity_and_profiles_are_enforced() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
-        complete(&mut state, &sim, &ins(Op::Start, Uuid::new_v4(), 1), now);
-        complete(&mut state, &sim, &ins(Op::Prepare, Uuid::new_v4(), 1), now);
-        let full = complete(&mut state, &sim, &ins(Op::Start, Uuid::new_v4(), 1), now);
+        let (mut state, now) = (State::default(), Instant::now());
+        complete(&mut state, &ins(Op::Start, Uuid::new_v4(), 1), now);
+        complete(&mut state, &ins(Op::Prepare, Uuid::new_v4(), 1), now);
+        let full = complete(&mut state, &ins(Op::Start, Uuid::new_v4(), 1), now);
         assert_eq!(full.outcome, Outcome::Failed);
         assert_eq!(
             full.reason.as_deref(),
@@ -1351,61 +1186,85 @@ mod tests {
             profile: Some("c8".into()),
             ..ins(Op::Start, Uuid::new_v4(), 1)
         };
-        let refused = complete(&mut state, &sim, &big, now);
+        let refused = complete(&mut state, &big, now);
         assert_eq!(refused.outcome, Outcome::Failed);
         assert!(state.writers.is_empty());
     }
 
     #[test]
-    fn failure_injection() {
-        let now = Instant::now();
-        let sim = Sim {
-            fail_start: true,
-            fail_prepare: true,
-            ..sim()
-        };
-        let mut state = State::default();
-        let start = complete(&mut state, &sim, &ins(Op::Start, Uuid::new_v4(), 1), now);
-        assert_eq!(start.reason.as_deref(), Some("simulated start failure"));
-        let prepare = complete(&mut state, &sim, &ins(Op::Prepare, Uuid::new_v4(), 1), now);
-        assert_eq!(prepare.reason.as_deref(), Some("simulated prepare failure"));
+    fn a_driver_failure_is_reported_and_a_failed_stop_runs_again() {
+        let (mut state, now) = (State::default(), Instant::now());
+        let db = Uuid::new_v4();
+        let start = work(state.begin(&limits(), &ins(Op::Start, db, 1), now));
+        let (report, _) = state.finish(&start, Err("initdb failed".into()));
+        assert_eq!(report.unwrap().reason.as_deref(), Some("initdb failed"));
         assert!(state.writers.is_empty());
 
-        let sim = Sim {
-            die_mid_handoff: true,
-            ..sim
-        };
-        let action = state.begin(&sim, &ins(Op::Prepare, Uuid::new_v4(), 2), now);
-        assert!(matches!(action, Action::Die));
+        complete(&mut state, &ins(Op::Start, db, 2), now);
+        let stop = ins(Op::Stop, db, 2);
+        let w = work(state.begin(&limits(), &stop, now));
+        let (report, _) = state.finish(&w, Err("busy".into()));
+        assert_eq!(report.unwrap().outcome, Outcome::Failed);
+        assert!(
+            matches!(state.begin(&limits(), &stop, now), Action::Run(_)),
+            "retried"
+        );
     }
 
     #[test]
-    fn registering_again_drops_writers_and_work_in_progress() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
+    fn a_start_that_finishes_after_a_registration_is_undone() {
+        let (mut state, now) = (State::default(), Instant::now());
         let db = Uuid::new_v4();
-        complete(&mut state, &sim, &ins(Op::Start, db, 1), now);
-        let pending = work(state.begin(&sim, &ins(Op::Start, Uuid::new_v4(), 1), now));
+        complete(&mut state, &ins(Op::Start, db, 1), now);
+        let pending = work(state.begin(&limits(), &ins(Op::Start, Uuid::new_v4(), 1), now));
         assert_eq!(state.reset(), 2);
-        assert_eq!(state.finish(&sim, &pending), None);
+        assert_eq!(state.finish(&pending, Ok(Some(served()))), (None, true));
         assert!(state.writers.is_empty() && state.tasks.is_empty());
         // The same instruction listed again after registering is new work.
         assert!(matches!(
-            state.begin(&sim, &ins(Op::Start, db, 1), now),
+            state.begin(&limits(), &ins(Op::Start, db, 1), now),
             Action::Run(_)
         ));
     }
 
     #[test]
+    fn a_writer_that_stops_by_itself_is_reported_once() {
+        let (mut state, now) = (State::default(), Instant::now());
+        let db = Uuid::new_v4();
+        complete(&mut state, &ins(Op::Start, db, 4), now);
+        state.exited(db, 4, "postgres exited: signal 9".into());
+        state.exited(db, 4, "again".into());
+        assert_eq!(state.exits.len(), 1);
+        assert_eq!(state.exits[0].outcome, Outcome::Failed);
+        assert_eq!(state.exits[0].writer_term, 4);
+        assert!(state.serving().is_empty());
+    }
+
+    #[test]
+    fn destroy_is_keyed_by_database_and_reported() {
+        let (mut state, now) = (State::default(), Instant::now());
+        let db = Uuid::new_v4();
+        let destroy = Instruction {
+            writer_term: 0,
+            ..ins(Op::Destroy, db, 0)
+        };
+        let w = work(state.begin(&limits(), &destroy, now));
+        assert!(matches!(&w.plan, Plan::Destroy(t) if t == "t1"));
+        let (report, _) = state.finish(&w, Ok(None));
+        assert_eq!(report.unwrap().outcome, Outcome::Destroyed);
+    }
+
+    #[test]
     fn reported_instructions_are_forgotten_once_unlisted_for_a_while() {
-        let (sim, mut state, now) = (sim(), State::default(), Instant::now());
+        let (mut state, now) = (State::default(), Instant::now());
         let (kept, gone) = (
             ins(Op::Stop, Uuid::new_v4(), 1),
             ins(Op::Stop, Uuid::new_v4(), 1),
         );
-        complete(&mut state, &sim, &kept, now);
-        complete(&mut state, &sim, &gone, now);
+        complete(&mut state, &kept, now);
+        complete(&mut state, &gone, now);
         let running = ins(Op::Start, Uuid::new_v4(), 1);
-        state.begin(&sim, &running, now);
+        state.begin(&limits(), &running, now);
 
         state.forget(&[], now);
         assert_eq!(state.tasks.len(), 3, "too recent to forget");
@@ -1425,98 +1284,31 @@ mod tests {
             json!({"op": "stop", "db_id": "not-a-uuid", "writer_term": 7}),
         ];
         let parsed = state.parse(raw);
-        assert_eq!(
-            parsed,
-            vec![Instruction {
-                op: Op::Start,
-                db_id: db,
-                writer_term: 7,
-                profile: None
-            }]
-        );
+        assert_eq!(parsed.len(), 1);
+        assert_eq!((parsed[0].op, parsed[0].writer_term), (Op::Start, 7));
         assert_eq!(state.malformed.len(), 2);
     }
 
     #[test]
     fn reports_serialize_as_the_protocol_says() {
-        let sim = sim();
         let key = Key {
             db_id: Uuid::nil(),
             term: 9,
             op: Op::Start,
         };
         assert_eq!(
-            serde_json::to_value(sim.report(&key, Outcome::Started)).unwrap(),
+            serde_json::to_value(key.served(Outcome::Started, &served())).unwrap(),
             json!({
                 "db_id": Uuid::nil(),
                 "writer_term": 9,
                 "outcome": "started",
-                "backend_addr": "10.0.0.7:6432"
+                "backend_addr": "10.0.0.7:6432",
+                "keeps_data": true,
             })
         );
         assert_eq!(
-            serde_json::to_value(sim.failure(&key, "no")).unwrap(),
+            serde_json::to_value(key.failure("no")).unwrap(),
             json!({"db_id": Uuid::nil(), "writer_term": 9, "outcome": "failed", "reason": "no"})
         );
-    }
-
-    #[test]
-    fn cpu_schedule_parses_and_repeats() {
-        let schedule = CpuSchedule::parse("0.9:30, 0.1:60").unwrap();
-        assert_eq!(schedule.at(Duration::ZERO), 0.9);
-        assert_eq!(schedule.at(Duration::from_secs(29)), 0.9);
-        assert_eq!(schedule.at(Duration::from_secs(30)), 0.1);
-        assert_eq!(schedule.at(Duration::from_secs(89)), 0.1);
-        assert_eq!(schedule.at(Duration::from_secs(90)), 0.9);
-        assert_eq!(schedule.at(Duration::from_millis(120_500)), 0.1);
-        assert_eq!(
-            CpuSchedule::parse("1.5:0.5")
-                .unwrap()
-                .at(Duration::from_secs(7)),
-            1.5
-        );
-
-        for bad in [
-            "", ",", "0.9", "0.9:0", "-1:10", "x:10", "0.5:y", "NaN:3", "0.5:inf",
-        ] {
-            assert!(CpuSchedule::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        worker: WorkerArgs,
-    }
-
-    /// The required flags, then `extra`.
-    fn parse(extra: &[&str]) -> Result<WorkerArgs, clap::Error> {
-        let required = ["--control-plane=http://cp", "--id=w1", "--token=secret"];
-        let argv = ["spg99"].iter().chain(&required).chain(extra);
-        Cli::try_parse_from(argv).map(|cli| cli.worker)
-    }
-
-    #[test]
-    fn flags_have_their_defaults_and_are_checked() {
-        let args = parse(&[]).unwrap();
-        assert_eq!(args.profiles, ["c0.25", "c0.5", "c1", "c2", "c4", "c8"]);
-        assert_eq!(args.address, "127.0.0.1:6432");
-        assert_eq!((args.capacity, args.connections), (64, 0));
-        assert_eq!((args.cpu, args.heartbeat_ms), (0.1, None));
-        assert!(args.cpu_schedule.is_none());
-        assert!(!format!("{args:?}").contains("secret"));
-
-        let args = parse(&["--profiles=c1,c2", "--cpu-schedule=0.9:30,0.1:60"]).unwrap();
-        assert_eq!(args.profiles, ["c1", "c2"]);
-        assert_eq!(args.cpu_schedule.map(|s| s.at(Duration::ZERO)), Some(0.9));
-
-        for bad in [
-            "--cpu=-1",
-            "--capacity=0",
-            "--heartbeat-ms=0",
-            "--cpu-schedule=1",
-        ] {
-            assert!(parse(&[bad]).is_err(), "{bad} accepted");
-        }
     }
 }

@@ -1,0 +1,293 @@
+//! The internal API (`/internal/v1`) on the wire: what the Gateway and the workers send, and
+//! what the control plane answers. The control plane's routes parse these types, the worker
+//! agent and the Gateway send them: one definition, so the two sides cannot disagree. The
+//! contract, with the state diagram, is `docs/lifecycle.md`.
+//!
+//! Requests refuse unknown fields (the control plane answers 400 naming the field); answers
+//! accept them, so that a newer control plane can add fields without breaking older agents.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The compute profiles: a writer's CPU and memory. The control plane places writers by
+/// profile and the autoscaler moves them between profiles; the worker runs each profile with
+/// its PostgreSQL settings.
+pub mod profiles {
+    use serde::Serialize;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+    pub struct Profile {
+        pub name: &'static str,
+        pub vcpu: f32,
+        pub memory_mib: u32,
+    }
+
+    pub const PROFILES: &[Profile] = &[
+        Profile {
+            name: "c0.25",
+            vcpu: 0.25,
+            memory_mib: 1024,
+        },
+        Profile {
+            name: "c0.5",
+            vcpu: 0.5,
+            memory_mib: 2048,
+        },
+        Profile {
+            name: "c1",
+            vcpu: 1.0,
+            memory_mib: 4096,
+        },
+        Profile {
+            name: "c2",
+            vcpu: 2.0,
+            memory_mib: 8192,
+        },
+        Profile {
+            name: "c4",
+            vcpu: 4.0,
+            memory_mib: 16384,
+        },
+        Profile {
+            name: "c8",
+            vcpu: 8.0,
+            memory_mib: 32768,
+        },
+    ];
+
+    pub fn profile(name: &str) -> Option<&'static Profile> {
+        PROFILES.iter().find(|p| p.name == name)
+    }
+}
+
+// ---- workers ----
+
+/// `POST /internal/v1/workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub id: String,
+    /// Where the worker can be reached (informational; writers report their own address).
+    pub address: String,
+    /// How many writers (serving, candidate or being shut down) it can hold.
+    pub capacity: u32,
+    /// The compute profiles it runs.
+    pub profiles: Vec<String>,
+    /// Changes when the worker process restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    pub worker_id: String,
+    pub heartbeat_interval_ms: u64,
+    pub worker_timeout_ms: u64,
+}
+
+/// `POST /internal/v1/workers/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub loads: Vec<Load>,
+}
+
+/// The load of one database a worker serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    pub db_id: Uuid,
+    /// Fraction of the writer's profile in use (1.0 = all of its vCPUs).
+    pub cpu: f64,
+    /// Client sessions connected to the writer.
+    #[serde(default)]
+    pub active_connections: u32,
+}
+
+/// A worker's instructions (the answer to heartbeats and to instruction polls). `I` is
+/// [`Instruction`]; an agent may read each as raw JSON first, so that one it does not
+/// understand does not hide the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instructions<I = Instruction> {
+    pub instructions: Vec<I>,
+    /// Names this list: polling with it as `known` waits until the list changes.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Start the writer at this term on `profile`.
+    Start,
+    /// Stop the writer of this term (fast shutdown: every committed transaction stays).
+    Stop,
+    /// Prepare a candidate writer at this term on `profile` (a handoff).
+    Prepare,
+    /// Make the candidate of this term the writer.
+    Promote,
+    /// Drop the candidate of this term; the old writer keeps serving.
+    Abort,
+    /// Remove this worker's copy of the database's data (`timeline`).
+    Destroy,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Prepare => "prepare",
+            Op::Promote => "promote",
+            Op::Abort => "abort",
+            Op::Destroy => "destroy",
+        }
+    }
+}
+
+/// What a worker must do now. Level-triggered: listed until the report that settles it is
+/// recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instruction {
+    pub op: Op,
+    pub db_id: Uuid,
+    /// The writer's term (0 for `destroy`, which is about data, not a writer).
+    pub writer_term: u64,
+    /// The compute profile (`start`, `prepare`, `promote`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The database's data directory name on the worker's storage.
+    #[serde(default)]
+    pub timeline: Option<String>,
+    /// The database's name, its owner's role, and that role's SCRAM-SHA-256 verifier
+    /// (`start`, `prepare`, `promote`): the writer makes the role log in with it.
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub pg_user: Option<String>,
+    #[serde(default)]
+    pub verifier: Option<String>,
+}
+
+/// What a worker reports about an instruction (or, `failed` for a serving writer, about a
+/// writer that stopped by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Started,
+    Stopped,
+    Prepared,
+    Promoted,
+    Aborted,
+    Destroyed,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Started => "started",
+            Outcome::Stopped => "stopped",
+            Outcome::Prepared => "prepared",
+            Outcome::Promoted => "promoted",
+            Outcome::Aborted => "aborted",
+            Outcome::Destroyed => "destroyed",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// `POST /internal/v1/workers/{id}/reports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub db_id: Uuid,
+    pub writer_term: u64,
+    pub outcome: Outcome,
+    /// `started`, `promoted`: where the writer listens (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_addr: Option<String>,
+    /// `failed`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `started`, `promoted`: the writer keeps the database's data on this worker's own
+    /// storage, so the database starts here again (and nowhere else) next time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keeps_data: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    /// `false` for a report that changed nothing (stale or repeated): nothing to do.
+    pub accepted: bool,
+}
+
+// ---- Gateway ----
+
+/// `POST /internal/v1/checkout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {
+    pub pg_user: String,
+    pub db: String,
+    /// Wait up to this long (≤ 30 000 ms) for a stopped database to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// 200 to a checkout: a route to the running database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub db_id: Uuid,
+    pub backend_addr: String,
+    pub worker_id: String,
+    pub lease_id: Uuid,
+    pub lease_ttl_ms: u64,
+    pub lease_control_epoch: u64,
+}
+
+/// 202 to a checkout: not running yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub db_id: Uuid,
+    pub state: String,
+    pub retry_after_ms: u64,
+}
+
+/// `POST /internal/v1/leases/{lease_id}/renew`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    pub active_connections: u32,
+    pub lease_control_epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Renewed {
+    pub expires_at: String,
+}
+
+/// `POST /internal/v1/leases/{lease_id}/release`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Accepted as the contract has it; the lease's share of connections ends with it.
+    #[serde(default)]
+    pub active_connections: u32,
+}
+
+// ---- errors ----
+
+/// Every error answer: `{"error": {"code", "message", ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}

@@ -1,0 +1,74 @@
+//! The compute driver: what runs a database's writer. The agent ([`crate::agent`]) speaks
+//! the control plane's protocol and keeps the books (which writer is at which term, what was
+//! reported); a [`Compute`] does the work: [`crate::postgres`] runs PostgreSQL,
+//! [`crate::simulated`] pretends, with delays and failures on request.
+//!
+//! Calls for one database never overlap: the agent runs each instruction in its own thread,
+//! but a driver serializes the calls that touch the same database.
+
+use uuid::Uuid;
+
+/// A writer to start, prepare or promote: everything the instruction says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterSpec {
+    pub db_id: Uuid,
+    pub term: u64,
+    pub profile: String,
+    /// The data directory's name on the worker's storage.
+    pub timeline: String,
+    /// The database's name, its owner's role, and the role's SCRAM-SHA-256 verifier.
+    pub database: String,
+    pub pg_user: String,
+    pub verifier: String,
+}
+
+/// A writer that serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// Where clients (the Gateway) reach it: `host:port`.
+    pub backend_addr: String,
+    /// Its data lives on this worker's own storage.
+    pub keeps_data: bool,
+}
+
+/// What a driver measured of one serving writer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    pub db_id: Uuid,
+    /// Fraction of the profile's vCPUs in use.
+    pub cpu: f64,
+    pub sessions: u32,
+}
+
+/// A serving writer that stopped by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    pub db_id: Uuid,
+    pub term: u64,
+    pub reason: String,
+}
+
+pub type Result<T> = std::result::Result<T, String>;
+
+pub trait Compute: Send + Sync + 'static {
+    /// Starts the writer; `Ok` once it accepts connections.
+    fn start(&self, writer: &WriterSpec) -> Result<Served>;
+    /// Stops the writer of `term` (nothing if that term no longer runs here), keeping every
+    /// committed transaction.
+    fn stop(&self, db_id: Uuid, term: u64) -> Result<()>;
+    /// Prepares a candidate writer for a handoff to `writer.profile`.
+    fn prepare(&self, writer: &WriterSpec) -> Result<()>;
+    /// Makes the prepared candidate the writer. On failure the old writer serves again.
+    fn promote(&self, writer: &WriterSpec) -> Result<Served>;
+    /// Drops the candidate of `term`; the old writer keeps (or goes back to) serving.
+    fn abort(&self, db_id: Uuid, term: u64) -> Result<()>;
+    /// Removes this worker's copy of the database's data.
+    fn destroy(&self, db_id: Uuid, timeline: &str) -> Result<()>;
+    /// The load of each serving writer (`db_id`, `term`); those found dead come back as
+    /// exits and are no longer served.
+    fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>);
+    /// Stops every writer (the control plane no longer counts on any of them).
+    fn stop_all(&self);
+    /// Whether writers keep their data on this worker's storage.
+    fn keeps_data(&self) -> bool;
+}

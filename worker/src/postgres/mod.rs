@@ -1,0 +1,523 @@
+//! `--compute postgres`: each database's writer is a PostgreSQL server of its own.
+//!
+//! - **Storage.** One data directory per database, named by its timeline, under
+//!   `--storage-dir`; it outlives stops and restarts of the worker, and `destroy` removes it.
+//!   A first start copies the worker's template cluster ([`cluster`]). Servers' logs go to
+//!   `<storage>/logs/<timeline>.log`.
+//! - **Processes.** As root, servers run as the `postgres` system user. Each listens on
+//!   `--listen-host` and a port of `--port-range`; the administration socket is in
+//!   `<storage>/run`. A server that exits by itself is found at the next heartbeat and
+//!   reported. At its start the worker stops every server an earlier process of it left
+//!   running (the control plane counts on none of them once this process registers), so no
+//!   server outlives its worker for long, and two never run on one data directory
+//!   (PostgreSQL's own `postmaster.pid` lock refuses the second anyway).
+//! - **Handoff.** A database moves to another profile in place: `prepare` checks that its
+//!   writer runs here and the profile exists; `promote` stops the writer with a fast shutdown
+//!   (every committed transaction is in its data directory) and starts the same directory,
+//!   on the same port, with the new profile's settings ([`settings`]). If the new server does
+//!   not start, the old settings start again and `promote` fails: the old writer serves. An
+//!   `abort` after a promote goes back to the old settings the same way.
+//! - **Load.** At each heartbeat, each serving writer's CPU and client sessions
+//!   ([`monitor`]).
+
+pub mod cluster;
+pub mod monitor;
+pub mod process;
+pub mod settings;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use spg99_wire::profiles::{self, Profile};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::compute::{Compute, Exited, Measured, Result, Served, WriterSpec};
+use monitor::CpuSample;
+use process::{Owner, Server};
+
+/// The longest path a Unix socket may have (`sun_path`, with its terminating NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+/// Where PostgreSQL's programs are: `given`, else the newest `/usr/lib/postgresql/<v>/bin`,
+/// else the `PATH`.
+pub fn find_bin(given: Option<&Path>) -> Option<PathBuf> {
+    let has = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file();
+    if let Some(dir) = given {
+        return has(dir).then(|| dir.to_owned());
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| has(bin))
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(PathBuf::from)
+        .find(|dir| has(dir))
+}
+
+/// How the driver runs its servers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bin: PathBuf,
+    pub storage: PathBuf,
+    /// Where servers listen; `advertise` is the host put in their `backend_addr`.
+    pub listen_host: String,
+    pub advertise_host: String,
+    pub ports: (u16, u16),
+}
+
+struct Running {
+    term: u64,
+    profile: String,
+    server: Server,
+    cpu: CpuSample,
+    /// Its port, held for as long as it runs (an in-place restart keeps it).
+    port: PortLease,
+}
+
+/// A port of the range, held by one server (or one about to start) until dropped.
+struct PortLease {
+    port: u16,
+    taken: Arc<Mutex<BTreeSet<u16>>>,
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        lock(&self.taken).remove(&self.port);
+    }
+}
+
+/// One database on this worker. Its lock serializes the operations on it.
+#[derive(Default)]
+struct Slot {
+    running: Option<Running>,
+    /// A handoff's candidate prepared in place: (term, profile).
+    candidate: Option<(u64, String)>,
+    /// The writer a promote replaced, (term, profile): an abort goes back to it.
+    previous: Option<(u64, String)>,
+}
+
+pub struct Postgres {
+    config: Config,
+    owner: Option<Owner>,
+    run_dir: PathBuf,
+    logs: PathBuf,
+    template: PathBuf,
+    slots: Mutex<HashMap<Uuid, Arc<Mutex<Slot>>>>,
+    /// The ports its servers hold.
+    ports: Arc<Mutex<BTreeSet<u16>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn profile(name: &str) -> Result<&'static Profile> {
+    profiles::profile(name).ok_or_else(|| format!("unknown profile {name:?}"))
+}
+
+/// The data directory name must be one path segment the control plane made.
+fn timeline_ok(timeline: &str) -> Result<()> {
+    let ok = !timeline.is_empty()
+        && timeline.len() <= 64
+        && timeline
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "timeline {timeline:?} is not a data directory name"
+        ))
+    }
+}
+
+impl Postgres {
+    /// Prepares the storage, stops what an earlier process left running there, and makes the
+    /// template cluster if there is none.
+    pub fn new(config: Config) -> Result<Postgres> {
+        let owner = Owner::for_servers()?;
+        let storage = &config.storage;
+        std::fs::create_dir_all(storage).map_err(|e| format!("{}: {e}", storage.display()))?;
+        let storage = storage
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", storage.display()))?;
+        let run_dir = storage.join("run");
+        let logs = storage.join("logs");
+        if run_dir.join(".s.PGSQL.65535").as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(format!(
+                "the storage directory {} is too deep for a Unix socket's path (at most {} \
+                 bytes with the socket's name); choose a shorter --storage-dir",
+                storage.display(),
+                SOCKET_PATH_MAX
+            ));
+        }
+        for dir in [&run_dir, &logs] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if let Some(o) = owner {
+            for dir in [&storage, &run_dir, &logs] {
+                o.chown(dir)?;
+            }
+            o.can_reach(&storage)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [&storage, &run_dir] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let config = Config { storage, ..config };
+        stop_leftovers(&config.storage);
+        let mut driver = Postgres {
+            owner,
+            run_dir,
+            logs,
+            template: PathBuf::new(),
+            slots: Mutex::new(HashMap::new()),
+            ports: Arc::default(),
+            config,
+        };
+        let port = driver.lease_port()?;
+        driver.template = cluster::template(
+            &driver.config.bin,
+            owner,
+            &driver.config.storage,
+            &driver.run_dir,
+            port.port,
+        )?;
+        info!(
+            storage = %driver.config.storage.display(),
+            bin = %driver.config.bin.display(),
+            "PostgreSQL compute ready"
+        );
+        Ok(driver)
+    }
+
+    fn slot(&self, db_id: Uuid) -> Arc<Mutex<Slot>> {
+        lock(&self.slots).entry(db_id).or_default().clone()
+    }
+
+    /// A port of the range that no server of this worker holds and nothing else listens on.
+    fn lease_port(&self) -> Result<PortLease> {
+        let (low, high) = self.config.ports;
+        let mut taken = lock(&self.ports);
+        let port = (low..=high)
+            .filter(|p| !taken.contains(p))
+            .find(|p| TcpListener::bind((self.config.listen_host.as_str(), *p)).is_ok())
+            .ok_or_else(|| format!("no free port in {low}-{high}"))?;
+        taken.insert(port);
+        Ok(PortLease {
+            port,
+            taken: self.ports.clone(),
+        })
+    }
+
+    fn data_dir(&self, timeline: &str) -> PathBuf {
+        self.config.storage.join(timeline)
+    }
+
+    /// Starts a server on the database's data directory (made from the template at its first
+    /// start) with `profile`'s settings, on `port`.
+    fn launch(&self, timeline: &str, profile: &Profile, port: u16) -> Result<Server> {
+        timeline_ok(timeline)?;
+        let dir = self.data_dir(timeline);
+        if !dir.exists() {
+            cluster::copy_template(&self.template, &dir, self.owner)?;
+        }
+        let mut settings = settings::common();
+        settings.extend(settings::for_profile(profile));
+        settings.extend([
+            ("listen_addresses", self.config.listen_host.clone()),
+            (
+                "unix_socket_directories",
+                self.run_dir.display().to_string(),
+            ),
+            ("cluster_name", format!("spg99-{timeline}")),
+        ]);
+        let log = self.logs.join(format!("{timeline}.log"));
+        Server::start(&self.config.bin, self.owner, &dir, port, &settings, &log)
+    }
+
+    /// The role and database of `writer` on the server at `port`.
+    fn admit(&self, port: u16, writer: &WriterSpec) -> Result<()> {
+        let mut client = cluster::admin(&self.run_dir, port, "postgres")?;
+        cluster::admit(
+            &mut client,
+            &writer.database,
+            &writer.pg_user,
+            &writer.verifier,
+        )
+    }
+
+    fn served(&self, port: u16) -> Served {
+        Served {
+            backend_addr: format!("{}:{port}", self.config.advertise_host),
+            keeps_data: true,
+        }
+    }
+
+    fn running(&self, term: u64, profile: &str, server: Server, port: PortLease) -> Running {
+        let cpu = CpuSample::now(server.child.id());
+        Running {
+            term,
+            profile: profile.to_owned(),
+            server,
+            cpu,
+            port,
+        }
+    }
+
+    /// Starts `writer` in `slot`, stopping whatever older writer still runs there.
+    fn start_in(&self, slot: &mut Slot, writer: &WriterSpec) -> Result<Served> {
+        if let Some(r) = slot.running.as_ref().filter(|r| r.term == writer.term) {
+            return Ok(self.served(r.port.port));
+        }
+        if let Some(old) = slot.running.take() {
+            warn!(db_id = %writer.db_id, old_term = old.term, "stopping an older writer to start a newer one");
+            old.server.stop()?;
+        }
+        let p = profile(&writer.profile)?;
+        cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
+        let lease = self.lease_port()?;
+        let port = lease.port;
+        let server = self.launch(&writer.timeline, p, port)?;
+        if let Err(e) = self.admit(port, writer) {
+            let _ = server.stop();
+            return Err(e);
+        }
+        slot.running = Some(self.running(writer.term, &writer.profile, server, lease));
+        slot.candidate = None;
+        slot.previous = None;
+        Ok(self.served(port))
+    }
+
+    /// Stops `old` and starts its directory again on its port with `profile`, as `term`. On
+    /// failure, nothing runs and the port comes back, for another start.
+    fn restart(
+        &self,
+        old: Running,
+        timeline: &str,
+        term: u64,
+        profile_name: &str,
+    ) -> std::result::Result<Running, (String, PortLease)> {
+        let Running { server, port, .. } = old;
+        if let Err(e) = server.stop() {
+            return Err((e, port));
+        }
+        let launched = profile(profile_name).and_then(|p| self.launch(timeline, p, port.port));
+        match launched {
+            Ok(server) => Ok(self.running(term, profile_name, server, port)),
+            Err(e) => Err((e, port)),
+        }
+    }
+}
+
+/// Stops every server an earlier process of the worker left running in `storage`.
+fn stop_leftovers(storage: &Path) {
+    let Ok(entries) = std::fs::read_dir(storage) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if let Some(pid) = process::leftover(&dir) {
+            warn!(dir = %dir.display(), pid, "stopping a server an earlier worker left running");
+            process::stop_leftover(pid);
+        }
+    }
+}
+
+impl Compute for Postgres {
+    fn start(&self, writer: &WriterSpec) -> Result<Served> {
+        let slot = self.slot(writer.db_id);
+        let mut slot = lock(&slot);
+        self.start_in(&mut slot, writer)
+    }
+
+    fn stop(&self, db_id: Uuid, term: u64) -> Result<()> {
+        let slot = self.slot(db_id);
+        let mut slot = lock(&slot);
+        if slot.running.as_ref().is_some_and(|r| r.term == term) {
+            let r = slot.running.take().expect("checked");
+            r.server.stop()?;
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, writer: &WriterSpec) -> Result<()> {
+        let slot = self.slot(writer.db_id);
+        let mut slot = lock(&slot);
+        profile(&writer.profile)?;
+        if slot.running.is_none() {
+            return Err(
+                "no writer of this database runs on this worker: a handoff moves a database in \
+                 place, on the worker that holds its data"
+                    .into(),
+            );
+        }
+        slot.candidate = Some((writer.term, writer.profile.clone()));
+        Ok(())
+    }
+
+    fn promote(&self, writer: &WriterSpec) -> Result<Served> {
+        let slot = self.slot(writer.db_id);
+        let mut slot = lock(&slot);
+        if let Some(r) = slot.running.as_ref().filter(|r| r.term == writer.term) {
+            return Ok(self.served(r.port.port));
+        }
+        if slot.candidate.take().map(|c| c.0) != Some(writer.term) {
+            return Err("no candidate prepared at this term".into());
+        }
+        let old = slot
+            .running
+            .take()
+            .ok_or("the writer to hand off from no longer runs")?;
+        let (old_term, old_profile) = (old.term, old.profile.clone());
+        match self.restart(old, &writer.timeline, writer.term, &writer.profile) {
+            Ok(r) => {
+                let port = r.port.port;
+                slot.running = Some(r);
+                slot.previous = Some((old_term, old_profile));
+                self.admit(port, writer)?;
+                Ok(self.served(port))
+            }
+            Err((e, lease)) => {
+                // The old settings again, on the same port, so that the old writer serves.
+                let back = profile(&old_profile)
+                    .and_then(|p| self.launch(&writer.timeline, p, lease.port));
+                match back {
+                    Ok(server) => {
+                        slot.running = Some(self.running(old_term, &old_profile, server, lease));
+                        Err(format!(
+                            "the {} settings did not start: {e}; the old writer serves again",
+                            writer.profile
+                        ))
+                    }
+                    Err(again) => Err(format!(
+                        "the {} settings did not start: {e}; the old ones did not either: {again}",
+                        writer.profile
+                    )),
+                }
+            }
+        }
+    }
+
+    fn abort(&self, db_id: Uuid, term: u64) -> Result<()> {
+        let slot = self.slot(db_id);
+        let mut slot = lock(&slot);
+        if slot.candidate.as_ref().is_some_and(|c| c.0 == term) {
+            slot.candidate = None;
+        }
+        let promoted = slot.running.as_ref().is_some_and(|r| r.term == term);
+        if let (true, Some((old_term, old_profile))) = (promoted, slot.previous.take()) {
+            let timeline = self.timeline_of(&slot)?;
+            let r = slot.running.take().expect("checked");
+            let back = self
+                .restart(r, &timeline, old_term, &old_profile)
+                .map_err(|(e, _)| e)?;
+            slot.running = Some(back);
+        }
+        Ok(())
+    }
+
+    fn destroy(&self, db_id: Uuid, timeline: &str) -> Result<()> {
+        timeline_ok(timeline)?;
+        let slot = self.slot(db_id);
+        let mut slot = lock(&slot);
+        if let Some(r) = slot.running.take() {
+            r.server.stop()?;
+        }
+        let dir = self.data_dir(timeline);
+        for path in [dir.clone(), dir.with_extension("partial")] {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot remove {}: {e}", path.display())),
+            }
+        }
+        let _ = std::fs::remove_file(self.logs.join(format!("{timeline}.log")));
+        drop(slot);
+        lock(&self.slots).remove(&db_id);
+        info!(%db_id, timeline, "data removed");
+        Ok(())
+    }
+
+    fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>) {
+        let mut measured = Vec::new();
+        let mut exited = Vec::new();
+        for &(db_id, term) in serving {
+            let slot = self.slot(db_id);
+            // A database busy with an operation reports its load next time.
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let Some(r) = slot.running.as_mut().filter(|r| r.term == term) else {
+                continue;
+            };
+            if let Some(reason) = r.server.exited() {
+                slot.running = None;
+                exited.push(Exited {
+                    db_id,
+                    term,
+                    reason,
+                });
+                continue;
+            }
+            let vcpu = profile(&r.profile).map_or(1.0, |p| f64::from(p.vcpu));
+            let (cpu, sample) = r.cpu.since(r.server.child.id(), vcpu);
+            r.cpu = sample;
+            let sessions = cluster::admin(&self.run_dir, r.port.port, "postgres")
+                .and_then(|mut c| monitor::sessions(&mut c));
+            match sessions {
+                Ok(sessions) => measured.push(Measured {
+                    db_id,
+                    cpu,
+                    sessions,
+                }),
+                Err(e) => warn!(%db_id, error = %e, "cannot measure a writer's sessions"),
+            }
+        }
+        (measured, exited)
+    }
+
+    fn stop_all(&self) {
+        let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            let mut slot = lock(&slot);
+            if let Some(r) = slot.running.take() {
+                if let Err(e) = r.server.stop() {
+                    warn!(error = %e, "stopping a writer");
+                }
+            }
+            slot.candidate = None;
+            slot.previous = None;
+        }
+    }
+
+    fn keeps_data(&self) -> bool {
+        true
+    }
+}
+
+impl Postgres {
+    /// The timeline a slot's running server serves (its data directory's name).
+    fn timeline_of(&self, slot: &Slot) -> Result<String> {
+        slot.running
+            .as_ref()
+            .and_then(|r| r.server.dir.file_name()?.to_str().map(str::to_owned))
+            .ok_or_else(|| "no writer of this database runs here".to_owned())
+    }
+}
