@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need when it is missing:
 # - strace, which the durability test uses to watch the server's fdatasync calls;
-# - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document.
+# - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document;
+# - PostgreSQL (Debian's package, its own cluster never started), which the workers run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,5 +20,7 @@ if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; t
   python3 -m pip install --quiet --disable-pip-version-check \
     'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' >&2
 fi
+
+scripts/install-postgres.sh
 
 exec cargo test --workspace "$@"

@@ -1,11 +1,14 @@
 //! A lifecycle lab: a real server on a manual clock, with one tenant, and the test playing
 //! the Gateway and the workers through the internal API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Fixture, Reply, Server, Start, ROOT_TOKEN};
+use crate::helpers::{bin, Fixture, Reply, Server, Start, ROOT_TOKEN};
 
 pub const SERVICE_TOKEN: &str = "spg99_svc_cccccccccccccccccccccccccccccccccccccccccccccccc";
 
@@ -164,5 +167,168 @@ impl Lab {
 
     pub fn head(&self) -> u64 {
         self.s().fingerprint().1
+    }
+}
+
+/// A running `spg99 worker`, stopped (SIGTERM: its writers stop too) when dropped.
+pub struct Worker {
+    child: Option<Child>,
+    pub id: String,
+    args: Vec<String>,
+    base: String,
+    pub storage: Option<PathBuf>,
+}
+
+/// Each PostgreSQL worker of the test run gets ports of its own, so that tests running side
+/// by side never race for one.
+fn ports() -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let low = 56000 + (n % 160) * 50;
+    format!("{low}-{}", low + 49)
+}
+
+impl Worker {
+    /// A simulated worker with `extra` flags, answering at `<id>.sim:6432`.
+    pub fn simulated(lab: &Lab, id: &str, extra: &[&str]) -> Worker {
+        let lab = lab.s();
+        let mut args: Vec<String> = ["--compute", "simulated", "--heartbeat-ms", "20"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--address".into(), format!("{id}.sim:6432")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Worker::spawn(lab, id, args, None)
+    }
+
+    /// A worker running PostgreSQL, its storage in `dir` (made reachable for the postgres
+    /// user), heartbeating every 200 ms.
+    pub fn postgres(server: &Server, id: &str, dir: &Path) -> Worker {
+        use std::os::unix::fs::PermissionsExt;
+        let mut at = dir.to_path_buf();
+        while at.pop() && at.starts_with(std::env::temp_dir()) && at != std::env::temp_dir() {
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let storage = dir.to_path_buf();
+        let args = vec![
+            "--compute".into(),
+            "postgres".into(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--storage-dir".into(),
+            storage.display().to_string(),
+            "--port-range".into(),
+            ports(),
+        ];
+        Worker::spawn(server, id, args, Some(storage))
+    }
+
+    fn spawn(server: &Server, id: &str, args: Vec<String>, storage: Option<PathBuf>) -> Worker {
+        let mut w = Worker {
+            child: None,
+            id: id.to_owned(),
+            args,
+            base: server.base.clone(),
+            storage,
+        };
+        w.start(server);
+        w
+    }
+
+    /// Starts (or starts again) the worker process; returns once the control plane lists it.
+    pub fn start(&mut self, server: &Server) {
+        // Registrations of this worker so far (a clock that stands still gives a new one the
+        // old one's time, so they are counted rather than timed).
+        let registrations = || {
+            let r = server.get(
+                "/v2/admin/log?types=worker.registered&limit=10000",
+                ROOT_TOKEN,
+            );
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["data"]["worker_id"] == self.id.as_str())
+                .count()
+        };
+        let before = registrations();
+        let child = Command::new(bin())
+            .args(["worker", "--control-plane", &self.base, "--id", &self.id])
+            .args(&self.args)
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(match &self.storage {
+                Some(dir) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.with_extension("worker.log"))
+                        .unwrap(),
+                ),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .expect("spawn spg99 worker");
+        self.child = Some(child);
+        for _ in 0..600 {
+            if registrations() > before {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("worker {} exited ({status}): {}", self.id, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("worker {} never registered: {}", self.id, self.log());
+    }
+
+    /// What the worker logged (PostgreSQL workers only).
+    pub fn log(&self) -> String {
+        self.storage
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.with_extension("worker.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILL: its servers keep running, as after a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Waits for the process to exit by itself; its status code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        for _ in 0..400 {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

@@ -2,69 +2,12 @@
 //! shows (a waiting checkout served by a started writer, a start that keeps failing, a
 //! candidate host dying mid-handoff).
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{bin, tempdir};
-use crate::lab::{Lab, SERVICE_TOKEN};
-
-/// A running `spg99 worker`, killed when dropped.
-struct Agent(Child);
-
-impl Agent {
-    fn spawn(lab: &Lab, id: &str, extra: &[&str]) -> Agent {
-        let child = Command::new(bin())
-            .args(["worker", "--control-plane", &lab.s().base, "--id", id])
-            .args(["--compute", "simulated"])
-            .args([
-                "--address",
-                &format!("{id}.sim:6432"),
-                "--heartbeat-ms",
-                "20",
-            ])
-            .args(extra)
-            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn spg99 worker");
-        let agent = Agent(child);
-        for _ in 0..200 {
-            let r = lab.s().get("/internal/v1/workers", SERVICE_TOKEN);
-            let listed = r.body["workers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|w| w["worker_id"] == id && w["lost_at"].is_null());
-            if listed {
-                return agent;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("worker {id} never registered");
-    }
-
-    fn wait_exit(&mut self) -> Option<i32> {
-        for _ in 0..200 {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::helpers::tempdir;
+use crate::lab::{Lab, Worker};
 
 fn checkout_waiting(lab: &Lab, db: &str) -> crate::helpers::Reply {
     lab.internal(
@@ -77,7 +20,7 @@ fn checkout_waiting(lab: &Lab, db: &str) -> crate::helpers::Reply {
 fn a_waiting_checkout_is_served_once_the_simulated_writer_starts_and_a_failing_host_fails_it() {
     let tmp = tempdir();
     let lab = Lab::new(&tmp.path().join("data"), &[("SPG99_CLOCK", "system")]);
-    let _w1 = Agent::spawn(&lab, "w1", &["--start-delay-ms", "50"]);
+    let _w1 = Worker::simulated(&lab, "w1", &["--start-delay-ms", "50"]);
     lab.create_db("app");
     let r = checkout_waiting(&lab, "app");
     assert_eq!(r.status, 200, "{r:?}");
@@ -90,7 +33,7 @@ fn a_waiting_checkout_is_served_once_the_simulated_writer_starts_and_a_failing_h
 
     // A host whose starts always fail: placement prefers it (more room), three failures in a
     // row and the database is `failed`, which the waiting checkout reports.
-    let _w2 = Agent::spawn(&lab, "w2", &["--fail-start"]);
+    let _w2 = Worker::simulated(&lab, "w2", &["--fail-start"]);
     lab.create_db("flaky");
     let r = checkout_waiting(&lab, "flaky");
     assert_eq!((r.status, r.code()), (409, "db_failed"), "{r:?}");
@@ -112,8 +55,8 @@ fn a_candidate_host_dying_mid_handoff_fails_the_handoff_and_the_old_writer_keeps
             ("SPG99_IDLE_TIMEOUT", "100000"),
         ],
     );
-    let _w1 = Agent::spawn(&lab, "w1", &["--cpu", "0.95"]);
-    let mut w2 = Agent::spawn(&lab, "w2", &["--die-mid-handoff"]);
+    let _w1 = Worker::simulated(&lab, "w1", &["--cpu", "0.95"]);
+    let mut w2 = Worker::simulated(&lab, "w2", &["--die-mid-handoff"]);
     lab.create_db("app");
     let r = checkout_waiting(&lab, "app");
     assert_eq!(r.body["worker_id"], "w1", "{r:?}");

@@ -273,12 +273,23 @@ pub fn leftover(dir: &Path) -> Option<u32> {
     let pid: u32 = text.lines().next()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let program = cmdline.split(|b| *b == 0).next()?;
-    program.ends_with(b"postgres").then_some(pid)
+    (program.ends_with(b"postgres") && alive(pid)).then_some(pid)
+}
+
+/// Whether `pid` runs (a zombie, which an init that does not reap would keep, does not).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// Stops a server that is not this process's child (fast, then immediate).
 pub fn stop_leftover(pid: u32) {
-    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    let alive = || alive(pid);
     signal(pid as libc::pid_t, libc::SIGINT);
     let began = Instant::now();
     while alive() && began.elapsed() < STOP_TIMEOUT {
