@@ -91,6 +91,15 @@ pub struct WorkerArgs {
         help_heading = "PostgreSQL compute"
     )]
     pub advertise_host: Option<String>,
+    /// Data directories kept copied ahead of time (~30 MB each), so that a new database's
+    /// first start does not wait for a copy.
+    #[arg(
+        long,
+        env = "SPG99_SPARE_CLUSTERS",
+        default_value_t = 4,
+        help_heading = "PostgreSQL compute"
+    )]
+    pub spare_clusters: usize,
 
     /// The simulated writers' backend address (and the address the worker registers with).
     #[arg(
@@ -199,6 +208,7 @@ impl WorkerArgs {
                         .clone()
                         .unwrap_or_else(|| self.listen_host.clone()),
                     ports: self.port_range,
+                    spares: self.spare_clusters,
                 })?)
             }
         })

@@ -68,13 +68,17 @@ pub fn template(
         &settings,
         &storage.join("template.log"),
     )?;
-    let setup = admin(run_dir, port, "postgres").and_then(|mut c| {
-        // CREATE DATABASE cannot share a transaction (nor a batch) with anything.
-        c.batch_execute(&format!("CREATE DATABASE {SEED_DB}"))
+    let setup = admin(run_dir, port).and_then(|mut c| {
+        // FILE_COPY: the new database's files are copied, not written through the WAL, so
+        // that the template's WAL stays nearly empty (and its copies small). The `postgres`
+        // database goes: nobody but the worker connects to a server, and a quarter fewer
+        // files make every copy faster. (CREATE and DROP DATABASE cannot share a batch, nor
+        // a transaction, with anything.)
+        c.batch_execute(&format!("CREATE DATABASE {SEED_DB} STRATEGY FILE_COPY"))
+            .and_then(|()| c.batch_execute("DROP DATABASE postgres"))
             .and_then(|()| {
                 c.batch_execute(&format!(
-                    "REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;
-                     REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;
+                    "REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;
                      REVOKE CONNECT ON DATABASE {SEED_DB} FROM PUBLIC;"
                 ))
             })
@@ -88,19 +92,34 @@ pub fn template(
     Ok(dir)
 }
 
-/// Copies the template to `dir` (a database's first start), syncs it, and gives it to the
-/// servers' user. A half-made copy (a crash during the copy) is made again.
+/// Copies the template to `dir`, syncs it, and gives it to the servers' user. A half-made
+/// copy (a crash during the copy) is made again.
 pub fn copy_template(template: &Path, dir: &Path, owner: Option<Owner>) -> Result<(), String> {
     let partial = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
+    let began = std::time::Instant::now();
     copy_tree(template, &partial, owner).map_err(|e| format!("cannot copy the template: {e}"))?;
+    let copied = began.elapsed();
     let _ = std::fs::remove_file(partial.join(READY_MARK));
     sync_fs(&partial)?;
-    std::fs::rename(&partial, dir).map_err(|e| format!("cannot place {}: {e}", dir.display()))?;
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot sync {}: {e}", parent.display()))
+    tracing::debug!(
+        copy_ms = copied.as_secs_f64() * 1e3,
+        sync_ms = (began.elapsed() - copied).as_secs_f64() * 1e3,
+        "template copied"
+    );
+    place(&partial, dir)
+}
+
+/// Moves a complete data directory to `dir` (one filesystem: atomic) and makes the move
+/// durable.
+pub fn place(from: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::rename(from, dir).map_err(|e| format!("cannot place {}: {e}", dir.display()))?;
+    for d in [dir.parent(), from.parent()].into_iter().flatten() {
+        File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("cannot sync {}: {e}", d.display()))?;
+    }
+    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path, owner: Option<Owner>) -> std::io::Result<()> {
@@ -115,13 +134,190 @@ fn copy_tree(from: &Path, to: &Path, owner: Option<Owner>) -> std::io::Result<()
         if entry.file_type()?.is_dir() {
             copy_tree(&src, &dst, owner)?;
         } else {
-            std::fs::copy(&src, &dst)?;
+            // The WAL segment is mostly zeros after the template's shutdown; the rest is
+            // catalog pages, copied inside the kernel.
+            if from.ends_with("pg_wal") {
+                copy_sparse(&src, &dst)?;
+            } else {
+                std::fs::copy(&src, &dst)?;
+            }
             if let Some(o) = owner {
                 std::os::unix::fs::chown(&dst, Some(o.uid), Some(o.gid))?;
             }
         }
     }
     Ok(())
+}
+
+/// Copies a file, leaving its all-zero 8 KiB pages (PostgreSQL's page size) as holes: they
+/// read back as the same zeros, and are not written.
+fn copy_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+    const PAGE: usize = 8192;
+    let mut from = File::open(src)?;
+    let meta = from.metadata()?;
+    let to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(meta.permissions().mode())
+        .open(dst)?;
+    let mut buf = vec![0u8; 64 * PAGE];
+    let mut at = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        // Each run of pages with data is one write.
+        let pages: Vec<&[u8]> = buf[..n].chunks(PAGE).collect();
+        let mut i = 0;
+        while i < pages.len() {
+            if pages[i].iter().all(|b| *b == 0) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages.len() && pages[i].iter().any(|b| *b != 0) {
+                i += 1;
+            }
+            let bytes = &buf[start * PAGE..(i * PAGE).min(n)];
+            to.write_all_at(bytes, at + (start * PAGE) as u64)?;
+        }
+        at += n as u64;
+    }
+    to.set_len(meta.len())
+}
+
+/// Copies of the template, made by one thread of their own, synced, so that a database's
+/// first start takes one (a rename) instead of copying ~35 MB while its client waits.
+///
+/// The copier keeps `keep` spares ready, and makes one more for every start that finds none.
+/// One copier, not one per start: copies are bound by file creation and the filesystem's
+/// journal; here 16 at once took 1 to 6 s each, 2 at once 0.7 to 1.1 s each, one after
+/// another ~150 ms each.
+pub struct Spares {
+    dir: PathBuf,
+    template: PathBuf,
+    owner: Option<Owner>,
+    keep: usize,
+    pool: std::sync::Mutex<Pool>,
+    /// Signalled when a spare is ready (or the copier failed).
+    ready: std::sync::Condvar,
+    /// Signalled when a spare is wanted.
+    wanted: std::sync::Condvar,
+}
+
+/// Copier threads (see [`Spares`]).
+const COPIERS: usize = 1;
+
+#[derive(Default)]
+struct Pool {
+    ready: Vec<PathBuf>,
+    /// Spares being made.
+    making: usize,
+    /// Starts waiting for a spare.
+    waiting: usize,
+    /// Why the last copy failed (starts waiting then fail with it).
+    failed: Option<String>,
+}
+
+impl Spares {
+    /// The spares under `dir` that are complete (half-made ones are removed), and the copier.
+    pub fn start(
+        dir: PathBuf,
+        template: PathBuf,
+        owner: Option<Owner>,
+        keep: usize,
+    ) -> Result<std::sync::Arc<Spares>, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut ready = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "partial") {
+                let _ = std::fs::remove_dir_all(&path);
+            } else {
+                ready.push(path);
+            }
+        }
+        let spares = std::sync::Arc::new(Spares {
+            dir,
+            template,
+            owner,
+            keep,
+            pool: std::sync::Mutex::new(Pool {
+                ready,
+                ..Pool::default()
+            }),
+            ready: Default::default(),
+            wanted: Default::default(),
+        });
+        for _ in 0..COPIERS {
+            let copier = spares.clone();
+            std::thread::Builder::new()
+                .name("spg99-copier".into())
+                .spawn(move || copier.run())
+                .map_err(|e| format!("cannot start the copier: {e}"))?;
+        }
+        Ok(spares)
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A spare: one ready, or the next one made.
+    pub fn take(&self) -> Result<PathBuf, String> {
+        let mut pool = self.pool();
+        pool.waiting += 1;
+        self.wanted.notify_one();
+        loop {
+            if let Some(spare) = pool.ready.pop() {
+                pool.waiting -= 1;
+                self.wanted.notify_one();
+                return Ok(spare);
+            }
+            if let Some(e) = pool.failed.take() {
+                pool.waiting -= 1;
+                return Err(e);
+            }
+            pool = self.ready.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut pool = self.pool();
+                while pool.ready.len() + pool.making >= self.keep + pool.waiting {
+                    pool = self.wanted.wait(pool).unwrap_or_else(|p| p.into_inner());
+                }
+                pool.making += 1;
+            }
+            let mut name = [0u8; 8];
+            let _ = std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut name));
+            let spare = self.dir.join(format!("{:016x}", u64::from_le_bytes(name)));
+            let made = copy_template(&self.template, &spare, self.owner);
+            let mut pool = self.pool();
+            pool.making -= 1;
+            match made {
+                Ok(()) => pool.ready.push(spare),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make a spare data directory");
+                    pool.failed = Some(e);
+                    drop(pool);
+                    self.ready.notify_all();
+                    // Not again at once: a full disk stays full for a while.
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            }
+            drop(pool);
+            self.ready.notify_all();
+        }
+    }
 }
 
 /// Everything written to the filesystem of `path` reaches the device.
@@ -138,13 +334,15 @@ fn sync_fs(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A session as `postgres` over the Unix socket in `run_dir`.
-pub fn admin(run_dir: &Path, port: u16, dbname: &str) -> Result<postgres::Client, String> {
+/// A session as `postgres` over the Unix socket in `run_dir`, in `template1`: the database
+/// every server has besides the tenant's own, which it must not hold open (a first start
+/// renames it).
+pub fn admin(run_dir: &Path, port: u16) -> Result<postgres::Client, String> {
     postgres::Config::new()
         .host_path(run_dir)
         .port(port)
         .user("postgres")
-        .dbname(dbname)
+        .dbname("template1")
         .application_name("spg99-worker")
         .connect(postgres::NoTls)
         .map_err(|e| format!("cannot reach postgres over its socket: {}", sql_error(&e)))
@@ -158,23 +356,25 @@ pub fn sql_error(e: &postgres::Error) -> String {
     }
 }
 
-/// `"name"`: an identifier, quoted (names the API accepts hold no quote).
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Whether an instruction says enough for [`admit`]: a database, a role, and a verifier in
-/// PostgreSQL's form (which holds no quote: it goes into the SQL as a literal).
+/// Whether an instruction says enough for [`admit`]: a database and a role named as the
+/// control plane names them, and a verifier in PostgreSQL's form (none of which can hold a
+/// quote: they go into the SQL as literals).
 pub fn check_role(database: &str, pg_user: &str, verifier: &str) -> Result<(), String> {
+    let name_like = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    if !name_like(database) || !name_like(pg_user) {
+        return Err("the instruction names no valid role or database".into());
+    }
     let scram_like = verifier.starts_with("SCRAM-SHA-256$")
         && verifier
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"$:+/=-".contains(&b));
     if !scram_like {
         return Err("the instruction carries no SCRAM-SHA-256 verifier for the role".into());
-    }
-    if pg_user.is_empty() || database.is_empty() {
-        return Err("the instruction names no role or database".into());
     }
     Ok(())
 }
@@ -188,37 +388,24 @@ pub fn admit(
     pg_user: &str,
     verifier: &str,
 ) -> Result<(), String> {
-    let sql_err =
-        |e: postgres::Error| format!("cannot set up the role and database: {}", sql_error(&e));
     check_role(database, pg_user, verifier)?;
-    let role = ident(pg_user);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&pg_user])
-        .map_err(sql_err)?
-        .is_some();
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    client
-        .batch_execute(&format!("{verb} ROLE {role} LOGIN PASSWORD '{verifier}'"))
-        .map_err(sql_err)?;
-    let has = |client: &mut postgres::Client, name: &str| -> Result<bool, String> {
-        Ok(client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-            .map_err(sql_err)?
-            .is_some())
-    };
-    if !has(client, database)? {
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {SEED_DB} RENAME TO {}",
-                ident(database)
-            ))
-            .map_err(sql_err)?;
-    }
+    // One round trip. The values are checked above to hold no quote; format() quotes them
+    // again where they become identifiers or literals.
     client
         .batch_execute(&format!(
-            "ALTER DATABASE {db} OWNER TO {role}; REVOKE CONNECT ON DATABASE {db} FROM PUBLIC; \
-             GRANT CONNECT ON DATABASE {db} TO {role}",
-            db = ident(database)
+            "DO $spg99$ BEGIN
+               IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{pg_user}') THEN
+                 EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', '{pg_user}', '{verifier}');
+               ELSE
+                 EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', '{pg_user}', '{verifier}');
+               END IF;
+               IF NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') THEN
+                 EXECUTE format('ALTER DATABASE {SEED_DB} RENAME TO %I', '{database}');
+               END IF;
+               EXECUTE format('ALTER DATABASE %I OWNER TO %I', '{database}', '{pg_user}');
+               EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', '{database}');
+               EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', '{database}', '{pg_user}');
+             END $spg99$"
         ))
-        .map_err(sql_err)
+        .map_err(|e| format!("cannot set up the role and database: {}", sql_error(&e)))
 }

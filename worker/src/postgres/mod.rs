@@ -35,7 +35,8 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::compute::{Compute, Exited, Measured, Result, Served, WriterSpec};
-use monitor::CpuSample;
+use cluster::Spares;
+use monitor::Monitor;
 use process::{Owner, Server};
 
 /// The longest path a Unix socket may have (`sun_path`, with its terminating NUL).
@@ -78,13 +79,17 @@ pub struct Config {
     pub listen_host: String,
     pub advertise_host: String,
     pub ports: (u16, u16),
+    /// Data directories copied ahead of time, for fast first starts.
+    pub spares: usize,
 }
 
 struct Running {
     term: u64,
     profile: String,
     server: Server,
-    cpu: CpuSample,
+    monitor: Monitor,
+    /// The tenant's role (its sessions are the ones counted).
+    pg_user: String,
     /// Its port, held for as long as it runs (an in-place restart keeps it).
     port: PortLease,
 }
@@ -116,7 +121,7 @@ pub struct Postgres {
     owner: Option<Owner>,
     run_dir: PathBuf,
     logs: PathBuf,
-    template: PathBuf,
+    spares: Arc<Spares>,
     slots: Mutex<HashMap<Uuid, Arc<Mutex<Slot>>>>,
     /// The ports its servers hold.
     ports: Arc<Mutex<BTreeSet<u16>>>,
@@ -182,23 +187,25 @@ impl Postgres {
         }
         let config = Config { storage, ..config };
         stop_leftovers(&config.storage);
-        let mut driver = Postgres {
+        let ports = Arc::default();
+        let port = lease_port(&config, &ports)?;
+        let template = cluster::template(&config.bin, owner, &config.storage, &run_dir, port.port)?;
+        drop(port);
+        let spares = Spares::start(
+            config.storage.join("spares"),
+            template,
+            owner,
+            config.spares,
+        )?;
+        let driver = Postgres {
             owner,
             run_dir,
             logs,
-            template: PathBuf::new(),
+            spares,
             slots: Mutex::new(HashMap::new()),
-            ports: Arc::default(),
+            ports,
             config,
         };
-        let port = driver.lease_port()?;
-        driver.template = cluster::template(
-            &driver.config.bin,
-            owner,
-            &driver.config.storage,
-            &driver.run_dir,
-            port.port,
-        )?;
         info!(
             storage = %driver.config.storage.display(),
             bin = %driver.config.bin.display(),
@@ -211,19 +218,8 @@ impl Postgres {
         lock(&self.slots).entry(db_id).or_default().clone()
     }
 
-    /// A port of the range that no server of this worker holds and nothing else listens on.
     fn lease_port(&self) -> Result<PortLease> {
-        let (low, high) = self.config.ports;
-        let mut taken = lock(&self.ports);
-        let port = (low..=high)
-            .filter(|p| !taken.contains(p))
-            .find(|p| TcpListener::bind((self.config.listen_host.as_str(), *p)).is_ok())
-            .ok_or_else(|| format!("no free port in {low}-{high}"))?;
-        taken.insert(port);
-        Ok(PortLease {
-            port,
-            taken: self.ports.clone(),
-        })
+        lease_port(&self.config, &self.ports)
     }
 
     fn data_dir(&self, timeline: &str) -> PathBuf {
@@ -236,7 +232,13 @@ impl Postgres {
         timeline_ok(timeline)?;
         let dir = self.data_dir(timeline);
         if !dir.exists() {
-            cluster::copy_template(&self.template, &dir, self.owner)?;
+            let began = std::time::Instant::now();
+            cluster::place(&self.spares.take()?, &dir)?;
+            tracing::debug!(
+                timeline,
+                ms = began.elapsed().as_secs_f64() * 1e3,
+                "data directory made"
+            );
         }
         let mut settings = settings::common();
         settings.extend(settings::for_profile(profile));
@@ -254,7 +256,7 @@ impl Postgres {
 
     /// The role and database of `writer` on the server at `port`.
     fn admit(&self, port: u16, writer: &WriterSpec) -> Result<()> {
-        let mut client = cluster::admin(&self.run_dir, port, "postgres")?;
+        let mut client = cluster::admin(&self.run_dir, port)?;
         cluster::admit(
             &mut client,
             &writer.database,
@@ -270,13 +272,26 @@ impl Postgres {
         }
     }
 
-    fn running(&self, term: u64, profile: &str, server: Server, port: PortLease) -> Running {
-        let cpu = CpuSample::now(server.child.id());
+    fn running(
+        &self,
+        term: u64,
+        profile: &str,
+        pg_user: &str,
+        server: Server,
+        port: PortLease,
+    ) -> Running {
+        let cluster = server
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        let monitor = Monitor::new(server.child.id(), &format!("spg99-{cluster}"), pg_user);
         Running {
             term,
             profile: profile.to_owned(),
             server,
-            cpu,
+            monitor,
+            pg_user: pg_user.to_owned(),
             port,
         }
     }
@@ -292,14 +307,23 @@ impl Postgres {
         }
         let p = profile(&writer.profile)?;
         cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
+        let began = std::time::Instant::now();
         let lease = self.lease_port()?;
         let port = lease.port;
         let server = self.launch(&writer.timeline, p, port)?;
+        let launched = began.elapsed();
         if let Err(e) = self.admit(port, writer) {
             let _ = server.stop();
             return Err(e);
         }
-        slot.running = Some(self.running(writer.term, &writer.profile, server, lease));
+        tracing::debug!(
+            db_id = %writer.db_id,
+            launch_ms = launched.as_secs_f64() * 1e3,
+            total_ms = began.elapsed().as_secs_f64() * 1e3,
+            "writer started"
+        );
+        slot.running =
+            Some(self.running(writer.term, &writer.profile, &writer.pg_user, server, lease));
         slot.candidate = None;
         slot.previous = None;
         Ok(self.served(port))
@@ -314,16 +338,36 @@ impl Postgres {
         term: u64,
         profile_name: &str,
     ) -> std::result::Result<Running, (String, PortLease)> {
-        let Running { server, port, .. } = old;
+        let Running {
+            server,
+            port,
+            pg_user,
+            ..
+        } = old;
         if let Err(e) = server.stop() {
             return Err((e, port));
         }
         let launched = profile(profile_name).and_then(|p| self.launch(timeline, p, port.port));
         match launched {
-            Ok(server) => Ok(self.running(term, profile_name, server, port)),
+            Ok(server) => Ok(self.running(term, profile_name, &pg_user, server, port)),
             Err(e) => Err((e, port)),
         }
     }
+}
+
+/// A port of the range that no server of this worker holds and nothing else listens on.
+fn lease_port(config: &Config, ports: &Arc<Mutex<BTreeSet<u16>>>) -> Result<PortLease> {
+    let (low, high) = config.ports;
+    let mut taken = lock(ports);
+    let port = (low..=high)
+        .filter(|p| !taken.contains(p))
+        .find(|p| TcpListener::bind((config.listen_host.as_str(), *p)).is_ok())
+        .ok_or_else(|| format!("no free port in {low}-{high}"))?;
+    taken.insert(port);
+    Ok(PortLease {
+        port,
+        taken: ports.clone(),
+    })
 }
 
 /// Stops every server an earlier process of the worker left running in `storage`.
@@ -400,7 +444,13 @@ impl Compute for Postgres {
                     .and_then(|p| self.launch(&writer.timeline, p, lease.port));
                 match back {
                     Ok(server) => {
-                        slot.running = Some(self.running(old_term, &old_profile, server, lease));
+                        slot.running = Some(self.running(
+                            old_term,
+                            &old_profile,
+                            &writer.pg_user,
+                            server,
+                            lease,
+                        ));
                         Err(format!(
                             "the {} settings did not start: {e}; the old writer serves again",
                             writer.profile
@@ -477,18 +527,12 @@ impl Compute for Postgres {
                 continue;
             }
             let vcpu = profile(&r.profile).map_or(1.0, |p| f64::from(p.vcpu));
-            let (cpu, sample) = r.cpu.since(r.server.child.id(), vcpu);
-            r.cpu = sample;
-            let sessions = cluster::admin(&self.run_dir, r.port.port, "postgres")
-                .and_then(|mut c| monitor::sessions(&mut c));
-            match sessions {
-                Ok(sessions) => measured.push(Measured {
-                    db_id,
-                    cpu,
-                    sessions,
-                }),
-                Err(e) => warn!(%db_id, error = %e, "cannot measure a writer's sessions"),
-            }
+            let (cpu, sessions) = r.monitor.sample(vcpu);
+            measured.push(Measured {
+                db_id,
+                cpu,
+                sessions,
+            });
         }
         (measured, exited)
     }

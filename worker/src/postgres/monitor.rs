@@ -1,47 +1,43 @@
-//! What a writer really does: the CPU of its process tree and its client sessions.
+//! What a writer really does: the CPU of its process tree and its client sessions, read from
+//! `/proc` at each heartbeat (no connection to the server: counting by SQL forked a backend per
+//! writer per heartbeat).
 //!
-//! CPU comes from `/proc`: the postmaster's own time plus what it collected from backends
-//! that exited (`cutime`, `cstime`), plus the time of the backends alive now. Sampled at each
-//! heartbeat, the difference over the interval, divided by the profile's vCPUs, is the
-//! fraction the autoscaler reads. Sessions are `pg_stat_activity`'s client backends, the
-//! worker's own counting session excluded.
+//! CPU is the postmaster's own time plus what it collected from backends that exited
+//! (`cutime`, `cstime`), plus the time of its children alive now. The difference since the
+//! last heartbeat, divided by the interval and the profile's vCPUs, is the fraction the
+//! autoscaler reads. Sessions are the tenant's client backends: children whose process title
+//! is `postgres: <cluster>: <pg_user> <database> <host>(<port>) <state>`. A child's title is
+//! read once (a backend's user does not change); its times at every heartbeat.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-/// Clock ticks of one process (`utime + stime`, and with `children` also `cutime + cstime`).
-fn ticks(pid: u32, children: bool) -> Option<(u64, u32)> {
+/// `(ppid, utime + stime, cutime + cstime)` of one process.
+fn stat(pid: u32) -> Option<(u32, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     // Field 4 (ppid) is f[1]; 14..17 (utime, stime, cutime, cstime) are f[11..15].
-    let ppid = f.get(1)?.parse().ok()?;
     let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let own = n(11) + n(12);
-    Some((if children { own + n(13) + n(14) } else { own }, ppid))
+    Some((f.get(1)?.parse().ok()?, n(11) + n(12), n(13) + n(14)))
 }
 
-/// Every tick the tree under `postmaster` has used.
-pub fn tree_ticks(postmaster: u32) -> u64 {
-    let mut total = ticks(postmaster, true).map_or(0, |(t, _)| t);
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return total;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some((t, ppid)) = ticks(pid, false) {
-            if ppid == postmaster {
-                total += t;
-            }
-        }
+/// The children of `pid` (`/proc/<pid>/task/<pid>/children`, else a scan of `/proc`).
+fn children(pid: u32) -> Vec<u32> {
+    if let Ok(list) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        return list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
     }
-    total
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| stat(*child).is_some_and(|(ppid, _, _)| ppid == pid))
+        .collect()
 }
 
 fn ticks_per_second() -> f64 {
@@ -54,46 +50,67 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// The last CPU sample of one writer.
-#[derive(Debug, Clone, Copy)]
-pub struct CpuSample {
+/// One writer's process tree, watched from heartbeat to heartbeat.
+#[derive(Debug)]
+pub struct Monitor {
+    postmaster: u32,
+    /// The tenant's backends' title prefix: `postgres: <cluster>: <pg_user> `.
+    session_title: String,
+    /// Per child: whether it is one of the tenant's sessions.
+    kinds: HashMap<u32, bool>,
     ticks: u64,
     at: Instant,
 }
 
-impl CpuSample {
-    pub fn now(postmaster: u32) -> Self {
-        CpuSample {
-            ticks: tree_ticks(postmaster),
+impl Monitor {
+    pub fn new(postmaster: u32, cluster: &str, pg_user: &str) -> Monitor {
+        let mut m = Monitor {
+            postmaster,
+            session_title: format!("postgres: {cluster}: {pg_user} "),
+            kinds: HashMap::new(),
+            ticks: 0,
             at: Instant::now(),
-        }
+        };
+        m.ticks = m.read().0;
+        m
     }
 
-    /// The CPU used since `self`, as a fraction of `vcpu` cores; the new sample.
-    pub fn since(self, postmaster: u32, vcpu: f64) -> (f64, CpuSample) {
-        let next = CpuSample::now(postmaster);
-        let secs = next.at.duration_since(self.at).as_secs_f64();
-        let used = next.ticks.saturating_sub(self.ticks) as f64 / ticks_per_second();
-        let fraction = if secs > 0.0 && vcpu > 0.0 {
+    /// The tree's ticks, and the tenant's sessions in it.
+    fn read(&mut self) -> (u64, u32) {
+        let (_, own, reaped) = stat(self.postmaster).unwrap_or_default();
+        let kids = children(self.postmaster);
+        self.kinds.retain(|pid, _| kids.contains(pid));
+        let mut ticks = own + reaped;
+        let mut sessions = 0;
+        for pid in kids {
+            let Some((_, t, _)) = stat(pid) else {
+                continue;
+            };
+            ticks += t;
+            let title = &self.session_title;
+            let session = *self.kinds.entry(pid).or_insert_with(|| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmd| cmd.starts_with(title.as_bytes()))
+            });
+            sessions += u32::from(session);
+        }
+        (ticks, sessions)
+    }
+
+    /// The CPU used since the last sample, as a fraction of `vcpu` cores, and the sessions.
+    pub fn sample(&mut self, vcpu: f64) -> (f64, u32) {
+        let (ticks, sessions) = self.read();
+        let now = Instant::now();
+        let secs = now.duration_since(self.at).as_secs_f64();
+        let used = ticks.saturating_sub(self.ticks) as f64 / ticks_per_second();
+        (self.ticks, self.at) = (ticks, now);
+        let cpu = if secs > 0.0 && vcpu > 0.0 {
             used / secs / vcpu
         } else {
             0.0
         };
-        (fraction, next)
+        (cpu, sessions)
     }
-}
-
-/// Client sessions on the server, this one excluded.
-pub fn sessions(client: &mut postgres::Client) -> Result<u32, String> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .map_err(|e| format!("cannot count sessions: {}", super::cluster::sql_error(&e)))?;
-    let n: i64 = row.get(0);
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -101,17 +118,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_has_ticks_and_a_parent() {
-        let me = std::process::id();
-        let (t, ppid) = ticks(me, true).expect("own stat");
-        assert!(ppid > 0);
-        // Burn a little CPU so that the tick count can be seen to move.
+    fn a_tree_is_found_with_its_ticks_and_children() {
+        // A single-threaded parent (as a postmaster is) with a child, which burns CPU.
+        let mut sh = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 5",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let mut m = Monitor::new(pid, "none", "nobody");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (cpu, sessions) = m.sample(1.0);
+        assert!(cpu > 0.0, "{cpu}");
+        assert_eq!(sessions, 0);
         let began = Instant::now();
-        let mut x = 0u64;
-        while began.elapsed().as_millis() < 50 {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while children(pid).is_empty() {
+            assert!(
+                began.elapsed().as_secs() < 10,
+                "the shell's sleep never showed up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(x != 1);
-        assert!(ticks(me, true).unwrap().0 >= t);
+        sh.kill().unwrap();
+        sh.wait().unwrap();
     }
 }

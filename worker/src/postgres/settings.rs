@@ -52,6 +52,8 @@ pub fn common() -> Vec<(&'static str, String)> {
         ("log_line_prefix", "%m [%p] %q%u@%d "),
         ("huge_pages", "off"),
         ("unix_socket_permissions", "0700"),
+        // The worker counts a tenant's sessions by the backends' process titles.
+        ("update_process_title", "on"),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.to_owned()))
