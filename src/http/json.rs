@@ -3,6 +3,9 @@
 //! - wrong or missing `Content-Type` → 415 `unsupported_media_type`
 //! - body over [`BODY_LIMIT`] → 413 `body_too_large` (checked against `Content-Length` first,
 //!   then while reading)
+//!
+//! A refused body up to [`DRAIN_LIMIT`] is read to its end before the answer goes out: a
+//! client still writing it would otherwise meet a reset instead of the error.
 //! - not a JSON object → 400 `malformed_json`; a field the type does not know → 400 `unknown_field`;
 //!   a field of the wrong type or a missing one → 422 `invalid_value`, naming the field.
 
@@ -21,6 +24,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a body may take to arrive once the request's head has: a client that trickles
 /// its body holds a connection only this long (the head itself has actix-web's 5 s).
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest refused body that is read and discarded before the answer; past it the connection
+/// is answered at once and closed.
+pub const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// A parsed JSON body, with the bytes it came from (for idempotency). An empty body with no
 /// `Content-Type` reads as `{}`, so that routes whose fields are all optional need none.
@@ -130,10 +136,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
                 )
             };
             if json == Some(false) {
-                return Err(unsupported());
+                return Err(drain(&mut payload, declared, unsupported()).await);
             }
             if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
-                return Err(too_large());
+                return Err(drain(&mut payload, declared, too_large()).await);
             }
             let read = async {
                 let mut body = BytesMut::new();
@@ -145,7 +151,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
                         )
                     })?;
                     if body.len() + chunk.len() > BODY_LIMIT {
-                        return Err(too_large());
+                        return Err(drain(&mut payload, declared, too_large()).await);
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -172,6 +178,28 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             }
             parse(&raw).map(|value| ApiJson { value, raw })
         })
+    }
+}
+
+/// Reads and discards what is left of a refused body, up to [`DRAIN_LIMIT`] bytes, and gives
+/// back `error`; a body declared or found longer than that closes the connection instead.
+async fn drain(payload: &mut Payload, declared: Option<u64>, error: ApiError) -> ApiError {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return error.closing();
+    }
+    let discard = async {
+        let mut read = 0;
+        while let Some(chunk) = payload.next().await {
+            match chunk {
+                Ok(chunk) if read + chunk.len() <= DRAIN_LIMIT => read += chunk.len(),
+                _ => return false,
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, discard).await {
+        Ok(true) => error,
+        _ => error.closing(),
     }
 }
 
