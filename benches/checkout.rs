@@ -271,16 +271,12 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("checkout");
     let _ = std::fs::remove_dir_all(&dir);
 
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_spg99"));
+    let mut serve = support::serve_command(&dir);
     serve
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
         .env("SPG99_SERVICE_TOKEN", SERVICE)
         // Nothing the benchmark starts may be stopped for idleness while it runs.
-        .env("SPG99_IDLE_TIMEOUT", "86400")
-        .env("RUST_LOG", "warn");
-    let (mut serve_child, addr) = support::spawn_listening(serve);
+        .env("SPG99_IDLE_TIMEOUT", "86400");
+    let (mut serve_child, addr) = support::spawn_serve(serve);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

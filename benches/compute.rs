@@ -31,33 +31,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::http::{get, post, Conn};
-use support::ROOT;
+use support::postgres::{self, Bare};
+use support::{Row, ROOT};
 
 const SERVICE: &str = "spg99_svc_cccccccccccccccccccccccccccccccccccccccccccccccc";
 const CONCURRENT: usize = 16;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_spg99")
-}
-
-/// Latencies (µs) of one workload.
-struct Row {
-    workload: String,
-    lat: Vec<u64>,
-}
-
-impl Row {
-    fn new(workload: impl Into<String>, mut lat: Vec<u64>) -> Row {
-        lat.sort_unstable();
-        Row {
-            workload: workload.into(),
-            lat,
-        }
-    }
-
-    fn ms(&self, p: f64) -> f64 {
-        support::percentile(&self.lat, p) as f64 / 1000.0
-    }
 }
 
 struct Platform {
@@ -85,15 +66,11 @@ impl Drop for Platform {
 async fn start(dir: &Path) -> Platform {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
-        .env("SPG99_SERVICE_TOKEN", SERVICE)
+    let mut cmd = support::serve_command(&dir.join("data"));
+    cmd.env("SPG99_SERVICE_TOKEN", SERVICE)
         .env("SPG99_CLOCK", "manual")
-        .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
-        .env("RUST_LOG", "warn");
-    let (server, addr) = support::spawn_listening(cmd);
+        .env("SPG99_WORKER_TIMEOUT_MS", "3600000");
+    let (server, addr) = support::spawn_serve(cmd);
     let storage = dir.join("compute");
     let worker = Command::new(bin())
         .args([
@@ -109,7 +86,7 @@ async fn start(dir: &Path) -> Platform {
             "--heartbeat-ms",
             "200",
             "--port-range",
-            "57000-57999",
+            "57000-57899",
         ])
         .arg("--storage-dir")
         .arg(&storage)
@@ -257,31 +234,15 @@ impl Platform {
 /// A bare start of an existing cluster and its first `SELECT 1`, `n` times: with
 /// `pg_ctl -w start`, or with `postgres` started directly and its readiness polled.
 fn baselines(template: &Path, dir: &Path, n: usize) -> (Row, Row) {
-    let cluster = dir.join("bare");
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(template)
-        .arg(&cluster)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let _ = std::fs::remove_file(cluster.join("spg99-template.ready"));
-    use spg99_worker::postgres::process::{command, Owner};
-    let pg_bin = spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed");
-    let owner = Owner::for_servers().unwrap();
-    let as_postgres = |program: &str| command(&pg_bin.join(program), owner);
-    let opts = format!(
-        "-p 57999 -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-        cluster.display()
-    );
+    let mut bare = Bare::copy_of(template, &dir.join("bare"), &[]);
     let rt = support::load::runtime();
-    let first_select = |rt: &tokio::runtime::Runtime| {
+    let first_select = |rt: &tokio::runtime::Runtime, bare: &Bare| {
         rt.block_on(async {
             let (client, connection) = tokio_postgres::Config::new()
-                .host_path(&cluster)
-                .port(57999)
+                .host_path(&bare.dir)
+                .port(postgres::PORT)
                 .user("postgres")
-                .dbname("postgres")
+                .dbname("template1")
                 .connect(tokio_postgres::NoTls)
                 .await
                 .unwrap();
@@ -295,53 +256,31 @@ fn baselines(template: &Path, dir: &Path, n: usize) -> (Row, Row) {
     let mut direct = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let status = as_postgres("pg_ctl")
+        let status = bare
+            .program("pg_ctl")
             .args(["-w", "-s", "-D"])
-            .arg(&cluster)
-            .args(["-o", &opts, "start"])
+            .arg(&bare.dir)
+            .args(["-o", &bare.opts.join(" "), "start"])
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success());
-        first_select(&rt);
+        first_select(&rt, &bare);
         pg_ctl.push(t.elapsed().as_micros() as u64);
-        let stop = as_postgres("pg_ctl")
+        let stop = bare
+            .program("pg_ctl")
             .args(["-w", "-s", "-m", "fast", "-D"])
-            .arg(&cluster)
+            .arg(&bare.dir)
             .arg("stop")
             .status()
             .unwrap();
         assert!(stop.success());
 
         let t = Instant::now();
-        let mut child = as_postgres("postgres")
-            .arg("-D")
-            .arg(&cluster)
-            .args(opts.split(' '))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        loop {
-            let ready = std::fs::read_to_string(cluster.join("postmaster.pid"))
-                .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        first_select(&rt);
+        bare.start();
+        first_select(&rt, &bare);
         direct.push(t.elapsed().as_micros() as u64);
-        // A fast shutdown.
-        let _ = Command::new("kill")
-            .arg("-INT")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
-        while cluster.join("postmaster.pid").exists() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        bare.stop();
     }
     (
         Row::new("bare pg_ctl -w start + SELECT 1", pg_ctl),

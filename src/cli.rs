@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "spg99", version, about = "SPG99 control plane")]
+#[command(
+    name = "spg99",
+    version,
+    about = "SPG99: a serverless PostgreSQL platform"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Commands,
@@ -46,6 +50,9 @@ pub enum Commands {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Run a Gateway, the PostgreSQL front door, against a control plane's internal API (token
+    /// in SPG99_SERVICE_TOKEN).
+    Gateway(spg99_gateway::GatewayArgs),
     /// Run a compute worker against a control plane's internal API (token in
     /// SPG99_SERVICE_TOKEN): PostgreSQL for each database placed on it (or a simulation),
     /// on the control plane's instructions.
@@ -112,9 +119,17 @@ pub struct ServeArgs {
     /// HTTP listen address; port 0 picks a free port (the address is printed).
     #[arg(long, env = "SPG99_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Host (and port) of the Gateway, put into every tenant's `dsn_template`.
-    #[arg(long, env = "SPG99_GATEWAY_HOST", default_value = "localhost:5432")]
-    pub gateway_host: String,
+    /// Where the embedded Gateway listens for PostgreSQL clients; `none`: no Gateway.
+    #[arg(long, env = "SPG99_GATEWAY_LISTEN", default_value = "127.0.0.1:5432")]
+    pub gateway_listen: String,
+    /// Host (and port) of the Gateway, put into every tenant's `dsn_template` (default: the
+    /// embedded Gateway's address, else localhost:5432).
+    #[arg(long, env = "SPG99_GATEWAY_HOST")]
+    pub gateway_host: Option<String>,
+    /// The embedded worker's compute: `postgres` (the default where PostgreSQL's programs are
+    /// found), `simulated`, or `none` (no local worker).
+    #[arg(long, env = "SPG99_COMPUTE")]
+    pub compute: Option<String>,
     /// Stop a database after this many seconds without connections.
     #[arg(long, env = "SPG99_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,

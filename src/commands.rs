@@ -80,6 +80,14 @@ pub enum Command {
         pg_password: Sealed,
         verifier: Sealed,
     },
+    /// A new `pg_password` and verifier for the tenant (sealed for `tenant_id`: the tenant
+    /// the name was found to be when they were made).
+    ResetTenantPassword {
+        tenant: ResourceName,
+        tenant_id: Uuid,
+        pg_password: Sealed,
+        verifier: Sealed,
+    },
     /// A tenant created before verifiers existed gets one (system only, at a start).
     SetTenantVerifier {
         tenant_id: Uuid,
@@ -494,6 +502,33 @@ pub fn decide(
                     },
                 ),
             ])
+        }
+        Command::ResetTenantPassword {
+            tenant,
+            tenant_id,
+            pg_password,
+            verifier,
+        } => {
+            let key = caller(state, meta)?;
+            let t = access::tenant(state, key, tenant.as_str())?;
+            if t.id != *tenant_id {
+                return Err(Rejection::NotFound { what: "tenant" });
+            }
+            access::require(key, Permission::CreateTenant)?;
+            if t.deleting {
+                return Err(conflict(
+                    "tenant_deleting",
+                    format!("tenant {:?} is being deleted", t.name),
+                ));
+            }
+            Ok(vec![Draft::new(
+                Subject::tenant(t),
+                Event::TenantPasswordReset {
+                    tenant_id: t.id,
+                    pg_password: pg_password.clone(),
+                    verifier: verifier.clone(),
+                },
+            )])
         }
         Command::SetTenantVerifier {
             tenant_id,

@@ -169,6 +169,8 @@ pub enum Lifecycle {
         reason: Option<String>,
         /// The writer keeps the database's data on the worker's own storage.
         keeps_data: bool,
+        /// `role_updated`: the tenant's credentials the role has now.
+        credentials: Option<u64>,
     },
     Checkout {
         pg_user: String,
@@ -331,6 +333,7 @@ pub fn decide(
                 backend_addr,
                 reason,
                 keeps_data,
+                credentials,
             },
         ) => {
             live_worker(state, worker_id)?;
@@ -344,6 +347,7 @@ pub fn decide(
                 backend_addr.as_deref(),
                 reason.as_deref(),
                 *keeps_data,
+                *credentials,
             )?;
             let accepted = !drafts.is_empty();
             Ok((drafts, Answer::Accepted(accepted)))
@@ -396,6 +400,12 @@ pub fn decide(
             let (lease, db) = live_lease(state, cx, *lease_id)?;
             let t = tenant_of(state, db)?;
             cx.runtime.leases.remove(lease_id);
+            let last = !db.leases.iter().any(|l| cx.runtime.leases.contains_key(l));
+            if let Some((_, conns)) = cx.runtime.writer_load.get_mut(&db.id).filter(|_| last) {
+                // The writer's count is as old as its last heartbeat, and the last lease going
+                // means its sessions went with it; its next heartbeat says otherwise if not.
+                *conns = 0;
+            }
             let mut drafts = vec![Draft::new(
                 Subject::db(t, db.id),
                 Event::LeaseReleased { lease_id: lease.id },
@@ -607,6 +617,7 @@ fn report(
     backend_addr: Option<&str>,
     reason: Option<&str>,
     keeps_data: bool,
+    credentials: Option<u64>,
 ) -> Result<Vec<Draft>, Rejection> {
     if outcome == Outcome::Destroyed {
         return Ok(destroyed(state, worker_id, db_id).into_iter().collect());
@@ -716,6 +727,17 @@ fn report(
             reason: "stopped after being idle".into(),
             retire: false,
         },
+        Outcome::RoleUpdated if writer && db.state == DbState::Running => {
+            let had = db.writer.as_ref().map_or(0, |w| w.credentials);
+            match credentials.filter(|c| *c > had && *c <= t.credentials) {
+                Some(credentials) => Event::DbRoleUpdated {
+                    db_id,
+                    writer_term: term,
+                    credentials,
+                },
+                None => return Ok(vec![]),
+            }
+        }
         Outcome::Stopped | Outcome::Aborted if retiring => Event::WriterRetired {
             db_id,
             worker_id: worker_id.to_owned(),
@@ -935,14 +957,19 @@ fn place(
         .map(|(_, id)| id.clone())
 }
 
-/// Whether a connection count moved enough from the one recorded to be recorded again: to or
-/// from zero, or to double or half of it.
+/// Whether a connection count moved enough from the one recorded to be recorded again: any
+/// change while either is below [`EXACT_CONNECTIONS`], else a change of a tenth or more. So
+/// describe's count is exact for small numbers and within 10 % for large ones, and a busy
+/// database's churn does not fill the log.
 fn connections_moved(recorded: u32, now: u32) -> bool {
-    if recorded == 0 || now == 0 {
+    if recorded.min(now) < EXACT_CONNECTIONS {
         return recorded != now;
     }
-    now >= recorded.saturating_mul(2) || now.saturating_mul(2) <= recorded
+    now.abs_diff(recorded).saturating_mul(10) >= recorded
 }
+
+/// Below this many connections, every change is recorded.
+const EXACT_CONNECTIONS: u32 = 32;
 
 /// A `db.load_changed` event if the database's load left its band, or its connection count
 /// moved enough (see [`connections_moved`]).
@@ -1202,7 +1229,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     let mut out = Vec::new();
     let instruction = |op, db: &Db, term, profile: Option<&str>| {
         let pg_user = state.tenants.get(&db.tenant).map(|t| t.pg_user.clone());
-        let serves = matches!(op, Op::Start | Op::Prepare | Op::Promote);
+        let serves = matches!(op, Op::Start | Op::Prepare | Op::Promote | Op::UpdateRole);
         Instruction {
             op,
             db_id: db.id,
@@ -1212,14 +1239,21 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             database: serves.then(|| db.name.clone()),
             pg_user: pg_user.filter(|_| serves),
             verifier: None,
+            credentials: None,
         }
     };
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
     for db in state.active_dbs() {
         if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
+            let current = state.tenants.get(&db.tenant).map_or(0, |t| t.credentials);
             match db.state {
                 DbState::Starting => out.push(instruction(Op::Start, db, w.term, Some(&w.profile))),
                 DbState::Stopping => out.push(instruction(Op::Stop, db, w.term, None)),
+                // A password reset reaches the running writers' roles.
+                DbState::Running if w.credentials < current => out.push(Instruction {
+                    credentials: Some(current),
+                    ..instruction(Op::UpdateRole, db, w.term, None)
+                }),
                 _ => {}
             }
         }
@@ -1263,6 +1297,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             database: None,
             pg_user: None,
             verifier: None,
+            credentials: None,
         });
     }
     let from = (worker_id.to_owned(), Uuid::nil());
@@ -1279,6 +1314,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             database: None,
             pg_user: None,
             verifier: None,
+            credentials: None,
         });
     }
     out
@@ -1301,9 +1337,14 @@ mod tests {
     }
 
     #[test]
-    fn connection_counts_are_recorded_when_they_double_halve_or_touch_zero() {
-        assert!(connections_moved(0, 1) && connections_moved(5, 0));
-        assert!(!connections_moved(3, 4) && !connections_moved(4, 3) && !connections_moved(7, 7));
-        assert!(connections_moved(3, 6) && connections_moved(8, 4));
+    fn connection_counts_are_exact_when_small_and_within_a_tenth_when_large() {
+        assert!(connections_moved(0, 1) && connections_moved(5, 0) && connections_moved(3, 4));
+        assert!(connections_moved(31, 32) && connections_moved(32, 31));
+        assert!(
+            !connections_moved(7, 7) && !connections_moved(32, 35) && !connections_moved(100, 91)
+        );
+        assert!(
+            connections_moved(100, 90) && connections_moved(100, 110) && connections_moved(40, 0)
+        );
     }
 }

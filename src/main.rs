@@ -9,8 +9,15 @@ fn main() {
     let cli = Cli::parse();
     spg99::telemetry::init();
     let code = match cli.command {
-        Commands::Serve(args) => serve(Config::from_args(args)),
+        Commands::Serve(args) => match Config::from_args(args) {
+            Ok(config) => serve(config),
+            Err(e) => {
+                eprintln!("spg99: {e}");
+                1
+            }
+        },
         Commands::Worker(args) => spg99_worker::run(args),
+        Commands::Gateway(args) => spg99_gateway::run(args),
         other => match run_tool(other) {
             Ok(()) => 0,
             Err(e) => {
@@ -31,6 +38,9 @@ fn serve(config: Config) -> i32 {
                 return 1;
             }
         };
+        if let Some(gateway) = app.gateway_addr() {
+            println!("spg99 gateway listening on {gateway}");
+        }
         println!("spg99 listening on http://{}", app.local_addr());
         match app.run_until_stopped().await {
             Ok(()) => 0,
@@ -62,7 +72,9 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match command {
-        Commands::Serve(_) | Commands::Worker(_) => unreachable!("handled by main"),
+        Commands::Serve(_) | Commands::Worker(_) | Commands::Gateway(_) => {
+            unreachable!("handled by main")
+        }
         Commands::Log(LogCommand::Dump {
             from,
             to,

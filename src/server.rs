@@ -26,13 +26,20 @@ use crate::secrets::{SecretBox, SecretError};
 
 /// How long open connections (event streams included) may hold a shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Pending connections the HTTP listener queues (the standard library's default is 128).
+const BACKLOG: u32 = 4096;
 
 /// Everything `serve` needs, resolved from flags and environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: String,
-    pub gateway_host: String,
+    /// The embedded Gateway's address; `None`: no Gateway in this process.
+    pub gateway_listen: Option<String>,
+    /// The host put in `dsn_template`; `None`: the embedded Gateway's address.
+    pub gateway_host: Option<String>,
+    /// The embedded worker's compute (`postgres`, `simulated`); `None`: no local worker.
+    pub compute: Option<spg99_worker::ComputeKind>,
     pub lifecycle: Settings,
     pub reconcile_interval: Duration,
     /// A manual clock instead of the wall clock (`SPG99_CLOCK=manual`).
@@ -49,12 +56,34 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_args(args: ServeArgs) -> Config {
+    pub fn from_args(args: ServeArgs) -> Result<Config, StartError> {
         let env = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-        Config {
+        use spg99_worker::ComputeKind;
+        let compute = match args.compute.as_deref() {
+            Some("postgres") => Some(ComputeKind::Postgres),
+            Some("simulated") => Some(ComputeKind::Simulated),
+            Some("none") => None,
+            None if spg99_worker::postgres::find_bin(None).is_some() => Some(ComputeKind::Postgres),
+            None => {
+                tracing::warn!(
+                    "PostgreSQL is not installed here: the local worker runs simulated compute \
+                     (nothing to connect to). Install it with scripts/install-postgres.sh (Debian: \
+                     apt-get install postgresql) and start again for real databases."
+                );
+                Some(ComputeKind::Simulated)
+            }
+            Some(other) => {
+                return Err(StartError::Config(format!(
+                    "--compute {other:?}: expected postgres, simulated or none"
+                )))
+            }
+        };
+        Ok(Config {
             data_dir: args.data_dir,
             listen: args.listen,
+            gateway_listen: Some(args.gateway_listen).filter(|g| g != "none"),
             gateway_host: args.gateway_host,
+            compute,
             lifecycle: Settings {
                 idle_timeout: Duration::from_secs(args.idle_timeout),
                 lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(1)),
@@ -75,7 +104,7 @@ impl Config {
                 every_events: args.snapshot_every_events.max(1),
                 every: Duration::from_secs(args.snapshot_every_secs.max(1)),
             },
-        }
+        })
     }
 }
 
@@ -100,6 +129,9 @@ pub struct Application {
     addr: SocketAddr,
     server: actix_web::dev::Server,
     committer: Committer,
+    gateway: Option<spg99_gateway::Running>,
+    /// The local worker, once it has registered (it registers in the background).
+    worker: Arc<std::sync::Mutex<Option<spg99_worker::Running>>>,
 }
 
 impl Application {
@@ -149,6 +181,25 @@ impl Application {
             for_snapshots,
         ));
 
+        let bind_error = |source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        };
+        let listener = front::listener(&config.listen, BACKLOG).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        // The embedded Gateway and worker reach the internal API with a token of this process
+        // alone, which is never written anywhere.
+        let local = Token::generate_service();
+        let control_plane = format!("http://{addr}");
+        let gateway = match &config.gateway_listen {
+            Some(listen) => Some(embedded_gateway(&config, listen, &control_plane, &local)?),
+            None => None,
+        };
+        let gateway_host = match (&config.gateway_host, &gateway) {
+            (Some(host), _) => host.clone(),
+            (None, Some(g)) => g.addr.to_string(),
+            (None, None) => "localhost:5432".into(),
+        };
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),
             commits,
@@ -157,28 +208,32 @@ impl Application {
             log,
             tickets: Default::default(),
             data_dir: config.data_dir.clone(),
-            gateway_host: config.gateway_host.clone(),
+            gateway_host,
             settings,
+            local_service: local.secret_hash(),
         });
         let settings = front::Settings {
             workers: config.http_workers,
-            backlog: 4096,
+            backlog: BACKLOG,
             shutdown_timeout: SHUTDOWN_GRACE,
         };
-        let (server, addr) = front::bind(&config.listen, &settings, move || {
+        let server = front::serve(listener, &settings, move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(request_id::middleware))
                 .configure(http::configure)
         })
-        .map_err(|source| StartError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
+        .map_err(bind_error)?;
+        let worker = Arc::new(std::sync::Mutex::new(None));
+        if let Some(kind) = config.compute {
+            embedded_worker(&config, kind, &control_plane, &local, worker.clone())?;
+        }
         Ok(Application {
             addr,
             server,
             committer,
+            gateway,
+            worker,
         })
     }
 
@@ -186,13 +241,110 @@ impl Application {
         self.addr
     }
 
-    /// Serves until SIGINT/SIGTERM (handled by the HTTP server), then stops the committer.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// The embedded Gateway's address, if it runs one.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.addr)
+    }
+
+    /// Serves until SIGINT/SIGTERM (handled by the HTTP server), then stops the Gateway (its
+    /// connections end), the local worker (its PostgreSQL servers stop) and the committer.
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let served = self.server.await;
+        if let Some(mut g) = self.gateway.take() {
+            g.stop();
+        }
+        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = worker {
+            let _ = web::block(move || w.stop()).await;
+        }
         self.committer.stop().await;
         tracing::info!("stopped");
         served
     }
+}
+
+/// A path as the embedded Gateway's and worker's flags take it.
+fn utf8(path: &std::path::Path) -> Result<&str, StartError> {
+    path.to_str().ok_or_else(|| {
+        StartError::Config(format!(
+            "{} is not valid UTF-8: choose a data directory whose path is",
+            path.display()
+        ))
+    })
+}
+
+/// The Gateway inside `spg99 serve`: its certificate kept in the data directory.
+fn embedded_gateway(
+    config: &Config,
+    listen: &str,
+    control_plane: &str,
+    token: &Token,
+) -> Result<spg99_gateway::Running, StartError> {
+    let tls_dir = config.data_dir.join("gateway-tls");
+    let args = [
+        "gateway",
+        "--control-plane",
+        control_plane,
+        "--listen",
+        listen,
+        "--tls-dir",
+        utf8(&tls_dir)?,
+        "--token",
+        &token.reveal(),
+    ];
+    let args = embedded::<spg99_gateway::GatewayArgs>(&args)?;
+    spg99_gateway::spawn(&args).map_err(|e| {
+        StartError::Config(format!(
+            "{e} (choose another address with --gateway-listen, or `none` for no Gateway)"
+        ))
+    })
+}
+
+/// The local worker: its storage in the data directory. It registers through this process's
+/// own HTTP listener, so it starts in the background once that serves.
+fn embedded_worker(
+    config: &Config,
+    kind: spg99_worker::ComputeKind,
+    control_plane: &str,
+    token: &Token,
+    slot: Arc<std::sync::Mutex<Option<spg99_worker::Running>>>,
+) -> Result<(), StartError> {
+    let storage = config.data_dir.join("compute");
+    let compute = match kind {
+        spg99_worker::ComputeKind::Postgres => "postgres",
+        spg99_worker::ComputeKind::Simulated => "simulated",
+    };
+    let args = [
+        "worker",
+        "--control-plane",
+        control_plane,
+        "--id",
+        "local",
+        "--compute",
+        compute,
+        "--storage-dir",
+        utf8(&storage)?,
+        "--token",
+        &token.reveal(),
+    ];
+    let args = embedded::<spg99_worker::WorkerArgs>(&args)?;
+    std::thread::Builder::new()
+        .name("spg99-local-worker".into())
+        .spawn(move || match spg99_worker::spawn(&args) {
+            Ok(running) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(running),
+            Err(e) => tracing::error!(error = %e, "the local worker cannot start"),
+        })
+        .map_err(|e| StartError::Config(format!("cannot start the local worker: {e}")))?;
+    Ok(())
+}
+
+/// A component's flags, parsed as if given on its own command line (so its defaults apply).
+fn embedded<A: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<A, StartError> {
+    let command = A::augment_args(clap::Command::new("spg99"));
+    let matches = command
+        .try_get_matches_from(argv)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    A::from_arg_matches(&matches).map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// Tenants created before verifiers existed get theirs, once, by an event (derived here from

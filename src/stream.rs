@@ -293,6 +293,11 @@ fn event_data(event: &Event) -> Value {
         Event::DbDataPlaced { db_id, worker_id } | Event::DbDataDestroyed { db_id, worker_id } => {
             json!({ "db_id": db_id, "worker_id": worker_id })
         }
+        Event::DbRoleUpdated {
+            db_id,
+            writer_term,
+            credentials,
+        } => json!({ "db_id": db_id, "writer_term": writer_term, "credentials": credentials }),
     }
 }
 

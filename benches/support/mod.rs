@@ -7,6 +7,7 @@ pub mod appends;
 pub mod bare;
 pub mod http;
 pub mod load;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,33 +32,82 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Latencies (µs) of one workload, sorted.
+pub struct Row {
+    pub workload: String,
+    pub lat: Vec<u64>,
+}
+
+impl Row {
+    pub fn new(workload: impl Into<String>, mut lat: Vec<u64>) -> Row {
+        lat.sort_unstable();
+        Row {
+            workload: workload.into(),
+            lat,
+        }
+    }
+
+    /// The `p` quantile (0 to 1), in milliseconds.
+    pub fn ms(&self, p: f64) -> f64 {
+        percentile(&self.lat, p) as f64 / 1000.0
+    }
+}
+
 /// Starts a child and waits for the line `... listening on [http://]ADDR`; returns its address.
-pub fn spawn_listening(mut cmd: Command) -> (Child, String) {
+pub fn spawn_listening(cmd: Command) -> (Child, String) {
+    let (child, mut addrs) = spawn_announcing(cmd, &["listening on "]);
+    (child, addrs.remove(0))
+}
+
+/// Starts a child and waits until it has printed a line with each of `markers`; returns, for
+/// each, what follows it on its line (without `http://`).
+pub fn spawn_announcing(mut cmd: Command, markers: &[&str]) -> (Child, Vec<String>) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let mut found: Vec<Option<String>> = vec![None; markers.len()];
+    while found.iter().any(Option::is_none) {
         let line = lines.next().expect("child exited").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().trim_start_matches("http://").to_owned();
+        if let Some((i, rest)) = markers
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| Some((i, line.split(m).nth(1)?)))
+        {
+            found[i] = Some(rest.trim().trim_start_matches("http://").to_owned());
         }
-    };
+    }
     // Keep draining its stdout so it never blocks.
     std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    (child, found.into_iter().map(Option::unwrap).collect())
 }
 
-/// The real `spg99 serve` on a free loopback port, with data in `dir`.
-pub fn spawn_spg99(dir: &Path) -> (Child, String) {
+/// `spg99 serve` on a free loopback port with data in `dir`: the control plane alone (no
+/// embedded Gateway, no local worker; a benchmark that wants them sets
+/// `SPG99_GATEWAY_LISTEN` and `SPG99_COMPUTE`), bootstrapped with [`ROOT`].
+pub fn serve_command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spg99"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
+        .env("SPG99_GATEWAY_LISTEN", "none")
+        .env("SPG99_COMPUTE", "none")
         .env("RUST_LOG", "warn");
-    spawn_listening(cmd)
+    cmd
+}
+
+/// Starts `spg99 serve` as `cmd` says and waits until its API listens; returns its address.
+pub fn spawn_serve(cmd: Command) -> (Child, String) {
+    let (child, mut addrs) = spawn_announcing(cmd, &["spg99 listening on "]);
+    (child, addrs.remove(0))
+}
+
+/// The real `spg99 serve` (the control plane alone) on a free loopback port, with data in
+/// `dir`.
+pub fn spawn_spg99(dir: &Path) -> (Child, String) {
+    spawn_serve(serve_command(dir))
 }
 
 /// Writes raw results (JSON objects) to `target/bench/<name>.json`.

@@ -316,6 +316,11 @@ mod tests {
                 db_id: Uuid::from_u128(8),
                 worker_id: "w-1".into(),
             },
+            Event::DbRoleUpdated {
+                db_id: Uuid::from_u128(8),
+                writer_term: 2,
+                credentials: 1,
+            },
         ]
     }
 
@@ -356,9 +361,10 @@ mod tests {
             Event::TenantPasswordReset { .. } => 32,
             Event::DbDataPlaced { .. } => 33,
             Event::DbDataDestroyed { .. } => 34,
+            Event::DbRoleUpdated { .. } => 35,
         }
     }
-    const VARIANTS: usize = 35;
+    const VARIANTS: usize = 36;
 
     fn envelope(seq: u64, event: Event) -> Envelope {
         Envelope {

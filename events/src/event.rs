@@ -233,6 +233,13 @@ pub enum Event {
     /// A worker removed its copy of the database's data (the database was deleted, or the
     /// copy was left behind by a move).
     DbDataDestroyed { db_id: Uuid, worker_id: String },
+    /// The serving writer's role has the tenant's credentials numbered `credentials` (after a
+    /// password reset).
+    DbRoleUpdated {
+        db_id: Uuid,
+        writer_term: u64,
+        credentials: u64,
+    },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -296,6 +303,7 @@ impl Event {
         "tenant.password_reset",
         "db.data_placed",
         "db.data_destroyed",
+        "db.role_updated",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -336,6 +344,7 @@ impl Event {
             Event::TenantPasswordReset { .. } => "tenant.password_reset",
             Event::DbDataPlaced { .. } => "db.data_placed",
             Event::DbDataDestroyed { .. } => "db.data_destroyed",
+            Event::DbRoleUpdated { .. } => "db.role_updated",
         }
     }
 }

@@ -208,6 +208,7 @@ impl State {
                         pg_user: pg_user.clone(),
                         pg_password: pg_password.clone(),
                         verifier: None,
+                        credentials: 0,
                         created_at: at,
                         deleting: false,
                     },
@@ -229,6 +230,7 @@ impl State {
                 if let Some(t) = self.tenants.get_mut(tenant_id) {
                     t.pg_password = pg_password.clone();
                     t.verifier = Some(verifier.clone());
+                    t.credentials += 1;
                 }
             }
             Event::TenantDeleteRequested { tenant_id } => self.mark_tenant_deleting(*tenant_id, at),
@@ -327,6 +329,7 @@ impl State {
                 writer_term,
                 deadline,
             } => {
+                let credentials = self.credentials_of(*db_id);
                 if let Some(db) = self.dbs.get_mut(db_id) {
                     db.state = DbState::Starting;
                     db.writer = Some(Writer {
@@ -334,6 +337,7 @@ impl State {
                         profile: profile.clone(),
                         term: *writer_term,
                         backend_addr: None,
+                        credentials,
                     });
                     db.writer_term = *writer_term;
                     db.phase_started_at = Some(at);
@@ -446,6 +450,7 @@ impl State {
                 candidate_writer_term,
                 deadline,
             } => {
+                let credentials = self.credentials_of(*db_id);
                 if let Some(db) = self.dbs.get_mut(db_id) {
                     db.writer_term = *candidate_writer_term;
                     db.scale = Scale {
@@ -456,6 +461,7 @@ impl State {
                             profile: target_profile.clone(),
                             term: *candidate_writer_term,
                             backend_addr: None,
+                            credentials,
                         }),
                         phase_started_at: Some(at),
                         phase_deadline_at: Some(*deadline),
@@ -534,6 +540,16 @@ impl State {
                     }
                 }
             }
+            Event::DbRoleUpdated {
+                db_id,
+                writer_term,
+                credentials,
+            } => {
+                let writer = self.dbs.get_mut(db_id).and_then(|d| d.writer.as_mut());
+                if let Some(w) = writer.filter(|w| w.term == *writer_term) {
+                    w.credentials = w.credentials.max(*credentials);
+                }
+            }
             Event::DbDataDestroyed { db_id, worker_id } => {
                 self.stale_copies.remove(&(worker_id.clone(), *db_id));
                 if let Some(db) = self.dbs.get_mut(db_id) {
@@ -547,6 +563,14 @@ impl State {
             self.reindex(db);
         }
         self.expire_idempotency(at);
+    }
+
+    /// The current credentials' number of the database's tenant (0 if it has none).
+    fn credentials_of(&self, db_id: Uuid) -> u64 {
+        self.dbs
+            .get(&db_id)
+            .and_then(|d| self.tenants.get(&d.tenant))
+            .map_or(0, |t| t.credentials)
     }
 
     /// Keeps [`State::active`] in step with one database.

@@ -57,6 +57,8 @@ pub struct Tenant {
     /// The role's SCRAM-SHA-256 verifier, sealed; `None` only for a tenant created before
     /// verifiers existed, until the start that gives it one.
     pub verifier: Option<Sealed>,
+    /// Which credentials are current: 0 at creation, one more at each password reset.
+    pub credentials: u64,
     pub created_at: Timestamp,
     /// Deletion was asked for; the tenant disappears once its databases are gone.
     pub deleting: bool,
@@ -137,6 +139,8 @@ pub struct Writer {
     pub term: u64,
     /// Set once it serves.
     pub backend_addr: Option<String>,
+    /// The tenant's credentials its role has (see [`Tenant::credentials`]).
+    pub credentials: u64,
 }
 
 /// The handoff of a running database to another profile.

@@ -1,6 +1,7 @@
 //! Who sent a request, as handlers take it: [`Caller`] on the public API (an API key; the
 //! service token is refused there), [`Internal`] on the internal API (the service token or a
-//! global key). Each is an extractor, so that a request with the wrong kind of credential is
+//! global key), [`Service`] on the internal routes that serve credentials (the service token
+//! only). Each is an extractor, so that a request with the wrong kind of credential is
 //! refused before anything else of it is read.
 
 use actix_web::dev::Payload;
@@ -27,6 +28,10 @@ pub struct Internal {
     pub principal: Principal,
     pub request_id: String,
 }
+
+/// The caller of an internal route that serves secrets (roles' verifiers): the service token
+/// only.
+pub struct Service;
 
 impl Caller {
     /// The metadata a command submitted on behalf of this caller carries into the log.
@@ -75,7 +80,12 @@ fn principal(req: &HttpRequest) -> Result<(Principal, String), ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let principal = authenticate(&app.shared.read(), header, app.clock.now())?;
+    let principal = authenticate(
+        &app.shared.read(),
+        header,
+        app.clock.now(),
+        Some(&app.local_service),
+    )?;
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -122,6 +132,21 @@ impl FromRequest for Internal {
                     "the internal API is for the Gateway and the workers: use the service token",
                 ))
             }
+        }))
+    }
+}
+
+impl FromRequest for Service {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(principal(req).and_then(|(principal, _)| match principal {
+            Principal::Service => Ok(Service),
+            Principal::Key(_) => Err(ApiError::forbidden(
+                "service_token_required",
+                "this route serves credentials: only the service token may call it",
+            )),
         }))
     }
 }

@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
@@ -196,13 +195,13 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
-/// Binds `listen` and builds the server for the application `factory` makes (once per worker
-/// thread); returns it, not yet polled, with the bound address (port 0 picks one).
-pub fn bind<F, I, S, B>(
-    listen: &str,
+/// Builds the server on `listener` for the application `factory` makes (once per worker
+/// thread); it accepts connections from now on, and serves until it is stopped.
+pub fn serve<F, I, S, B>(
+    listener: std::net::TcpListener,
     settings: &Settings,
     factory: F,
-) -> io::Result<(actix_server::Server, SocketAddr)>
+) -> io::Result<actix_server::Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request>,
@@ -214,7 +213,6 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let listener = listener(listen, settings.backlog)?;
     let addr = listener.local_addr()?;
     let builder = actix_server::Server::build()
         .workers(settings.workers)
@@ -242,11 +240,12 @@ where
             .and_then(http)
         })?
         .run();
-    Ok((server, addr))
+    Ok(server)
 }
 
-/// A listening socket with `backlog` (the standard library's `bind` fixes it at 128).
-fn listener(listen: &str, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// A listening socket on `listen` (port 0 picks one) with `backlog` (the standard library's
+/// `bind` fixes it at 128).
+pub fn listener(listen: &str, backlog: u32) -> io::Result<std::net::TcpListener> {
     use std::net::ToSocketAddrs;
     let mut last = None;
     for addr in listen.to_socket_addrs()? {

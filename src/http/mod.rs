@@ -23,7 +23,7 @@ use crate::committer::{CommitHandle, Shared};
 use crate::routes;
 use crate::secrets::SecretBox;
 
-pub use caller::{Caller, Internal};
+pub use caller::{Caller, Internal, Service};
 pub use error::ApiError;
 pub use json::ApiJson;
 
@@ -41,6 +41,8 @@ pub struct AppState {
     /// Host (and port) of the Gateway, for `dsn_template`.
     pub gateway_host: String,
     pub settings: Arc<crate::lifecycle::Settings>,
+    /// The hash of this process's own service token (its embedded Gateway's and worker's).
+    pub local_service: spg99_events::SecretHash,
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.
@@ -122,6 +124,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .service(Methods::at("/dbs").get(dbs::list).post(dbs::create).done())
                     .service(Methods::at("/credentials").get(tenants::credentials).done())
                     .service(
+                        Methods::at("/credentials/reset")
+                            .post(tenants::reset_credentials)
+                            .done(),
+                    )
+                    .service(
                         Methods::at("/dbs/{db}/{action}")
                             .post(dbs::manual_lifecycle)
                             .done(),
@@ -175,6 +182,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .post(internal::report)
                     .done(),
             )
+            .service(
+                Methods::at("/roles/changes")
+                    .get(internal::role_changes)
+                    .done(),
+            )
+            .service(Methods::at("/roles/{pg_user}").get(internal::role).done())
             .service(Methods::at("/reconcile").post(internal::reconcile).done())
             .service(
                 Methods::at("/clock/advance")

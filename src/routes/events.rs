@@ -128,7 +128,7 @@ fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    match authenticate(&state, header, now)? {
+    match authenticate(&state, header, now, None)? {
         Principal::Key(k) => Ok(k),
         Principal::Service => Err(ApiError::forbidden(
             "api_key_required",

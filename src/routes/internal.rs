@@ -27,9 +27,9 @@ use spg99_wire as wire;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::commands::Command;
-use crate::committer::Committed;
-use crate::http::{rfc3339, ApiError, ApiJson, AppState, Internal};
+use crate::commands::{Command, Rejection};
+use crate::committer::{CommitError, Committed};
+use crate::http::{rfc3339, ApiError, ApiJson, AppState, Internal, Service};
 use crate::lifecycle::{self, Answer, Lifecycle, Load};
 use crate::reconciler;
 
@@ -204,6 +204,11 @@ fn moves_writers(event: &Event) -> bool {
             | Event::WorkerRegistered { .. }
             | Event::WorkerLost { .. }
             | Event::WriterRetired { .. }
+            | Event::TenantPasswordReset { .. }
+            | Event::DbRoleUpdated { .. }
+            | Event::DbDataPlaced { .. }
+            | Event::DbDataDestroyed { .. }
+            | Event::DbDeleted { .. }
     )
 }
 
@@ -266,6 +271,7 @@ pub async fn report(
             backend_addr: r.backend_addr,
             reason: r.reason,
             keeps_data: r.keeps_data,
+            credentials: r.credentials,
         },
     )
     .await?;
@@ -302,7 +308,29 @@ pub async fn checkout(
             db: c.db.clone(),
             lease_id: Uuid::new_v4(),
         };
-        let done = submit(&app, &caller, command).await?;
+        let done = match app
+            .commits
+            .submit(caller.meta(), Command::Lifecycle(command))
+            .await
+        {
+            // Frozen for a cutover: a caller that waits is held until it ends.
+            Err(CommitError::Rejected(Rejection::Busy {
+                code: "checkouts_frozen",
+                ..
+            })) if tokio::time::Instant::now() < deadline => {
+                let freeze_ends = |e: &Envelope| {
+                    matches!(
+                        e.event,
+                        Event::DbScaleCompleted { .. } | Event::DbScaleFailed { .. }
+                    )
+                };
+                // Past the deadline, the next attempt answers 503 as a caller that does not
+                // wait gets it.
+                let _ = wait_for(&mut feed, deadline, freeze_ends).await;
+                continue;
+            }
+            other => other?,
+        };
         match done.answer {
             Answer::Lease {
                 db_id,
@@ -387,6 +415,114 @@ fn lease_id(raw: &str) -> Result<Uuid, ApiError> {
             message: "no such lease".into(),
         })
     })
+}
+
+// ---- roles (the Gateway) ----
+
+#[derive(Debug, Serialize)]
+struct RoleView {
+    pg_user: String,
+    tenant_id: Uuid,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    verifier: String,
+}
+
+/// `GET /internal/v1/roles/{pg_user}` (the service token only): the tenant's verifier, from
+/// which the Gateway authenticates clients without their password.
+pub async fn role(
+    app: web::Data<AppState>,
+    _: Service,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let state = app.shared.read();
+    let t = state
+        .tenants_by_pg_user
+        .get(path.as_str())
+        .and_then(|id| state.tenants.get(id))
+        .filter(|t| !t.deleting)
+        .ok_or_else(|| {
+            ApiError::from(Rejection::Gone {
+                code: "role_not_found",
+                message: "no tenant has this pg_user".into(),
+            })
+        })?;
+    let sealed = t
+        .verifier
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("this tenant's verifier is not made yet; retry", 1))?;
+    let verifier = crate::credentials::open_verifier(&app.secrets, t.id, sealed).map_err(|e| {
+        tracing::error!(tenant = %t.name, error = %e, "a verifier does not open");
+        ApiError::unavailable("the verifier cannot be read", 5)
+    })?;
+    Ok(HttpResponse::Ok().json(RoleView {
+        pg_user: t.pg_user.clone(),
+        tenant_id: t.id,
+        verifier,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// Events after which a role may log in differently, or not at all.
+fn changes_roles(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::TenantVerifierSet { .. }
+            | Event::TenantPasswordReset { .. }
+            | Event::TenantDeleteRequested { .. }
+            | Event::TenantDeleted { .. }
+            | Event::AccountDeleteRequested { .. }
+    )
+}
+
+/// How far back a change is looked for in the log; a Gateway further behind is told
+/// "changed" (and drops its whole cache).
+const CHANGES_LOOKBACK: u64 = 100_000;
+
+/// `GET /internal/v1/roles/changes?after=SEQ&wait_ms=` (the service token only): whether a
+/// role changed after `after`, waiting up to `wait_ms` for one; `{seq, changed}`, `seq` to
+/// pass as `after` next time.
+pub async fn role_changes(
+    app: web::Data<AppState>,
+    _: Service,
+    query: web::Query<ChangesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut feed = app.shared.subscribe();
+    let head = app.shared.head();
+    let answer = |seq: u64, changed: bool| {
+        HttpResponse::Ok().json(serde_json::json!({ "seq": seq, "changed": changed }))
+    };
+    let Some(after) = query.after.filter(|a| *a <= head) else {
+        return Ok(answer(head, true));
+    };
+    if head - after > CHANGES_LOOKBACK {
+        return Ok(answer(head, true));
+    }
+    let log = app.log.clone();
+    let changed = web::block(move || {
+        log.read_from(after + 1)
+            .take_while(|e| e.as_ref().map_or(true, |e| e.seq <= head))
+            .any(|e| e.is_ok_and(|e| changes_roles(&e.event)))
+    })
+    .await
+    .unwrap_or(true);
+    if changed {
+        return Ok(answer(head, true));
+    }
+    let deadline = tokio::time::Instant::now() + wait_of(query.wait_ms);
+    let changed = wait_for(&mut feed, deadline, |e| changes_roles(&e.event)).await;
+    // With no change, the head read above: batches still on their way through the feed are
+    // looked at by the next call. After a change, today's head (the caller drops its cache
+    // now, so what it fetches next is at least this recent).
+    Ok(answer(
+        if changed { app.shared.head() } else { head },
+        changed,
+    ))
 }
 
 // ---- operations ----

@@ -5,6 +5,8 @@
 //!   global key names the account.
 //! - `GET /v2/tenants`, `GET /v2/tenants/{tenant}`: tenants in scope (no password).
 //! - `GET /v2/tenants/{tenant}/credentials`: `pg_user`, `pg_password`, `dsn_template` again.
+//! - `POST /v2/tenants/{tenant}/credentials/reset` (`can_create_tenant`): a new
+//!   `pg_password`; the old one stops working.
 //! - `DELETE /v2/tenants/{tenant}?cascade=true` (`can_delete`): 202, `deleting`; without
 //!   `cascade`, 409 while it has databases.
 
@@ -23,6 +25,7 @@ use crate::committer::Rendered;
 use crate::credentials;
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
+use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::openapi::Idempotent;
 use crate::http::page::{Listed, PageQuery};
@@ -191,6 +194,52 @@ pub async fn credentials(
     let t = access::tenant(&state, key, &path)?;
     let creds = Credentials::new(&app.secrets, &app.gateway_host, t)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(creds))
+}
+
+/// A new `pg_password` (and verifier): the old password stops working within seconds, on
+/// the Gateway at once and on running databases when their worker updates the role.
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/credentials/reset", tag = "tenants", operation_id = "resetTenantPassword", params(("tenant" = String, Path), Idempotent), request_body(content = Empty, description = "optional"), responses((status = 200, description = "the new credentials", body = Credentials), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "the tenant is being deleted", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn reset_credentials(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: ApiJson<Empty>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = ResourceName::parse("tenant", &path).map_err(|_| ApiError::not_found("tenant"))?;
+    let name = tenant.as_str().to_owned();
+    // The seal is bound to the tenant's id: seal for the id the name has now; the command
+    // refuses a tenant that is not this one any more (deleted and made again meanwhile).
+    let tenant_id = app
+        .shared
+        .read()
+        .tenant_by_name(&name)
+        .map(|t| t.id)
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let password = credentials::new_password();
+    let (pg_password, verifier) = credentials::seal(&app.secrets, tenant_id, &password);
+    let command = Command::ResetTenantPassword {
+        tenant,
+        tenant_id,
+        pg_password,
+        verifier,
+    };
+    let gateway_host = app.gateway_host.clone();
+    let render = move |state: &State, _: &[Envelope]| -> Rendered {
+        match state.tenant_by_name(&name).filter(|t| t.id == tenant_id) {
+            Some(t) => answer(
+                StatusCode::OK,
+                &Credentials {
+                    tenant: t.name.clone(),
+                    pg_user: t.pg_user.clone(),
+                    dsn_template: dsn_template(&t.pg_user, &password, &gateway_host),
+                    pg_password: password,
+                },
+            ),
+            None => ApiError::not_found("tenant").rendered(),
+        }
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -173,6 +173,11 @@ fn cases() -> Vec<Case> {
             expect: [200, 200, 404, 200, 404, 200],
         },
         Case {
+            route: "POST /v2/tenants/{tenant}/credentials/reset",
+            call: |_, _| ("POST", "/v2/tenants/t1/credentials/reset".into(), None),
+            expect: [200, 200, 404, 200, 404, 403],
+        },
+        Case {
             route: "DELETE /v2/tenants/{tenant}",
             call: |w, _| {
                 let name = w.unique("dt");
@@ -274,6 +279,7 @@ const ROUTES: &[&str] = &[
     "GET /v2/tenants/{tenant}",
     "DELETE /v2/tenants/{tenant}",
     "GET /v2/tenants/{tenant}/credentials",
+    "POST /v2/tenants/{tenant}/credentials/reset",
     "POST /v2/tenants/{tenant}/dbs",
     "GET /v2/tenants/{tenant}/dbs",
     "GET /v2/tenants/{tenant}/dbs/{db}",

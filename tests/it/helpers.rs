@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,10 +18,21 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_spg99")
 }
 
+/// Each PostgreSQL worker of the test run gets ports of its own, so that tests running side
+/// by side never race for one.
+pub fn pg_ports() -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let low = 56000 + (n % 160) * 50;
+    format!("{low}-{}", low + 49)
+}
+
 /// A running `spg99 serve`.
 pub struct Server {
     child: Option<Child>,
     pub base: String,
+    /// The embedded Gateway's address, when it runs one.
+    pub gateway: Option<String>,
     /// Lines the server printed to stdout before it was ready.
     pub stdout: Vec<String>,
     pub stderr_path: PathBuf,
@@ -33,15 +45,51 @@ pub struct Start<'a> {
     pub env: Vec<(&'a str, String)>,
     /// A program (and its arguments) to run the server under, such as strace.
     pub wrapper: Vec<String>,
+    pub listen: String,
 }
 
 impl<'a> Start<'a> {
+    /// A server with no Gateway and no local worker (the tests of the control plane play
+    /// them, or say so, with `gateway()` and `compute()`).
     pub fn new(data_dir: &'a Path) -> Self {
         Start {
             data_dir,
-            env: vec![("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned())],
+            env: vec![
+                ("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned()),
+                ("SPG99_GATEWAY_LISTEN", "none".to_owned()),
+                ("SPG99_COMPUTE", "none".to_owned()),
+            ],
             wrapper: Vec::new(),
+            listen: "127.0.0.1:0".into(),
         }
+    }
+
+    /// On this HTTP address (a restart where the clients expect the same one).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
+    /// With the embedded Gateway on a free port (its address in `Server::gateway`).
+    pub fn gateway(self) -> Self {
+        self.env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
+    }
+
+    /// With the local worker running `kind` (`postgres` or `simulated`); for PostgreSQL the
+    /// directories above the data directory are made reachable for the postgres user, and
+    /// its servers get ports of their own.
+    pub fn compute(self, kind: &str) -> Self {
+        let mut s = self;
+        if kind == "postgres" {
+            use std::os::unix::fs::PermissionsExt;
+            let tmp = std::env::temp_dir();
+            let mut at = s.data_dir.to_path_buf();
+            while at.pop() && at.starts_with(&tmp) && at != tmp {
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            s = s.env("SPG99_PORT_RANGE", pg_ports());
+        }
+        s.env("SPG99_COMPUTE", kind)
     }
 
     pub fn env(mut self, k: &'a str, v: impl Into<String>) -> Self {
@@ -80,7 +128,7 @@ impl<'a> Start<'a> {
             .arg("--data-dir")
             .arg(self.data_dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .env_remove("SPG99_BOOTSTRAP_TOKEN")
             .env_remove("SPG99_SERVICE_TOKEN")
             .env_remove("SPG99_LOG_FORMAT")
@@ -109,15 +157,20 @@ impl<'a> Start<'a> {
             }
         });
         let mut lines = Vec::new();
+        let mut gateway = None;
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
                     let addr = line.strip_prefix("spg99 listening on ").map(str::to_owned);
+                    if let Some(g) = line.strip_prefix("spg99 gateway listening on ") {
+                        gateway = Some(g.to_owned());
+                    }
                     lines.push(line);
                     if let Some(base) = addr {
                         return Server {
                             child: Some(child),
                             base,
+                            gateway,
                             stdout: lines,
                             stderr_path,
                             agent: ureq::AgentBuilder::new()

@@ -3,12 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{bin, Fixture, Reply, Server, Start, ROOT_TOKEN};
+use crate::helpers::{bin, pg_ports, Fixture, Reply, Server, Start, ROOT_TOKEN};
 
 pub const SERVICE_TOKEN: &str = "spg99_svc_cccccccccccccccccccccccccccccccccccccccccccccccc";
 
@@ -179,15 +178,6 @@ pub struct Worker {
     pub storage: Option<PathBuf>,
 }
 
-/// Each PostgreSQL worker of the test run gets ports of its own, so that tests running side
-/// by side never race for one.
-fn ports() -> String {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let low = 56000 + (n % 160) * 50;
-    format!("{low}-{}", low + 49)
-}
-
 impl Worker {
     /// A simulated worker with `extra` flags, answering at `<id>.sim:6432`.
     pub fn simulated(lab: &Lab, id: &str, extra: &[&str]) -> Worker {
@@ -218,7 +208,7 @@ impl Worker {
             "--storage-dir".into(),
             storage.display().to_string(),
             "--port-range".into(),
-            ports(),
+            pg_ports(),
         ];
         Worker::spawn(server, id, args, Some(storage))
     }
@@ -330,5 +320,65 @@ impl Drop for Worker {
         }
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+/// A running `spg99 gateway` of its own, stopped (SIGTERM) when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a Gateway for the control plane at `server` on a free port, its certificate
+    /// kept in `dir`; `extra` adds flags.
+    pub fn start(server: &Server, dir: &Path, extra: &[&str]) -> Gateway {
+        use std::io::{BufRead, BufReader};
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("gateway.log");
+        let mut child = Command::new(bin())
+            .args(["gateway", "--control-plane", &server.base])
+            .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+            .arg(dir.join("tls"))
+            .args(extra)
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn spg99 gateway");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let Some(addr) = line.trim().strip_prefix("spg99 gateway listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "the gateway did not start: {line:?} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        Gateway {
+            addr: addr.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
     }
 }

@@ -117,7 +117,7 @@ pub struct Instructions<I = Instruction> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Start the writer at this term on `profile`.
     Start,
@@ -131,6 +131,8 @@ pub enum Op {
     Abort,
     /// Remove this worker's copy of the database's data (`timeline`).
     Destroy,
+    /// Give the serving writer's role the tenant's current verifier (a password reset).
+    UpdateRole,
 }
 
 impl Op {
@@ -142,6 +144,7 @@ impl Op {
             Op::Promote => "promote",
             Op::Abort => "abort",
             Op::Destroy => "destroy",
+            Op::UpdateRole => "update_role",
         }
     }
 }
@@ -168,12 +171,15 @@ pub struct Instruction {
     pub pg_user: Option<String>,
     #[serde(default)]
     pub verifier: Option<String>,
+    /// `update_role`: which of the tenant's credentials the verifier is (reported back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<u64>,
 }
 
 /// What a worker reports about an instruction (or, `failed` for a serving writer, about a
 /// writer that stopped by itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Started,
     Stopped,
@@ -181,6 +187,7 @@ pub enum Outcome {
     Promoted,
     Aborted,
     Destroyed,
+    RoleUpdated,
     Failed,
 }
 
@@ -193,6 +200,7 @@ impl Outcome {
             Outcome::Promoted => "promoted",
             Outcome::Aborted => "aborted",
             Outcome::Destroyed => "destroyed",
+            Outcome::RoleUpdated => "role_updated",
             Outcome::Failed => "failed",
         }
     }
@@ -215,6 +223,9 @@ pub struct Report {
     /// storage, so the database starts here again (and nowhere else) next time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keeps_data: bool,
+    /// `role_updated`: the credentials the role has now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -284,6 +284,8 @@ struct Key {
     db_id: Uuid,
     term: u64,
     op: Op,
+    /// `update_role`: the credentials asked for (a second reset is other work).
+    credentials: u64,
 }
 
 impl Key {
@@ -292,6 +294,7 @@ impl Key {
             db_id: instruction.db_id,
             term: instruction.writer_term,
             op: instruction.op,
+            credentials: instruction.credentials.unwrap_or(0),
         }
     }
 
@@ -307,6 +310,7 @@ impl Key {
             backend_addr: None,
             reason: None,
             keeps_data: false,
+            credentials: (outcome == Outcome::RoleUpdated).then_some(self.credentials),
         }
     }
 
@@ -350,6 +354,7 @@ enum Plan {
     Promote(WriterSpec),
     Abort,
     Destroy(String),
+    UpdateRole(WriterSpec),
 }
 
 /// An instruction's work, run in its own thread.
@@ -502,6 +507,8 @@ impl State {
                 Plan::Conclude(key.report(Outcome::Aborted))
             }
             (Op::Destroy, _, _) => Plan::Destroy(instruction.timeline.clone().unwrap_or_default()),
+            (Op::UpdateRole, Some(Role::Serving), _) => Plan::UpdateRole(spec(instruction)),
+            (Op::UpdateRole, _, _) => Plan::Conclude(key.failure("no serving writer at this term")),
         }
     }
 
@@ -574,6 +581,13 @@ impl State {
                 self.writers.remove(&writer);
                 (key.failure("the writer did not say where it serves"), false)
             }
+            (Plan::UpdateRole(_), Err(reason)) => {
+                // The server serves on with the old role: no report (a failure from the serving
+                // writer would read as its server gone); run again when listed again.
+                tracing::warn!(db_id = %key.db_id, reason = %reason, "cannot update the role; will retry");
+                self.tasks.remove(key);
+                return (None, false);
+            }
             (Plan::Stop | Plan::Abort | Plan::Destroy(_), Err(reason)) => {
                 // Not settled: run again when listed again.
                 self.tasks.remove(key);
@@ -585,6 +599,7 @@ impl State {
             }
             (Plan::Abort, Ok(_)) => (key.report(Outcome::Aborted), false),
             (Plan::Destroy(_), Ok(_)) => (key.report(Outcome::Destroyed), false),
+            (Plan::UpdateRole(_), Ok(_)) => (key.report(Outcome::RoleUpdated), false),
         };
         self.tasks.insert(*key, Task::Reporting(report.clone()));
         (Some(report), undo)
@@ -649,6 +664,7 @@ impl State {
                 db_id,
                 term,
                 op: Op::Start,
+                credentials: 0,
             };
             self.exits.push(key.failure(reason));
         }
@@ -942,6 +958,7 @@ impl Agent {
             Plan::Promote(w) => c.promote(w).map(Some),
             Plan::Abort => c.abort(db_id, term).map(|()| None),
             Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| None),
+            Plan::UpdateRole(w) => c.update_role(w).map(|()| None),
         };
         let (report, undo) = self.state().finish(&work, done);
         if undo {
@@ -1065,6 +1082,7 @@ mod tests {
             database: Some("app".into()),
             pg_user: Some("u_1".into()),
             verifier: Some("SCRAM-SHA-256$...".into()),
+            credentials: None,
         }
     }
 
@@ -1241,6 +1259,39 @@ mod tests {
     }
 
     #[test]
+    fn a_role_update_is_keyed_by_its_credentials_and_reports_them() {
+        let (mut state, now) = (State::default(), Instant::now());
+        let db = Uuid::new_v4();
+        complete(&mut state, &ins(Op::Start, db, 1), now);
+        let first = Instruction {
+            credentials: Some(1),
+            ..ins(Op::UpdateRole, db, 1)
+        };
+        let report = complete(&mut state, &first, now);
+        assert_eq!(
+            (report.outcome, report.credentials),
+            (Outcome::RoleUpdated, Some(1))
+        );
+        let second = Instruction {
+            credentials: Some(2),
+            ..first
+        };
+        assert!(
+            matches!(state.begin(&limits(), &second, now), Action::Run(_)),
+            "a second reset is new work"
+        );
+        let nobody = complete(
+            &mut state,
+            &Instruction {
+                credentials: Some(1),
+                ..ins(Op::UpdateRole, db, 9)
+            },
+            now,
+        );
+        assert_eq!(nobody.outcome, Outcome::Failed);
+    }
+
+    #[test]
     fn destroy_is_keyed_by_database_and_reported() {
         let (mut state, now) = (State::default(), Instant::now());
         let db = Uuid::new_v4();
@@ -1295,6 +1346,7 @@ mod tests {
             db_id: Uuid::nil(),
             term: 9,
             op: Op::Start,
+            credentials: 0,
         };
         assert_eq!(
             serde_json::to_value(key.served(Outcome::Started, &served())).unwrap(),

@@ -64,6 +64,8 @@ pub trait Compute: Send + Sync + 'static {
     fn abort(&self, db_id: Uuid, term: u64) -> Result<()>;
     /// Removes this worker's copy of the database's data.
     fn destroy(&self, db_id: Uuid, timeline: &str) -> Result<()>;
+    /// Gives the serving writer's role `writer.verifier` (a password reset).
+    fn update_role(&self, writer: &WriterSpec) -> Result<()>;
     /// The load of each serving writer (`db_id`, `term`); those found dead come back as
     /// exits and are no longer served.
     fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>);

@@ -147,6 +147,10 @@ impl Compute for Simulated {
         Ok(())
     }
 
+    fn update_role(&self, _: &WriterSpec) -> Result<()> {
+        Ok(())
+    }
+
     fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>) {
         let cpu = self.cpu_now();
         let measured = serving

@@ -505,6 +505,18 @@ impl Compute for Postgres {
         Ok(())
     }
 
+    fn update_role(&self, writer: &WriterSpec) -> Result<()> {
+        let slot = self.slot(writer.db_id);
+        let slot = lock(&slot);
+        let port = slot
+            .running
+            .as_ref()
+            .filter(|r| r.term == writer.term)
+            .map(|r| r.port.port)
+            .ok_or("the writer of this term does not run here")?;
+        self.admit(port, writer)
+    }
+
     fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>) {
         let mut measured = Vec::new();
         let mut exited = Vec::new();

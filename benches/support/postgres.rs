@@ -1,0 +1,112 @@
+//! A bare PostgreSQL, the baseline the compute and Gateway benchmarks measure against: a copy
+//! of the worker's template cluster, started by hand as the worker would (as the `postgres`
+//! user when run as root), its readiness polled every 2 ms.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spg99_worker::postgres::process::{command, Owner};
+
+/// The port bare servers listen on (outside the workers' ranges of the benchmarks).
+pub const PORT: u16 = 57999;
+
+pub struct Bare {
+    pub dir: PathBuf,
+    /// `postgres` options: the port, loopback, the socket in `dir`, and the extra settings.
+    pub opts: Vec<String>,
+    pub owner: Option<Owner>,
+    pub pg_bin: PathBuf,
+    server: Option<Child>,
+}
+
+impl Bare {
+    /// Copies `template` to `dir` (not started); `settings` become `-c name=value`.
+    pub fn copy_of(template: &Path, dir: &Path, settings: &[(&str, String)]) -> Bare {
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(template)
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let _ = std::fs::remove_file(dir.join("spg99-template.ready"));
+        let mut opts: Vec<String> = vec![
+            "-p".into(),
+            PORT.to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            format!("unix_socket_directories={}", dir.display()),
+        ];
+        for (k, v) in settings {
+            opts.push("-c".into());
+            opts.push(format!("{k}={v}"));
+        }
+        Bare {
+            dir: dir.to_owned(),
+            opts,
+            owner: Owner::for_servers().unwrap(),
+            pg_bin: spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed"),
+            server: None,
+        }
+    }
+
+    /// A program of PostgreSQL's, run as the servers' user.
+    pub fn program(&self, name: &str) -> Command {
+        command(&self.pg_bin.join(name), self.owner)
+    }
+
+    /// Starts `postgres` and polls `postmaster.pid` every 2 ms until it says `ready`.
+    pub fn start(&mut self) {
+        let mut child = self
+            .program("postgres")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(&self.opts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let began = Instant::now();
+        loop {
+            let ready = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+                .map(|s| s.lines().nth(7).is_some_and(|l| l.trim() == "ready"))
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "postgres exited at start"
+            );
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "postgres never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.server = Some(child);
+    }
+
+    /// A fast shutdown, waited for.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.server.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+        while self.dir.join("postmaster.pid").exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,290 @@
+//! One lease per database per Gateway, shared by every connection to that database.
+//!
+//! The first connection checks out (which starts a stopped database, waiting up to the connect
+//! timeout; a frozen one is held and asked again after `Retry-After`); later ones join its
+//! lease. A renewer renews it every third of its TTL with the live connection count, and about
+//! half a second after that count changes (so describe's `active_connections` follows). When
+//! the last connection closes, the lease is released. A renewal refused with `stale_epoch` (a
+//! cutover moved the database to a new writer) closes the connections to the retired writer;
+//! a lease that is gone while the writer is unchanged (the control plane restarted and let it
+//! expire, say) is taken again without touching the connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spg99_wire as wire;
+use tokio::sync::{watch, Notify};
+
+use crate::control::{Checkout, Control, Renewal};
+
+/// Why a connection gets no route to its database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoRoute {
+    UnknownUser,
+    UnknownDb,
+    /// Deleting, failed, or not started in time: the message says which.
+    Unavailable(String),
+    /// The control plane could not be reached.
+    ControlPlane(String),
+}
+
+/// A database's lease and the connections on it.
+pub struct Held {
+    lease: Mutex<wire::Lease>,
+    connections: AtomicU32,
+    /// Set to `true` to close every connection on this lease (its writer was retired).
+    closed: watch::Sender<bool>,
+    /// Wakes the renewer when `connections` changed.
+    changed: Notify,
+    /// Set once the lease is released (or given up): it is released once.
+    ended: AtomicBool,
+}
+
+impl Held {
+    pub fn backend_addr(&self) -> String {
+        self.lease.lock().unwrap().backend_addr.clone()
+    }
+}
+
+type Key = (String, String);
+
+/// How long after a change in its connection count a lease reports it.
+const REPORT_AFTER: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct Slot {
+    held: tokio::sync::Mutex<Option<Arc<Held>>>,
+}
+
+pub struct Leases {
+    control: Arc<Control>,
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<Key, Arc<Slot>>>,
+}
+
+/// A connection's share of a lease: dropping it ends the share (and, for the last one, the
+/// lease).
+pub struct Ticket {
+    leases: Arc<Leases>,
+    pub key: Key,
+    pub held: Arc<Held>,
+    /// Becomes `true` when the connection must close.
+    pub closed: watch::Receiver<bool>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.held.changed.notify_one();
+        if self.held.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let (leases, key, held) = (self.leases.clone(), self.key.clone(), self.held.clone());
+            tokio::spawn(async move { leases.release_if_unused(&key, &held).await });
+        }
+    }
+}
+
+impl Leases {
+    pub fn new(control: Arc<Control>, connect_timeout: Duration) -> Arc<Leases> {
+        Arc::new(Leases {
+            control,
+            connect_timeout,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn slot(&self, key: &Key) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// A route to `db` for `pg_user`: the database's lease, checked out if this Gateway holds
+    /// none, by `deadline` (connections queued behind one checkout each keep their own).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        pg_user: &str,
+        db: &str,
+        deadline: Instant,
+    ) -> Result<Ticket, NoRoute> {
+        let key = (pg_user.to_owned(), db.to_owned());
+        let slot = self.slot(&key);
+        let mut held = tokio::time::timeout_at(deadline.into(), slot.held.lock())
+            .await
+            .map_err(|_| self.not_in_time(db))?;
+        let live = held.as_ref().filter(|h| !*h.closed.borrow()).cloned();
+        let h = match live {
+            Some(h) => h,
+            None => {
+                let lease = self.checkout(pg_user, db, deadline).await?;
+                let (closed, _) = watch::channel(false);
+                let h = Arc::new(Held {
+                    lease: Mutex::new(lease),
+                    connections: AtomicU32::new(0),
+                    closed,
+                    changed: Notify::new(),
+                    ended: AtomicBool::new(false),
+                });
+                tokio::spawn(self.clone().renew(key.clone(), h.clone()));
+                *held = Some(h.clone());
+                h
+            }
+        };
+        h.connections.fetch_add(1, Ordering::AcqRel);
+        h.changed.notify_one();
+        Ok(Ticket {
+            leases: self.clone(),
+            key,
+            closed: h.closed.subscribe(),
+            held: h,
+        })
+    }
+
+    fn not_in_time(&self, db: &str) -> NoRoute {
+        NoRoute::Unavailable(format!(
+            "database \"{db}\" did not become available within {} s; retry",
+            self.connect_timeout.as_secs()
+        ))
+    }
+
+    /// Checks out, waiting for a start and through a freeze, until `deadline`.
+    async fn checkout(
+        &self,
+        pg_user: &str,
+        db: &str,
+        deadline: Instant,
+    ) -> Result<wire::Lease, NoRoute> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(Duration::from_secs(30));
+            let mut unreachable = None;
+            let pause = match self.control.checkout(pg_user, db, wait).await {
+                Checkout::Lease(lease) => return Ok(lease),
+                Checkout::UnknownUser => return Err(NoRoute::UnknownUser),
+                Checkout::UnknownDb => return Err(NoRoute::UnknownDb),
+                Checkout::Refused { message } => return Err(NoRoute::Unavailable(message)),
+                Checkout::Pending { retry_after } => retry_after.min(Duration::from_millis(50)),
+                Checkout::Busy { retry_after } => retry_after,
+                Checkout::Transient(e) => {
+                    unreachable = Some(e);
+                    Duration::from_millis(200)
+                }
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(match unreachable {
+                    Some(e) => NoRoute::ControlPlane(e),
+                    None => self.not_in_time(db),
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Renews `held` every third of its TTL while it has connections, and soon after its
+    /// connection count changed.
+    async fn renew(self: Arc<Self>, key: Key, held: Arc<Held>) {
+        let mut reported = 0;
+        let mut renewed = Instant::now();
+        loop {
+            let (lease_id, epoch, ttl) = {
+                let l = held.lease.lock().unwrap();
+                (l.lease_id, l.lease_control_epoch, l.lease_ttl_ms)
+            };
+            let due = renewed + Duration::from_millis((ttl / 3).max(50));
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = held.changed.notified() => {
+                    // A burst of connections settles into one report.
+                    tokio::time::sleep(REPORT_AFTER).await;
+                    if held.connections.load(Ordering::Acquire) == reported {
+                        continue;
+                    }
+                }
+            }
+            if *held.closed.borrow() {
+                return;
+            }
+            let connections = held.connections.load(Ordering::Acquire);
+            renewed = Instant::now();
+            match self.control.renew(lease_id, epoch, connections).await {
+                Renewal::Renewed => reported = connections,
+                Renewal::Transient(_) => {}
+                Renewal::StaleEpoch => {
+                    tracing::info!(db = %key.1, "the database moved to a new writer: closing connections to the old one");
+                    // Closed first: forgetting may wait for a checkout under way.
+                    self.end(&held).await;
+                    self.forget(&key, &held).await;
+                    return;
+                }
+                Renewal::Gone => {
+                    // The lease expired (a control plane restart, a pause): take one again;
+                    // the connections stay if they reach the same writer.
+                    let old = held.lease.lock().unwrap().clone();
+                    match self.control.checkout(&key.0, &key.1, Duration::ZERO).await {
+                        Checkout::Lease(new)
+                            if new.backend_addr == old.backend_addr
+                                && new.lease_control_epoch == old.lease_control_epoch =>
+                        {
+                            *held.lease.lock().unwrap() = new;
+                        }
+                        Checkout::Busy { .. }
+                        | Checkout::Transient(_)
+                        | Checkout::Pending { .. } => {}
+                        answer => {
+                            if let Checkout::Lease(new) = answer {
+                                // Another writer's: not this lease's connections' to use.
+                                self.control.release(new.lease_id).await;
+                            }
+                            // A new writer (or none): the old lease is gone already.
+                            held.ended.store(true, Ordering::Release);
+                            let _ = held.closed.send_replace(true);
+                            self.forget(&key, &held).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops routing new connections through `held` (its backend could not be reached: the
+    /// writer may have moved); the next connection checks out afresh. Its own connections
+    /// stay, and its lease goes with the last of them.
+    pub async fn forget(&self, key: &Key, held: &Arc<Held>) {
+        let slot = self.slot(key);
+        let mut current = slot.held.lock().await;
+        if current.as_ref().is_some_and(|h| Arc::ptr_eq(h, held)) {
+            *current = None;
+        }
+    }
+
+    /// Closes every connection on `held` and releases its lease, once.
+    async fn end(&self, held: &Held) {
+        let _ = held.closed.send_replace(true);
+        if !held.ended.swap(true, Ordering::AcqRel) {
+            let lease_id = held.lease.lock().unwrap().lease_id;
+            self.control.release(lease_id).await;
+        }
+    }
+
+    /// Ends `held` if its last connection is gone and no new one joined meanwhile.
+    async fn release_if_unused(&self, key: &Key, held: &Arc<Held>) {
+        let slot = self.slot(key);
+        let mut current = slot.held.lock().await;
+        if held.connections.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if current.as_ref().is_some_and(|h| Arc::ptr_eq(h, held)) {
+            *current = None;
+        }
+        drop(current);
+        self.end(held).await;
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}

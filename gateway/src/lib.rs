@@ -1,0 +1,229 @@
+//! # `spg99 gateway`: the PostgreSQL front door
+//!
+//! Applications connect here with the tenant's `dsn_template`. The Gateway terminates TLS,
+//! authenticates the client with SCRAM-SHA-256 against the tenant's verifier (it never knows
+//! a password), checks the database out from the control plane (which starts it if it is
+//! stopped), logs in to the database's PostgreSQL with the key the client's proof revealed,
+//! and relays bytes both ways. It holds no state of its own but leases and cancel keys, and
+//! speaks to the control plane only through the internal API (`spg99-wire`).
+//!
+//! ## Layout
+//! - [`pgwire`]: the wire protocol's messages, bounded reads.
+//! - [`tls`]: the certificate (given or self-signed and kept), ALPN, channel binding data.
+//! - [`session`]: one connection, phase by phase, and the SQLSTATEs of its failures.
+//! - [`control`]: calls to the control plane, and the cache of roles (verifiers).
+//! - [`leases`]: one lease per database, renewed, released, fenced by its epoch.
+//! - [`cancel`]: the Gateway's own cancel keys, forwarded to the right backend.
+
+pub mod cancel;
+pub mod control;
+pub mod leases;
+pub mod pgwire;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use sha2::Digest;
+use tokio::net::TcpListener;
+
+use session::Gateway;
+
+/// `spg99 gateway`: the flags.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Base URL of the control plane, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "SPG99_URL")]
+    pub control_plane: String,
+    /// Where clients connect.
+    #[arg(long, env = "SPG99_GATEWAY_LISTEN", default_value = "127.0.0.1:5432")]
+    pub listen: String,
+    /// The certificate (PEM) clients see; without it, a self-signed one made once and kept.
+    #[arg(long, env = "SPG99_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SPG99_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where the self-signed certificate and its key (0600) are kept.
+    #[arg(long, env = "SPG99_TLS_DIR", default_value = "./gateway-tls")]
+    pub tls_dir: PathBuf,
+    /// The names the self-signed certificate is for, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    pub tls_names: Vec<String>,
+    /// Accept clients without TLS (never outside a trusted network).
+    #[arg(long)]
+    pub allow_plaintext: bool,
+    /// How long a connection may wait for its database to start (seconds); then 57P03.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Client connections at most; beyond, 53300.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long a client may take for each step of its handshake (seconds).
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// The service token the internal API expects (prefer the environment variable).
+    #[arg(long, env = "SPG99_SERVICE_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+impl GatewayArgs {
+    fn gateway(&self) -> Result<Arc<Gateway>, String> {
+        let source = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => tls::Source::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => tls::Source::SelfSigned {
+                dir: self.tls_dir.clone(),
+                names: self.tls_names.clone(),
+            },
+        };
+        let control = control::Control::new(&self.control_plane, &self.token);
+        let mock_secret =
+            sha2::Sha256::digest(format!("spg99 mock verifiers\0{}", self.token)).to_vec();
+        Ok(Arc::new(Gateway {
+            tls: tls::Tls::load(&source)?,
+            allow_plaintext: self.allow_plaintext,
+            leases: leases::Leases::new(control.clone(), Duration::from_secs(self.connect_timeout)),
+            control,
+            cancels: Default::default(),
+            mock_secret,
+            max_connections: self.max_connections,
+            open: Default::default(),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+        }))
+    }
+}
+
+/// Accepts clients until the listener fails; each connection in a task of its own.
+async fn accept(listener: TcpListener, gw: Arc<Gateway>) {
+    tokio::spawn(gw.control.clone().follow_role_changes());
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tokio::spawn(session::serve(gw.clone(), tcp));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A Gateway running inside another process (`spg99 serve`'s), on a runtime of its own.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting and closes every connection.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds the first address `listen` resolves to that accepts, with a deep backlog (a burst of
+/// clients must queue, not be refused).
+fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in listen.to_socket_addrs()? {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
+}
+
+/// Binds and starts a Gateway in this process; returns once it listens.
+pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
+    let gw = args.gateway()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("spg99-gateway")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the Gateway's runtime: {e}"))?;
+    let listener = {
+        // Entered, not blocked on: the caller may be driving a runtime of its own.
+        let _in = runtime.enter();
+        bind(&args.listen)
+            .map_err(|e| format!("the Gateway cannot listen on {}: {e}", args.listen))?
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("spg99-gateway".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = accept(listener, gw) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime ends every connection's task.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// `spg99 gateway`: serves until SIGINT/SIGTERM.
+pub fn run(args: GatewayArgs) -> i32 {
+    let mut running = match spawn(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the Gateway");
+            return 1;
+        }
+    };
+    println!("spg99 gateway listening on {}", running.addr);
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    if let Ok(rt) = signals {
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+        });
+    }
+    running.stop();
+    0
+}

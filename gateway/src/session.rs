@@ -1,0 +1,496 @@
+//! One client connection, in phases (as Neon's proxy has them): the handshake (TLS by
+//! SSLRequest or PostgreSQL 17's direct TLS, GSSENC declined, cancels forwarded, protocol
+//! versions negotiated), authentication (SCRAM-SHA-256, or -PLUS over TLS, against the
+//! tenant's verifier), the route (the database's lease), the backend (a login with the
+//! ClientKey the client's proof revealed), then the relay, bytes both ways untouched.
+//!
+//! What the client hears on failure is an ErrorResponse with PostgreSQL's SQLSTATE: `28000`
+//! (TLS required, no user), `28P01` (a wrong password or an unknown user, alike), `3D000` (no
+//! such database), `57P03` (not available in time), `08006` (the backend is lost), `53300` (too
+//! many connections), `08P01` (a protocol violation, a SASL mechanism not offered), `0A000`
+//! (replication).
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spg99_scram::{Channel, Client, Keys, Server, Verifier, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cancel::{Cancels, Target};
+use crate::control::Control;
+use crate::leases::{Leases, NoRoute};
+use crate::pgwire::{self, Message, Out, Startup, MAX_AUTH, MAX_BACKEND};
+use crate::tls::{Tls, ALPN};
+
+/// Everything a connection needs.
+pub struct Gateway {
+    pub tls: Tls,
+    pub allow_plaintext: bool,
+    pub control: Arc<Control>,
+    pub leases: Arc<Leases>,
+    pub cancels: Cancels,
+    /// Derives unknown users' mock verifiers (stable across restarts and Gateways).
+    pub mock_secret: Vec<u8>,
+    pub max_connections: usize,
+    /// Client connections open now.
+    pub open: AtomicUsize,
+    /// How long the client may take for each step of its handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// How a connection ended before the relay: with an error for the client, or silently.
+enum End {
+    /// Tell the client, then close.
+    Error(&'static str, String),
+    /// Close without a word (a cancel, a client gone, garbage before any protocol).
+    Quiet,
+}
+
+impl From<io::Error> for End {
+    fn from(_: io::Error) -> Self {
+        End::Quiet
+    }
+}
+
+fn error(code: &'static str, message: impl Into<String>) -> End {
+    End::Error(code, message.into())
+}
+
+/// A byte stream to the client: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn nonce() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).expect("the operating system's random generator is unavailable");
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Serves one client connection to its end.
+pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    gw.open.fetch_add(1, Ordering::AcqRel);
+    let _counted = Counted(&gw.open);
+    let _ = handshake(&gw, tcp).await;
+}
+
+async fn timed<T>(
+    gw: &Gateway,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(gw.handshake_timeout, f)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// TLS (direct, or after an SSLRequest) or plaintext, then the startup message.
+async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.config.clone());
+    let mut first = [0u8; 1];
+    if timed(gw, tcp.peek(&mut first)).await? == 0 {
+        return Ok(());
+    }
+    let direct = first[0] == 0x16;
+    if !direct {
+        loop {
+            match timed(gw, pgwire::read_startup(&mut tcp)).await? {
+                Startup::Ssl => {
+                    tcp.write_all(b"S").await?;
+                    break;
+                }
+                Startup::GssEnc => tcp.write_all(b"N").await?,
+                Startup::Cancel { pid, secret } => {
+                    gw.cancels.cancel(pid, secret).await;
+                    return Ok(());
+                }
+                Startup::Start { minor, params } if gw.allow_plaintext => {
+                    return session(gw, tcp, Channel::Plain, minor, params).await;
+                }
+                Startup::Start { .. } => {
+                    Out::default()
+                        .error(
+                            "28000",
+                            "SSL is required: connect with sslmode=require (or stronger)",
+                        )
+                        .send(&mut tcp)
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    let mut tls = timed(gw, acceptor.accept(tcp)).await?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    // Direct TLS must say it speaks PostgreSQL (PostgreSQL 17 refuses it otherwise too).
+    if direct && alpn.as_deref() != Some(ALPN) {
+        return Ok(());
+    }
+    let channel = Channel::Tls {
+        end_point: gw.tls.end_point.clone(),
+    };
+    match timed(gw, pgwire::read_startup(&mut tls)).await? {
+        Startup::Cancel { pid, secret } => {
+            gw.cancels.cancel(pid, secret).await;
+            Ok(())
+        }
+        Startup::Start { minor, params } => session(gw, tls, channel, minor, params).await,
+        Startup::Ssl | Startup::GssEnc => {
+            Out::default()
+                .error("08P01", "an encryption request inside TLS")
+                .send(&mut tls)
+                .await
+        }
+    }
+}
+
+async fn session<S: Stream>(
+    gw: &Gateway,
+    mut client: S,
+    channel: Channel,
+    minor: u16,
+    params: Vec<(String, String)>,
+) -> io::Result<()> {
+    match authenticate_and_route(gw, &mut client, &channel, minor, &params).await {
+        Ok(()) => Ok(()),
+        Err(End::Error(code, message)) => {
+            Out::default().error(code, &message).send(&mut client).await
+        }
+        Err(End::Quiet) => Ok(()),
+    }
+}
+
+async fn authenticate_and_route<S: Stream>(
+    gw: &Gateway,
+    client: &mut S,
+    channel: &Channel,
+    minor: u16,
+    params: &[(String, String)],
+) -> Result<(), End> {
+    let param = |k: &str| {
+        params
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let unknown: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unknown.is_empty() {
+        Out::default().negotiate(0, &unknown).send(client).await?;
+    }
+    let user = param("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        error(
+            "28000",
+            "no PostgreSQL user name specified in the startup packet",
+        )
+    })?;
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if param("replication").is_some_and(|r| !matches!(r, "false" | "0" | "off" | "no")) {
+        return Err(error(
+            "0A000",
+            "replication connections are not supported through the Gateway",
+        ));
+    }
+    if gw.open.load(Ordering::Acquire) > gw.max_connections {
+        return Err(error("53300", "sorry, too many clients already"));
+    }
+
+    // Authentication: the tenant's verifier, or for an unknown user a mock one, so that both
+    // take the same exchange and fail the same way.
+    let verifier = gw.control.role(user).await.map_err(|e| {
+        tracing::warn!(error = %e, "cannot fetch a role");
+        error(
+            "57P03",
+            "the platform cannot check credentials right now; retry",
+        )
+    })?;
+    let known = verifier.is_some();
+    let verifier = verifier.unwrap_or_else(|| Verifier::mock(&gw.mock_secret, user));
+    let server_key = verifier.server_key;
+    let mechanisms: &[&str] = match channel {
+        Channel::Tls { .. } => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
+        Channel::Plain => &[SCRAM_SHA_256],
+    };
+    Out::default().auth_sasl(mechanisms).send(client).await?;
+    let bad = || {
+        error(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+    };
+    let first = timed(gw, pgwire::read_message(client, MAX_AUTH)).await?;
+    let (mechanism, client_first) = match first.tag {
+        b'p' => pgwire::sasl_initial(&first.body)
+            .ok_or_else(|| error("08P01", "malformed SASLInitialResponse"))?,
+        _ => return Err(error("08P01", "expected a SASL response")),
+    };
+    if !mechanisms.contains(&mechanism.as_str()) {
+        return Err(error(
+            "08P01",
+            format!("SASL mechanism {mechanism} is not offered"),
+        ));
+    }
+    let (scram, server_first) =
+        Server::start(verifier, &mechanism, &client_first, &nonce(), channel).map_err(|_| bad())?;
+    Out::default()
+        .auth_sasl_continue(&server_first)
+        .send(client)
+        .await?;
+    let last = timed(gw, pgwire::read_message(client, MAX_AUTH)).await?;
+    if last.tag != b'p' {
+        return Err(error("08P01", "expected a SASL response"));
+    }
+    let client_final = std::str::from_utf8(&last.body).map_err(|_| bad())?;
+    let (client_key, server_final) = match scram.finish(client_final) {
+        Ok(done) if known => done,
+        _ => return Err(bad()),
+    };
+    Out::default()
+        .auth_sasl_final(&server_final)
+        .auth_ok()
+        .send(client)
+        .await?;
+
+    // The route, then the backend. A backend that cannot be reached (a writer just retired by
+    // a cutover, or still starting) sends the connection back for a fresh route, until the
+    // connect timeout; the client only waits longer.
+    let keys = Keys {
+        client_key,
+        server_key,
+    };
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
+        })
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + gw.leases.connect_timeout();
+    let mut pause = Duration::from_millis(25);
+    let (ticket, mut backend, ready, backend_addr) = loop {
+        let ticket = gw
+            .leases
+            .acquire(user, database, deadline)
+            .await
+            .map_err(|e| match e {
+                NoRoute::UnknownUser => bad(),
+                NoRoute::UnknownDb => {
+                    error("3D000", format!("database \"{database}\" does not exist"))
+                }
+                NoRoute::Unavailable(why) => error("57P03", why),
+                NoRoute::ControlPlane(e) => {
+                    tracing::warn!(error = %e, "the control plane cannot be reached");
+                    error(
+                        "57P03",
+                        "the platform cannot start the database right now; retry",
+                    )
+                }
+            })?;
+        let backend_addr = ticket.held.backend_addr();
+        let login = connect_backend(&backend_addr, user, database, &forwarded, &keys);
+        let login = tokio::time::timeout_at(deadline.into(), login)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Backend::Retry {
+                    why: "no answer in time".into(),
+                    moved: true,
+                })
+            });
+        match login {
+            Ok((backend, ready)) => break (ticket, backend, ready, backend_addr),
+            Err(Backend::Refused(m)) => {
+                // The backend's own refusal (too many clients, say): the client hears it.
+                Out::default().raw(&m).send(client).await?;
+                return Err(End::Quiet);
+            }
+            Err(Backend::Retry { why, moved }) => {
+                if Instant::now() + pause >= deadline {
+                    return Err(error(
+                        "08006",
+                        format!("the database's server cannot be reached: {why}"),
+                    ));
+                }
+                tracing::debug!(db = database, backend = %backend_addr, why = %why, "backend not reachable; routing again");
+                if moved {
+                    gw.leases.forget(&ticket.key, &ticket.held).await;
+                }
+                drop(ticket);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let registration = gw.cancels.register(Target {
+        backend_addr,
+        pid: ready.pid,
+        secret: ready.secret,
+    });
+    // What the backend said after authenticating (its parameters), the Gateway's cancel key,
+    // then the backend's ReadyForQuery: the last word before the relay.
+    let mut out = ready.said;
+    out.backend_key(registration.pid, registration.secret)
+        .raw(&Message {
+            tag: b'Z',
+            body: ready.status.to_vec(),
+        })
+        .send(client)
+        .await?;
+
+    let mut closed = ticket.closed.clone();
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(client, &mut backend) => {}
+        _ = closed.wait_for(|c| *c) => {}
+    }
+    drop(registration);
+    drop(ticket);
+    Err(End::Quiet)
+}
+
+/// A backend logged in to, up to its ReadyForQuery.
+struct Ready {
+    pid: u32,
+    secret: u32,
+    status: [u8; 1],
+    /// Its ParameterStatus and notice messages, for the client.
+    said: Out,
+}
+
+/// Why a backend login failed.
+enum Backend {
+    /// The backend refused the login itself (its ErrorResponse, for the client).
+    Refused(Message),
+    /// Worth another try: unreachable, shutting down or starting up (`moved`: route afresh,
+    /// the writer may have changed), or a role its update has not reached yet.
+    Retry { why: String, moved: bool },
+}
+
+/// SQLSTATEs of a backend that is going away or not there yet.
+const GOING_OR_COMING: [&str; 3] = ["57P01", "57P02", "57P03"];
+
+/// Logs in to the backend as `user` with `keys`.
+async fn connect_backend(
+    addr: &str,
+    user: &str,
+    database: &str,
+    forwarded: &[(String, String)],
+    keys: &Keys,
+) -> Result<(TcpStream, Ready), Backend> {
+    let lost = |why: String| Backend::Retry { why, moved: true };
+    let mut backend = TcpStream::connect(addr)
+        .await
+        .map_err(|e| lost(e.to_string()))?;
+    let _ = backend.set_nodelay(true);
+    let mut params = vec![
+        ("user".to_owned(), user.to_owned()),
+        ("database".to_owned(), database.to_owned()),
+    ];
+    params.extend_from_slice(forwarded);
+    Out::default()
+        .startup(&params)
+        .send(&mut backend)
+        .await
+        .map_err(|e| lost(e.to_string()))?;
+    let mut scram: Option<Client> = None;
+    let mut ready = Ready {
+        pid: 0,
+        secret: 0,
+        status: [b'I'],
+        said: Out::default(),
+    };
+    loop {
+        let m = pgwire::read_message(&mut backend, MAX_BACKEND)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        match m.tag {
+            b'R' => {
+                let kind = m
+                    .body
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+                let data = std::str::from_utf8(m.body.get(4..).unwrap_or_default()).unwrap_or("");
+                let mut out = Out::default();
+                match kind {
+                    Some(0) => continue,
+                    Some(10) if data.split('\0').any(|mech| mech == SCRAM_SHA_256) => {
+                        let (c, first) = Client::start(keys.clone(), &nonce());
+                        scram = Some(c);
+                        out.sasl(Some(SCRAM_SHA_256), &first);
+                    }
+                    Some(11) => {
+                        let c = scram
+                            .as_mut()
+                            .ok_or_else(|| lost("SASL out of order".into()))?;
+                        let answer = c.respond(data).map_err(|e| lost(e.to_string()))?;
+                        out.sasl(None, &answer);
+                    }
+                    Some(12) => {
+                        let c = scram
+                            .take()
+                            .ok_or_else(|| lost("SASL out of order".into()))?;
+                        c.finish(data)
+                            .map_err(|e| lost(format!("it is not the server it claims: {e}")))?;
+                        continue;
+                    }
+                    _ => {
+                        return Err(lost(
+                            "it asks for an authentication the Gateway does not do".into(),
+                        ))
+                    }
+                }
+                out.send(&mut backend)
+                    .await
+                    .map_err(|e| lost(e.to_string()))?;
+            }
+            b'K' if m.body.len() == 8 => {
+                ready.pid = u32::from_be_bytes(m.body[..4].try_into().unwrap());
+                ready.secret = u32::from_be_bytes(m.body[4..].try_into().unwrap());
+            }
+            b'Z' => {
+                ready.status = [m.body.first().copied().unwrap_or(b'I')];
+                return Ok((backend, ready));
+            }
+            b'E' => {
+                let fields = pgwire::fields(&m.body);
+                let code = fields
+                    .iter()
+                    .find(|(f, _)| *f == b'C')
+                    .map(|(_, c)| c.as_str())
+                    .unwrap_or("");
+                let message = fields
+                    .iter()
+                    .find(|(f, _)| *f == b'M')
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_default();
+                return Err(match code {
+                    c if GOING_OR_COMING.contains(&c) => lost(message),
+                    // The Gateway checked the client's proof against the tenant's current
+                    // verifier: a backend refusing it has not had the role update yet.
+                    "28P01" => Backend::Retry {
+                        why: message,
+                        moved: false,
+                    },
+                    _ => Backend::Refused(m),
+                });
+            }
+            b'S' | b'N' => {
+                ready.said.raw(&m);
+            }
+            b'v' => {}
+            _ => return Err(lost(format!("unexpected message '{}'", m.tag as char))),
+        }
+    }
+}

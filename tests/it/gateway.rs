@@ -1,0 +1,705 @@
+//! The Gateway, through real clients (Debian's psql, tokio-postgres and its blocking face
+//! `postgres`) to real PostgreSQL servers run by the platform's own worker. Most tests run
+//! `spg99 serve` as a newcomer does, Gateway and local worker inside; the restart test runs
+//! the Gateway and the worker as processes of their own, so that the control plane can die
+//! under them.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_postgres::config::{ChannelBinding, SslMode};
+use tokio_postgres::error::SqlState;
+
+use crate::helpers::{tempdir, Fixture, Start, ROOT_TOKEN};
+use crate::lab::{Gateway, Worker, SERVICE_TOKEN};
+use crate::pgtls::{self, Tls};
+
+/// `spg99 serve` on its embedded default: control plane, Gateway, local PostgreSQL worker.
+fn platform(data_dir: &Path, extra: &[(&str, &str)]) -> Fixture {
+    let mut s = Start::new(data_dir)
+        .gateway()
+        .compute("postgres")
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN);
+    for (k, v) in extra {
+        s = s.env(k, *v);
+    }
+    Fixture::with_server(s.spawn())
+}
+
+/// What a tenant's owner saves from the create answer.
+struct Tenant {
+    user: String,
+    password: String,
+    dsn_template: String,
+}
+
+impl Tenant {
+    fn create(fx: &Fixture, name: &str) -> Tenant {
+        let r = fx.server.create_tenant(&fx.account_key, name);
+        let field = |k: &str| r.body[k].as_str().unwrap().to_owned();
+        Tenant {
+            user: field("pg_user"),
+            password: field("pg_password"),
+            dsn_template: field("dsn_template"),
+        }
+    }
+
+    fn dsn(&self, db: &str) -> String {
+        self.dsn_template.replace("<db-name>", db)
+    }
+}
+
+/// psql (quiet, unaligned, tuples only) with `conninfo`, running `sql`: its output, or what
+/// it printed on failure.
+fn psql(conninfo: &str, sql: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new("psql");
+    cmd.args([
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+    ]);
+    for s in sql {
+        cmd.arg("-c").arg(s);
+    }
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("PG")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().expect("run psql");
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// A client configuration for `db` through the Gateway at `gw` (TLS required).
+fn config(gw: &str, user: &str, password: &str, db: &str) -> postgres::Config {
+    let (host, port) = gw.rsplit_once(':').unwrap();
+    let mut c = postgres::Config::new();
+    c.host(host)
+        .port(port.parse().unwrap())
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .ssl_mode(SslMode::Require)
+        .connect_timeout(Duration::from_secs(60));
+    c
+}
+
+fn connect(c: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
+    c.connect(Tls::new())
+}
+
+/// The SQLSTATE and message of a refused connection.
+fn refusal(r: Result<postgres::Client, postgres::Error>) -> (String, String) {
+    match r {
+        Ok(_) => panic!("the connection was accepted"),
+        Err(e) => match e.as_db_error() {
+            Some(db) => (db.code().code().to_owned(), db.message().to_owned()),
+            None => (String::new(), e.to_string()),
+        },
+    }
+}
+
+fn describe(fx: &Fixture, tenant: &str, db: &str) -> Value {
+    let r = fx
+        .server
+        .get(&format!("/v2/tenants/{tenant}/dbs/{db}"), &fx.account_key);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+/// Polls describe until `done`, at most `secs`.
+fn until(fx: &Fixture, tenant: &str, db: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let began = Instant::now();
+    loop {
+        let d = describe(fx, tenant, db);
+        if done(&d) {
+            return d;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(secs),
+            "gave up waiting: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn connections(d: &Value) -> u64 {
+    d["active_connections"].as_u64().unwrap()
+}
+
+#[test]
+fn the_seeds_path_through_psql_and_each_refusal_with_its_sqlstate() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let fx = platform(&data, &[("SPG99_IDLE_TIMEOUT", "2")]);
+    let gw = fx
+        .server
+        .gateway
+        .clone()
+        .expect("the embedded Gateway listens");
+
+    // Create a tenant, save its credentials, create a database: stopped until used.
+    let shop = Tenant::create(&fx, "shop");
+    assert_eq!(
+        shop.dsn_template,
+        format!(
+            "postgres://{}:{}@{gw}/<db-name>?sslmode=require",
+            shop.user, shop.password
+        ),
+        "the template names the Gateway"
+    );
+    let r = fx.server.create_db(&fx.account_key, "shop", "orders");
+    assert_eq!(r.body["state"], "stopped");
+
+    // psql with the template: the database starts on the first connection.
+    let out = psql(
+        &shop.dsn("orders"),
+        &[
+            "CREATE TABLE items (id int PRIMARY KEY, name text)",
+            "INSERT INTO items VALUES (1, 'apple'), (2, 'pear')",
+            "SELECT current_user || ' ' || current_database() || ' ' || count(*) FROM items",
+        ],
+    )
+    .unwrap();
+    assert_eq!(out, format!("{} orders 2", shop.user));
+    let d = describe(&fx, "shop", "orders");
+    assert_eq!(d["state"], "running", "{d}");
+    assert_eq!(d["scale_state"], "STABLE", "{d}");
+    assert_eq!(d["worker_id"], "local", "{d}");
+    assert_eq!(d["current_profile"], "c0.25", "{d}");
+
+    // Each refusal with PostgreSQL's SQLSTATE.
+    let other = Tenant::create(&fx, "other");
+    let wrong = refusal(connect(&config(&gw, &shop.user, "not-it", "orders")));
+    assert_eq!(wrong.0, "28P01", "{wrong:?}");
+    let unknown = refusal(connect(&config(
+        &gw,
+        "u_0000000000000000",
+        "not-it",
+        "orders",
+    )));
+    assert_eq!(
+        unknown.0, "28P01",
+        "an unknown user is told what a wrong password is"
+    );
+    assert_eq!(
+        unknown.1.replace("u_0000000000000000", &shop.user),
+        wrong.1,
+        "and in the same words"
+    );
+    let nodb = refusal(connect(&config(&gw, &shop.user, &shop.password, "nothere")));
+    assert_eq!(nodb.0, "3D000", "{nodb:?}");
+    let foreign = refusal(connect(&config(
+        &gw,
+        &other.user,
+        &other.password,
+        "orders",
+    )));
+    assert_eq!(
+        foreign.0, "3D000",
+        "another tenant's user finds no database of this tenant: {foreign:?}"
+    );
+    let crossed = refusal(connect(&config(&gw, &other.user, &shop.password, "orders")));
+    assert_eq!(crossed.0, "28P01", "{crossed:?}");
+    let mut plain = config(&gw, &shop.user, &shop.password, "orders");
+    plain.ssl_mode(SslMode::Disable);
+    let plain = refusal(plain.connect(postgres::NoTls));
+    assert_eq!(plain.0, "28000", "{plain:?}");
+    // psql says the same to a person.
+    let e = psql(
+        &shop.dsn("orders").replace(&shop.password, "not-it"),
+        &["SELECT 1"],
+    )
+    .unwrap_err();
+    assert!(e.contains("password authentication failed for user"), "{e}");
+    let e = psql(
+        &shop.dsn("orders").replace("require", "disable"),
+        &["SELECT 1"],
+    )
+    .unwrap_err();
+    assert!(e.contains("SSL is required"), "{e}");
+
+    // verify-full with the certificate the Gateway made and kept, and channel binding
+    // required (SCRAM-SHA-256-PLUS), from libpq.
+    let cert = data.join("gateway-tls/gateway.crt");
+    let port = gw.rsplit_once(':').unwrap().1;
+    let strict = format!(
+        "host=localhost port={port} user={} password={} dbname=orders sslmode=verify-full \
+         sslrootcert={} channel_binding=require",
+        shop.user,
+        shop.password,
+        cert.display()
+    );
+    assert_eq!(psql(&strict, &["SELECT 'verified'"]).unwrap(), "verified");
+
+    // An open session keeps the database up past the idle timeout, and shows in describe.
+    let mut held = connect(&config(&gw, &shop.user, &shop.password, "orders")).unwrap();
+    until(&fx, "shop", "orders", 10, |d| connections(d) >= 1);
+    std::thread::sleep(Duration::from_secs(4));
+    let d = describe(&fx, "shop", "orders");
+    assert_eq!(d["state"], "running", "{d}");
+    let n: i64 = held
+        .query_one("SELECT count(*) FROM items", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // After the last session and the idle timeout, it stops.
+    drop(held);
+    let d = until(&fx, "shop", "orders", 30, |d| d["state"] == "stopped");
+    assert_eq!(connections(&d), 0, "{d}");
+    // The next connection starts it again and finds the data.
+    let out = psql(
+        &shop.dsn("orders"),
+        &["SELECT string_agg(name, ',' ORDER BY id) FROM items"],
+    )
+    .unwrap();
+    assert_eq!(out, "apple,pear");
+}
+
+#[test]
+fn channel_binding_direct_tls_cancels_and_a_password_reset() {
+    let tmp = tempdir();
+    let fx = platform(&tmp.path().join("data"), &[]);
+    let gw = fx.server.gateway.clone().unwrap();
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let cfg = |password: &str| config(&gw, &shop.user, password, "app");
+
+    // tokio-postgres with channel_binding=require: SCRAM-SHA-256-PLUS, bound to the
+    // certificate; a proof bound to another certificate is refused.
+    let mut bound = cfg(&shop.password);
+    bound.channel_binding(ChannelBinding::Require);
+    let mut c = bound.connect(Tls::new()).unwrap();
+    let n: i32 = c.query_one("SELECT 41 + 1", &[]).unwrap().get(0);
+    assert_eq!(n, 42);
+    let (code, _) = refusal(bound.connect(Tls::claiming(vec![7; 32])));
+    assert_eq!(code, "28P01", "a binding to another certificate");
+
+    // PostgreSQL 17's direct TLS: TLS first, with ALPN `postgresql`; without ALPN the
+    // Gateway hangs up, as PostgreSQL does.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (user, password, addr) = (shop.user.clone(), shop.password.clone(), gw.clone());
+    runtime.block_on(async move {
+        let direct = |alpn: &'static [&'static [u8]]| {
+            let (addr, user, password) = (addr.clone(), user.clone(), password.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = tokio_rustls::TlsConnector::from(pgtls::config(alpn))
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                let mut c = tokio_postgres::Config::new();
+                c.user(&user)
+                    .password(&password)
+                    .dbname("app")
+                    .ssl_mode(SslMode::Disable);
+                c.connect_raw(pgtls::Stream(tls, None), tokio_postgres::NoTls)
+                    .await
+            }
+        };
+        let (client, connection) = direct(&[b"postgresql"]).await.unwrap();
+        tokio::spawn(connection);
+        let row = client.query_one("SELECT 'direct'", &[]).await.unwrap();
+        assert_eq!(row.get::<_, &str>(0), "direct");
+        assert!(direct(&[]).await.is_err(), "direct TLS without ALPN");
+    });
+
+    // A cancel reaches the right backend through the Gateway's own cancel key: over TLS from
+    // tokio-postgres, and in the clear from libpq (psql's Ctrl-C).
+    let token = c.cancel_token();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        token.cancel_query(Tls::new())
+    });
+    let e = c.query_one("SELECT pg_sleep(60)", &[]).unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::QUERY_CANCELED), "{e}");
+    canceller.join().unwrap().unwrap();
+    let n: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(n, 1, "the session goes on after its cancel");
+    let mut sleeper = Command::new("psql")
+        .args(["-X", "-d", &shop.dsn("app"), "-c", "SELECT pg_sleep(60)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its query runs (a SIGINT before that would only end psql).
+    let began = Instant::now();
+    loop {
+        let running: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(60)'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if running == 1 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "psql's query never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &sleeper.id().to_string()])
+        .status()
+        .unwrap();
+    let began = Instant::now();
+    while sleeper.try_wait().unwrap().is_none() {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "psql's cancel did not land"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut sleeper.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(
+        said.contains("canceling statement due to user request"),
+        "{said}"
+    );
+
+    // A password reset: the old password is refused within seconds, the new one works, and
+    // a session opened before it goes on (as in PostgreSQL).
+    let r = fx.server.post(
+        "/v2/tenants/shop/credentials/reset",
+        &fx.account_key,
+        json!({}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let new = r.body["pg_password"].as_str().unwrap().to_owned();
+    assert_ne!(new, shop.password);
+    assert_eq!(
+        r.body["dsn_template"],
+        shop.dsn_template.replace(&shop.password, &new)
+    );
+    let began = Instant::now();
+    loop {
+        match connect(&cfg(&shop.password)) {
+            Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => break,
+            Err(e) => panic!("{e}"),
+            Ok(_) => assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the old password still works"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut fresh = connect(&cfg(&new)).unwrap();
+    let who: String = fresh
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(who, shop.user);
+    let n: i32 = c.query_one("SELECT 2", &[]).unwrap().get(0);
+    assert_eq!(n, 2, "the session from before the reset");
+}
+
+#[test]
+fn new_connections_during_an_autoscale_handoff_are_held_not_refused_and_no_row_is_lost() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let server = Start::new(&data)
+        .gateway()
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+        .env("SPG99_CLOCK", "manual")
+        .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
+        .env("SPG99_IDLE_TIMEOUT", "100000")
+        // Longer than the clock jump below, so that no lease runs out in it.
+        .env("SPG99_LEASE_TTL_MS", "300000")
+        .spawn();
+    let fx = Fixture::with_server(server);
+    let _worker = Worker::postgres(&fx.server, "w1", &tmp.path().join("compute"));
+    let gw = fx.server.gateway.clone().unwrap();
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let cfg = config(&gw, &shop.user, &shop.password, "app");
+    connect(&cfg)
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+    // A new connection for every row, as a short-lived client does.
+    let inserter = {
+        let (stop, committed, refused, cfg) = (
+            stop.clone(),
+            committed.clone(),
+            refused.clone(),
+            cfg.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut next = 1i64;
+            while !stop.load(Ordering::Relaxed) {
+                match connect(&cfg) {
+                    Ok(mut c) => {
+                        if c.execute("INSERT INTO t VALUES ($1)", &[&next]).is_ok() {
+                            committed.lock().unwrap().push(next);
+                        }
+                        next += 1;
+                    }
+                    Err(e) => refused.lock().unwrap().push(e.to_string()),
+                }
+            }
+        })
+    };
+    // Real load through the Gateway: a query loop far above 80 % of a quarter vCPU.
+    let burner = {
+        let (stop, cfg) = (stop.clone(), cfg.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut c) = connect(&cfg) else { continue };
+                while !stop.load(Ordering::Relaxed)
+                    && c.batch_execute("DO $$ DECLARE i int := 0; BEGIN WHILE i < 3000000 LOOP i := i + 1; END LOOP; END $$").is_ok()
+                {}
+            }
+        })
+    };
+    let db_id = describe(&fx, "shop", "app")["db_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let began = Instant::now();
+    loop {
+        let log = fx.server.get(
+            &format!("/v2/admin/log?db={db_id}&types=db.load_changed"),
+            ROOT_TOKEN,
+        );
+        if log.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["band"] == "high")
+        {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the load was never high"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while committed.lock().unwrap().len() < 20 {
+        assert!(began.elapsed() < Duration::from_secs(90), "no rows went in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The load has been high for the autoscaler's window.
+    let r = fx.server.post(
+        "/internal/v1/clock/advance",
+        SERVICE_TOKEN,
+        json!({"seconds": 61}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let d = until(&fx, "shop", "app", 90, |d| {
+        d["scale_state"] == "STABLE" && d["current_profile"] == "c0.5"
+    });
+    assert_eq!(d["writer_term"], 2, "{d}");
+    let at_handoff = committed.lock().unwrap().len();
+    let began = Instant::now();
+    while committed.lock().unwrap().len() < at_handoff + 30 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no rows on the new writer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    inserter.join().unwrap();
+    burner.join().unwrap();
+
+    let refused = refused.lock().unwrap().clone();
+    assert!(
+        refused.is_empty(),
+        "connections refused during the handoff: {refused:?}"
+    );
+    let mut c = connect(&cfg).unwrap();
+    let shared_buffers: String = c.query_one("SHOW shared_buffers", &[]).unwrap().get(0);
+    assert_eq!(
+        shared_buffers, "512MB",
+        "the connection reaches the c0.5 writer"
+    );
+    let stored: Vec<i64> = c
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let committed = committed.lock().unwrap().clone();
+    let lost: Vec<&i64> = committed
+        .iter()
+        .filter(|id| stored.binary_search(id).is_err())
+        .collect();
+    assert!(lost.is_empty(), "committed rows lost: {lost:?}");
+}
+
+#[test]
+fn sessions_survive_a_control_plane_crash_and_the_gateway_holds_its_limit() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let start = |listen: &str| {
+        Start::new(&data)
+            .listen(listen)
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env("SPG99_LEASE_TTL_MS", "3000")
+            .env("SPG99_IDLE_TIMEOUT", "2")
+            .spawn()
+    };
+    let mut fx = Fixture::with_server(start("127.0.0.1:0"));
+    let _worker = Worker::postgres(&fx.server, "w1", &tmp.path().join("compute"));
+    let gateway = Gateway::start(
+        &fx.server,
+        &tmp.path().join("gw"),
+        &["--max-connections", "4"],
+    );
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let cfg = config(&gateway.addr, &shop.user, &shop.password, "app");
+    let mut sessions: Vec<postgres::Client> = (0..4).map(|_| connect(&cfg).unwrap()).collect();
+    sessions[0].batch_execute("CREATE TABLE t (n int)").unwrap();
+    // `--max-connections`: one more is refused with 53300.
+    let (code, message) = refusal(connect(&cfg));
+    assert_eq!(code, "53300", "{message}");
+    until(&fx, "shop", "app", 10, |d| connections(d) == 4);
+
+    // The control plane dies and comes back on its address; meanwhile, and after, through
+    // several lease renewals and the idle timeout, the sessions go on.
+    let addr = fx.server.base.trim_start_matches("http://").to_owned();
+    fx.server.kill9();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        s.execute("INSERT INTO t VALUES ($1)", &[&(i as i32)])
+            .unwrap();
+    }
+    fx.server = start(&addr);
+    std::thread::sleep(Duration::from_secs(5));
+    for (i, s) in sessions.iter_mut().enumerate() {
+        s.execute("INSERT INTO t VALUES ($1)", &[&(10 + i as i32)])
+            .unwrap();
+    }
+    let d = until(&fx, "shop", "app", 10, |d| connections(d) == 4);
+    assert_eq!(d["state"], "running", "{d}");
+    assert_eq!(d["writer_term"], 1, "the same writer all along: {d}");
+    let n: i64 = sessions[3]
+        .query_one("SELECT count(*) FROM t", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 8);
+    // A new connection, once a place is free (the Gateway sees the close a moment later).
+    sessions.pop();
+    let began = Instant::now();
+    let mut c = loop {
+        match connect(&cfg) {
+            Ok(c) => break c,
+            Err(e) if began.elapsed() < Duration::from_secs(10) => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no place freed in 10 s: {e}"),
+        }
+    };
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+    assert_eq!(n, 8, "{}", gateway.log());
+}
+
+#[test]
+fn a_thousand_sessions_through_one_gateway() {
+    const DBS: usize = 10;
+    const EACH: usize = 100;
+    let tmp = tempdir();
+    let fx = platform(&tmp.path().join("data"), &[]);
+    let gw = fx.server.gateway.clone().unwrap();
+    let shop = Tenant::create(&fx, "shop");
+    for i in 0..DBS {
+        fx.server
+            .create_db(&fx.account_key, "shop", &format!("db{i}"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = runtime.block_on(async {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for i in 0..DBS * EACH {
+            let cfg: tokio_postgres::Config = {
+                let (host, port) = gw.rsplit_once(':').unwrap();
+                let mut c = tokio_postgres::Config::new();
+                c.host(host)
+                    .port(port.parse().unwrap())
+                    .user(&shop.user)
+                    .password(&shop.password)
+                    .dbname(format!("db{}", i % DBS))
+                    .ssl_mode(SslMode::Require)
+                    .connect_timeout(Duration::from_secs(120));
+                c
+            };
+            let handshakes = handshakes.clone();
+            tasks.push(tokio::spawn(async move {
+                let permit = handshakes.acquire_owned().await.unwrap();
+                let (client, connection) = cfg.connect(Tls::new()).await?;
+                drop(permit);
+                tokio::spawn(connection);
+                Ok::<_, tokio_postgres::Error>(client)
+            }));
+        }
+        let mut clients = Vec::new();
+        for t in tasks {
+            clients.push(t.await.unwrap().expect("a session"));
+        }
+        // Every session answers, all at once.
+        let answers = clients
+            .iter()
+            .map(|c| c.query_one("SELECT pg_backend_pid()", &[]));
+        let pids: std::collections::HashSet<i32> = futures_util::future::join_all(answers)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().get(0))
+            .collect();
+        assert_eq!(pids.len(), DBS * EACH, "a backend for each session");
+        clients
+    });
+    // Describe's count is within 10 % at this size.
+    for i in 0..DBS {
+        until(&fx, "shop", &format!("db{i}"), 30, |d| {
+            connections(d).abs_diff(EACH as u64) * 10 <= EACH as u64
+        });
+    }
+    // Beyond what one database's profile admits, its server refuses with 53300 (and the
+    // Gateway passes that on).
+    let mut extra = Vec::new();
+    let refused = loop {
+        match connect(&config(&gw, &shop.user, &shop.password, "db0")) {
+            Ok(c) => extra.push(c),
+            Err(e) => break e,
+        }
+        assert!(extra.len() <= 10, "c0.25 admits about 100 sessions");
+    };
+    assert_eq!(
+        refused.code(),
+        Some(&SqlState::TOO_MANY_CONNECTIONS),
+        "{refused}"
+    );
+    drop(extra);
+    drop(clients);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    for i in 0..DBS {
+        until(&fx, "shop", &format!("db{i}"), 30, |d| connections(d) == 0);
+    }
+}
