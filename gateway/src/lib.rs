@@ -169,11 +169,18 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the Gateway's runtime: {e}"))?;
-    let listener = {
+    let bound = {
         // Entered, not blocked on: the caller may be driving a runtime of its own.
         let _in = runtime.enter();
         bind(&args.listen)
-            .map_err(|e| format!("the Gateway cannot listen on {}: {e}", args.listen))?
+    };
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            // Not dropped where it would block: the caller may be inside a runtime.
+            runtime.shutdown_background();
+            return Err(format!("the Gateway cannot listen on {}: {e}", args.listen));
+        }
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel();

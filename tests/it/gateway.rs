@@ -703,3 +703,39 @@ fn a_thousand_sessions_through_one_gateway() {
         until(&fx, "shop", &format!("db{i}"), 30, |d| connections(d) == 0);
     }
 }
+
+#[test]
+fn a_gateway_address_in_use_stops_the_start_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let (status, stderr) = Start::new(&data)
+        .env("SPG99_GATEWAY_LISTEN", addr.as_str())
+        .run_to_failure();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the Gateway cannot listen on {addr}"))
+            && stderr.contains("--gateway-listen"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // And `spg99 gateway` alike.
+    let out = Command::new(crate::helpers::bin())
+        .args([
+            "gateway",
+            "--control-plane",
+            "http://127.0.0.1:9",
+            "--listen",
+            &addr,
+        ])
+        .arg("--tls-dir")
+        .arg(tmp.path().join("tls"))
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("cannot listen on"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}
