@@ -284,6 +284,18 @@ impl Leases {
         self.end(held).await;
     }
 
+    /// Ends every lease this Gateway routes through (their connections close, the control
+    /// plane hears each release): at shutdown, so that its databases need not wait a TTL.
+    pub async fn end_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap().values().cloned().collect();
+        for slot in slots {
+            let held = slot.held.lock().await.take();
+            if let Some(h) = held {
+                self.end(&h).await;
+            }
+        }
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }

@@ -124,7 +124,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting and closes every connection.
+    /// Stops accepting, releases its leases and closes every connection.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -140,6 +140,9 @@ impl Drop for Running {
         self.stop();
     }
 }
+
+/// How long a stopping Gateway spends releasing its leases at most.
+const RELEASE_AT_STOP: Duration = Duration::from_secs(2);
 
 /// Binds the first address `listen` resolves to that accepts, with a deep backlog (a burst of
 /// clients must queue, not be refused).
@@ -189,9 +192,12 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
         .spawn(move || {
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = accept(listener, gw) => {}
+                    _ = accept(listener, gw.clone()) => {}
                     _ = stopped => {}
                 }
+                // Bounded: a control plane gone first (as in `spg99 serve`) leaves them to
+                // expire.
+                let _ = tokio::time::timeout(RELEASE_AT_STOP, gw.leases.end_all()).await;
             });
             // Dropping the runtime ends every connection's task.
             runtime.shutdown_timeout(Duration::from_millis(100));

@@ -739,3 +739,34 @@ fn a_gateway_address_in_use_stops_the_start_with_a_clear_error() {
     assert!(said.contains("cannot listen on"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
 }
+
+#[test]
+fn a_stopping_gateway_releases_its_leases() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let fx = Fixture::with_server(
+        Start::new(&data)
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            // A lease left to expire would keep the database up for a minute.
+            .env("SPG99_LEASE_TTL_MS", "60000")
+            .env("SPG99_IDLE_TIMEOUT", "1")
+            .spawn(),
+    );
+    let _worker = Worker::postgres(&fx.server, "w1", &tmp.path().join("compute"));
+    let mut gateway = Gateway::start(&fx.server, &tmp.path().join("gw"), &[]);
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let cfg = config(&gateway.addr, &shop.user, &shop.password, "app");
+    let mut session = connect(&cfg).unwrap();
+    session.batch_execute("SELECT 1").unwrap();
+    until(&fx, "shop", "app", 10, |d| d["state"] == "running");
+
+    // SIGTERM with the session open: the lease goes back at once, and the database stops
+    // after its idle timeout, long before the lease's TTL.
+    gateway.terminate();
+    assert!(
+        session.batch_execute("SELECT 1").is_err(),
+        "the session ended"
+    );
+    until(&fx, "shop", "app", 20, |d| d["state"] == "stopped");
+}

@@ -371,8 +371,9 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
+impl Gateway {
+    /// SIGTERM, and waits for the process to end.
+    pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -380,5 +381,11 @@ impl Drop for Gateway {
                 .status();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
