@@ -131,7 +131,7 @@ pub struct Application {
     committer: Committer,
     gateway: Option<spg99_gateway::Running>,
     /// The local worker, once it has registered (it registers in the background).
-    worker: Arc<std::sync::Mutex<Option<spg99_worker::Running>>>,
+    worker: LocalSlot,
 }
 
 impl Application {
@@ -224,7 +224,7 @@ impl Application {
                 .configure(http::configure)
         })
         .map_err(bind_error)?;
-        let worker = Arc::new(std::sync::Mutex::new(None));
+        let worker = LocalSlot::default();
         if let Some(kind) = config.compute {
             embedded_worker(&config, kind, &control_plane, &local, worker.clone())?;
         }
@@ -253,8 +253,7 @@ impl Application {
         if let Some(mut g) = self.gateway.take() {
             g.stop();
         }
-        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(w) = worker {
+        if let Some(w) = self.worker.stop() {
             let _ = web::block(move || w.stop()).await;
         }
         self.committer.stop().await;
@@ -300,6 +299,40 @@ fn embedded_gateway(
     })
 }
 
+/// Where the local worker's thread puts it once it has registered; a worker that registers
+/// after the service began to stop is stopped at once (its servers must not outlive it).
+#[derive(Clone, Default)]
+struct LocalSlot(Arc<std::sync::Mutex<Local>>);
+
+#[derive(Default)]
+struct Local {
+    stopping: bool,
+    running: Option<spg99_worker::Running>,
+}
+
+impl LocalSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker, for the caller to stop; one that arrives later is stopped by `put`.
+    fn stop(&self) -> Option<spg99_worker::Running> {
+        let mut local = self.lock();
+        local.stopping = true;
+        local.running.take()
+    }
+
+    fn put(&self, running: spg99_worker::Running) {
+        let mut local = self.lock();
+        if local.stopping {
+            drop(local);
+            running.stop();
+        } else {
+            local.running = Some(running);
+        }
+    }
+}
+
 /// The local worker: its storage in the data directory. It registers through this process's
 /// own HTTP listener, so it starts in the background once that serves.
 fn embedded_worker(
@@ -307,7 +340,7 @@ fn embedded_worker(
     kind: spg99_worker::ComputeKind,
     control_plane: &str,
     token: &Token,
-    slot: Arc<std::sync::Mutex<Option<spg99_worker::Running>>>,
+    slot: LocalSlot,
 ) -> Result<(), StartError> {
     let storage = config.data_dir.join("compute");
     let compute = match kind {
@@ -331,7 +364,7 @@ fn embedded_worker(
     std::thread::Builder::new()
         .name("spg99-local-worker".into())
         .spawn(move || match spg99_worker::spawn(&args) {
-            Ok(running) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(running),
+            Ok(running) => slot.put(running),
             Err(e) => tracing::error!(error = %e, "the local worker cannot start"),
         })
         .map_err(|e| StartError::Config(format!("cannot start the local worker: {e}")))?;
