@@ -112,11 +112,35 @@ impl Leases {
     ) -> Result<Ticket, NoRoute> {
         let key = (pg_user.to_owned(), db.to_owned());
         let slot = self.slot(&key);
+        let routed = self.route(&key, &slot, deadline).await;
+        drop(slot);
+        if routed.is_err() {
+            self.drop_slot_if_idle(&key);
+        }
+        let h = routed?;
+        h.connections.fetch_add(1, Ordering::AcqRel);
+        h.changed.notify_one();
+        Ok(Ticket {
+            leases: self.clone(),
+            key,
+            closed: h.closed.subscribe(),
+            held: h,
+        })
+    }
+
+    /// The slot's live lease, or a new one.
+    async fn route(
+        self: &Arc<Self>,
+        key: &Key,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Result<Arc<Held>, NoRoute> {
+        let (pg_user, db) = (&key.0, &key.1);
         let mut held = tokio::time::timeout_at(deadline.into(), slot.held.lock())
             .await
             .map_err(|_| self.not_in_time(db))?;
         let live = held.as_ref().filter(|h| !*h.closed.borrow()).cloned();
-        let h = match live {
+        Ok(match live {
             Some(h) => h,
             None => {
                 let lease = self.checkout(pg_user, db, deadline).await?;
@@ -132,15 +156,19 @@ impl Leases {
                 *held = Some(h.clone());
                 h
             }
-        };
-        h.connections.fetch_add(1, Ordering::AcqRel);
-        h.changed.notify_one();
-        Ok(Ticket {
-            leases: self.clone(),
-            key,
-            closed: h.closed.subscribe(),
-            held: h,
         })
+    }
+
+    /// Forgets `key`'s slot when nothing holds or waits on it, so that the slots stay those of
+    /// databases in use (a client naming made-up databases adds none).
+    fn drop_slot_if_idle(&self, key: &Key) {
+        let mut slots = self.slots.lock().unwrap();
+        let idle = slots.get(key).is_some_and(|s| {
+            Arc::strong_count(s) == 1 && s.held.try_lock().is_ok_and(|h| h.is_none())
+        });
+        if idle {
+            slots.remove(key);
+        }
     }
 
     fn not_in_time(&self, db: &str) -> NoRoute {
@@ -281,6 +309,8 @@ impl Leases {
             *current = None;
         }
         drop(current);
+        drop(slot);
+        self.drop_slot_if_idle(key);
         self.end(held).await;
     }
 
