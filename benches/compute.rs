@@ -110,14 +110,7 @@ async fn start(dir: &Path) -> Platform {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let account = conn
-        .json(&post("/v2/accounts", ROOT, r#"{"name":"bench"}"#))
-        .await;
-    let body = format!(
-        r#"{{"name":"shop","account":"{}"}}"#,
-        account["account_id"].as_str().unwrap()
-    );
-    let tenant = conn.json(&post("/v2/tenants", ROOT, &body)).await;
+    let tenant = support::http::shop(&mut conn).await;
     // The worker fills its spare data directories in the background after it starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Platform {

@@ -154,14 +154,7 @@ async fn start(dir: &Path) -> Platform {
         support::spawn_announcing(cmd, &["spg99 gateway listening on ", "spg99 listening on "]);
     let (gateway, api) = (addrs[0].clone(), addrs[1].clone());
     let mut conn = Conn::open(&api).await;
-    let account = conn
-        .json(&post("/v2/accounts", ROOT, r#"{"name":"bench"}"#))
-        .await;
-    let body = format!(
-        r#"{{"name":"shop","account":"{}"}}"#,
-        account["account_id"].as_str().unwrap()
-    );
-    let tenant = conn.json(&post("/v2/tenants", ROOT, &body)).await;
+    let tenant = support::http::shop(&mut conn).await;
     let body = format!(r#"{{"name":"{DB}","size":"L1"}}"#);
     conn.json(&post("/v2/tenants/shop/dbs", ROOT, &body)).await;
     Platform {

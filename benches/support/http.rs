@@ -98,3 +98,16 @@ pub fn post_plain(path: &str, body: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// An account `bench` and its tenant `shop`, made with the bootstrap key: the tenant as
+/// created (with `pg_user` and `pg_password`).
+pub async fn shop(conn: &mut Conn) -> serde_json::Value {
+    let account = conn
+        .json(&post("/v2/accounts", super::ROOT, r#"{"name":"bench"}"#))
+        .await;
+    let body = format!(
+        r#"{{"name":"shop","account":"{}"}}"#,
+        account["account_id"].as_str().unwrap()
+    );
+    conn.json(&post("/v2/tenants", super::ROOT, &body)).await
+}

@@ -341,15 +341,7 @@ fn real_cpu_load_moves_the_writer_up_a_profile_and_no_committed_row_is_lost() {
     });
     assert_eq!(d["writer_term"], 2);
     // A little more traffic on the new writer, then stop.
-    let at_handoff = committed.lock().unwrap().len();
-    let began = Instant::now();
-    while committed.lock().unwrap().len() < at_handoff + 50 {
-        assert!(
-            began.elapsed() < Duration::from_secs(60),
-            "no rows went in on the new writer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let at_handoff = crate::lab::more_rows(&committed, 50);
     stop.store(true, Ordering::Relaxed);
     inserter.join().unwrap();
     burner.join().unwrap();

@@ -511,15 +511,7 @@ fn new_connections_during_an_autoscale_handoff_are_held_not_refused_and_no_row_i
         d["scale_state"] == "STABLE" && d["current_profile"] == "c0.5"
     });
     assert_eq!(d["writer_term"], 2, "{d}");
-    let at_handoff = committed.lock().unwrap().len();
-    let began = Instant::now();
-    while committed.lock().unwrap().len() < at_handoff + 30 {
-        assert!(
-            began.elapsed() < Duration::from_secs(60),
-            "no rows on the new writer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::lab::more_rows(&committed, 30);
     stop.store(true, Ordering::Relaxed);
     inserter.join().unwrap();
     burner.join().unwrap();

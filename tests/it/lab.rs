@@ -389,3 +389,18 @@ impl Drop for Gateway {
         self.terminate();
     }
 }
+
+/// Waits (at most 60 s) until an inserter has committed `n` more rows than now, as after a
+/// handoff, to show that the new writer takes them; the count it started from.
+pub fn more_rows(committed: &std::sync::Mutex<Vec<i64>>, n: usize) -> usize {
+    let from = committed.lock().unwrap().len();
+    let began = std::time::Instant::now();
+    while committed.lock().unwrap().len() < from + n {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no rows went in on the new writer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    from
+}
