@@ -21,12 +21,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::http::{get, post, Conn};
+use support::http::{post, Conn};
 use support::ROOT;
 
 /// The internal API's token (`SPG99_SERVICE_TOKEN`).
@@ -223,44 +222,6 @@ async fn creates(addr: &str, gateways: usize, dur: Duration) -> Row {
     Row::new("create-db (baseline)", gateways, m.secs, m.lat)
 }
 
-/// `spg99 worker` with room for every database, zero delays; returns once the control plane
-/// lists it.
-async fn spawn_worker(addr: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spg99"))
-        .args(["worker", "--control-plane", &format!("http://{addr}")])
-        .args([
-            "--id",
-            "w1",
-            "--capacity",
-            "100000",
-            "--compute",
-            "simulated",
-        ])
-        .env("SPG99_SERVICE_TOKEN", SERVICE)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut conn = Conn::open(addr).await;
-    for _ in 0..400 {
-        let list = conn.json(&get("/internal/v1/workers", SERVICE)).await;
-        let listed = list["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w["worker_id"] == "w1" && w["lost_at"].is_null());
-        if listed {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the worker never registered");
-}
-
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -316,7 +277,13 @@ fn main() {
             assert_eq!(d["state"], "stopped", "{d}");
         }
 
-        let worker = spawn_worker(&addr).await;
+        // Room for every database, zero delays.
+        let worker = support::spawn_worker(
+            &addr,
+            SERVICE,
+            &["--capacity", "100000", "--compute", "simulated"],
+        )
+        .await;
         // The databases the loops check out: started (and timed, but not reported) first.
         cold_starts(
             &addr,

@@ -252,15 +252,7 @@ async fn bare_tls(template: &Path, dir: &Path, tls: &Path, settings: &[(&str, St
         }
     }
     bare.start();
-    let (client, conn) = tokio_postgres::Config::new()
-        .host_path(dir)
-        .port(postgres::PORT)
-        .user("postgres")
-        .dbname("template1")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
+    let client = bare.superuser().await;
     // One statement a call: CREATE DATABASE refuses the implicit transaction of several.
     for sql in [
         "SET password_encryption = 'scram-sha-256'".to_owned(),
@@ -269,8 +261,6 @@ async fn bare_tls(template: &Path, dir: &Path, tls: &Path, settings: &[(&str, St
     ] {
         client.batch_execute(&sql).await.unwrap();
     }
-    drop(client);
-    let _ = task.await;
     bare
 }
 

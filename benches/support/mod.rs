@@ -110,6 +110,38 @@ pub fn spawn_spg99(dir: &Path) -> (Child, String) {
     spawn_serve(serve_command(dir))
 }
 
+/// `spg99 worker --id w1` with `args` for the control plane at `addr`, with the service token
+/// `service`; returns once the control plane lists it live.
+pub async fn spawn_worker(addr: &str, service: &str, args: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spg99"))
+        .args(["worker", "--control-plane", &format!("http://{addr}")])
+        .args(["--id", "w1"])
+        .args(args)
+        .env("SPG99_SERVICE_TOKEN", service)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut conn = http::Conn::open(addr).await;
+    for _ in 0..1200 {
+        let list = conn.json(&http::get("/internal/v1/workers", service)).await;
+        let listed = list["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["worker_id"] == "w1" && w["lost_at"].is_null());
+        if listed {
+            return child;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the worker never registered");
+}
+
 /// Writes raw results (JSON objects) to `target/bench/<name>.json`.
 pub fn write_results(name: &str, rows: &[String]) {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../bench");

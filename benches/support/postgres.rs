@@ -89,6 +89,20 @@ impl Bare {
         self.server = Some(child);
     }
 
+    /// A session as the `postgres` superuser over the Unix socket (no authentication).
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(&self.dir)
+            .port(PORT)
+            .user("postgres")
+            .dbname("template1")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
     /// A fast shutdown, waited for.
     pub fn stop(&mut self) {
         let Some(mut child) = self.server.take() else {

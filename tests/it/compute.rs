@@ -21,6 +21,19 @@ fn checkout(lab: &Lab, pg_user: &str, db: &str) -> Reply {
     )
 }
 
+/// A checkout of `db` (started if it is stopped) and a session on its backend as the tenant.
+fn open(lab: &Lab, password: &str, db: &str) -> postgres::Client {
+    let r = checkout(lab, &lab.pg_user, db);
+    assert_eq!(r.status, 200, "{r:?}");
+    connect(
+        r.body["backend_addr"].as_str().unwrap(),
+        &lab.pg_user,
+        password,
+        db,
+    )
+    .unwrap()
+}
+
 fn password(lab: &Lab, tenant: &str) -> String {
     let r = lab.s().get(
         &format!("/v2/tenants/{tenant}/credentials"),
@@ -192,15 +205,7 @@ fn a_database_starts_on_checkout_serves_only_its_tenant_and_keeps_its_rows_acros
     assert!(dir.join("PG_VERSION").exists(), "the data directory stays");
 
     // The next checkout starts it again, with the rows.
-    let r = checkout(&lab, &lab.pg_user, "app");
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut c = connect(
-        r.body["backend_addr"].as_str().unwrap(),
-        &lab.pg_user,
-        &pw,
-        "app",
-    )
-    .unwrap();
+    let mut c = open(&lab, &pw, "app");
     let n: i64 = c
         .query_one("SELECT count(*) FROM orders", &[])
         .unwrap()
@@ -346,34 +351,18 @@ fn real_cpu_load_moves_the_writer_up_a_profile_and_no_committed_row_is_lost() {
     inserter.join().unwrap();
     burner.join().unwrap();
 
-    let r = checkout(&lab, &lab.pg_user, "app");
-    let mut c = connect(
-        r.body["backend_addr"].as_str().unwrap(),
-        &lab.pg_user,
-        &pw,
-        "app",
-    )
-    .unwrap();
+    let mut c = open(&lab, &pw, "app");
     assert_eq!(
         shared_buffers(&mut c),
         "512MB",
         "the new writer runs c0.5's settings"
     );
-    let stored: Vec<i64> = c
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let committed = committed.lock().unwrap().clone();
     assert!(
         committed.len() > at_handoff,
         "rows went in after the handoff"
     );
-    let missing: Vec<&i64> = committed
-        .iter()
-        .filter(|id| stored.binary_search(id).is_err())
-        .collect();
+    let missing = crate::lab::lost_rows(&mut c, &committed);
     assert!(
         missing.is_empty(),
         "committed rows lost in the handoff: {missing:?}"
@@ -450,14 +439,7 @@ fn a_killed_server_and_a_killed_worker_are_both_recovered_with_no_orphan() {
     let mut w = Worker::postgres(lab.s(), "w1", &storage);
     lab.create_db("app");
     let pw = password(&lab, "shop");
-    let r = checkout(&lab, &lab.pg_user, "app");
-    let mut c = connect(
-        r.body["backend_addr"].as_str().unwrap(),
-        &lab.pg_user,
-        &pw,
-        "app",
-    )
-    .unwrap();
+    let mut c = open(&lab, &pw, "app");
     c.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('before the crashes')")
         .unwrap();
     drop(c);
@@ -473,15 +455,7 @@ fn a_killed_server_and_a_killed_worker_are_both_recovered_with_no_orphan() {
         .success());
     let d = until(&lab, "app", 20, |d| d["state"] == "stopped");
     assert!(d["worker_id"].is_null(), "{d}");
-    let r = checkout(&lab, &lab.pg_user, "app");
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut c = connect(
-        r.body["backend_addr"].as_str().unwrap(),
-        &lab.pg_user,
-        &pw,
-        "app",
-    )
-    .unwrap();
+    let mut c = open(&lab, &pw, "app");
     let v: String = c.query_one("SELECT v FROM t", &[]).unwrap().get(0);
     assert_eq!(v, "before the crashes");
     drop(c);
@@ -495,15 +469,7 @@ fn a_killed_server_and_a_killed_worker_are_both_recovered_with_no_orphan() {
     w.start(lab.s());
     assert!(!running(left), "the restarted worker stopped it");
     until(&lab, "app", 20, |d| d["state"] == "stopped");
-    let r = checkout(&lab, &lab.pg_user, "app");
-    assert_eq!(r.status, 200, "{r:?}");
-    let mut c = connect(
-        r.body["backend_addr"].as_str().unwrap(),
-        &lab.pg_user,
-        &pw,
-        "app",
-    )
-    .unwrap();
+    let mut c = open(&lab, &pw, "app");
     let v: String = c.query_one("SELECT v FROM t", &[]).unwrap().get(0);
     assert_eq!(v, "before the crashes");
     assert_eq!(

@@ -527,17 +527,8 @@ fn new_connections_during_an_autoscale_handoff_are_held_not_refused_and_no_row_i
         shared_buffers, "512MB",
         "the connection reaches the c0.5 writer"
     );
-    let stored: Vec<i64> = c
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let committed = committed.lock().unwrap().clone();
-    let lost: Vec<&i64> = committed
-        .iter()
-        .filter(|id| stored.binary_search(id).is_err())
-        .collect();
+    let lost = crate::lab::lost_rows(&mut c, &committed);
     assert!(lost.is_empty(), "committed rows lost: {lost:?}");
 }
 

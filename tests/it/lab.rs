@@ -404,3 +404,18 @@ pub fn more_rows(committed: &std::sync::Mutex<Vec<i64>>, n: usize) -> usize {
     }
     from
 }
+
+/// The acknowledged ids that table `t` does not hold.
+pub fn lost_rows(c: &mut postgres::Client, committed: &[i64]) -> Vec<i64> {
+    let stored: Vec<i64> = c
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    committed
+        .iter()
+        .filter(|id| stored.binary_search(id).is_err())
+        .copied()
+        .collect()
+}
