@@ -106,7 +106,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(Methods::at("/admin/state").get(admin::state).done())
             .service(Methods::at("/admin/log").get(admin::log).done())
             .service(Methods::at("/admin/verify").get(admin::verify).done())
-            .service(Methods::at("/accounts").post(accounts::create).done())
+            .service(
+                Methods::at("/accounts")
+                    .get(accounts::list)
+                    .post(accounts::create)
+                    .done(),
+            )
             .service(
                 Methods::at("/tenants")
                     .get(tenants::list)
@@ -144,6 +149,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(Methods::at("/accounts/{account}").get(accounts::get).done())
             .service(
                 Methods::at("/accounts/{account}/api-keys")
+                    .get(keys::list)
                     .post(keys::issue)
                     .done(),
             ),

@@ -40,8 +40,8 @@ every answer carries `X-Request-Id`. `HEAD` works wherever `GET` does; other met
 does not take get 405 with `Allow`. Errors are `{\"error\": {\"code\", \"message\", \"request_id\", \"field\"?}}`."
     ),
     paths(
-        accounts::create, accounts::get, accounts::profile, accounts::contact, accounts::delete,
-        keys::issue, keys::me, keys::rotate, keys::revoke,
+        accounts::create, accounts::list, accounts::get, accounts::profile, accounts::contact, accounts::delete,
+        keys::issue, keys::list, keys::me, keys::rotate, keys::revoke,
         tenants::create, tenants::list, tenants::get, tenants::credentials, tenants::reset_credentials, tenants::delete,
         dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::manual_lifecycle,
         sizes::list, billing::summary, admin::state, admin::log, admin::verify, events::stream, events::ticket,

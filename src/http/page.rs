@@ -87,7 +87,7 @@ pub struct Listed<T> {
 
 impl Page {
     /// Takes one page from `items`, name-ordered and already past the cursor.
-    pub fn collect<'a, T: 'a>(&self, items: impl Iterator<Item = (&'a str, T)>) -> Listed<T> {
+    pub fn collect<K: AsRef<str>, T>(&self, items: impl Iterator<Item = (K, T)>) -> Listed<T> {
         let mut out = Vec::new();
         let mut last = None;
         let mut more = false;
@@ -101,7 +101,11 @@ impl Page {
         }
         Listed {
             items: out,
-            next_cursor: if more { last.map(encode) } else { None },
+            next_cursor: if more {
+                last.map(|n| encode(n.as_ref()))
+            } else {
+                None
+            },
         }
     }
 }

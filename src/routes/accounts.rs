@@ -1,6 +1,7 @@
 //! Accounts.
 //!
 //! - `POST /v2/accounts` (global keys): open an account.
+//! - `GET /v2/accounts` (global keys): every account, ordered by id (the operator's view).
 //! - `GET /v2/accounts/{account}` (global keys, or keys of that account).
 //! - `GET /v2/account/profile` (account and tenant keys): the caller's account.
 //! - `POST /v2/account/contact` (account keys): save the contact.
@@ -21,6 +22,7 @@ use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::openapi::Idempotent;
+use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,6 +126,26 @@ fn own_account(caller: &Caller) -> Result<Uuid, ApiError> {
             "a global key has no account of its own; use GET /v2/accounts/{account}",
         )
     })
+}
+
+#[utoipa::path(get, path = "/v2/accounts", tag = "accounts", operation_id = "listAccounts", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<AccountView>), (status = 403, description = "not a global key", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
+    app: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_global()?;
+    let page = query.parse()?;
+    let state = app.shared.read();
+    // Ids in their text form sort as the map's keys do (hex digits in ASCII order).
+    let items = state
+        .accounts
+        .iter()
+        .map(|(id, a)| (id.to_string(), a))
+        .filter(|(id, _)| page.after.as_ref().is_none_or(|after| id > after))
+        .map(|(id, a)| (id, AccountView::from(a)));
+    let listed = page.collect(items);
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
 #[utoipa::path(get, path = "/v2/account/profile", tag = "accounts", operation_id = "getAccountProfile", responses((status = 200, body = AccountView), (status = 403, description = "a global key has no account", body = ErrorBody)), security(("bearer" = [])))]

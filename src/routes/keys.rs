@@ -2,6 +2,8 @@
 //!
 //! - `POST /v2/accounts/{account}/api-keys` (global keys, or account keys of that account):
 //!   issue a key; the token is shown once, in this answer.
+//! - `GET /v2/accounts/{account}/api-keys` (global keys, or account keys of that account):
+//!   the account's keys, revoked ones included, ordered by key id (never a secret).
 //! - `GET /v2/api-keys/me`: the calling key (never its secret).
 //! - `POST /v2/api-keys/rotate`: a new secret for the calling key, shown once; the old one
 //!   stops working.
@@ -16,6 +18,7 @@ use spg99_projections::{ApiKey, State};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::access;
 use crate::auth::Token;
 use crate::commands::{Command, ScopeRequest};
 use crate::domain::{parse_label, Invalid, ResourceName};
@@ -23,6 +26,7 @@ use crate::http::error::ErrorBody;
 use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::openapi::Idempotent;
+use crate::http::page::{Listed, PageQuery};
 use crate::http::{at_version, rfc3339, ApiError, ApiJson, AppState, Caller};
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, Serialize, ToSchema)]
@@ -202,6 +206,41 @@ pub async fn issue(
     };
     let render = render_key_with_token(token, StatusCode::CREATED);
     execute(&app, &caller, &req, &body.raw, command, render).await
+}
+
+#[utoipa::path(get, path = "/v2/accounts/{account}/api-keys", tag = "api-keys", operation_id = "listApiKeys", params(("account" = Uuid, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, body = Listed<KeyView>), (status = 403, description = "a tenant key", body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
+    app: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = &caller.key;
+    // The same gate as issuing: keys are managed by account and global keys.
+    if matches!(key.scope, KeyScope::Tenant { .. }) {
+        return Err(ApiError::forbidden(
+            "tenant_key_cannot_list_keys",
+            "tenant-scoped keys cannot list keys; GET /v2/api-keys/me shows the calling key",
+        ));
+    }
+    let account = Uuid::parse_str(&path)
+        .ok()
+        .filter(|a| access::sees_account(key, *a))
+        .ok_or_else(|| ApiError::not_found("account"))?;
+    let page = query.parse()?;
+    let state = app.shared.read();
+    if !state.accounts.contains_key(&account) {
+        return Err(ApiError::not_found("account"));
+    }
+    let start = page.after.clone().unwrap_or_default();
+    let items = state
+        .api_keys
+        .range(start..)
+        .filter(|(id, _)| page.after.as_deref() != Some(id.as_str()))
+        .filter(|(_, k)| k.account() == Some(account))
+        .map(|(id, k)| (id.as_str(), KeyView::new(&state, k)));
+    let listed = page.collect(items);
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
 
 #[utoipa::path(get, path = "/v2/api-keys/me", tag = "api-keys", operation_id = "getCallingApiKey", responses((status = 200, body = KeyView)), security(("bearer" = [])))]

@@ -145,6 +145,65 @@ fn rotation_kills_the_old_secret_and_revocation_the_key() {
 }
 
 #[test]
+fn an_account_lists_its_keys_and_the_operator_every_account() {
+    let tmp = tempdir();
+    let fx = Fixture::new(&tmp.path().join("data"));
+    let s = &fx.server;
+    let revoked = s.issue_key(&fx.account_key, &fx.account, json!({"scope": "account"}));
+    let revoked_id = s.get("/v2/api-keys/me", &revoked).body["key_id"].clone();
+    s.post("/v2/api-keys/revoke", &revoked, json!({}));
+    let b = s.create_account("b");
+    s.issue_key(ROOT_TOKEN, &b, json!({"scope": "account"}));
+
+    // Given account A with two keys, one revoked, and account B with its own key, when A's
+    // key lists A's keys, then it sees exactly A's two, the revoked one marked, no secret.
+    let r = s.get(
+        &format!("/v2/accounts/{}/api-keys", fx.account),
+        &fx.account_key,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{items:?}");
+    let gone = items.iter().find(|k| k["key_id"] == revoked_id).unwrap();
+    assert!(gone["revoked_at"].is_string());
+    assert!(items.iter().all(|k| k.get("token").is_none()));
+    assert!(
+        !r.body.to_string().contains("spg99_"),
+        "no token in a list: {}",
+        r.body
+    );
+    // B's keys do not exist for A.
+    let r = s.get(&format!("/v2/accounts/{b}/api-keys"), &fx.account_key);
+    assert_eq!(r.status, 404);
+
+    // The operator pages through every account, each once.
+    let mut seen = Vec::new();
+    let mut path = "/v2/accounts?limit=1".to_owned();
+    loop {
+        let r = s.get(&path, ROOT_TOKEN);
+        assert_eq!(r.status, 200, "{r:?}");
+        for a in r.body["items"].as_array().unwrap() {
+            seen.push(a["account_id"].as_str().unwrap().to_owned());
+        }
+        match r.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v2/accounts?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "ordered by id");
+    assert!(seen.contains(&fx.account) && seen.contains(&b), "{seen:?}");
+    assert_eq!(
+        seen.len(),
+        sorted
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+}
+
+#[test]
 fn lists_page_through_everything_once() {
     let tmp = tempdir();
     let fx = Fixture::new(&tmp.path().join("data"));

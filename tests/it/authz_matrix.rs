@@ -98,6 +98,22 @@ fn cases() -> Vec<Case> {
             expect: [201, 403, 403, 403, 403, 403],
         },
         Case {
+            route: "GET /v2/accounts",
+            call: |_, _| ("GET", "/v2/accounts".into(), None),
+            expect: [200, 403, 403, 403, 403, 403],
+        },
+        Case {
+            route: "GET /v2/accounts/{account}/api-keys",
+            call: |w, _| {
+                (
+                    "GET",
+                    format!("/v2/accounts/{}/api-keys", w.fx.account),
+                    None,
+                )
+            },
+            expect: [200, 200, 404, 403, 403, 200],
+        },
+        Case {
             route: "GET /v2/accounts/{account}",
             call: |w, _| ("GET", format!("/v2/accounts/{}", w.fx.account), None),
             expect: [200, 200, 404, 200, 200, 200],
@@ -266,7 +282,9 @@ fn cases() -> Vec<Case> {
 /// Every route registered on the server, as the matrix names them.
 const ROUTES: &[&str] = &[
     "POST /v2/accounts",
+    "GET /v2/accounts",
     "GET /v2/accounts/{account}",
+    "GET /v2/accounts/{account}/api-keys",
     "POST /v2/accounts/{account}/api-keys",
     "GET /v2/account/profile",
     "POST /v2/account/contact",

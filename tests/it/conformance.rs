@@ -57,7 +57,7 @@ fn a_method_a_path_does_not_take_gets_405_with_allow_and_head_works_like_get() {
     let auth = format!("Authorization: Bearer {ROOT_TOKEN}\r\n");
     for (method, path, allow) in [
         ("PUT", "/v2/tenants", "GET, HEAD, POST"),
-        ("PATCH", "/v2/accounts", "POST"),
+        ("PATCH", "/v2/accounts", "GET, HEAD, POST"),
         ("DELETE", "/v2/sizes", "GET, HEAD"),
         ("HEAD", "/v2/api-keys/rotate", "POST"),
         ("POST", "/v2/tenants/shop/dbs/main", "GET, HEAD, DELETE"),
