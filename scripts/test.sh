@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need when it is missing:
 # - strace, which the durability test uses to watch the server's fdatasync calls;
+# - chromium and chromium-driver (Debian's), the real browser the Console's tests drive;
 # - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document;
 # - PostgreSQL (Debian's package, its own cluster never started), which the workers run.
 set -euo pipefail
@@ -9,10 +10,14 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-if ! command -v strace >/dev/null 2>&1; then
-  echo "installing strace (needed by the durability test)" >&2
+missing=()
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (needed by the durability and Console tests)" >&2
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq strace >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; then

@@ -21,6 +21,7 @@
 //! - [`auth`]: token format, hashing and authentication.
 //! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
 //! - [`routes`]: one module of handlers per resource.
+//! - [`console`]: the web Console at `/console`, its assets compiled in.
 //! - [`stream`]: `GET /v2/events`, the log as Server-Sent Events, per subscriber.
 //! - [`server`]: `spg99 serve` — build and run the application.
 //! - [`tools`]: `spg99 log dump|tail`, `rebuild`, `state --at`, `verify`, offline or online.
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod committer;
+pub mod console;
 pub mod credentials;
 pub mod domain;
 pub mod http;

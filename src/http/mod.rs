@@ -201,6 +201,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .done(),
             ),
     )
+    .configure(crate::console::configure)
     .default_service(web::to(not_found));
 }
 

@@ -58,7 +58,8 @@ pub async fn middleware(
         "request",
         request_id = %id,
         method = %req.method(),
-        path = %req.path()
+        path = %req.path(),
+        query = %req.query_string()
     );
     let started = Instant::now();
     let header_value = HeaderValue::from_str(&id).expect("checked to be visible ASCII");

@@ -1,0 +1,399 @@
+//! The Console, in a real browser (headless chromium through chromedriver): what a person who
+//! runs databases by hand sees and does, and that it follows changes made anywhere, live.
+//!
+//! Screenshots of each view land in `target/console/` (the main ones are kept in docs/).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::browser::Browser;
+use crate::helpers::{tempdir, Fixture, Server, Start, ROOT_TOKEN};
+
+const EMAIL: &str = "ops@acme.io";
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console")
+}
+
+/// A fixture whose account has a contact email (what the login compares).
+fn fixture(server: Server) -> Fixture {
+    let fx = Fixture::with_server(server);
+    let r = fx.server.post(
+        "/v2/account/contact",
+        &fx.account_key,
+        json!({"email": EMAIL}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    fx
+}
+
+/// Every request the server served is in its log (at debug level), path and query.
+fn logged(start: Start) -> Start {
+    start.env("RUST_LOG", "info,spg99=debug")
+}
+
+fn login(b: &Browser, s: &Server, email: &str, token: &str) {
+    if b.text("#login-token").is_none() {
+        b.goto(&s.url("/console/"));
+    }
+    b.fill("#login-email", email);
+    b.fill("#login-token", token);
+    b.click("#login-submit");
+}
+
+/// The page, unreloaded since `mark` was called: the marker survives only without a reload.
+fn mark(b: &Browser) {
+    b.js("window.spg99Marker = 'still here'; return null;", vec![]);
+}
+
+fn assert_not_reloaded(b: &Browser) {
+    assert_eq!(
+        b.js("return window.spg99Marker || null;", vec![]),
+        json!("still here"),
+        "the page was reloaded"
+    );
+}
+
+fn go(b: &Browser, hash: &str) {
+    b.js(
+        "location.hash = arguments[0]; return null;",
+        vec![json!(hash)],
+    );
+}
+
+#[test]
+fn the_console_is_served_from_the_binary_with_strict_headers() {
+    let tmp = tempdir();
+    let s = Start::new(&tmp.path().join("data")).spawn();
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+        ("/console/icon.svg", "image/svg+xml"),
+    ] {
+        let r = agent.get(&s.url(path)).call().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(
+            r.content_type().starts_with(kind),
+            "{path}: {}",
+            r.content_type()
+        );
+        let csp = r.header("content-security-policy").unwrap_or("").to_owned();
+        assert!(
+            csp.contains("default-src 'none'")
+                && csp.contains("script-src 'self'")
+                && csp.contains("connect-src 'self'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("cache-control"), Some("no-cache"));
+        let etag = r.header("etag").unwrap().to_owned();
+        let body = r.into_string().unwrap();
+        if path == "/console/" {
+            // Everything the page loads is the Console's own.
+            for link in body
+                .split(['"', '\''])
+                .filter(|p| p.starts_with('/') || p.contains("//"))
+            {
+                assert!(link.starts_with("/console/"), "the page loads {link}");
+            }
+        }
+        if path.ends_with("app.js") {
+            assert!(body.contains("\"tenant.created\"") && !body.contains("__EVENT_TYPES__"));
+        }
+        // A client that has it revalidates for nothing.
+        let again = agent
+            .get(&s.url(path))
+            .set("If-None-Match", &etag)
+            .call()
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    let r = s.call("GET", "/console/nothing-here", None, None);
+    assert_eq!(r.status, 404);
+    let r = s.call("POST", "/console/", None, Some(&json!({})));
+    assert_eq!(r.status, 405);
+}
+
+#[test]
+fn login_takes_the_accounts_email_and_a_live_token_and_says_what_is_wrong() {
+    let tmp = tempdir();
+    let fx = fixture(Start::new(&tmp.path().join("data")).spawn());
+    let s = &fx.server;
+    let b = Browser::open(&shots(), 1280, 900);
+    b.goto(&s.url("/console/"));
+    b.screenshot("login");
+
+    login(&b, s, "someone@else.io", &fx.account_key);
+    b.until_contains(
+        "#login-error",
+        "does not belong to the account of that email",
+    );
+    login(&b, s, EMAIL, "spg99_0000000000000000_nope");
+    b.until_contains("#login-error", "not valid");
+    let revoked = s.issue_key(&fx.account_key, &fx.account, json!({"scope": "account"}));
+    s.post("/v2/api-keys/revoke", &revoked, json!({}));
+    login(&b, s, EMAIL, &revoked);
+    b.until_contains("#login-error", "was revoked");
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let expiring = s.issue_key(
+        &fx.account_key,
+        &fx.account,
+        json!({"scope": "account", "expires_at": soon}),
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    login(&b, s, EMAIL, &expiring);
+    b.until_contains("#login-error", "has expired");
+    b.screenshot("login-refused");
+
+    // The email compares without regard to case; the session survives a reload.
+    login(&b, s, "OPS@acme.io", &fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    b.until_contains("#who", EMAIL);
+    let stored = b.js("return sessionStorage.getItem('spg99.token');", vec![]);
+    assert_eq!(stored, json!(fx.account_key));
+    b.goto(&s.url("/console/#/tenants"));
+    b.until_contains("main h1", "Tenants");
+
+    // Logging out forgets the token.
+    b.click("#logout");
+    b.until_contains("#login-error", "logged out");
+    assert_eq!(
+        b.js("return sessionStorage.getItem('spg99.token');", vec![]),
+        Value::Null
+    );
+
+    // A global key opens the operator's view of every account, without an email.
+    login(&b, s, "", ROOT_TOKEN);
+    b.click("[data-nav='accounts']");
+    b.until_contains("main h1", "Accounts");
+    b.until_contains("main", "acme");
+    b.until_contains("#who", "Operator");
+    b.screenshot("operator-accounts");
+    // The refused logins above answered 401, which the browser notes; nothing else is wrong.
+    let errors: Vec<String> = b
+        .console_errors()
+        .into_iter()
+        .filter(|e| !e.contains("status of 401"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
+    let tmp = tempdir();
+    let fx = fixture(
+        logged(Start::new(&tmp.path().join("data")))
+            .compute("simulated")
+            .spawn(),
+    );
+    let s = &fx.server;
+    let b = Browser::open(&shots(), 1280, 900);
+    login(&b, s, EMAIL, &fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    b.until_contains("#live", "Live");
+    b.screenshot("tenants-empty");
+
+    // Create a tenant from the page: its credentials are shown right away.
+    b.fill("#tenant-name", "shop");
+    b.click("#create-tenant");
+    b.until_contains("main h1", "shop");
+    let creds = s.get("/v2/tenants/shop/credentials", &fx.account_key).body;
+    let password = creds["pg_password"].as_str().unwrap();
+    b.until_contains("#pg-password-line", password);
+    b.until_contains("#dsn-template", creds["dsn_template"].as_str().unwrap());
+
+    // A database, created with a double click: one database, no error.
+    b.fill("#db-name", "app");
+    b.js(
+        "const b = document.querySelector('#create-db'); b.click(); b.click(); return null;",
+        vec![],
+    );
+    b.until_contains("[data-db='app'] [data-col='state']", "stopped");
+    std::thread::sleep(Duration::from_millis(500));
+    let dbs = s.get("/v2/tenants/shop/dbs", &fx.account_key).body;
+    assert_eq!(dbs["items"].as_array().unwrap().len(), 1, "{dbs}");
+    assert!(
+        b.js("return [...document.querySelectorAll('form .error')].map(e => e.textContent).join('');", vec![]) == json!(""),
+        "an error was shown"
+    );
+    // The API's own message where it applies: a name taken.
+    b.fill("#db-name", "app");
+    b.click("#create-db");
+    b.until_contains("form .error", "already");
+    b.screenshot("tenant");
+
+    // A tenant made through the API appears in the open page, without a reload.
+    go(&b, "#/tenants");
+    b.until_contains("[data-tenant='shop']", "shop");
+    mark(&b);
+    s.create_tenant(&fx.account_key, "made-by-api");
+    b.until_contains("[data-tenant='made-by-api']", "made-by-api");
+    assert_not_reloaded(&b);
+    b.screenshot("tenants");
+
+    // A checkout starts the database: the page shows it running, on its worker.
+    go(&b, "#/tenants/shop/dbs/app");
+    b.until_contains("#db-state", "stopped");
+    let pg_user = creds["pg_user"].as_str().unwrap();
+    let lease = s.post(
+        "/internal/v1/checkout",
+        ROOT_TOKEN,
+        json!({"pg_user": pg_user, "db": "app", "wait_ms": 20000}),
+    );
+    assert_eq!(lease.status, 200, "{lease:?}");
+    b.until_contains("#db-state", "running");
+    b.until_contains("#db-worker", lease.body["worker_id"].as_str().unwrap());
+    b.until_contains("#db-backend", lease.body["backend_addr"].as_str().unwrap());
+    assert_not_reloaded(&b);
+    b.click("#reveal");
+    b.until_contains("#dsn", "/app?sslmode=require");
+    b.until_contains("#dsn", password);
+    b.screenshot("database");
+
+    // Keys: issue one from the page, see its token once, revoke it.
+    go(&b, "#/keys");
+    b.until_contains("main h1", "API keys");
+    b.until_contains("#key-tenant", "shop");
+    b.fill("#key-name", "deploy");
+    b.select("#key-scope", "tenant");
+    b.select("#key-tenant", "shop");
+    b.click("[data-perm='can_create_db']");
+    b.click("#issue-key");
+    let token = b.until_text("#new-token", "a token", |t| t.starts_with("spg99_"));
+    let me = s.get("/v2/api-keys/me", &token);
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(me.body["scope"], "tenant");
+    assert_eq!(me.body["permissions"]["can_create_db"], true);
+    assert_eq!(me.body["permissions"]["can_delete"], false);
+    let key_id = me.body["key_id"].as_str().unwrap().to_owned();
+    b.screenshot("keys");
+    b.click(&format!("[data-key='{key_id}'] button"));
+    b.click("#dialog-confirm");
+    b.until_contains(&format!("[data-key='{key_id}']"), "revoked");
+    assert_eq!(s.get("/v2/api-keys/me", &token).code(), "token_revoked");
+
+    // Billing counts the running database.
+    go(&b, "#/billing");
+    b.until_contains("main", "shop/app");
+    b.until_contains("main", "c0.25");
+    b.screenshot("billing");
+
+    // The audit log: every event, each with its JSON; filtered by type from the form.
+    go(&b, "#/events");
+    b.until_contains("#timeline", "tenant.created");
+    b.until_contains("#timeline", "db.started");
+    b.screenshot("audit-log");
+    b.select("#filter-types", "db.created");
+    b.click("#apply-filters");
+    b.until_contains("#timeline", "db.created");
+    let types = b.js(
+        "return [...document.querySelectorAll('#timeline li')].map(li => li.dataset.type);",
+        vec![],
+    );
+    assert!(
+        types.as_array().unwrap().iter().all(|t| t == "db.created"),
+        "{types}"
+    );
+
+    // A deletion shows `deleting` (while a lease holds the database), then it is gone.
+    go(&b, "#/tenants/shop");
+    b.until_contains("[data-db='app'] [data-col='state']", "running");
+    let lease = s.post(
+        "/internal/v1/checkout",
+        ROOT_TOKEN,
+        json!({"pg_user": pg_user, "db": "app", "wait_ms": 20000}),
+    );
+    assert_eq!(lease.status, 200, "{lease:?}");
+    let r = s.delete("/v2/tenants/shop/dbs/app", &fx.account_key);
+    assert_eq!(r.status, 202, "{r:?}");
+    b.until_contains("[data-db='app'] [data-col='state']", "deleting");
+    b.screenshot("deleting");
+    let lease_id = lease.body["lease_id"].as_str().unwrap();
+    s.post(
+        &format!("/internal/v1/leases/{lease_id}/release"),
+        ROOT_TOKEN,
+        json!({"active_connections": 0}),
+    );
+    b.until_gone("[data-db='app']");
+    assert_not_reloaded(&b);
+
+    // Rotating the Console's own key: it carries on with the new token.
+    go(&b, "#/keys");
+    b.click("#rotate-key");
+    b.click("#dialog-confirm");
+    let rotated = b.until_text("#new-token", "the new token", |t| t.starts_with("spg99_"));
+    assert_eq!(
+        s.get("/v2/api-keys/me", &fx.account_key).code(),
+        "invalid_token"
+    );
+    assert_eq!(s.get("/v2/api-keys/me", &rotated).status, 200);
+    s.create_tenant(&rotated, "after-rotation");
+    go(&b, "#/tenants");
+    b.until_contains("[data-tenant='after-rotation']", "after-rotation");
+
+    // 360 px wide: every view fits without scrolling sideways.
+    b.resize(360, 780);
+    for (hash, name) in [
+        ("#/tenants", "tenants"),
+        ("#/tenants/shop", "tenant"),
+        ("#/keys", "keys"),
+        ("#/billing", "billing"),
+        ("#/events", "audit-log"),
+    ] {
+        go(&b, hash);
+        b.until_text("main h1", "its heading", |t| !t.is_empty());
+        std::thread::sleep(Duration::from_millis(300));
+        b.screenshot(&format!("{name}-360"));
+        let wide = b.js(
+            "return document.documentElement.scrollWidth - innerWidth;",
+            vec![],
+        );
+        assert!(wide.as_i64().unwrap() <= 0, "{hash} is {wide} px too wide");
+    }
+
+    // The browser's console stayed clean, but for the refusal asked for above.
+    let errors: Vec<String> = b
+        .console_errors()
+        .into_iter()
+        .filter(|e| !(e.contains("/v2/tenants/shop/dbs ") && e.contains("status of 409")))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // The server's request log has every path the page asked for, and no token in any.
+    let log = s.stderr();
+    for path in ["path=/console/app.js", "path=/v2/events", "query=ticket="] {
+        assert!(log.contains(path), "the request log lacks {path}");
+    }
+    for secret in [&fx.account_key, &rotated, &token] {
+        let secret_part = secret.rsplit('_').next().unwrap();
+        assert!(
+            !log.contains(secret_part),
+            "a token reached the server's log"
+        );
+    }
+}
+
+#[test]
+fn the_page_recovers_when_the_server_restarts() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let mut fx = fixture(Start::new(&data).spawn());
+    let b = Browser::open(&shots(), 1280, 900);
+    login(&b, &fx.server, EMAIL, &fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    b.until_contains("#live", "Live");
+    mark(&b);
+    let addr = fx.server.base.trim_start_matches("http://").to_owned();
+    fx.server.terminate();
+    b.until_text("#live", "not live", |t| !t.contains("Live"));
+    fx.server = Start::new(&data).listen(&addr).spawn();
+    b.until_contains("#live", "Live");
+    fx.server.create_tenant(&fx.account_key, "after-restart");
+    b.until_contains("[data-tenant='after-restart']", "after-restart");
+    assert_not_reloaded(&b);
+}
