@@ -313,6 +313,10 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
         types.as_array().unwrap().iter().all(|t| t == "db.created"),
         "{types}"
     );
+    // A filter the API refuses says why, rather than reconnecting for ever.
+    go(&b, "#/events?tenant=Not-A-Name");
+    b.until_contains("#timeline-status", "refused");
+    b.until_contains("#timeline-status", "tenant");
 
     // A deletion shows `deleting` (while a lease holds the database), then it is gone.
     go(&b, "#/tenants/shop");
@@ -377,6 +381,7 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
         .console_errors()
         .into_iter()
         .filter(|e| !(e.contains("/v2/tenants/shop/dbs ") && e.contains("status of 409")))
+        .filter(|e| !(e.contains("/v2/events?tenant=Not-A-Name") && e.contains("status of 400")))
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 
@@ -412,4 +417,66 @@ fn the_page_recovers_when_the_server_restarts() {
     fx.server.create_tenant(&fx.account_key, "after-restart");
     b.until_contains("[data-tenant='after-restart']", "after-restart");
     assert_not_reloaded(&b);
+}
+
+#[test]
+fn a_handoff_shows_its_stages_its_deadline_and_why_it_failed() {
+    use crate::lifecycle::{lab_with_two_workers, sustain};
+    let tmp = tempdir();
+    let (lab, db_id) = lab_with_two_workers(&tmp.path().join("data"));
+    let s = lab.s();
+    s.post(
+        "/v2/account/contact",
+        &lab.fx.account_key,
+        json!({"email": EMAIL}),
+    );
+    let b = Browser::open(&shots(), 1280, 900);
+    login(&b, s, EMAIL, &lab.fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    go(&b, "#/tenants/shop/dbs/app");
+    b.until_contains("#db-state", "running");
+    b.until_contains("#db-scale-state", "STABLE");
+
+    // A sustained load: a candidate is prepared on the other worker, with a deadline.
+    sustain(&lab, "w1", &db_id, 0.95, 61.0);
+    b.until_contains("#db-scale-state", "PREPARING_CANDIDATE");
+    b.until_contains("#db-profile", "c0.25 → c0.5");
+    b.until_contains("#autoscaler", "c0.5 on w2, term 2");
+    b.until_text("#autoscaler [data-deadline]", "a countdown", |t| {
+        t.starts_with("(in ") || t.ends_with(" ago)")
+    });
+    b.screenshot("handoff-preparing");
+
+    // Prepared: the cutover, shown as the normal phase it is.
+    assert!(lab.report("w2", &db_id, 2, "prepared"));
+    b.until_contains("#db-scale-state", "CUTOVER");
+    b.until_contains("#autoscaler", "waiting for the cutover");
+    b.until_contains("#autoscaler", "normal, short phase");
+    b.screenshot("handoff-cutover");
+    assert!(lab.report("w2", &db_id, 2, "promoted"));
+    b.until_contains("#db-scale-state", "STABLE");
+    b.until_contains("#db-worker", "w2");
+    b.until_contains("#db-profile", "c0.5");
+
+    // Still hot after the cooldown: the next handoff fails, and the page says why.
+    let mut tries = 0;
+    while lab.describe("app")["scale_state"] != "PREPARING_CANDIDATE" {
+        tries += 1;
+        assert!(tries < 30, "no second handoff: {}", lab.describe("app"));
+        sustain(&lab, "w2", &db_id, 0.95, 50.0);
+    }
+    let term = lab.describe("app")["candidate_writer_term"]
+        .as_u64()
+        .unwrap();
+    let candidate = lab.describe("app")["candidate_worker_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(lab.report(&candidate, &db_id, term, "failed"));
+    b.until_contains("#db-scale-state", "FAILED");
+    b.until_contains("#db-scale-failure", "disk full");
+    b.until_contains("#autoscaler", "previous writer still serves");
+    b.screenshot("handoff-failed");
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "{errors:#?}");
 }

@@ -130,7 +130,8 @@ fn a_database_starts_on_its_first_checkout_and_stops_when_idle_but_never_while_l
     assert_eq!(ops(&lab.instructions("w1")), vec![op("start", 2)]);
 }
 
-fn lab_with_two_workers(dir: &std::path::Path) -> (Lab, String) {
+/// A lab with workers w1 and w2 (c0.25 to c1) and database `app` running on w1, term 1.
+pub(crate) fn lab_with_two_workers(dir: &std::path::Path) -> (Lab, String) {
     let lab = Lab::new(
         dir,
         &[
@@ -146,7 +147,7 @@ fn lab_with_two_workers(dir: &std::path::Path) -> (Lab, String) {
 }
 
 /// Reports a load for the database on `worker`, then lets `seconds` pass.
-fn sustain(lab: &Lab, worker: &str, db_id: &str, cpu: f64, seconds: f64) {
+pub(crate) fn sustain(lab: &Lab, worker: &str, db_id: &str, cpu: f64, seconds: f64) {
     lab.heartbeat(
         worker,
         json!([{"db_id": db_id, "cpu": cpu, "active_connections": 2}]),

@@ -322,7 +322,8 @@ function follow(query, since, onEvent, onState) {
     try {
       ticket = (await api('POST', '/v2/events/tickets')).data.ticket;
     } catch (err) {
-      if (err.status === 401 || f.closed) return;
+      // A 401 ends the session (api() logs out), unless it crossed the page's own rotation.
+      if (f.closed || (err.status === 401 && !session.rotating)) return;
       return retry();
     }
     if (f.closed) return;
@@ -618,7 +619,9 @@ class TenantView extends View {
 
   dangerCard(tenant, count) {
     if (!can('can_delete') || tenant.state !== 'active') return null;
-    const cascade = h('input', { type: 'checkbox', id: 'cascade', 'data-fid': 'cascade' });
+    // Kept on the view: a live update rebuilds the card and must not untick it.
+    const cascade = h('input', { type: 'checkbox', id: 'cascade', 'data-fid': 'cascade', checked: this.cascade || null });
+    cascade.addEventListener('change', () => { this.cascade = cascade.checked; });
     const button = h('button', { type: 'button', class: 'danger', id: 'delete-tenant', 'data-fid': 'delete-tenant' }, 'Delete tenant…');
     const error = h('p', { class: 'error', role: 'alert' }, this.deleteError || '');
     button.addEventListener('click', async () => {
@@ -1004,11 +1007,33 @@ class EventsView extends View {
     const filters = {};
     for (const k of ['tenant', 'db', 'types']) if (this.query.get(k)) filters[k] = this.query.get(k);
     this.from = Number.isFinite(from) ? Math.min(from, head) : 0;
+    if (Object.keys(filters).length && !(await this.filtersTaken(filters))) return;
     this.stream = follow(filters, this.from, (env) => this.add(env), (state, text) => {
       this.status.textContent = state === 'live'
         ? `Following events after #${this.from} (${this.count} shown).`
         : `${text} Resumes after event #${this.stream ? this.stream.last : this.from}.`;
     });
+  }
+
+  // An EventSource cannot read why a stream was refused: ask once with a plain request,
+  // so a bad filter gets the API's message instead of endless reconnecting.
+  async filtersTaken(filters) {
+    const ctl = new AbortController();
+    try {
+      const res = await fetch(`/v2/events?${new URLSearchParams({ ...filters, since: String(this.from) })}`, {
+        headers: { Authorization: `Bearer ${session.token}` }, signal: ctl.signal, cache: 'no-store',
+      });
+      if (res.ok) {
+        ctl.abort();
+        return true;
+      }
+      const body = await res.json().catch(() => null);
+      this.status.textContent = `This filter is refused: ${errorText(new ApiError(res.status, body))}`;
+      this.status.setAttribute('role', 'alert');
+      return false;
+    } catch {
+      return true;
+    }
   }
 
   add(env) {
