@@ -156,17 +156,25 @@ impl Browser {
         });
     }
 
-    /// Clicks `css` once it is on the page.
+    /// Clicks `css` once it is on the page. A live update may rebuild the element between
+    /// finding and clicking it; then the click goes to the one that replaced it.
     pub fn click(&self, css: &str) {
         self.rt.block_on(async {
-            let el = self
-                .c()
-                .wait()
-                .at_most(PATIENCE)
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"));
-            el.click().await.unwrap();
+            let began = Instant::now();
+            loop {
+                let el = self
+                    .c()
+                    .wait()
+                    .at_most(PATIENCE)
+                    .for_element(Locator::Css(css))
+                    .await
+                    .unwrap_or_else(|e| panic!("no {css}: {e}"));
+                match el.click().await {
+                    Ok(()) => return,
+                    Err(e) if e.to_string().contains("stale") && began.elapsed() < PATIENCE => {}
+                    Err(e) => panic!("clicking {css}: {e}"),
+                }
+            }
         });
     }
 
