@@ -141,16 +141,20 @@ impl Browser {
         self.rt.block_on(self.c().execute(script, args)).unwrap()
     }
 
+    /// The element `css`, once it is on the page.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.c()
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+    }
+
     /// Types `text` into the field `css`, as a person would (clearing it first).
     pub fn fill(&self, css: &str, text: &str) {
         self.rt.block_on(async {
-            let el = self
-                .c()
-                .wait()
-                .at_most(PATIENCE)
-                .for_element(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            let el = self.find(css).await;
             el.clear().await.unwrap();
             el.send_keys(text).await.unwrap();
         });
@@ -162,14 +166,7 @@ impl Browser {
         self.rt.block_on(async {
             let began = Instant::now();
             loop {
-                let el = self
-                    .c()
-                    .wait()
-                    .at_most(PATIENCE)
-                    .for_element(Locator::Css(css))
-                    .await
-                    .unwrap_or_else(|e| panic!("no {css}: {e}"));
-                match el.click().await {
+                match self.find(css).await.click().await {
                     Ok(()) => return,
                     Err(e) if e.to_string().contains("stale") && began.elapsed() < PATIENCE => {}
                     Err(e) => panic!("clicking {css}: {e}"),

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::helpers::{tempdir, Fixture, Server, Start, ROOT_TOKEN};
+use crate::lab::{Worker, SERVICE_TOKEN};
 
 const EMAIL: &str = "ops@acme.io";
 
@@ -202,10 +203,12 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
     let tmp = tempdir();
     let fx = fixture(
         logged(Start::new(&tmp.path().join("data")))
-            .compute("simulated")
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
             .spawn(),
     );
     let s = &fx.server;
+    // A worker whose writers take a while to stop, so that `deleting` lasts long enough to see.
+    let _worker = Worker::simulated_on(s, "w1", &["--stop-delay-ms", "1500"]);
     let b = Browser::open(&shots(), 1280, 900);
     login(&b, s, EMAIL, &fx.account_key);
     b.until_contains("main h1", "Tenants");
@@ -318,25 +321,13 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
     b.until_contains("#timeline-status", "refused");
     b.until_contains("#timeline-status", "tenant");
 
-    // A deletion shows `deleting` (while a lease holds the database), then it is gone.
+    // A deletion shows `deleting` (while the writer stops), then the database is gone.
     go(&b, "#/tenants/shop");
     b.until_contains("[data-db='app'] [data-col='state']", "running");
-    let lease = s.post(
-        "/internal/v1/checkout",
-        ROOT_TOKEN,
-        json!({"pg_user": pg_user, "db": "app", "wait_ms": 20000}),
-    );
-    assert_eq!(lease.status, 200, "{lease:?}");
     let r = s.delete("/v2/tenants/shop/dbs/app", &fx.account_key);
     assert_eq!(r.status, 202, "{r:?}");
     b.until_contains("[data-db='app'] [data-col='state']", "deleting");
     b.screenshot("deleting");
-    let lease_id = lease.body["lease_id"].as_str().unwrap();
-    s.post(
-        &format!("/internal/v1/leases/{lease_id}/release"),
-        ROOT_TOKEN,
-        json!({"active_connections": 0}),
-    );
     b.until_gone("[data-db='app']");
     assert_not_reloaded(&b);
 

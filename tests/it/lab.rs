@@ -181,14 +181,18 @@ pub struct Worker {
 impl Worker {
     /// A simulated worker with `extra` flags, answering at `<id>.sim:6432`.
     pub fn simulated(lab: &Lab, id: &str, extra: &[&str]) -> Worker {
-        let lab = lab.s();
+        Worker::simulated_on(lab.s(), id, extra)
+    }
+
+    /// The same, for a server started with [`SERVICE_TOKEN`] outside a lab.
+    pub fn simulated_on(server: &Server, id: &str, extra: &[&str]) -> Worker {
         let mut args: Vec<String> = ["--compute", "simulated", "--heartbeat-ms", "20"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         args.extend(["--address".into(), format!("{id}.sim:6432")]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        Worker::spawn(lab, id, args, None)
+        Worker::spawn(server, id, args, None)
     }
 
     /// A worker running PostgreSQL, its storage in `dir` (made reachable for the postgres

@@ -418,6 +418,26 @@ class View {
     }
   }
 
+  // A confirmed action: asks `question`, then runs one mutating request with an
+  // Idempotency-Key of its own. The API's refusal is kept for the next render, which follows
+  // at once.
+  async act(question, run) {
+    const idem = idemKey();
+    if (!(await ask(question))) return;
+    try {
+      await run(idem);
+      this.error = null;
+    } catch (err) {
+      this.error = errorText(err);
+    }
+    if (current === this) this.refresh();
+  }
+
+  // Where a view shows the last refused action.
+  errorLine() {
+    return h('p', { class: 'error', role: 'alert' }, this.error || '');
+  }
+
   leave() {}
 }
 
@@ -549,6 +569,7 @@ class TenantView extends View {
     renderInto(this.h1, this.tenant, ' ', stateBadge(tenant.state));
     if (this.createCard) this.createCard.hidden = tenant.state !== 'active';
     renderInto(this.body,
+      this.errorLine(),
       h('div', { class: 'grid' }, this.credentialsCard(tenant), this.aboutCard(tenant)),
       h('section', { class: 'card', 'aria-labelledby': 'dbs-title' },
         h('h2', { id: 'dbs-title' }, `Databases (${dbs.length})`),
@@ -575,7 +596,6 @@ class TenantView extends View {
     });
     const reset = h('button', { type: 'button', class: 'quiet', 'data-fid': 'reset', id: 'reset-password' }, 'Reset password…');
     reset.addEventListener('click', () => this.resetPassword());
-    const error = h('p', { class: 'error', role: 'alert', id: 'credentials-error' }, this.resetError || '');
     return h('section', { class: 'card', 'aria-labelledby': 'cred-title', id: 'credentials' },
       h('h2', { id: 'cred-title' }, 'Credentials'),
       dl([
@@ -583,27 +603,19 @@ class TenantView extends View {
         ['Password', c ? h('span', { id: 'pg-password-line' }, secretLine(c.pg_password, 'the password', true, 'copy-password')) : h('span', { class: 'secret' }, h('code', { class: 'value' }, '••••••••••••'))],
         ['DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'dsn-template' }, c.dsn_template), copyButton(c.dsn_template, 'the DSN template', 'copy-dsn')) : h('span', { class: 'hint' }, 'shown with the password; replace <db-name> with a database')],
       ]),
-      h('div', { class: 'actions' }, toggle, can('can_create_tenant') ? reset : null),
-      error);
+      h('div', { class: 'actions' }, toggle, can('can_create_tenant') ? reset : null));
   }
 
-  async resetPassword() {
-    const idem = idemKey();
-    const yes = await ask({
+  resetPassword() {
+    return this.act({
       title: `Reset the password of ${this.tenant}?`,
       text: 'A new password is made now; the current one stops working within seconds, and applications need the new one to connect.',
       confirm: 'Reset password',
       danger: true,
-    });
-    if (!yes) return;
-    try {
+    }, async (idem) => {
       this.creds = (await api('POST', `${tenantPath(this.tenant)}/credentials/reset`, {}, idem)).data;
       this.shown = true;
-      this.resetError = null;
-    } catch (err) {
-      this.resetError = errorText(err);
-    }
-    this.refresh();
+    });
   }
 
   aboutCard(tenant) {
@@ -623,27 +635,15 @@ class TenantView extends View {
     const cascade = h('input', { type: 'checkbox', id: 'cascade', 'data-fid': 'cascade', checked: this.cascade || null });
     cascade.addEventListener('change', () => { this.cascade = cascade.checked; });
     const button = h('button', { type: 'button', class: 'danger', id: 'delete-tenant', 'data-fid': 'delete-tenant' }, 'Delete tenant…');
-    const error = h('p', { class: 'error', role: 'alert' }, this.deleteError || '');
-    button.addEventListener('click', async () => {
-      const idem = idemKey();
-      const yes = await ask({
-        title: `Delete tenant ${this.tenant}?`,
-        text: cascade.checked ? `The tenant and its ${count} databases are deleted, with their data.` : 'The tenant is deleted. A tenant that still has databases is kept unless they are deleted too.',
-        confirm: 'Delete tenant', danger: true, typed: this.tenant,
-      });
-      if (!yes) return;
-      try {
-        await api('DELETE', `${tenantPath(this.tenant)}${cascade.checked ? '?cascade=true' : ''}`, undefined, idem);
-        this.deleteError = null;
-      } catch (err) {
-        this.deleteError = errorText(err);
-      }
-      this.refresh();
-    });
+    button.addEventListener('click', () => this.act({
+      title: `Delete tenant ${this.tenant}?`,
+      text: cascade.checked ? `The tenant and its ${count} databases are deleted, with their data.` : 'The tenant is deleted. A tenant that still has databases is kept unless they are deleted too.',
+      confirm: 'Delete tenant', danger: true, typed: this.tenant,
+    }, (idem) => api('DELETE', `${tenantPath(this.tenant)}${cascade.checked ? '?cascade=true' : ''}`, undefined, idem)));
     return h('section', { class: 'card', 'aria-labelledby': 'danger-title' },
       h('h2', { id: 'danger-title' }, 'Delete'),
       count ? h('label', { class: 'check' }, cascade, `Also delete its ${count} ${count === 1 ? 'database' : 'databases'}`) : null,
-      h('div', { class: 'actions' }, button), error);
+      h('div', { class: 'actions' }, button));
   }
 }
 
@@ -673,6 +673,7 @@ class DbView extends View {
     const yesNo = (b) => (b ? 'yes' : 'no');
     const onOff = (x) => (x ? 'on' : 'off');
     renderInto(this.body,
+      this.errorLine(),
       this.connectCard(d, creds),
       h('div', { class: 'grid' },
         h('section', { class: 'card', 'aria-labelledby': 'life-title', id: 'lifecycle' },
@@ -729,24 +730,12 @@ class DbView extends View {
   dangerCard(d) {
     if (!can('can_delete') || d.state === 'deleting') return null;
     const button = h('button', { type: 'button', class: 'danger', id: 'delete-db', 'data-fid': 'delete-db' }, 'Delete database…');
-    const error = h('p', { class: 'error', role: 'alert' }, this.deleteError || '');
-    button.addEventListener('click', async () => {
-      const idem = idemKey();
-      const yes = await ask({
-        title: `Delete database ${this.db}?`,
-        text: 'The database and its data are deleted. Open connections are closed.',
-        confirm: 'Delete database', danger: true, typed: this.db,
-      });
-      if (!yes) return;
-      try {
-        await api('DELETE', dbPath(this.tenant, this.db), undefined, idem);
-        this.deleteError = null;
-      } catch (err) {
-        this.deleteError = errorText(err);
-      }
-      this.refresh();
-    });
-    return h('section', { class: 'card', 'aria-labelledby': 'danger-title' }, h('h2', { id: 'danger-title' }, 'Delete'), h('div', { class: 'actions' }, button), error);
+    button.addEventListener('click', () => this.act({
+      title: `Delete database ${this.db}?`,
+      text: 'The database and its data are deleted. Open connections are closed.',
+      confirm: 'Delete database', danger: true, typed: this.db,
+    }, (idem) => api('DELETE', dbPath(this.tenant, this.db), undefined, idem)));
+    return h('section', { class: 'card', 'aria-labelledby': 'danger-title' }, h('h2', { id: 'danger-title' }, 'Delete'), h('div', { class: 'actions' }, button));
   }
 }
 
@@ -845,49 +834,38 @@ class KeysView extends View {
                 h('td', {}, when(k.expires_at)), h('td', {}, when(k.created_at)), h('td', {}, status), h('td', {}, action));
             }),
             'No keys.')),
-      this.error ? h('p', { class: 'error', role: 'alert' }, this.error) : null);
+      this.errorLine());
   }
 
-  async revoke(k, own) {
-    const idem = idemKey();
-    const yes = await ask({
+  revoke(k, own) {
+    return this.act({
       title: `Revoke key ${k.key_id}?`,
       text: own ? 'This is the key you are logged in with: the Console logs out.' : 'Whatever uses it gets 401 from now on.',
       confirm: 'Revoke', danger: true,
-    });
-    if (!yes) return;
-    try {
+    }, async (idem) => {
       await api('POST', '/v2/api-keys/revoke', { key_id: k.key_id }, idem);
-      this.error = null;
-      if (own) { logout('The key was revoked; log in with another one.'); return; }
-    } catch (err) {
-      this.error = errorText(err);
-    }
-    this.refresh();
+      if (own) logout('The key was revoked; log in with another one.');
+    });
   }
 
-  async rotate() {
-    const idem = idemKey();
-    const yes = await ask({
+  rotate() {
+    return this.act({
       title: 'Rotate this key?',
       text: 'The key gets a new secret; the current token stops working at once, everywhere it is used. The Console switches to the new token.',
       confirm: 'Rotate', danger: true,
+    }, async (idem) => {
+      session.rotating = true;
+      try {
+        const r = await api('POST', '/v2/api-keys/rotate', {}, idem);
+        session.token = r.data.token;
+        sessionStorage.setItem(TOKEN_KEY, session.token);
+        this.once = { title: 'The new token of this key', token: r.data.token };
+      } finally {
+        session.rotating = false;
+        // Reads held back during the rotation are made by the refresh that follows.
+        this.again = false;
+      }
     });
-    if (!yes) return;
-    session.rotating = true;
-    try {
-      const r = await api('POST', '/v2/api-keys/rotate', {}, idem);
-      session.token = r.data.token;
-      sessionStorage.setItem(TOKEN_KEY, session.token);
-      this.once = { title: 'The new token of this key', token: r.data.token };
-      this.error = null;
-    } catch (err) {
-      this.error = errorText(err);
-    } finally {
-      session.rotating = false;
-    }
-    this.again = false;
-    this.refresh();
   }
 }
 
