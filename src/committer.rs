@@ -55,8 +55,13 @@ const FEED_DEPTH: usize = 1024;
 pub enum CommitError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The service is shutting down.
     #[error("the command log is not accepting writes")]
     Unavailable,
+    /// A write or sync of the log failed: the committer has stopped for good (until a
+    /// restart recovers from what is durable). The refused command may or may not be there.
+    #[error("the command log's storage failed")]
+    LogFailed,
 }
 
 /// An answer to a request, rendered as bytes.
@@ -315,10 +320,10 @@ struct Decided {
     replies: Vec<(Reply, Result<Outcome, CommitError>)>,
 }
 
-/// Answers callers whose commands cannot be committed.
+/// Answers callers whose commands cannot be committed because the log failed.
 fn refuse(replies: Vec<(Reply, Result<Outcome, CommitError>)>) {
     for (reply, _) in replies {
-        let _ = reply.send(Err(CommitError::Unavailable));
+        let _ = reply.send(Err(CommitError::LogFailed));
     }
 }
 
@@ -366,7 +371,7 @@ impl Decider {
     fn decide_and_write(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
         if !self.shared.is_healthy() {
             for s in batch.drain(..) {
-                let _ = s.reply.send(Err(CommitError::Unavailable));
+                let _ = s.reply.send(Err(CommitError::LogFailed));
             }
             return None;
         }

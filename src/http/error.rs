@@ -81,6 +81,19 @@ impl ApiError {
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         }
     }
+
+    /// The log's storage failed a write or a sync: writes stop until a restart (reads go on).
+    pub fn log_failed() -> Self {
+        ApiError {
+            code: "log_failed",
+            ..Self::unavailable(
+                "the command log's storage failed a write (the server's log says how); writes are \
+                 refused until the service is restarted. A write answered so may or may not have \
+                 been recorded: repeat it with the same Idempotency-Key after the restart",
+                30,
+            )
+        }
+    }
 }
 
 impl From<AuthError> for ApiError {
@@ -133,6 +146,7 @@ impl From<CommitError> for ApiError {
             CommitError::Unavailable => {
                 Self::unavailable("the control plane is not accepting writes right now", 5)
             }
+            CommitError::LogFailed => Self::log_failed(),
         }
     }
 }

@@ -113,7 +113,7 @@ fn components(doc: &mut Value) {
         ("PayloadTooLarge", "`body_too_large`: bodies are limited to 64 KiB"),
         ("UnsupportedMediaType", "`unsupported_media_type`: send `Content-Type: application/json` (charset, if any, utf-8)"),
         ("Unprocessable", "`invalid_value`, with the offending `field`"),
-        ("Unavailable", "`unavailable`: the control plane is not accepting writes right now; retry after `Retry-After` seconds"),
+        ("Unavailable", "`unavailable`: the control plane is not accepting writes right now; retry after `Retry-After` seconds. `log_failed`: the command log's storage failed a write; writes are refused until the service is restarted, and the refused write may or may not have been recorded (repeat it with the same `Idempotency-Key`)"),
     ] {
         let mut r = error_response(description);
         match name {

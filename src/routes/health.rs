@@ -16,9 +16,6 @@ pub async fn readyz(app: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     if app.shared.is_healthy() {
         Ok(HttpResponse::Ok().json(json!({"status": "ready", "seq": app.shared.head()})))
     } else {
-        Err(ApiError::unavailable(
-            "the command log failed a write; restart the service to recover from the log",
-            30,
-        ))
+        Err(ApiError::log_failed())
     }
 }

@@ -12,6 +12,7 @@ mod console;
 mod crash;
 mod durability;
 mod events;
+mod faults;
 mod gateway;
 mod helpers;
 mod http_basics;
