@@ -165,6 +165,14 @@ impl AuthError {
 /// Checks an `Authorization` header value against the state at time `now`. `local` is the
 /// hash of a service token known to this process alone (its embedded Gateway and worker use
 /// it), accepted beside the one in the log.
+/// The token of an `Authorization: Bearer <token>` header's value.
+pub fn bearer(header: &str) -> Option<&str> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 pub fn authenticate(
     state: &State,
     header: Option<&str>,
@@ -172,11 +180,7 @@ pub fn authenticate(
     local: Option<&SecretHash>,
 ) -> Result<Principal, AuthError> {
     let header = header.ok_or(AuthError::Missing)?;
-    let raw = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .ok_or(AuthError::Invalid)?
-        .trim();
+    let raw = bearer(header).ok_or(AuthError::Invalid)?;
     let token = Token::parse(raw).ok_or(AuthError::Invalid)?;
     let given = token.secret_hash();
     if token.is_service() {

@@ -159,4 +159,6 @@ pub struct ServeArgs {
     /// ...or after this many seconds with new events, whichever comes first.
     #[arg(long, env = "SPG99_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
     pub snapshot_every_secs: u64,
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }

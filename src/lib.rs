@@ -18,7 +18,8 @@
 //!   and compute profiles.
 //! - [`secrets`]: the secret key that seals passwords and recorded answers in the log;
 //!   [`credentials`]: tenants' passwords and their SCRAM verifiers.
-//! - [`auth`]: token format, hashing and authentication.
+//! - [`auth`]: token format, hashing and authentication; [`limits`]: abuse limits on it and
+//!   on requests, tickets and streams per key.
 //! - [`http`]: shared HTTP plumbing (errors, JSON bodies, caller, request ids, route table).
 //! - [`routes`]: one module of handlers per resource.
 //! - [`console`]: the web Console at `/console`, its assets compiled in.
@@ -42,6 +43,7 @@ pub mod credentials;
 pub mod domain;
 pub mod http;
 pub mod lifecycle;
+pub mod limits;
 pub mod log;
 pub mod reconciler;
 pub mod recovery;

@@ -53,6 +53,7 @@ pub struct Config {
     /// directory).
     pub secret_key: Option<String>,
     pub snapshots: crate::snapshot::Policy,
+    pub limits: crate::limits::LimitArgs,
 }
 
 impl Config {
@@ -104,6 +105,7 @@ impl Config {
                 every_events: args.snapshot_every_events.max(1),
                 every: Duration::from_secs(args.snapshot_every_secs.max(1)),
             },
+            limits: args.limits,
         })
     }
 }
@@ -207,6 +209,7 @@ impl Application {
             secrets,
             log,
             tickets: Default::default(),
+            limits: crate::limits::Limits::new(&config.limits),
             data_dir: config.data_dir.clone(),
             gateway_host,
             settings,

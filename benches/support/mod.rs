@@ -94,6 +94,9 @@ pub fn serve_command(dir: &Path) -> Command {
         .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
         .env("SPG99_GATEWAY_LISTEN", "none")
         .env("SPG99_COMPUTE", "none")
+        // Load generators are one key at full speed: no per-key request limit.
+        .env("SPG99_LIMIT_REQUESTS_PER_KEY", "0")
+        .env("SPG99_LIMIT_STREAMS_PER_KEY", "0")
         .env("RUST_LOG", "warn");
     cmd
 }

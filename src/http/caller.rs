@@ -80,12 +80,15 @@ fn principal(req: &HttpRequest) -> Result<(Principal, String), ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let principal = authenticate(
-        &app.shared.read(),
-        header,
-        app.clock.now(),
-        Some(&app.local_service),
-    )?;
+    let addr = req.peer_addr().map(|a| a.ip());
+    let principal = app.limits.authenticate(addr, header, || {
+        authenticate(
+            &app.shared.read(),
+            header,
+            app.clock.now(),
+            Some(&app.local_service),
+        )
+    })?;
     let request_id = req
         .extensions()
         .get::<RequestId>()

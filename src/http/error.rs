@@ -82,6 +82,18 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: an abuse limit ([`crate::limits`]).
+    pub fn too_many_requests(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u32,
+    ) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
     /// The log's storage failed a write or a sync: writes stop until a restart (reads go on).
     pub fn log_failed() -> Self {
         ApiError {

@@ -36,6 +36,7 @@ pub struct AppState {
     /// The log, for event streams catching up.
     pub log: Arc<crate::log::Log>,
     pub tickets: routes::events::Tickets,
+    pub limits: crate::limits::Limits,
     /// The data directory (snapshots live there).
     pub data_dir: std::path::PathBuf,
     /// Host (and port) of the Gateway, for `dsn_template`.

@@ -113,6 +113,7 @@ fn components(doc: &mut Value) {
         ("PayloadTooLarge", "`body_too_large`: bodies are limited to 64 KiB"),
         ("UnsupportedMediaType", "`unsupported_media_type`: send `Content-Type: application/json` (charset, if any, utf-8)"),
         ("Unprocessable", "`invalid_value`, with the offending `field`"),
+        ("TooManyRequests", "an abuse limit (docs/api.md, Limits): `too_many_auth_failures` (from this address, or naming this key from an address it was not recently used from), `rate_limited` (requests per key per second), `too_many_tickets`, `too_many_streams`; retry after `Retry-After` seconds"),
         ("Unavailable", "`unavailable`: the control plane is not accepting writes right now; retry after `Retry-After` seconds. `log_failed`: the command log's storage failed a write; writes are refused until the service is restarted, and the refused write may or may not have been recorded (repeat it with the same `Idempotency-Key`)"),
     ] {
         let mut r = error_response(description);
@@ -120,7 +121,7 @@ fn components(doc: &mut Value) {
             "MethodNotAllowed" => {
                 r["headers"]["Allow"] = json!({"$ref": "#/components/headers/Allow"});
             }
-            "Unavailable" => {
+            "Unavailable" | "TooManyRequests" => {
                 r["headers"]["Retry-After"] = json!({"$ref": "#/components/headers/Retry-After"});
             }
             _ => {}
@@ -189,7 +190,11 @@ fn complete(doc: &Value, method: &str, mut op: Value) -> Value {
 
     let mut add: Vec<(&str, &str)> = vec![("405", "MethodNotAllowed")];
     if secured {
-        add.extend([("401", "Unauthorized"), ("403", "Forbidden")]);
+        add.extend([
+            ("401", "Unauthorized"),
+            ("403", "Forbidden"),
+            ("429", "TooManyRequests"),
+        ]);
     }
     if body || query || mutation {
         add.push(("400", "BadRequest"));

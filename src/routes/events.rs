@@ -79,6 +79,7 @@ pub async fn ticket(
     _body: ApiJson<Empty>,
 ) -> Result<HttpResponse, ApiError> {
     let key = &caller.key;
+    app.limits.ticket(&key.id)?;
     let (ticket, expires) = app.tickets.issue(&key.id, app.clock.now());
     Ok(HttpResponse::Created().json(TicketView {
         ticket,
@@ -114,12 +115,14 @@ fn parse_seq(raw: &str, code: &'static str, field: &'static str) -> Result<u64, 
 /// The key behind the request: a ticket if one is given, else the bearer token.
 fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result<ApiKey, ApiError> {
     let now = app.clock.now();
-    let state = app.shared.read();
+    let addr = req.peer_addr().map(|a| a.ip());
     if let Some(ticket) = ticket {
-        let key_id = app
-            .tickets
-            .redeem(ticket, now)
-            .ok_or_else(|| ApiError::from(AuthError::Invalid).with_field("ticket"))?;
+        app.limits.ticket_allowed(addr)?;
+        let Some(key_id) = app.tickets.redeem(ticket, now) else {
+            app.limits.failed_ticket(addr);
+            return Err(ApiError::from(AuthError::Invalid).with_field("ticket"));
+        };
+        let state = app.shared.read();
         let key = state.api_keys.get(&key_id).ok_or(AuthError::Invalid)?;
         check_key(key, now)?;
         return Ok(key.clone());
@@ -128,7 +131,10 @@ fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    match authenticate(&state, header, now, None)? {
+    let principal = app.limits.authenticate(addr, header, || {
+        authenticate(&app.shared.read(), header, now, None)
+    })?;
+    match principal {
         Principal::Key(k) => Ok(k),
         Principal::Service => Err(ApiError::forbidden(
             "api_key_required",
@@ -236,7 +242,10 @@ pub async fn stream(
     } else {
         (Vec::new(), last_event_id.or(since).unwrap_or(0))
     };
-    actix_web::rt::spawn(stream::run(
+    // Held until the stream's task ends: when a send finds the client gone (at the latest
+    // at the next bookmark).
+    let slot = app.limits.stream(&key.id)?;
+    let run = stream::run(
         app.shared.clone(),
         app.log.clone(),
         filter,
@@ -244,7 +253,11 @@ pub async fn stream(
         initial,
         after,
         tx,
-    ));
+    );
+    actix_web::rt::spawn(async move {
+        run.await;
+        drop(slot);
+    });
     // The head when the stream opened: what a client resumes from if it reads nothing.
     Ok(Either::Right(
         Sse::from_infallible_receiver(rx)

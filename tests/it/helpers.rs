@@ -58,6 +58,13 @@ impl<'a> Start<'a> {
                 ("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned()),
                 ("SPG99_GATEWAY_LISTEN", "none".to_owned()),
                 ("SPG99_COMPUTE", "none".to_owned()),
+                // The abuse limits are tested in limits.rs; elsewhere a test's own bursts of
+                // refused tokens and requests must not meet them.
+                ("SPG99_LIMIT_AUTH_FAILURES_PER_ADDRESS", "0".to_owned()),
+                ("SPG99_LIMIT_AUTH_FAILURES_PER_KEY", "0".to_owned()),
+                ("SPG99_LIMIT_REQUESTS_PER_KEY", "0".to_owned()),
+                ("SPG99_LIMIT_STREAMS_PER_KEY", "0".to_owned()),
+                ("SPG99_LIMIT_TICKETS_PER_KEY", "0".to_owned()),
             ],
             wrapper: Vec::new(),
             listen: "127.0.0.1:0".into(),

@@ -19,6 +19,7 @@ mod http_basics;
 mod lab;
 mod lifecycle;
 mod lifecycle_props;
+mod limits;
 mod log_integrity;
 mod openapi;
 mod pgtls;
