@@ -66,6 +66,22 @@ pub struct GatewayArgs {
     /// How long a client may take for each step of its handshake (seconds).
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout: u64,
+    /// Failed password attempts for one PostgreSQL user per minute; past them, addresses other
+    /// than the user's last good ones are refused (28000) for the rest of the minute. 0: no limit.
+    #[arg(
+        long,
+        env = "SPG99_GATEWAY_AUTH_FAILURES_PER_USER",
+        default_value_t = 10
+    )]
+    pub auth_failures_per_user: u32,
+    /// Failed password attempts from one client address per minute; past them, the address is
+    /// refused (53300) for the rest of the minute. 0: no limit.
+    #[arg(
+        long,
+        env = "SPG99_GATEWAY_AUTH_FAILURES_PER_ADDRESS",
+        default_value_t = 100
+    )]
+    pub auth_failures_per_address: u32,
     /// The service token the internal API expects (prefer the environment variable).
     #[arg(long, env = "SPG99_SERVICE_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -96,6 +112,10 @@ impl GatewayArgs {
             max_connections: self.max_connections,
             open: Default::default(),
             handshake_timeout: Duration::from_secs(self.handshake_timeout.max(1)),
+            failures: session::Failures::new(
+                self.auth_failures_per_user,
+                self.auth_failures_per_address,
+            ),
         }))
     }
 }

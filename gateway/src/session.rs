@@ -7,10 +7,12 @@
 //! What the client hears on failure is an ErrorResponse with PostgreSQL's SQLSTATE: `28000`
 //! (TLS required, no user), `28P01` (a wrong password or an unknown user, alike), `3D000` (no
 //! such database), `57P03` (not available in time), `08006` (the backend is lost), `53300` (too
-//! many connections), `08P01` (a protocol violation, a SASL mechanism not offered), `0A000`
-//! (replication).
+//! many connections, or too many failed passwords from the client's address), `08P01` (a
+//! protocol violation, a SASL mechanism not offered), `0A000` (replication); and `28000` for a
+//! user whose password failed too often lately, to any address it did not log in from.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +41,66 @@ pub struct Gateway {
     pub open: AtomicUsize,
     /// How long the client may take for each step of its handshake.
     pub handshake_timeout: Duration,
+    pub failures: Failures,
+}
+
+/// Failed password attempts per user and per client address, in one-minute windows. As for
+/// API keys, a user's limit spares the addresses that logged in as it lately: a PostgreSQL
+/// user name is no secret, and its applications must not be locked out by a guesser.
+pub struct Failures {
+    by_user: spg99_limits::Window<String>,
+    by_address: spg99_limits::Window<IpAddr>,
+    good: spg99_limits::Known<String>,
+}
+
+impl Failures {
+    pub fn new(per_user: u32, per_address: u32) -> Failures {
+        const MINUTE: Duration = Duration::from_secs(60);
+        Failures {
+            by_user: spg99_limits::Window::new(per_user, MINUTE),
+            by_address: spg99_limits::Window::new(per_address, MINUTE),
+            good: spg99_limits::Known::new(),
+        }
+    }
+
+    /// Whether `user` may try a password from `addr` now.
+    fn admit(&self, user: &str, addr: Option<IpAddr>) -> Result<(), End> {
+        let secs = |d: Duration| d.as_secs().max(1);
+        if let Some(d) = addr.and_then(|a| self.by_address.blocked(&a)) {
+            return Err(error(
+                "53300",
+                format!(
+                    "too many failed password attempts from this address; try again in {} s",
+                    secs(d)
+                ),
+            ));
+        }
+        let user = user.to_owned();
+        let trusted = addr.is_some_and(|a| self.good.knows(&user, a));
+        if let Some(d) = self.by_user.blocked(&user).filter(|_| !trusted) {
+            return Err(error(
+                "28000",
+                format!(
+                    "too many failed password attempts for user \"{user}\"; try again in {} s",
+                    secs(d)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn failed(&self, user: &str, addr: Option<IpAddr>) {
+        let _ = self.by_user.hit(&user.to_owned());
+        if let Some(a) = addr {
+            let _ = self.by_address.hit(&a);
+        }
+    }
+
+    fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
+        if let Some(a) = addr {
+            self.good.remember(&user.to_owned(), a);
+        }
+    }
 }
 
 /// How a connection ended before the relay: with an error for the client, or silently.
@@ -97,6 +159,7 @@ async fn timed<T>(
 
 /// TLS (direct, or after an SSLRequest) or plaintext, then the startup message.
 async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
+    let addr = tcp.peer_addr().ok().map(|a| a.ip());
     let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.config.clone());
     let mut first = [0u8; 1];
     if timed(gw, tcp.peek(&mut first)).await? == 0 {
@@ -116,7 +179,7 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
                     return Ok(());
                 }
                 Startup::Start { minor, params } if gw.allow_plaintext => {
-                    return session(gw, tcp, Channel::Plain, minor, params).await;
+                    return session(gw, tcp, Channel::Plain, addr, minor, params).await;
                 }
                 Startup::Start { .. } => {
                     Out::default()
@@ -145,7 +208,7 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
             gw.cancels.cancel(pid, secret).await;
             Ok(())
         }
-        Startup::Start { minor, params } => session(gw, tls, channel, minor, params).await,
+        Startup::Start { minor, params } => session(gw, tls, channel, addr, minor, params).await,
         Startup::Ssl | Startup::GssEnc => {
             Out::default()
                 .error("08P01", "an encryption request inside TLS")
@@ -159,10 +222,11 @@ async fn session<S: Stream>(
     gw: &Gateway,
     mut client: S,
     channel: Channel,
+    addr: Option<IpAddr>,
     minor: u16,
     params: Vec<(String, String)>,
 ) -> io::Result<()> {
-    match authenticate_and_route(gw, &mut client, &channel, minor, &params).await {
+    match authenticate_and_route(gw, &mut client, &channel, addr, minor, &params).await {
         Ok(()) => Ok(()),
         Err(End::Error(code, message)) => {
             Out::default().error(code, &message).send(&mut client).await
@@ -175,6 +239,7 @@ async fn authenticate_and_route<S: Stream>(
     gw: &Gateway,
     client: &mut S,
     channel: &Channel,
+    addr: Option<IpAddr>,
     minor: u16,
     params: &[(String, String)],
 ) -> Result<(), End> {
@@ -208,6 +273,7 @@ async fn authenticate_and_route<S: Stream>(
     if gw.open.load(Ordering::Acquire) > gw.max_connections {
         return Err(error("53300", "sorry, too many clients already"));
     }
+    gw.failures.admit(user, addr)?;
 
     // Authentication: the tenant's verifier, or for an unknown user a mock one, so that both
     // take the same exchange and fail the same way.
@@ -226,7 +292,9 @@ async fn authenticate_and_route<S: Stream>(
         Channel::Plain => &[SCRAM_SHA_256],
     };
     Out::default().auth_sasl(mechanisms).send(client).await?;
+    // Every way a proof can fail counts as a failed password.
     let bad = || {
+        gw.failures.failed(user, addr);
         error(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
@@ -259,6 +327,7 @@ async fn authenticate_and_route<S: Stream>(
         Ok(done) if known => done,
         _ => return Err(bad()),
     };
+    gw.failures.succeeded(user, addr);
     Out::default()
         .auth_sasl_final(&server_final)
         .auth_ok()

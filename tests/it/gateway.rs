@@ -753,3 +753,93 @@ fn a_stopping_gateway_releases_its_leases() {
     );
     until(&fx, "shop", "app", 20, |d| d["state"] == "stopped");
 }
+
+/// A login through the Gateway at `gw` from the local address `from`, then `SELECT 1`: the
+/// SQLSTATE and message of a refusal.
+fn login_from(from: [u8; 4], gw: &str, user: &str, password: &str) -> Result<(), (String, String)> {
+    use tokio_postgres::tls::MakeTlsConnect;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server: std::net::SocketAddr = gw.parse().unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from((from, 0)).into())
+            .unwrap();
+        socket.connect(&server.into()).unwrap();
+        let std_stream: std::net::TcpStream = socket.into();
+        std_stream.set_nonblocking(true).unwrap();
+        let stream = tokio::net::TcpStream::from_std(std_stream).unwrap();
+        let mut c = tokio_postgres::Config::new();
+        c.user(user)
+            .password(password)
+            .dbname("app")
+            .ssl_mode(SslMode::Require);
+        let tls =
+            MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut Tls::new(), "localhost")
+                .unwrap();
+        let refused = |e: tokio_postgres::Error| match e.as_db_error() {
+            Some(db) => (db.code().code().to_owned(), db.message().to_owned()),
+            None => (String::new(), e.to_string()),
+        };
+        let (client, conn) = c.connect_raw(stream, tls).await.map_err(refused)?;
+        tokio::spawn(conn);
+        client.simple_query("SELECT 1").await.map_err(refused)?;
+        Ok(())
+    })
+}
+
+#[test]
+fn failed_passwords_are_limited_per_user_and_per_address_sparing_the_users_own_addresses() {
+    let tmp = tempdir();
+    let fx = platform(
+        &tmp.path().join("data"),
+        &[
+            ("SPG99_GATEWAY_AUTH_FAILURES_PER_USER", "3"),
+            ("SPG99_GATEWAY_AUTH_FAILURES_PER_ADDRESS", "6"),
+        ],
+    );
+    let gw = fx.server.gateway.clone().unwrap();
+    let shop = Tenant::create(&fx, "shop");
+    let other = Tenant::create(&fx, "other");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    fx.server.create_db(&fx.account_key, "other", "app");
+    let (a, b, c) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+
+    // The application logs in from A.
+    login_from(a, &gw, &shop.user, &shop.password).unwrap();
+    // Someone at B guesses shop's password.
+    for _ in 0..3 {
+        let e = login_from(b, &gw, &shop.user, "guess").unwrap_err();
+        assert_eq!(e.0, "28P01", "{e:?}");
+    }
+    let e = login_from(b, &gw, &shop.user, "guess").unwrap_err();
+    assert_eq!(e.0, "28000", "{e:?}");
+    assert!(
+        e.1.contains("too many failed password attempts for user"),
+        "{e:?}"
+    );
+    // Now even the right password is refused from a stranger's address...
+    let e = login_from(c, &gw, &shop.user, &shop.password).unwrap_err();
+    assert_eq!(e.0, "28000", "{e:?}");
+    // ...while the application's own address carries on, and other users everywhere.
+    login_from(a, &gw, &shop.user, &shop.password).unwrap();
+    login_from(c, &gw, &other.user, &other.password).unwrap();
+
+    // B keeps failing, on another user: past six failures the address itself is refused,
+    // whatever it tries.
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(b, &gw, &other.user, "guess").unwrap_err().0,
+            "28P01"
+        );
+    }
+    let e = login_from(b, &gw, &other.user, &other.password).unwrap_err();
+    assert_eq!(e.0, "53300", "{e:?}");
+    assert!(e.1.contains("from this address"), "{e:?}");
+    // other's own address (C logged in as it) is spared its user's limit.
+    login_from(c, &gw, &other.user, &other.password).unwrap();
+}
