@@ -705,3 +705,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A stored value nobody framed splits into ranges inside it, or is refused.
+        #[test]
+        fn any_value_splits_into_ranges_inside_it_or_is_refused(
+            value in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            if let Ok(ranges) = split_frame(&value) {
+                prop_assert!(ranges.iter().all(|r| r.start <= r.end && r.end <= value.len()));
+            }
+        }
+    }
+}

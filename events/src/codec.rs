@@ -366,6 +366,15 @@ mod tests {
     }
     const VARIANTS: usize = 36;
 
+    /// Every variant's sample, as the envelopes of seq 1, 2, ...
+    pub(super) fn sample_envelopes() -> Vec<Envelope> {
+        samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| envelope(i as u64 + 1, e))
+            .collect()
+    }
+
     fn envelope(seq: u64, event: Event) -> Envelope {
         Envelope {
             seq,
@@ -477,6 +486,132 @@ mod tests {
         let bytes = encode_record(&envelope(5, samples().remove(1)));
         for len in 0..bytes.len() {
             assert!(decode_record(5, &bytes[..len]).is_err(), "prefix of {len}");
+        }
+    }
+}
+
+/// The decoder against bytes nobody wrote: any input gives a record or an error, never a
+/// panic, and never an allocation out of proportion to the input (a length prefix is not
+/// believed beyond the bytes that follow it).
+#[cfg(test)]
+mod fuzz {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Notes the largest single allocation made on a thread while it is armed (per thread:
+    /// tests run side by side).
+    struct Probe;
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+    fn note(size: usize) {
+        if ARMED.with(Cell::get) {
+            LARGEST.with(|l| l.set(l.get().max(size)));
+        }
+    }
+    // SAFETY: every call goes to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Probe {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            note(l.size());
+            unsafe { System.alloc(l) }
+        }
+        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+            note(l.size());
+            unsafe { System.alloc_zeroed(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            unsafe { System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, size: usize) -> *mut u8 {
+            note(size);
+            unsafe { System.realloc(p, l, size) }
+        }
+    }
+    #[global_allocator]
+    static GLOBAL: Probe = Probe;
+
+    /// `f` run with the probe armed: its result and the largest allocation it made.
+    fn probed<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|l| l.set(0));
+        ARMED.with(|a| a.set(true));
+        let out = f();
+        ARMED.with(|a| a.set(false));
+        (out, LARGEST.with(Cell::get))
+    }
+
+    /// A record around `payload` that passes every check before the payload's decoding.
+    fn framed(seq: u64, version: u8, payload: &[u8]) -> Vec<u8> {
+        let mut body = vec![version];
+        body.extend_from_slice(payload);
+        let crc = checksum(seq, &body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn the_probe_sees_what_is_allocated() {
+        let (v, largest) = probed(|| vec![1u8; 3 << 20]);
+        assert_eq!(v.len(), 3 << 20);
+        assert!(largest >= 3 << 20, "{largest}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_are_a_record_or_an_error(seq: u64, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_record(seq, &bytes);
+        }
+
+        #[test]
+        fn any_payload_behind_a_good_checksum_decodes_or_is_refused_within_bounds(
+            seq: u64,
+            version in 1u8..=FORMAT_VERSION,
+            payload in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let record = framed(seq, version, &payload);
+            let (_, largest) = probed(|| decode_record(seq, &record));
+            prop_assert!(largest <= 64 * 1024 + 8 * record.len(), "{largest} bytes for a {}-byte record", record.len());
+        }
+
+        #[test]
+        fn a_length_prefix_claiming_more_than_follows_is_not_believed(
+            seq: u64,
+            claimed in (1u64 << 20)..u64::MAX,
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            // Varint-coded (bincode's standard) huge lengths at the head of the payload, where
+            // the envelope's first sequence or string would be.
+            let mut payload = vec![253u8];
+            payload.extend_from_slice(&claimed.to_le_bytes());
+            payload.extend_from_slice(&tail);
+            let record = framed(seq, FORMAT_VERSION, &payload);
+            let (decoded, largest) = probed(|| decode_record(seq, &record));
+            prop_assert!(decoded.is_err());
+            prop_assert!(largest <= 64 * 1024, "{largest} bytes allocated for a claimed {claimed}");
+        }
+
+        #[test]
+        fn a_damaged_record_never_decodes_as_another(
+            i in 0usize..10_000,
+            at in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let samples = tests::sample_envelopes();
+            let env = &samples[i % samples.len()];
+            let mut bytes = encode_record(env);
+            let k = at.index(bytes.len());
+            bytes[k] ^= flip;
+            prop_assert!(decode_record(env.seq, &bytes).is_err(), "a flipped byte went unnoticed");
+            let good = encode_record(env);
+            let short = &good[..cut.index(good.len())];
+            prop_assert!(decode_record(env.seq, short).is_err(), "a torn record decoded");
         }
     }
 }

@@ -359,3 +359,56 @@ mod tests {
         );
     }
 }
+
+/// The startup and authentication parsers against bytes no client library wrote: an answer
+/// or an error, never a panic, and never a buffer larger than the bounds allow.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn any_startup_packet_parses_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_startup(&bytes);
+            let _ = block(read_startup(&mut &bytes[..]));
+        }
+
+        #[test]
+        fn any_length_prefix_is_held_to_the_bound(
+            tag: u8,
+            len: u32,
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+            max in 0usize..256,
+        ) {
+            let mut bytes = vec![tag];
+            bytes.extend_from_slice(&len.to_be_bytes());
+            bytes.extend_from_slice(&rest);
+            if let Ok(m) = block(read_message(&mut &bytes[..], max)) {
+                prop_assert!(m.body.len() <= max);
+                prop_assert_eq!(m.body.len() + 4, len as usize);
+            }
+            let mut startup = len.to_be_bytes().to_vec();
+            startup.extend_from_slice(&rest);
+            let _ = block(read_startup(&mut &startup[..]));
+        }
+
+        #[test]
+        fn any_sasl_initial_response_parses_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some((mechanism, data)) = sasl_initial(&bytes) {
+                prop_assert!(mechanism.len() + data.len() < bytes.len());
+            }
+            let _ = fields(&bytes);
+        }
+    }
+}

@@ -579,3 +579,62 @@ mod tests {
         assert!(server.finish("c=biws,r=x,p=!!").is_err());
     }
 }
+
+/// The SCRAM parsers against messages no client wrote: an answer or an error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Derived once: 4096 PBKDF2 rounds per case would be most of the run.
+    fn verifier() -> Verifier {
+        static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+        V.get_or_init(|| Verifier::derive(b"pencil", b"salt-of-16-bytes", 4096))
+            .clone()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn any_client_first_is_answered_or_refused(first in "\\PC{0,200}", plus: bool, tls: bool) {
+            let channel = if tls { Channel::Tls { end_point: vec![7; 32] } } else { Channel::Plain };
+            let mechanism = if plus { SCRAM_SHA_256_PLUS } else { SCRAM_SHA_256 };
+            let _ = Server::start(verifier(), mechanism, &first, "servernonce", &channel);
+        }
+
+        #[test]
+        fn any_client_final_after_a_good_first_is_refused_or_checked(
+            last in "\\PC{0,300}",
+            shaped in "c=[A-Za-z0-9+/=]{0,12},r=clientnonceservernonce,p=[A-Za-z0-9+/=]{0,60}",
+        ) {
+            for client_final in [last, shaped] {
+                let (server, _) = Server::start(
+                    verifier(),
+                    SCRAM_SHA_256,
+                    "n,,n=user,r=clientnonce",
+                    "servernonce",
+                    &Channel::Plain,
+                )
+                .unwrap();
+                prop_assert!(server.finish(&client_final).is_err());
+            }
+        }
+
+        #[test]
+        fn any_stored_verifier_text_parses_or_is_refused(text in "\\PC{0,200}", shaped in "SCRAM-SHA-256\\$[0-9]{0,6}:[A-Za-z0-9+/=]{0,30}\\$[A-Za-z0-9+/=:]{0,100}") {
+            let _ = Verifier::parse(&text);
+            let _ = Verifier::parse(&shaped);
+        }
+
+        #[test]
+        fn any_server_first_is_answered_or_refused(first in "\\PC{0,200}", shaped in "r=clientnonce[a-z]{0,8},s=[A-Za-z0-9+/=]{0,30},i=[0-9]{0,12}") {
+            for server_first in [first, shaped] {
+                let keys = Keys { client_key: [1; 32], server_key: [2; 32] };
+                let (mut client, _) = Client::start(keys, "clientnonce");
+                let _ = client.respond(&server_first);
+            }
+        }
+    }
+}

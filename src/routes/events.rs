@@ -267,3 +267,29 @@ pub async fn stream(
             .insert_header((RESOURCE_VERSION, head)),
     ))
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::parse_seq;
+
+    proptest! {
+        /// `since` and `Last-Event-ID`: a whole number (spaces around it allowed) or a 400,
+        /// whatever the text.
+        #[test]
+        fn a_resume_point_is_a_seq_or_a_bad_request(raw in "\\PC*") {
+            let parsed = parse_seq(&raw, "invalid_since", "since");
+            match raw.trim().parse::<u64>() {
+                Ok(n) => prop_assert_eq!(parsed.ok(), Some(n)),
+                Err(_) => prop_assert!(parsed.is_err()),
+            }
+        }
+
+        #[test]
+        fn digits_resume_where_they_say(n: u64, pad in " {0,3}") {
+            let raw = format!("{pad}{n}{pad}");
+            prop_assert_eq!(parse_seq(&raw, "invalid_since", "since").ok(), Some(n));
+        }
+    }
+}
