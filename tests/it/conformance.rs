@@ -363,3 +363,42 @@ fn operator_routes_carry_the_resource_version_and_time_travel_logs_no_warning() 
     let log = s.stderr();
     assert!(!log.contains("WARN"), "time travel warned:\n{log}");
 }
+
+#[test]
+fn hundreds_of_slow_clients_do_not_stop_the_server_answering_others() {
+    let tmp = tempdir();
+    let s = Start::new(&tmp.path().join("data")).spawn();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let open = |bytes: &[u8]| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(bytes).unwrap();
+        c
+    };
+    // 200 whose head never ends, 200 whose body stops after 10 of its 100 bytes.
+    let heads: Vec<_> = (0..200)
+        .map(|_| open(b"GET /v2/tenants HTTP/1.1\r\nHost: x\r\n"))
+        .collect();
+    let body = format!("POST /v2/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ROOT_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\": \"");
+    let bodies: Vec<_> = (0..200).map(|_| open(body.as_bytes())).collect();
+
+    // Meanwhile everybody else is served.
+    for i in 0..20 {
+        assert_eq!(s.get("/v2/tenants", ROOT_TOKEN).status, 200);
+        s.create_account(&format!("served-{i}"));
+    }
+
+    // And every slow client is answered 408 and let go: no phase waits for ever.
+    for (clients, code) in [(heads, "request_timeout"), (bodies, "body_timeout")] {
+        for mut c in clients {
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut answer = Vec::new();
+            c.read_to_end(&mut answer)
+                .expect("the server closes a slow client's connection");
+            let answer = String::from_utf8_lossy(&answer);
+            let (status, _, body) = parse(&answer);
+            assert_eq!(status, 408, "{answer}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], code, "{answer}");
+        }
+    }
+}

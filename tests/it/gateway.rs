@@ -843,3 +843,38 @@ fn failed_passwords_are_limited_per_user_and_per_address_sparing_the_users_own_a
     // other's own address (C logged in as it) is spared its user's limit.
     login_from(c, &gw, &other.user, &other.password).unwrap();
 }
+
+#[test]
+fn hundreds_of_silent_clients_do_not_stop_the_gateway_and_each_is_let_go() {
+    use std::io::Read;
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data"))
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+        .spawn();
+    let fx = Fixture::with_server(server);
+    let shop = Tenant::create(&fx, "shop");
+    let gw = Gateway::start(
+        &fx.server,
+        &tmp.path().join("gw"),
+        &["--handshake-timeout", "2"],
+    );
+    // 200 that connect and say nothing; 100 that send half a startup packet.
+    let mut silent: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&gw.addr).unwrap())
+        .collect();
+    for _ in 0..100 {
+        let mut c = std::net::TcpStream::connect(&gw.addr).unwrap();
+        std::io::Write::write_all(&mut c, &[0, 0, 0, 40, 0, 3]).unwrap();
+        silent.push(c);
+    }
+    // Meanwhile a client is served: its wrong password is refused as such, at once.
+    let wrong = refusal(connect(&config(&gw.addr, &shop.user, "not-it", "app")));
+    assert_eq!(wrong.0, "28P01", "{wrong:?}");
+    // And each silent one is let go after the handshake timeout.
+    for mut c in silent {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .expect("the Gateway closes a silent client's connection");
+    }
+}
