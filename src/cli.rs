@@ -159,6 +159,17 @@ pub struct ServeArgs {
     /// ...or after this many seconds with new events, whichever comes first.
     #[arg(long, env = "SPG99_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
     pub snapshot_every_secs: u64,
+    /// The HTTP API's certificate chain (PEM); with `--tls-key`, the API (public and internal)
+    /// is served over TLS only.
+    #[arg(long, env = "SPG99_API_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SPG99_API_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (only behind a trusted network or
+    /// a TLS-terminating proxy); without TLS, plain HTTP is otherwise refused there.
+    #[arg(long, env = "SPG99_API_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
 }

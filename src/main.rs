@@ -41,7 +41,7 @@ fn serve(config: Config) -> i32 {
         if let Some(gateway) = app.gateway_addr() {
             println!("spg99 gateway listening on {gateway}");
         }
-        println!("spg99 listening on http://{}", app.local_addr());
+        println!("spg99 listening on {}", app.url());
         match app.run_until_stopped().await {
             Ok(()) => 0,
             Err(e) => {

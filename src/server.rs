@@ -54,6 +54,10 @@ pub struct Config {
     pub secret_key: Option<String>,
     pub snapshots: crate::snapshot::Policy,
     pub limits: crate::limits::LimitArgs,
+    /// The HTTP API's certificate and key (PEM): TLS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Plain HTTP on an address that is not loopback.
+    pub allow_plaintext: bool,
 }
 
 impl Config {
@@ -106,6 +110,8 @@ impl Config {
                 every: Duration::from_secs(args.snapshot_every_secs.max(1)),
             },
             limits: args.limits,
+            tls: args.tls_cert.zip(args.tls_key),
+            allow_plaintext: args.allow_plaintext,
         })
     }
 }
@@ -129,6 +135,8 @@ pub enum StartError {
 
 pub struct Application {
     addr: SocketAddr,
+    /// The API is served over TLS.
+    tls: bool,
     server: actix_web::dev::Server,
     committer: Committer,
     gateway: Option<spg99_gateway::Running>,
@@ -187,12 +195,43 @@ impl Application {
             addr: config.listen.clone(),
             source,
         };
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(
+                spg99_gateway::tls::server_config(cert, key, &[b"http/1.1"])
+                    .map_err(StartError::Config)?
+                    .0,
+            ),
+            None => None,
+        };
         let listener = front::listener(&config.listen, BACKLOG).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
+        if tls.is_none() && !addr.ip().is_loopback() && !config.allow_plaintext {
+            return Err(StartError::Config(format!(
+                "{addr} is not a loopback address, and plain HTTP would carry tokens in the \
+                 clear there: give --tls-cert and --tls-key (or --allow-plaintext behind a \
+                 trusted network or a TLS-terminating proxy)"
+            )));
+        }
+        let mut listeners = vec![front::Listener {
+            socket: listener,
+            tls: tls.clone(),
+        }];
         // The embedded Gateway and worker reach the internal API with a token of this process
-        // alone, which is never written anywhere.
+        // alone, which is never written anywhere; over TLS, on a plain listener of their own
+        // on loopback (so they need neither the certificate's name nor its authority).
         let local = Token::generate_service();
-        let control_plane = format!("http://{addr}");
+        let internal_addr = if tls.is_some() {
+            let own = front::listener("127.0.0.1:0", BACKLOG).map_err(bind_error)?;
+            let own_addr = own.local_addr().map_err(bind_error)?;
+            listeners.push(front::Listener {
+                socket: own,
+                tls: None,
+            });
+            own_addr
+        } else {
+            addr
+        };
+        let control_plane = format!("http://{internal_addr}");
         let gateway = match &config.gateway_listen {
             Some(listen) => Some(embedded_gateway(&config, listen, &control_plane, &local)?),
             None => None,
@@ -220,7 +259,7 @@ impl Application {
             backlog: BACKLOG,
             shutdown_timeout: SHUTDOWN_GRACE,
         };
-        let server = front::serve(listener, &settings, move || {
+        let server = front::serve(listeners, &settings, move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(request_id::middleware))
@@ -233,6 +272,7 @@ impl Application {
         }
         Ok(Application {
             addr,
+            tls: config.tls.is_some(),
             server,
             committer,
             gateway,
@@ -242,6 +282,12 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The API's base URL, as clients reach it.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The embedded Gateway's address, if it runs one.

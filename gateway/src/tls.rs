@@ -33,28 +33,39 @@ impl Tls {
             Source::Files { cert, key } => (cert.clone(), key.clone()),
             Source::SelfSigned { dir, names } => self_signed(dir, names)?,
         };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-            .and_then(|it| it.collect())
-            .map_err(|e| format!("cannot read the certificate {}: {e}", cert_path.display()))?;
-        let key = PrivateKeyDer::from_pem_file(&key_path)
-            .map_err(|e| format!("cannot read the key {}: {e}", key_path.display()))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| format!("{} holds no certificate", cert_path.display()))?;
-        let end_point = end_point(leaf.as_ref());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("the certificate and key do not make a TLS setup: {e}"))?;
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        let (config, leaf) = server_config(&cert_path, &key_path, &[ALPN])?;
         Ok(Tls {
-            config: Arc::new(config),
-            end_point,
+            config,
+            end_point: end_point(leaf.as_ref()),
         })
     }
+}
+
+/// A rustls server setup from a PEM certificate chain and key, offering `alpn`; also the
+/// leaf certificate. (The control plane's HTTP API uses it too.)
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    alpn: &[&[u8]],
+) -> Result<(Arc<rustls::ServerConfig>, CertificateDer<'static>), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| format!("cannot read the key {}: {e}", key_path.display()))?;
+    let leaf = certs
+        .first()
+        .cloned()
+        .ok_or_else(|| format!("{} holds no certificate", cert_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not make a TLS setup: {e}"))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok((Arc::new(config), leaf))
 }
 
 /// The kept self-signed certificate and key in `dir`, made if missing (the key 0600).

@@ -195,10 +195,62 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
-/// Builds the server on `listener` for the application `factory` makes (once per worker
-/// thread); it accepts connections from now on, and serves until it is stopped.
+/// A connection as the HTTP service reads it: plain TCP, or TLS over it.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One listening socket, and the TLS setup its connections are served with (none: plain).
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+/// Builds the server on `listeners` for the application `factory` makes (once per worker
+/// thread and listener); it accepts connections from now on, and serves until it is stopped.
 pub fn serve<F, I, S, B>(
-    listener: std::net::TcpListener,
+    listeners: Vec<Listener>,
     settings: &Settings,
     factory: F,
 ) -> io::Result<actix_server::Server>
@@ -213,14 +265,16 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let addr = listener.local_addr()?;
-    let builder = actix_server::Server::build()
+    let mut builder = actix_server::Server::build()
         .workers(settings.workers)
         .backlog(settings.backlog)
         .shutdown_timeout(settings.shutdown_timeout.as_secs());
     let shutdown = builder.graceful_shutdown_signal();
-    let server = builder
-        .listen("spg99-http", listener, move || {
+    for (i, Listener { socket, tls }) in listeners.into_iter().enumerate() {
+        let addr = socket.local_addr()?;
+        let (factory, shutdown) = (factory.clone(), shutdown.clone());
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        builder = builder.listen(format!("spg99-http-{i}"), socket, move || {
             let shutdown = shutdown.clone();
             let app = factory()
                 .into_factory()
@@ -233,14 +287,31 @@ where
                     async move { signal.notified().await }
                 })
                 .finish(map_config(app, |_| AppConfig::default()));
-            fn_service(|io: TcpStream| async move {
-                let peer = io.peer_addr().ok();
-                Ok((Front::new(io), Protocol::Http1, peer))
+            let tls = tls.clone();
+            fn_service(move |io: TcpStream| {
+                let tls = tls.clone();
+                async move {
+                    let peer = io.peer_addr().ok();
+                    let conn = match tls {
+                        None => Conn::Plain(io),
+                        // The handshake is part of the head: the same time allowed.
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(io)).await {
+                                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                                Ok(Err(e)) => return Err(e.into()),
+                                Err(_) => {
+                                    return Err(io::Error::from(io::ErrorKind::TimedOut).into())
+                                }
+                            }
+                        }
+                    };
+                    Ok((Front::new(conn), Protocol::Http1, peer))
+                }
             })
             .and_then(http)
-        })?
-        .run();
-    Ok(server)
+        })?;
+    }
+    Ok(builder.run())
 }
 
 /// A listening socket on `listen` (port 0 picks one) with `backlog` (the standard library's

@@ -204,3 +204,98 @@ fn shutdown_completes_promptly_with_connections_open() {
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     drop(held);
 }
+
+/// A certificate for localhost and 127.0.0.1 and its key, made with openssl in `dir`.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    (cert, key)
+}
+
+/// `curl` against `url` trusting `ca`: its exit status and what it printed.
+fn curl(ca: &std::path::Path, url: &str, token: &str) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .expect("curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn the_api_is_served_over_tls_and_plain_http_only_on_loopback() {
+    let tmp = tempdir();
+    let (cert, key) = certificate(tmp.path());
+    let server = Start::new(&tmp.path().join("data"))
+        .env("SPG99_API_TLS_CERT", cert.display().to_string())
+        .env("SPG99_API_TLS_KEY", key.display().to_string())
+        .gateway()
+        .compute("simulated")
+        .spawn();
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+    // The public and the internal API, over TLS, with the certificate checked.
+    let (ok, out) = curl(&cert, &server.url("/v2/sizes"), ROOT_TOKEN);
+    assert!(ok && out.contains("\"L1\""), "{out}");
+    // The embedded worker reached the internal API (over its own loopback listener).
+    let began = std::time::Instant::now();
+    loop {
+        let (ok, out) = curl(&cert, &server.url("/internal/v1/workers"), ROOT_TOKEN);
+        assert!(ok, "{out}");
+        if out.contains("\"local\"") {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "no local worker: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = server.url("/v2/sizes").replace("https://", "http://");
+    let (ok, out) = curl(&cert, &plain, ROOT_TOKEN);
+    assert!(!ok || !out.contains("\"L1\""), "{out}");
+
+    // Without TLS, a non-loopback address is refused, unless plain HTTP is asked for.
+    let (status, stderr) = Start::new(&tmp.path().join("data2"))
+        .listen("0.0.0.0:0")
+        .run_to_failure();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("not a loopback address") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+    let open = Start::new(&tmp.path().join("data3"))
+        .listen("0.0.0.0:0")
+        .env("SPG99_API_ALLOW_PLAINTEXT", "true")
+        .spawn();
+    assert!(open.base.starts_with("http://0.0.0.0:"), "{}", open.base);
+}
