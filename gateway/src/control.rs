@@ -112,11 +112,9 @@ fn retry_after(resp: &ureq::Response) -> Duration {
 }
 
 impl Control {
-    pub fn new(base: &str, token: &str) -> Arc<Control> {
+    pub fn new(http: ureq::Agent, base: &str, token: &str) -> Arc<Control> {
         Arc::new(Control {
-            http: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(2))
-                .build(),
+            http,
             base: format!("{}/internal/v1", base.trim_end_matches('/')),
             auth: format!("Bearer {token}"),
             roles: Mutex::new(Roles::default()),

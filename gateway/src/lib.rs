@@ -39,6 +39,10 @@ pub struct GatewayArgs {
     /// Base URL of the control plane, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "SPG99_URL")]
     pub control_plane: String,
+    /// For an `https://` control plane with a private authority or a self-signed
+    /// certificate: the authorities (PEM) to trust; otherwise the public roots.
+    #[arg(long, env = "SPG99_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
     /// Where clients connect.
     #[arg(long, env = "SPG99_GATEWAY_LISTEN", default_value = "127.0.0.1:5432")]
     pub listen: String,
@@ -99,7 +103,9 @@ impl GatewayArgs {
                 names: self.tls_names.clone(),
             },
         };
-        let control = control::Control::new(&self.control_plane, &self.token);
+        let http = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(2));
+        let http = spg99_wire::client::agent(http, self.control_plane_ca.as_deref())?;
+        let control = control::Control::new(http, &self.control_plane, &self.token);
         let mock_secret =
             sha2::Sha256::digest(format!("spg99 mock verifiers\0{}", self.token)).to_vec();
         Ok(Arc::new(Gateway {

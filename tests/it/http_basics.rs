@@ -205,32 +205,86 @@ fn shutdown_completes_promptly_with_connections_open() {
     drop(held);
 }
 
-/// A certificate for localhost and 127.0.0.1 and its key, made with openssl in `dir`.
-fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+/// A private authority and a certificate it signed for localhost and 127.0.0.1, with its
+/// key, made with openssl in `dir`: (authority, certificate, key).
+fn certificate(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=spg99 test authority",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        ]
+        .concat(),
     );
-    (cert, key)
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "api.key",
+                "-out",
+                "api.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        path("api.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "api.ext",
+        "-out",
+        "api.crt",
+    ]);
+    (path("ca.crt"), path("api.crt"), path("api.key"))
 }
 
 /// `curl` against `url` trusting `ca`: its exit status and what it printed.
@@ -250,10 +304,11 @@ fn curl(ca: &std::path::Path, url: &str, token: &str) -> (bool, String) {
 #[test]
 fn the_api_is_served_over_tls_and_plain_http_only_on_loopback() {
     let tmp = tempdir();
-    let (cert, key) = certificate(tmp.path());
+    let (ca, cert, key) = certificate(tmp.path());
     let server = Start::new(&tmp.path().join("data"))
         .env("SPG99_API_TLS_CERT", cert.display().to_string())
         .env("SPG99_API_TLS_KEY", key.display().to_string())
+        .env("SPG99_SERVICE_TOKEN", crate::lab::SERVICE_TOKEN)
         .gateway()
         .compute("simulated")
         .spawn();
@@ -263,12 +318,12 @@ fn the_api_is_served_over_tls_and_plain_http_only_on_loopback() {
         server.base
     );
     // The public and the internal API, over TLS, with the certificate checked.
-    let (ok, out) = curl(&cert, &server.url("/v2/sizes"), ROOT_TOKEN);
+    let (ok, out) = curl(&ca, &server.url("/v2/sizes"), ROOT_TOKEN);
     assert!(ok && out.contains("\"L1\""), "{out}");
     // The embedded worker reached the internal API (over its own loopback listener).
     let began = std::time::Instant::now();
     loop {
-        let (ok, out) = curl(&cert, &server.url("/internal/v1/workers"), ROOT_TOKEN);
+        let (ok, out) = curl(&ca, &server.url("/internal/v1/workers"), ROOT_TOKEN);
         assert!(ok, "{out}");
         if out.contains("\"local\"") {
             break;
@@ -279,9 +334,63 @@ fn the_api_is_served_over_tls_and_plain_http_only_on_loopback() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A Gateway of its own reaches the internal API over TLS, trusting the certificate's
+    // authority: it checks passwords against the control plane's roles. Without that trust
+    // it cannot, and says so.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {ROOT_TOKEN}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"name": "acme"}"#,
+        ])
+        .arg(server.url("/v2/accounts"))
+        .output()
+        .unwrap();
+    let account: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let body = json!({"name": "shop", "account": account["account_id"]}).to_string();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {ROOT_TOKEN}")])
+        .args(["-H", "Content-Type: application/json", "-d", &body])
+        .arg(server.url("/v2/tenants"))
+        .output()
+        .unwrap();
+    let tenant: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let user = tenant["pg_user"].as_str().unwrap();
+    let try_gateway = |extra: &[&str], dir: &str| {
+        let gw = crate::lab::Gateway::start(&server, &tmp.path().join(dir), extra);
+        let mut c = postgres::Config::new();
+        let (host, port) = gw.addr.rsplit_once(':').unwrap();
+        c.host(host)
+            .port(port.parse().unwrap())
+            .user(user)
+            .password("not-it")
+            .dbname("app")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let e = c.connect(crate::pgtls::Tls::new()).err().unwrap();
+        e.as_db_error()
+            .map(|d| d.code().code().to_owned())
+            .unwrap_or_default()
+    };
+    let authority = ca.display().to_string();
+    assert_eq!(
+        try_gateway(&["--control-plane-ca", &authority], "gw1"),
+        "28P01"
+    );
+    assert_eq!(
+        try_gateway(&[], "gw2"),
+        "57P03",
+        "an untrusted control plane"
+    );
+
     // Plain HTTP on the TLS port gets no answer.
     let plain = server.url("/v2/sizes").replace("https://", "http://");
-    let (ok, out) = curl(&cert, &plain, ROOT_TOKEN);
+    let (ok, out) = curl(&ca, &plain, ROOT_TOKEN);
     assert!(!ok || !out.contains("\"L1\""), "{out}");
 
     // Without TLS, a non-loopback address is refused, unless plain HTTP is asked for.

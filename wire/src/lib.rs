@@ -5,9 +5,13 @@
 //!
 //! Requests refuse unknown fields (the control plane answers 400 naming the field); answers
 //! accept them, so that a newer control plane can add fields without breaking older agents.
+//!
+//! [`client`] sets up the HTTP client both agents send them with.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub mod client;
 
 /// The compute profiles: a writer's CPU and memory. The control plane places writers by
 /// profile and the autoscaler moves them between profiles; the worker runs each profile with

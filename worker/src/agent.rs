@@ -55,8 +55,8 @@ const POLL_WAIT: Duration = Duration::from_millis(5000);
 /// answers at once while instructions are only pending (one without list versions).
 const POLL_PAUSE: Duration = Duration::from_millis(200);
 /// Connect timeout, and the whole-call timeout beyond a poll's wait.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries of unreachable or failing calls: 200 ms, doubling up to 2 s.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -168,11 +168,7 @@ struct Client {
 }
 
 impl Client {
-    fn new(base: &str, worker: &str, token: &Token) -> Self {
-        let http = ureq::AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .build();
+    fn new(http: ureq::Agent, base: &str, worker: &str, token: &Token) -> Self {
         Self {
             http,
             base: format!("{}/internal/v1/workers", base.trim_end_matches('/')),
@@ -688,6 +684,8 @@ pub struct Agent {
 
 /// What the agent needs to run.
 pub struct Config {
+    /// The HTTP client for the control plane (its timeouts and TLS trust set).
+    pub http: ureq::Agent,
     pub control_plane: String,
     pub id: String,
     pub token: Token,
@@ -707,7 +705,12 @@ impl Agent {
             instance: Some(Uuid::new_v4().to_string()),
         };
         Self {
-            client: Client::new(&config.control_plane, &config.id, &config.token),
+            client: Client::new(
+                config.http,
+                &config.control_plane,
+                &config.id,
+                &config.token,
+            ),
             compute,
             limits: config.limits,
             registration,

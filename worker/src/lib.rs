@@ -41,6 +41,10 @@ pub struct WorkerArgs {
     /// Base URL of the control plane, e.g. http://127.0.0.1:8080.
     #[arg(long, env = "SPG99_URL")]
     pub control_plane: String,
+    /// For an `https://` control plane with a private authority or a self-signed
+    /// certificate: the authorities (PEM) to trust; otherwise the public roots.
+    #[arg(long, env = "SPG99_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<std::path::PathBuf>,
     /// This worker's id, stable across restarts of the same host.
     #[arg(long)]
     pub id: String,
@@ -214,7 +218,7 @@ impl WorkerArgs {
         })
     }
 
-    fn agent_config(&self) -> agent::Config {
+    fn agent_config(&self) -> Result<agent::Config, String> {
         let address = match self.compute_kind() {
             ComputeKind::Postgres => self
                 .advertise_host
@@ -222,7 +226,11 @@ impl WorkerArgs {
                 .unwrap_or_else(|| self.listen_host.clone()),
             ComputeKind::Simulated => self.address.clone(),
         };
-        agent::Config {
+        let http = ureq::AgentBuilder::new()
+            .timeout_connect(agent::CONNECT_TIMEOUT)
+            .timeout(agent::CALL_TIMEOUT);
+        Ok(agent::Config {
+            http: spg99_wire::client::agent(http, self.control_plane_ca.as_deref())?,
             control_plane: self.control_plane.clone(),
             id: self.id.clone(),
             token: self.token.clone(),
@@ -232,7 +240,7 @@ impl WorkerArgs {
                 profiles: self.profiles.clone(),
             },
             heartbeat: self.heartbeat_ms.map(Duration::from_millis),
-        }
+        })
     }
 }
 
@@ -250,7 +258,7 @@ impl Running {
 
 /// Starts a worker in this process: its driver, its registration, its loops.
 pub fn spawn(args: &WorkerArgs) -> Result<Running, String> {
-    let agent = Arc::new(Agent::new(args.agent_config(), args.driver()?));
+    let agent = Arc::new(Agent::new(args.agent_config()?, args.driver()?));
     agent::start(&agent)
         .map_err(|code| format!("the worker could not register (status {code})"))?;
     Ok(Running { agent })
@@ -275,7 +283,14 @@ pub fn run(args: WorkerArgs) -> i32 {
             return agent::EXIT_REFUSED;
         }
     };
-    let agent = Arc::new(Agent::new(args.agent_config(), driver));
+    let config = match args.agent_config() {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot reach the control plane");
+            return agent::EXIT_REFUSED;
+        }
+    };
+    let agent = Arc::new(Agent::new(config, driver));
     let exited = match agent::start(&agent) {
         Ok(rx) => rx,
         Err(code) => return code,
