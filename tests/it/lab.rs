@@ -376,6 +376,14 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// SIGKILL: no chance to release its leases or say goodbye to its clients.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, and waits for the process to end.
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {

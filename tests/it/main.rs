@@ -5,6 +5,7 @@ mod api_scenario;
 mod authz_matrix;
 mod bootstrap;
 mod browser;
+mod chaos;
 mod committer;
 mod compute;
 mod conformance;

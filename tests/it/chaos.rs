@@ -1,0 +1,435 @@
+//! Chaos: for a bounded time, the control plane, the worker and the Gateway are SIGKILLed at
+//! random (one at a time, each started again a moment later) under a mixed load — API writes,
+//! SQL sessions through the Gateway, event-stream subscribers — and then every invariant is
+//! checked:
+//!
+//! - no acknowledged API write and no committed row is lost;
+//! - the log is gapless and the live state is exactly what replaying it gives (every database
+//!   in a state its events explain);
+//! - at most one writer per database at any time: never two PostgreSQL servers on one data
+//!   directory, and a database's writer term never goes back;
+//! - every subscriber's stream is gapless, across its reconnections;
+//! - no lease outlives its TTL once its Gateway is gone, and no PostgreSQL server outlives
+//!   its worker's stop.
+//!
+//! `SPG99_CHAOS_SECS` sets the time under fire (default 40 s); the seed is printed, and
+//! `SPG99_CHAOS_SEED` replays a run's choices.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{tempdir, Fixture, Server, Start, ROOT_TOKEN};
+use crate::lab::{Gateway, Worker, SERVICE_TOKEN};
+use crate::pgtls::Tls;
+
+const LEASE_TTL_MS: u64 = 3_000;
+
+/// A small deterministic generator (xorshift), so that a run can be replayed from its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn control_plane(data: &Path, listen: &str) -> Server {
+    Start::new(data)
+        .listen(listen)
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+        .env("SPG99_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
+        .env("SPG99_IDLE_TIMEOUT", "100000")
+        .env("SPG99_WORKER_TIMEOUT_MS", "4000")
+        .spawn()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+}
+
+/// PostgreSQL servers running now, by data directory (from /proc: `postgres -D <dir>`).
+fn postmasters() -> BTreeMap<String, usize> {
+    let mut by_dir = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("/postgres")) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "-D") {
+            if let Some(dir) = args.get(i + 1) {
+                *by_dir.entry(dir.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    by_dir
+}
+
+/// Follows `/v2/events` from `since`, reconnecting from the last id after every drop, until
+/// `done` and the head `until` is reached; the gaps it saw (`(expected, got)`).
+fn subscriber(base: &str, stop: &AtomicBool, until: &AtomicU64) -> Vec<(u64, u64)> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout_read(Duration::from_secs(20))
+        .build();
+    let mut last = 0u64;
+    let mut gaps = Vec::new();
+    loop {
+        if stop.load(Ordering::Relaxed) && last >= until.load(Ordering::Relaxed) {
+            return gaps;
+        }
+        let resp = agent
+            .get(&format!("{base}/v2/events?since={last}"))
+            .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+            .call();
+        let Ok(resp) = resp else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        // One frame's fields, judged at the blank line that ends it.
+        let (mut kind, mut id) = (String::new(), None::<u64>);
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(k) = line.strip_prefix("event: ") {
+                kind = k.to_owned();
+            } else if let Some(n) = line.strip_prefix("id: ") {
+                id = n.trim().parse().ok();
+            } else if line.is_empty() {
+                if let Some(id) = id.take() {
+                    // Unfiltered, a global key sees every event: each id is the next one,
+                    // and a bookmark names the last one seen.
+                    let expected = if kind == "bookmark" { last } else { last + 1 };
+                    if id != expected {
+                        gaps.push((expected, id));
+                    }
+                    last = last.max(id);
+                }
+                kind.clear();
+            }
+            if stop.load(Ordering::Relaxed) && last >= until.load(Ordering::Relaxed) {
+                return gaps;
+            }
+        }
+    }
+}
+
+fn sql_config(gateway: &str, user: &str, password: &str, db: &str) -> postgres::Config {
+    let (host, port) = gateway.rsplit_once(':').unwrap();
+    let mut c = postgres::Config::new();
+    c.host(host)
+        .port(port.parse().unwrap())
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(10));
+    c
+}
+
+#[test]
+fn random_kills_under_load_break_no_invariant() {
+    let secs: u64 = std::env::var("SPG99_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let seed: u64 = std::env::var("SPG99_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("chaos: {secs} s, SPG99_CHAOS_SEED={seed}");
+    let mut dice = Dice(seed);
+
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let storage = tmp.path().join("compute");
+    let first = control_plane(&data, "127.0.0.1:0");
+    let listen = first.base.trim_start_matches("http://").to_owned();
+    let mut fx = Fixture::with_server(first);
+    let base = fx.server.base.clone();
+    let mut worker = Worker::postgres(&fx.server, "w1", &storage);
+    let t = fx.server.create_tenant(&fx.account_key, "shop");
+    let (user, password) = (
+        t.body["pg_user"].as_str().unwrap().to_owned(),
+        t.body["pg_password"].as_str().unwrap().to_owned(),
+    );
+    let dbs = ["d1", "d2"];
+    for db in dbs {
+        fx.server.create_db(&fx.account_key, "shop", db);
+    }
+    let gw_dir = tmp.path().join("gateway");
+    let mut gateway = Gateway::start(&fx.server, &gw_dir, &[]);
+    let gateway_addr = RwLock::new(gateway.addr.clone());
+    for db in dbs {
+        let mut c = sql_config(&gateway.addr, &user, &password, db)
+            .connect(Tls::new())
+            .unwrap();
+        c.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+            .unwrap();
+    }
+
+    let stop = AtomicBool::new(false);
+    let head = AtomicU64::new(u64::MAX);
+    let next_row = AtomicU64::new(1);
+    let acked_accounts = Mutex::new(Vec::<String>::new());
+    let acked_rows = Mutex::new(Vec::<(String, i64)>::new());
+    let doubled = Mutex::new(Vec::<String>::new());
+    let terms_back = Mutex::new(Vec::<String>::new());
+    let kills = Mutex::new(Vec::<String>::new());
+
+    let gaps = std::thread::scope(|scope| {
+        // API writers.
+        for w in 0..2 {
+            let (stop, acked, base) = (&stop, &acked_accounts, &base);
+            scope.spawn(move || {
+                let agent = agent();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let name = format!("chaos-{w}-{i}");
+                    let r = agent
+                        .post(&format!("{base}/v2/accounts"))
+                        .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+                        .send_json(json!({ "name": name }));
+                    match r {
+                        Ok(resp) if resp.status() == 201 => acked.lock().unwrap().push(name),
+                        _ => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        // SQL sessions through the Gateway, one per database.
+        for db in dbs {
+            let (stop, acked, next, gw) = (&stop, &acked_rows, &next_row, &gateway_addr);
+            let (user, password) = (user.clone(), password.clone());
+            scope.spawn(move || {
+                let mut client: Option<postgres::Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        let addr = gw.read().unwrap().clone();
+                        client = sql_config(&addr, &user, &password, db)
+                            .connect(Tls::new())
+                            .ok();
+                        if client.is_none() {
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                    }
+                    let id = next.fetch_add(1, Ordering::Relaxed) as i64;
+                    let c = client.as_mut().unwrap();
+                    match c.execute("INSERT INTO t VALUES ($1)", &[&id]) {
+                        Ok(_) => acked.lock().unwrap().push((db.to_owned(), id)),
+                        Err(_) => client = None,
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+        }
+        // Samplers: PostgreSQL servers per data directory, writer terms per database.
+        {
+            let (stop, doubled, terms_back, base) = (&stop, &doubled, &terms_back, &base);
+            let storage = storage.display().to_string();
+            scope.spawn(move || {
+                let agent = agent();
+                let mut terms: BTreeMap<&str, u64> = BTreeMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for (dir, n) in postmasters() {
+                        if n > 1 && dir.starts_with(&storage) {
+                            doubled
+                                .lock()
+                                .unwrap()
+                                .push(format!("{n} servers on {dir}"));
+                        }
+                    }
+                    for db in dbs {
+                        let Ok(r) = agent
+                            .get(&format!("{base}/v2/tenants/shop/dbs/{db}"))
+                            .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+                            .call()
+                        else {
+                            continue;
+                        };
+                        let d: Value = r.into_json().unwrap();
+                        if let Some(term) = d["writer_term"].as_u64() {
+                            let seen = terms.entry(db).or_insert(0);
+                            if term < *seen {
+                                terms_back
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{db}: {seen} -> {term}"));
+                            }
+                            *seen = term.max(*seen);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            });
+        }
+        // Subscribers.
+        let subs: Vec<_> = (0..2)
+            .map(|_| {
+                let (stop, head, base) = (&stop, &head, &base);
+                scope.spawn(move || subscriber(base, stop, head))
+            })
+            .collect();
+
+        // Fire: one component at a time, killed, then started again.
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(secs) {
+            std::thread::sleep(Duration::from_millis(1500 + dice.below(2500)));
+            let down = Duration::from_millis(200 + dice.below(1000));
+            match dice.below(3) {
+                0 => {
+                    fx.server.kill9();
+                    std::thread::sleep(down);
+                    fx.server = control_plane(&data, &listen);
+                    kills.lock().unwrap().push("control plane".into());
+                }
+                1 => {
+                    worker.kill9();
+                    std::thread::sleep(down);
+                    worker.start(&fx.server);
+                    kills.lock().unwrap().push("worker".into());
+                }
+                _ => {
+                    gateway.kill9();
+                    std::thread::sleep(down);
+                    gateway = Gateway::start(&fx.server, &gw_dir, &[]);
+                    *gateway_addr.write().unwrap() = gateway.addr.clone();
+                    kills.lock().unwrap().push("gateway".into());
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        head.store(fx.server.fingerprint().1, Ordering::Relaxed);
+        subs.into_iter()
+            .map(|s| s.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let kills = kills.into_inner().unwrap();
+    eprintln!("chaos: kills {kills:?}");
+    assert!(
+        kills.len() >= 3,
+        "too few kills to mean anything: {kills:?}"
+    );
+
+    // Every stream gapless; never two writers; terms never back.
+    assert!(gaps.iter().all(Vec::is_empty), "gaps in streams: {gaps:?}");
+    let doubled = doubled.into_inner().unwrap();
+    assert!(doubled.is_empty(), "{doubled:?}");
+    let terms_back = terms_back.into_inner().unwrap();
+    assert!(terms_back.is_empty(), "{terms_back:?}");
+
+    // Nothing acknowledged is lost.
+    let acked = acked_accounts.into_inner().unwrap();
+    let mut listed = BTreeSet::new();
+    let mut path = "/v2/accounts?limit=1000".to_owned();
+    loop {
+        let r = fx.server.get(&path, ROOT_TOKEN);
+        for a in r.body["items"].as_array().unwrap() {
+            listed.insert(a["name"].as_str().unwrap().to_owned());
+        }
+        match r.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v2/accounts?limit=1000&cursor={c}"),
+            None => break,
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|n| !listed.contains(*n)).collect();
+    assert!(lost.is_empty(), "acknowledged accounts lost: {lost:?}");
+    let rows = acked_rows.into_inner().unwrap();
+    eprintln!(
+        "chaos: {} accounts and {} rows acknowledged",
+        acked.len(),
+        rows.len()
+    );
+    assert!(
+        !acked.is_empty() && !rows.is_empty(),
+        "the load never got through"
+    );
+    for db in dbs {
+        let mut c = None;
+        for _ in 0..100 {
+            c = sql_config(&gateway.addr, &user, &password, db)
+                .connect(Tls::new())
+                .ok();
+            if c.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let mut c = c.expect("the database comes back after the chaos");
+        let present: BTreeSet<i64> = c
+            .query("SELECT id FROM t", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lost: Vec<_> = rows
+            .iter()
+            .filter(|(d, id)| d == db && !present.contains(id))
+            .collect();
+        assert!(lost.is_empty(), "committed rows lost in {db}: {lost:?}");
+    }
+
+    // The live state is what the log explains.
+    let v = fx.server.get("/v2/admin/verify", ROOT_TOKEN);
+    assert_eq!(v.body["equal"], true, "{v:?}");
+
+    // With the Gateway gone, no lease outlives its TTL.
+    gateway.terminate();
+    let began = Instant::now();
+    loop {
+        let r = fx.server.get("/v2/admin/state", ROOT_TOKEN);
+        if r.body["counts"]["leases"] == 0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_millis(LEASE_TTL_MS + 10_000),
+            "leases alive past their TTL: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // With the worker stopped, no PostgreSQL server of its is left.
+    drop(worker);
+    let began = Instant::now();
+    let storage = storage.display().to_string();
+    loop {
+        let left: Vec<_> = postmasters()
+            .into_keys()
+            .filter(|d| d.starts_with(&storage))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "orphans: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
