@@ -61,6 +61,13 @@ fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// The most a record's payload may claim to hold when decoded. bincode allocates what a
+/// length prefix claims before it reads the bytes, so without a limit a damaged or foreign
+/// record claiming exabytes aborts the process; with it, such a claim is refused before
+/// anything is allocated. Every real record is far smaller (a request body is at most
+/// 64 KiB, and a record holds one event).
+const DECODE_LIMIT: usize = 1 << 20;
+
 /// Why a stored record cannot be trusted. Every variant names what was found, so an operator
 /// can tell a torn write from a foreign file from a codec change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +104,8 @@ pub fn encode_record(env: &Envelope) -> Vec<u8> {
 }
 
 fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RecordError> {
-    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, bincode_config())
+    let config = bincode_config().with_limit::<DECODE_LIMIT>();
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(payload, config)
         .map_err(|e| RecordError::Undecodable(e.to_string()))?;
     if used != payload.len() {
         return Err(RecordError::Undecodable(format!(
@@ -560,6 +568,23 @@ mod fuzz {
         assert!(largest >= 3 << 20, "{largest}");
     }
 
+    /// A huge length claimed after any number of small fields: refused, nothing allocated
+    /// for it. (Without the decode limit one of these aborted the process.)
+    #[test]
+    fn a_huge_claimed_length_anywhere_is_refused_without_allocating_it() {
+        for zeros in 0..48 {
+            for claimed in [4_094_248_247_714_442_532u64, u64::MAX, 1 << 40, 1 << 21] {
+                let mut payload = vec![0u8; zeros];
+                payload.push(253);
+                payload.extend_from_slice(&claimed.to_le_bytes());
+                let record = framed(1, FORMAT_VERSION, &payload);
+                let (decoded, largest) = probed(|| decode_record(1, &record));
+                assert!(decoded.is_err());
+                assert!(largest <= 64 * 1024, "{largest} bytes after {zeros} zeros");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -579,6 +604,7 @@ mod fuzz {
             prop_assert!(largest <= 64 * 1024 + 8 * record.len(), "{largest} bytes for a {}-byte record", record.len());
         }
 
+        // (It once aborted the process: bincode allocated 4 EB for a claimed length.)
         #[test]
         fn a_length_prefix_claiming_more_than_follows_is_not_believed(
             seq: u64,

@@ -177,19 +177,11 @@ fn an_account_lists_its_keys_and_the_operator_every_account() {
     assert_eq!(r.status, 404);
 
     // The operator pages through every account, each once.
-    let mut seen = Vec::new();
-    let mut path = "/v2/accounts?limit=1".to_owned();
-    loop {
-        let r = s.get(&path, ROOT_TOKEN);
-        assert_eq!(r.status, 200, "{r:?}");
-        for a in r.body["items"].as_array().unwrap() {
-            seen.push(a["account_id"].as_str().unwrap().to_owned());
-        }
-        match r.body["next_cursor"].as_str() {
-            Some(c) => path = format!("/v2/accounts?limit=1&cursor={c}"),
-            None => break,
-        }
-    }
+    let seen: Vec<String> = s
+        .accounts(1)
+        .iter()
+        .map(|a| a["account_id"].as_str().unwrap().to_owned())
+        .collect();
     let mut sorted = seen.clone();
     sorted.sort();
     assert_eq!(seen, sorted, "ordered by id");

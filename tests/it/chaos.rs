@@ -130,19 +130,6 @@ fn subscriber(base: &str, stop: &AtomicBool, until: &AtomicU64) -> Vec<(u64, u64
     }
 }
 
-fn sql_config(gateway: &str, user: &str, password: &str, db: &str) -> postgres::Config {
-    let (host, port) = gateway.rsplit_once(':').unwrap();
-    let mut c = postgres::Config::new();
-    c.host(host)
-        .port(port.parse().unwrap())
-        .user(user)
-        .password(password)
-        .dbname(db)
-        .ssl_mode(tokio_postgres::config::SslMode::Require)
-        .connect_timeout(Duration::from_secs(10));
-    c
-}
-
 #[test]
 fn random_kills_under_load_break_no_invariant() {
     let secs: u64 = std::env::var("SPG99_CHAOS_SECS")
@@ -183,7 +170,7 @@ fn random_kills_under_load_break_no_invariant() {
     let mut gateway = Gateway::start(&fx.server, &gw_dir, &[]);
     let gateway_addr = RwLock::new(gateway.addr.clone());
     for db in dbs {
-        let mut c = sql_config(&gateway.addr, &user, &password, db)
+        let mut c = crate::gateway::config(&gateway.addr, &user, &password, db)
             .connect(Tls::new())
             .unwrap();
         c.batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
@@ -231,7 +218,7 @@ fn random_kills_under_load_break_no_invariant() {
                 while !stop.load(Ordering::Relaxed) {
                     if client.is_none() {
                         let addr = gw.read().unwrap().clone();
-                        client = sql_config(&addr, &user, &password, db)
+                        client = crate::gateway::config(&addr, &user, &password, db)
                             .connect(Tls::new())
                             .ok();
                         if client.is_none() {
@@ -346,18 +333,12 @@ fn random_kills_under_load_break_no_invariant() {
 
     // Nothing acknowledged is lost.
     let acked = acked_accounts.into_inner().unwrap();
-    let mut listed = BTreeSet::new();
-    let mut path = "/v2/accounts?limit=1000".to_owned();
-    loop {
-        let r = fx.server.get(&path, ROOT_TOKEN);
-        for a in r.body["items"].as_array().unwrap() {
-            listed.insert(a["name"].as_str().unwrap().to_owned());
-        }
-        match r.body["next_cursor"].as_str() {
-            Some(c) => path = format!("/v2/accounts?limit=1000&cursor={c}"),
-            None => break,
-        }
-    }
+    let listed: BTreeSet<String> = fx
+        .server
+        .accounts(1000)
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
     let lost: Vec<_> = acked.iter().filter(|n| !listed.contains(*n)).collect();
     assert!(lost.is_empty(), "acknowledged accounts lost: {lost:?}");
     let rows = acked_rows.into_inner().unwrap();
@@ -373,7 +354,7 @@ fn random_kills_under_load_break_no_invariant() {
     for db in dbs {
         let mut c = None;
         for _ in 0..100 {
-            c = sql_config(&gateway.addr, &user, &password, db)
+            c = crate::gateway::config(&gateway.addr, &user, &password, db)
                 .connect(Tls::new())
                 .ok();
             if c.is_some() {

@@ -89,19 +89,29 @@ fn write_until(s: &Server, writers: usize, stop: &AtomicBool, out: &Outcomes, ta
 
 /// Every account name the server lists.
 fn account_names(s: &Server) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut path = "/v2/accounts?limit=1000".to_owned();
-    loop {
-        let r = s.get(&path, ROOT_TOKEN);
-        assert_eq!(r.status, 200, "{r:?}");
-        for a in r.body["items"].as_array().unwrap() {
-            names.insert(a["name"].as_str().unwrap().to_owned());
-        }
-        match r.body["next_cursor"].as_str() {
-            Some(c) => path = format!("/v2/accounts?limit=1000&cursor={c}"),
-            None => return names,
-        }
+    s.accounts(1000)
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the writers met `n` refusals (`what` otherwise, after `patience`).
+fn until_refused(out: &Outcomes, n: usize, patience: Duration, what: &str) {
+    let began = Instant::now();
+    while out.refused.lock().unwrap().len() < n {
+        assert!(began.elapsed() < patience, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Every refusal was the fail-stop's own.
+fn all_log_failed(refused: &[(u16, String)]) {
+    assert!(
+        refused
+            .iter()
+            .all(|(status, code)| (*status, code.as_str()) == (503, "log_failed")),
+        "{refused:?}"
+    );
 }
 
 /// The log's integrity, checked offline (the server stopped): gapless, decodable, checksums.
@@ -149,23 +159,15 @@ fn fail_stops_and_recovers(op: &str, path: &str, from_the_start: bool) {
             }
             std::fs::write(&trigger, "").unwrap();
         }
-        let began = Instant::now();
-        while out.refused.lock().unwrap().len() < 8 {
-            assert!(
-                began.elapsed() < Duration::from_secs(30),
-                "writes were never refused"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        until_refused(
+            &out,
+            8,
+            Duration::from_secs(30),
+            "writes were never refused",
+        );
         stop.store(true, Ordering::Relaxed);
     });
-    let refused = out.refused.into_inner().unwrap();
-    assert!(
-        refused
-            .iter()
-            .all(|(status, code)| (*status, code.as_str()) == (503, "log_failed")),
-        "{refused:?}"
-    );
+    all_log_failed(&out.refused.into_inner().unwrap());
     let ready = s.call("GET", "/readyz", None, None);
     assert_eq!(
         (ready.status, ready.code()),
@@ -322,23 +324,10 @@ fn a_full_disk_stops_writes_and_a_restart_after_freeing_space_loses_nothing() {
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| write_until(&s, 4, &stop, &out, "a-name-long-enough-to-fill-a-disk-soon"));
-        let began = Instant::now();
-        while out.refused.lock().unwrap().len() < 8 {
-            assert!(
-                began.elapsed() < Duration::from_secs(120),
-                "the disk never filled"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        until_refused(&out, 8, Duration::from_secs(120), "the disk never filled");
         stop.store(true, Ordering::Relaxed);
     });
-    let refused = out.refused.into_inner().unwrap();
-    assert!(
-        refused
-            .iter()
-            .all(|(status, code)| (*status, code.as_str()) == (503, "log_failed")),
-        "{refused:?}"
-    );
+    all_log_failed(&out.refused.into_inner().unwrap());
     assert_eq!(s.call("GET", "/readyz", None, None).code(), "log_failed");
     assert!(
         s.stderr().contains("No space left on device"),

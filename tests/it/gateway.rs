@@ -81,7 +81,7 @@ fn psql(conninfo: &str, sql: &[&str]) -> Result<String, String> {
 }
 
 /// A client configuration for `db` through the Gateway at `gw` (TLS required).
-fn config(gw: &str, user: &str, password: &str, db: &str) -> postgres::Config {
+pub(crate) fn config(gw: &str, user: &str, password: &str, db: &str) -> postgres::Config {
     let (host, port) = gw.rsplit_once(':').unwrap();
     let mut c = postgres::Config::new();
     c.host(host)

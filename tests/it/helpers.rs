@@ -299,6 +299,21 @@ impl Server {
         self.call("POST", path, Some(token), Some(&body))
     }
 
+    /// Every account, paging through `GET /v2/accounts` `limit` at a time.
+    pub fn accounts(&self, limit: usize) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut path = format!("/v2/accounts?limit={limit}");
+        loop {
+            let r = self.get(&path, ROOT_TOKEN);
+            assert_eq!(r.status, 200, "{r:?}");
+            all.extend(r.body["items"].as_array().unwrap().iter().cloned());
+            match r.body["next_cursor"].as_str() {
+                Some(c) => path = format!("/v2/accounts?limit={limit}&cursor={c}"),
+                None => return all,
+            }
+        }
+    }
+
     /// The live server's state fingerprint and head seq.
     pub fn fingerprint(&self) -> (String, u64) {
         let r = self.get("/v2/admin/state", ROOT_TOKEN);
