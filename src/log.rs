@@ -148,6 +148,11 @@ struct Durable {
 
 /// How often the background checkpoint looks for filled WAL segments.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+/// sled's page cache (its default is 1 GiB). Readers of the log are the catch-up of event
+/// streams and replays, both sequential over 64 KiB frames, and recent batches are also in
+/// the committer's live feed; a small cache costs them little, while the default would keep
+/// the whole log in memory.
+const SLED_CACHE_BYTES: u64 = 16 << 20;
 
 impl Durable {
     fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> LogError {
@@ -194,6 +199,7 @@ impl Log {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(SLED_CACHE_BYTES)
             // Commits are made durable by the WAL; sled is flushed by checkpoints.
             .flush_every_ms(None)
             .open()

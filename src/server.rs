@@ -170,8 +170,7 @@ impl Application {
             Arc::new(SystemClock)
         };
         let settings = Arc::new(config.lifecycle.clone());
-        // The snapshotter folds its own copy, so that writing a snapshot takes no lock.
-        let for_snapshots = recovered.state.clone();
+        let snapshot_seq = recovered.state.last_seq;
         let committer = Committer::start(
             log.clone(),
             recovered.state,
@@ -185,10 +184,9 @@ impl Application {
         actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
         actix_web::rt::spawn(crate::snapshot::run(
             commits.shared().clone(),
-            log.clone(),
             config.data_dir.clone(),
             config.snapshots,
-            for_snapshots,
+            snapshot_seq,
         ));
 
         let bind_error = |source| StartError::Bind {
