@@ -82,14 +82,7 @@ impl Limits {
             .and_then(Token::parse)
             .filter(|t| !t.is_service())
             .map(|t| t.key_id().to_owned());
-        if let Some(wait) = addr.and_then(|a| self.failures_by_address.blocked(&a)) {
-            return Err(too_many(
-                "too_many_auth_failures",
-                "too many failed authentications from this address; wait before trying again"
-                    .into(),
-                wait,
-            ));
-        }
+        self.address_allowed(addr)?;
         if let Some(id) = &key_id {
             let trusted = addr.is_some_and(|a| self.good.knows(id, a));
             if let Some(wait) = self.failures_by_key.blocked(id).filter(|_| !trusted) {
@@ -139,8 +132,8 @@ impl Limits {
         }
     }
 
-    /// Whether `addr` may try a ticket at all.
-    pub fn ticket_allowed(&self, addr: Option<IpAddr>) -> Result<(), ApiError> {
+    /// Whether `addr` may try to authenticate at all (with a token or a ticket).
+    pub fn address_allowed(&self, addr: Option<IpAddr>) -> Result<(), ApiError> {
         match addr.and_then(|a| self.failures_by_address.blocked(&a)) {
             Some(wait) => Err(too_many(
                 "too_many_auth_failures",

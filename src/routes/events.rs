@@ -117,7 +117,7 @@ fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result
     let now = app.clock.now();
     let addr = req.peer_addr().map(|a| a.ip());
     if let Some(ticket) = ticket {
-        app.limits.ticket_allowed(addr)?;
+        app.limits.address_allowed(addr)?;
         let Some(key_id) = app.tickets.redeem(ticket, now) else {
             app.limits.failed_ticket(addr);
             return Err(ApiError::from(AuthError::Invalid).with_field("ticket"));
