@@ -59,25 +59,11 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
-/// PostgreSQL servers running now, by data directory (from /proc: `postgres -D <dir>`).
-fn postmasters() -> BTreeMap<String, usize> {
+/// PostgreSQL servers running now under `storage`, by data directory.
+fn postmasters(storage: &Path) -> BTreeMap<String, usize> {
     let mut by_dir = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.first().is_some_and(|a| a.ends_with("/postgres")) {
-            continue;
-        }
-        if let Some(i) = args.iter().position(|a| a == "-D") {
-            if let Some(dir) = args.get(i + 1) {
-                *by_dir.entry(dir.clone()).or_insert(0) += 1;
-            }
-        }
+    for (dir, _) in crate::lab::postgres_servers(storage) {
+        *by_dir.entry(dir).or_insert(0) += 1;
     }
     by_dir
 }
@@ -239,13 +225,13 @@ fn random_kills_under_load_break_no_invariant() {
         // Samplers: PostgreSQL servers per data directory, writer terms per database.
         {
             let (stop, doubled, terms_back, base) = (&stop, &doubled, &terms_back, &base);
-            let storage = storage.display().to_string();
+            let storage = &storage;
             scope.spawn(move || {
                 let agent = agent();
                 let mut terms: BTreeMap<&str, u64> = BTreeMap::new();
                 while !stop.load(Ordering::Relaxed) {
-                    for (dir, n) in postmasters() {
-                        if n > 1 && dir.starts_with(&storage) {
+                    for (dir, n) in postmasters(storage) {
+                        if n > 1 {
                             doubled
                                 .lock()
                                 .unwrap()
@@ -363,16 +349,8 @@ fn random_kills_under_load_break_no_invariant() {
             std::thread::sleep(Duration::from_millis(300));
         }
         let mut c = c.expect("the database comes back after the chaos");
-        let present: BTreeSet<i64> = c
-            .query("SELECT id FROM t", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let lost: Vec<_> = rows
-            .iter()
-            .filter(|(d, id)| d == db && !present.contains(id))
-            .collect();
+        let committed: Vec<i64> = rows.iter().filter(|(d, _)| d == db).map(|r| r.1).collect();
+        let lost = crate::lab::lost_rows(&mut c, &committed);
         assert!(lost.is_empty(), "committed rows lost in {db}: {lost:?}");
     }
 
@@ -398,12 +376,8 @@ fn random_kills_under_load_break_no_invariant() {
     // With the worker stopped, no PostgreSQL server of its is left.
     drop(worker);
     let began = Instant::now();
-    let storage = storage.display().to_string();
     loop {
-        let left: Vec<_> = postmasters()
-            .into_keys()
-            .filter(|d| d.starts_with(&storage))
-            .collect();
+        let left: Vec<_> = postmasters(&storage).into_keys().collect();
         if left.is_empty() {
             break;
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{tempdir, Reply, Server, ROOT_TOKEN};
-use crate::lab::{Lab, Worker};
+use crate::lab::{running, Lab, Worker};
 
 /// A checkout that waits for the database to run (the Gateway's way).
 fn checkout(lab: &Lab, pg_user: &str, db: &str) -> Reply {
@@ -73,18 +73,7 @@ fn refused(r: Result<postgres::Client, postgres::Error>) -> String {
 
 /// Polls until `done` holds for the describe of `db` (at most `secs`); the describe.
 fn until(lab: &Lab, db: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let began = Instant::now();
-    loop {
-        let d = lab.describe(db);
-        if done(&d) {
-            return d;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(secs),
-            "gave up waiting: {d}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::helpers::until_value(secs, || lab.describe(db), done)
 }
 
 /// The pid in a data directory's `postmaster.pid`, if a server runs there.
@@ -99,37 +88,12 @@ fn postmaster(dir: &Path) -> Option<u32> {
     running(pid).then_some(pid)
 }
 
-/// Whether `pid` runs (zombies left to an init that does not reap them do not count).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()? != "Z"))
-        .unwrap_or(false)
-}
-
 /// The live postgres servers whose data directory is under `storage`.
 fn servers_under(storage: &Path) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let dir = args
-            .iter()
-            .position(|a| a == "-D")
-            .and_then(|i| args.get(i + 1));
-        let pid: u32 = entry.file_name().to_str().unwrap().parse().unwrap_or(0);
-        let ours = args.first().is_some_and(|p| p.ends_with("/postgres"))
-            && dir.is_some_and(|d| Path::new(d).starts_with(storage));
-        if ours && running(pid) {
-            found.push(pid);
-        }
-    }
-    found
+    crate::lab::postgres_servers(storage)
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect()
 }
 
 fn data_dir(storage: &Path, lab: &Lab, db: &str) -> PathBuf {

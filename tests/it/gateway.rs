@@ -119,18 +119,7 @@ fn describe(fx: &Fixture, tenant: &str, db: &str) -> Value {
 
 /// Polls describe until `done`, at most `secs`.
 fn until(fx: &Fixture, tenant: &str, db: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
-    let began = Instant::now();
-    loop {
-        let d = describe(fx, tenant, db);
-        if done(&d) {
-            return d;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(secs),
-            "gave up waiting: {d}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::helpers::until_value(secs, || describe(fx, tenant, db), done)
 }
 
 fn connections(d: &Value) -> u64 {

@@ -357,6 +357,23 @@ impl Drop for Server {
     }
 }
 
+/// Reads with `read` every 50 ms until `done` accepts the reading, at most `secs` seconds;
+/// that reading.
+pub fn until_value(secs: u64, read: impl Fn() -> Value, done: impl Fn(&Value) -> bool) -> Value {
+    let began = std::time::Instant::now();
+    loop {
+        let v = read();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(secs),
+            "gave up waiting: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("spg99-test-")

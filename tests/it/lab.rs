@@ -417,6 +417,41 @@ pub fn more_rows(committed: &std::sync::Mutex<Vec<i64>>, n: usize) -> usize {
     from
 }
 
+/// Whether `pid` runs (zombies left to an init that does not reap them do not count).
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+/// The live postgres processes whose data directory (`-D`) is under `storage`: (directory,
+/// pid).
+pub fn postgres_servers(storage: &Path) -> Vec<(String, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let dir = args
+            .iter()
+            .position(|a| a == "-D")
+            .and_then(|i| args.get(i + 1));
+        let pid: u32 = entry.file_name().to_str().unwrap().parse().unwrap_or(0);
+        let postgres = args.first().is_some_and(|p| p.ends_with("/postgres"));
+        if let Some(dir) = dir.filter(|d| postgres && Path::new(d).starts_with(storage)) {
+            if running(pid) {
+                found.push((dir.clone(), pid));
+            }
+        }
+    }
+    found
+}
+
 /// The acknowledged ids that table `t` does not hold.
 pub fn lost_rows(c: &mut postgres::Client, committed: &[i64]) -> Vec<i64> {
     let stored: Vec<i64> = c
