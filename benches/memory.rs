@@ -16,20 +16,10 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::http::{post, Conn};
-use support::{serve_command, spawn_serve, write_results, ROOT};
+use support::{rss_kib, serve_command, spawn_serve, write_results, ROOT};
 
 const DBS_PER_TENANT: usize = 10;
 const CONNECTIONS: usize = 16;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 fn stop(mut child: Child) {
     let _ = std::process::Command::new("kill")

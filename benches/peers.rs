@@ -88,14 +88,7 @@ fn usage(root: u32) -> (f64, f64) {
                 .map(|v| v.parse::<u64>().unwrap_or(0))
                 .sum::<u64>();
         }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if let Some(kib) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        {
-            rss_kib += kib;
-        }
+        rss_kib += support::rss_kib(pid);
     }
     (ticks as f64 / 100.0, rss_kib as f64 / 1024.0)
 }
