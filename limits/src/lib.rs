@@ -57,14 +57,19 @@ impl<K: Eq + Hash + Clone> Window<K> {
             return Ok(());
         }
         let mut counts = lock(&self.counts);
-        if !counts.contains_key(key) && counts.len() >= MAX_KEYS {
-            let period = self.period;
-            counts.retain(|_, (start, _)| now.duration_since(*start) < period);
+        // A key already counted is found without making its owned copy (this runs on every
+        // authenticated request).
+        if !counts.contains_key(key) {
             if counts.len() >= MAX_KEYS {
-                return Ok(());
+                let period = self.period;
+                counts.retain(|_, (start, _)| now.duration_since(*start) < period);
+                if counts.len() >= MAX_KEYS {
+                    return Ok(());
+                }
             }
+            counts.insert(key.clone(), (now, 0));
         }
-        let entry = counts.entry(key.clone()).or_insert((now, 0));
+        let entry = counts.get_mut(key).expect("inserted above");
         if now.duration_since(entry.0) >= self.period {
             *entry = (now, 0);
         }
@@ -152,10 +157,16 @@ impl<K: Eq + Hash + Clone> Known<K> {
     /// `key` was just used successfully from `addr`.
     pub fn remember(&self, key: &K, addr: IpAddr) {
         let mut seen = lock(&self.seen);
-        if !seen.contains_key(key) && seen.len() >= MAX_KEYS {
-            return;
+        match seen.get(key) {
+            // The usual case: the key's latest address again; nothing to change.
+            Some(addrs) if addrs.last() == Some(&addr) => return,
+            Some(_) => {}
+            None if seen.len() >= MAX_KEYS => return,
+            None => {
+                seen.insert(key.clone(), Vec::new());
+            }
         }
-        let addrs = seen.entry(key.clone()).or_default();
+        let addrs = seen.get_mut(key).expect("present");
         addrs.retain(|a| *a != addr);
         addrs.push(addr);
         if addrs.len() > Self::PER_KEY {
