@@ -84,8 +84,9 @@ impl Limits {
             .map(|t| t.key_id().to_owned());
         self.address_allowed(addr)?;
         if let Some(id) = &key_id {
-            let trusted = addr.is_some_and(|a| self.good.knows(id, a));
-            if let Some(wait) = self.failures_by_key.blocked(id).filter(|_| !trusted) {
+            // Whether the address is one of the key's own is asked only of a key over its limit.
+            let stranger = || !addr.is_some_and(|a| self.good.knows(id, a));
+            if let Some(wait) = self.failures_by_key.blocked(id).filter(|_| stranger()) {
                 return Err(too_many(
                     "too_many_auth_failures",
                     format!(

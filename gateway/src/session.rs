@@ -76,8 +76,8 @@ impl Failures {
             ));
         }
         let user = user.to_owned();
-        let trusted = addr.is_some_and(|a| self.good.knows(&user, a));
-        if let Some(d) = self.by_user.blocked(&user).filter(|_| !trusted) {
+        let stranger = || !addr.is_some_and(|a| self.good.knows(&user, a));
+        if let Some(d) = self.by_user.blocked(&user).filter(|_| stranger()) {
             return Err(error(
                 "28000",
                 format!(
