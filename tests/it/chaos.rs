@@ -59,11 +59,27 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
-/// PostgreSQL servers running now under `storage`, by data directory.
+/// The parent of `pid`, from /proc.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// PostgreSQL servers running now under `storage`, by data directory. A process a server has
+/// just forked carries the server's command line until it renames itself: one whose parent is
+/// a server of the same directory is that server's child, not a second server.
 fn postmasters(storage: &Path) -> BTreeMap<String, usize> {
+    let found = crate::lab::postgres_servers(storage);
     let mut by_dir = BTreeMap::new();
-    for (dir, _) in crate::lab::postgres_servers(storage) {
-        *by_dir.entry(dir).or_insert(0) += 1;
+    for (dir, pid) in &found {
+        let child = parent(*pid).is_some_and(|p| found.iter().any(|(d, q)| *q == p && d == dir));
+        if !child {
+            *by_dir.entry(dir.clone()).or_insert(0) += 1;
+        }
     }
     by_dir
 }
