@@ -110,7 +110,7 @@ pub fn db_by_id<'s>(
     state
         .dbs
         .get(&id)
-        .and_then(|d| state.tenants.get(&d.tenant).map(|t| (t, d)))
+        .and_then(|d| state.tenants.get(&d.tenant).map(|t| (&**t, &**d)))
         .filter(|(t, _)| sees_tenant(key, t))
         .ok_or(Rejection::NotFound { what: "database" })
 }

@@ -9,6 +9,8 @@
 
 use sha2::{Digest, Sha256};
 use spg99_events::{SecretHash, Timestamp};
+use std::sync::Arc;
+
 use spg99_projections::{ApiKey, State};
 
 const PREFIX: &str = "spg99_";
@@ -129,7 +131,7 @@ pub fn hashes_equal(a: &SecretHash, b: &SecretHash) -> bool {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    Key(ApiKey),
+    Key(Arc<ApiKey>),
     Service,
 }
 

@@ -219,6 +219,7 @@ fn caller<'s>(state: &'s State, meta: &CommandMeta) -> Result<&'s ApiKey, Reject
             .api_keys
             .get(id)
             .filter(|k| k.revoked_at.is_none())
+            .map(|k| &**k)
             .ok_or(Rejection::CallerGone),
         Actor::Service | Actor::System => Err(forbidden(
             "api_key_required",

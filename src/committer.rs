@@ -4,12 +4,12 @@
 //!
 //! ```text
 //! HTTP handlers ─submit─▶ [queue] ─▶ decider ─────────────────────────▶ syncer
-//!                                    take every queued command;         one flush + fdatasync for
-//!                                    decide each against the working    every batch written so far,
-//!                                    state, in order, folding its       then: fold them into the
-//!                                    events in so the next one sees     readers' state, publish to
-//!                                    them; write the batch (one atomic  subscribers (never blocks),
-//!                                    sled batch, not yet durable)       answer every caller
+//!                                    take every queued command;         one fdatasync for every
+//!                                    decide each against the working    batch written so far, then:
+//!                                    state, in order, folding its       hand readers the state as
+//!                                    events in so the next one sees     of the last of them, publish
+//!                                    them; write the batch (not yet     to subscribers (never
+//!                                    durable); clone the state (O(1))   blocks), answer every caller
 //! ```
 //!
 //! While the device syncs one group of batches, the next ones are decided and written, so CPU
@@ -18,9 +18,13 @@
 //! sync covers every batch written before it. (A third thread for sled writes was measured
 //! and was slower on two cores: see BENCHMARKS.md.)
 //!
-//! Two copies of the state exist on purpose. The decider's *working* state runs ahead of the
+//! Two versions of the state exist on purpose. The decider's *working* state runs ahead of the
 //! disk; the *readers'* state only ever holds durable events, so no reader sees an event
-//! before it is on the device. Both are folded by the same pure `apply`. Every answer,
+//! before it is on the device. The state is made of persistent maps: after each batch the
+//! decider clones its working state (a few pointers) and sends the clone with the batch; once
+//! the batch is durable that clone becomes the readers' state. The two versions share every
+//! node they have in common, so the memory of one state, plus what the batches in flight
+//! changed, serves both, and nothing is folded twice. Every answer,
 //! rejections included, is sent only after all earlier batches are durable, so a client is
 //! never told "conflict" because of an event that a crash could still take back.
 //!
@@ -30,7 +34,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, RwLock, RwLockReadGuard};
+use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 
 use spg99_events::{Actor, Envelope, Event, Timestamp};
@@ -117,16 +121,17 @@ impl Committed {
 
 /// What the committer publishes for readers.
 pub struct Shared {
-    state: RwLock<State>,
+    state: RwLock<Arc<State>>,
     head: AtomicU64,
     feed: broadcast::Sender<Arc<[Envelope]>>,
     failed: AtomicBool,
 }
 
 impl Shared {
-    /// The durable state. Hold the guard briefly: the committer waits for it after each sync.
-    pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+    /// The durable state, as of now: a version that later commits leave as it is. Holding it
+    /// blocks no one; it keeps alive only the nodes that later versions no longer share.
+    pub fn read(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The `seq` of the last durable event. Records above it may exist in the log but are
@@ -254,7 +259,7 @@ impl Committer {
         let (feed, _) = broadcast::channel(FEED_DEPTH);
         let shared = Arc::new(Shared {
             head: AtomicU64::new(state.last_seq),
-            state: RwLock::new(state.clone()),
+            state: RwLock::new(Arc::new(state.clone())),
             feed,
             failed: AtomicBool::new(false),
         });
@@ -316,6 +321,8 @@ impl Committer {
 /// A batch written to the log but not yet known to be durable.
 struct Decided {
     envs: Vec<Envelope>,
+    /// The working state right after the batch, when it wrote anything.
+    state: Option<State>,
     /// Each caller with what its command produced, or why it was refused.
     replies: Vec<(Reply, Result<Outcome, CommitError>)>,
 }
@@ -385,14 +392,20 @@ impl Decider {
                 self.decide_one(s.meta, s.command, s.render, s.idempotency, at, &mut envs);
             replies.push((s.reply, outcome));
         }
+        let mut state = None;
         if !envs.is_empty() {
             if let Err(e) = self.log.write(&envs) {
                 self.shared.fail("writing", &e);
                 refuse(replies);
                 return None;
             }
+            state = Some(self.working.clone());
         }
-        Some(Decided { envs, replies })
+        Some(Decided {
+            envs,
+            state,
+            replies,
+        })
     }
 }
 
@@ -520,41 +533,50 @@ impl Syncer {
         while let Ok(first) = self.rx.recv() {
             let mut group = vec![first];
             group.extend(self.rx.try_iter());
-            let wrote = group.iter().any(|w| !w.envs.is_empty());
-            if wrote {
-                if let Err(e) = self.log.sync() {
-                    self.shared.fail("syncing", &e);
-                }
-            }
-            if !self.shared.is_healthy() {
-                group.into_iter().for_each(|d| refuse(d.replies));
-                continue;
-            }
-            if wrote {
-                // Durable: now, and only now, readers may see it.
-                let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-                for w in &group {
-                    state.apply_all(&w.envs);
-                }
-                self.shared.head.store(state.last_seq, Ordering::Release);
-            }
-            for w in group {
-                let batch: Arc<[Envelope]> = Arc::from(w.envs);
-                if !batch.is_empty() {
-                    // No receiver is fine; a full channel drops the oldest batch for laggards.
-                    let _ = self.shared.feed.send(batch.clone());
-                }
-                for (reply, outcome) in w.replies {
-                    let answer = outcome.map(|o| Committed {
-                        batch: batch.clone(),
-                        range: o.range,
-                        response: o.response,
-                        replayed: o.replayed,
-                        answer: o.answer,
-                    });
-                    let _ = reply.send(answer);
-                }
-            }
+            settle(&self.log, &self.shared, group);
+        }
+    }
+}
+
+/// Makes a group of written batches durable with one sync, then hands readers the state as of
+/// the last of them, publishes them to subscribers and answers every caller, in order.
+fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
+    let wrote = group.iter().any(|w| w.state.is_some());
+    if wrote {
+        if let Err(e) = log.sync() {
+            shared.fail("syncing", &e);
+        }
+    }
+    if !shared.is_healthy() {
+        group.into_iter().for_each(|d| refuse(d.replies));
+        return;
+    }
+    if let Some(state) = group.iter_mut().rev().find_map(|w| w.state.take()) {
+        // Durable: now, and only now, readers may see it.
+        let head = state.last_seq;
+        let old = std::mem::replace(
+            &mut *shared.state.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(state),
+        );
+        shared.head.store(head, Ordering::Release);
+        // What only the old version held is freed here, outside the lock.
+        drop(old);
+    }
+    for w in group {
+        let batch: Arc<[Envelope]> = Arc::from(w.envs);
+        if !batch.is_empty() {
+            // No receiver is fine; a full channel drops the oldest batch for laggards.
+            let _ = shared.feed.send(batch.clone());
+        }
+        for (reply, outcome) in w.replies {
+            let answer = outcome.map(|o| Committed {
+                batch: batch.clone(),
+                range: o.range,
+                response: o.response,
+                replayed: o.replayed,
+                answer: o.answer,
+            });
+            let _ = reply.send(answer);
         }
     }
 }

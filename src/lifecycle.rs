@@ -420,6 +420,7 @@ fn tenant_of<'s>(state: &'s State, db: &Db) -> Result<&'s Tenant, Rejection> {
     state
         .tenants
         .get(&db.tenant)
+        .map(|t| &**t)
         .ok_or(Rejection::NotFound { what: "tenant" })
 }
 
@@ -431,6 +432,7 @@ pub fn live_worker<'s>(
     state
         .workers
         .get(worker_id)
+        .map(|w| &**w)
         .filter(|w| w.lost_at.is_none())
         .ok_or_else(|| {
             gone(
@@ -1034,7 +1036,7 @@ fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
                     continue;
                 }
                 cx.runtime.leases.remove(&lease.id);
-                if let Some(subject) = state.dbs.get(&lease.db_id).and_then(db_subject) {
+                if let Some(subject) = state.dbs.get(&lease.db_id).and_then(|d| db_subject(d)) {
                     drafts.push(Draft::new(
                         subject,
                         Event::LeaseExpired { lease_id: lease.id },

@@ -11,11 +11,11 @@
 //! source of truth: one that is torn, corrupt, of another version or ahead of the log is
 //! skipped with a warning, and start-up falls back to an older one or to a full replay.
 //!
-//! The snapshotter is a background task that encodes the readers' state under their lock
-//! (no copy of the state is kept for it: at 100 000 databases a copy is a third of the
-//! process) and writes the bytes after. It writes every `every_events` events or `every`
-//! time, whichever comes first, to a temporary file that is synced and then renamed, and
-//! keeps the newest two.
+//! The snapshotter is a background task that takes the readers' current version of the state
+//! (a version no later commit changes: the maps are persistent, so holding it blocks no one and
+//! costs only what later versions stop sharing), encodes it on a blocking thread and writes the
+//! bytes. It writes every `every_events` events or `every` time, whichever comes first, to a
+//! temporary file that is synced and then renamed, and keeps the newest two.
 
 use std::fs::File;
 use std::io::Write;
@@ -178,20 +178,21 @@ pub async fn run(shared: Arc<Shared>, data_dir: PathBuf, policy: Policy, mut las
         if !due {
             continue;
         }
-        // Encoded under the readers' lock, so that the state is the readers' own rather than a
-        // copy kept for the purpose; the syncer waits for the lock as long as the encoding
-        // takes (logged, and measured in BENCHMARKS.md), and the file is written after.
-        let (seq, bytes, held) = {
-            let began = Instant::now();
-            let state = shared.read();
-            (state.last_seq, encode(&state), began.elapsed())
-        };
+        let state = shared.read();
+        let seq = state.last_seq;
         let dir = data_dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_encoded(&dir, seq, &bytes)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            let began = Instant::now();
+            let bytes = encode(&state);
+            let encoding = began.elapsed();
+            drop(state);
+            write_encoded(&dir, seq, &bytes).map(|path| (path, encoding))
+        })
+        .await;
         let Ok(result) = written else { return };
         match result {
-            Ok(path) => {
-                tracing::info!(seq, path = %path.display(), encode_ms = held.as_millis() as u64, "snapshot written");
+            Ok((path, encoding)) => {
+                tracing::info!(seq, path = %path.display(), encode_ms = encoding.as_millis() as u64, "snapshot written");
                 last_written = seq;
             }
             Err(e) => tracing::warn!(error = %e, "snapshot not written"),

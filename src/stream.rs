@@ -350,7 +350,7 @@ pub fn snapshot(state: &State, filter: &Filter) -> (Vec<sse::Event>, u64) {
                 KeyScope::Account(id) | KeyScope::Tenant { account: id, .. } => a.id == id,
             };
             if visible {
-                let view = serde_json::to_value(AccountView::from(a)).unwrap_or_default();
+                let view = serde_json::to_value(AccountView::from(&**a)).unwrap_or_default();
                 frames.push(synthetic("snapshot.account", view));
             }
         }

@@ -6,14 +6,13 @@
 //! `--format pretty`. Exit status: 0 when all is well, 1 when a check fails, 2 when the tool
 //! cannot run.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use spg99_events::{Envelope, Event};
-use spg99_projections::State;
+use spg99_projections::{Map, State};
 
 use crate::log::Log;
 use crate::recovery::replay;
@@ -124,7 +123,7 @@ pub fn state_json(state: &State, tenant: Option<&str>) -> Value {
         out["accounts"] = json!(state
             .accounts
             .values()
-            .map(AccountView::from)
+            .map(|a| AccountView::from(&**a))
             .collect::<Vec<_>>());
         out["api_keys"] = json!(state
             .api_keys
@@ -326,10 +325,10 @@ pub fn verify(source: &Source, out: &mut impl Write) -> ToolResult {
 
 /// Lists what differs between two states, object by object (at most a few per kind).
 pub fn diff(a: &State, b: &State) -> Vec<String> {
-    fn maps<K: Ord + std::fmt::Debug, V: serde::Serialize + PartialEq>(
+    fn maps<K: Ord + Clone + std::fmt::Debug, V: Clone + serde::Serialize + PartialEq>(
         kind: &str,
-        a: &BTreeMap<K, V>,
-        b: &BTreeMap<K, V>,
+        a: &Map<K, V>,
+        b: &Map<K, V>,
         out: &mut Vec<String>,
     ) {
         let mut found = 0;
@@ -353,7 +352,7 @@ pub fn diff(a: &State, b: &State) -> Vec<String> {
                 return;
             }
         }
-        for k in b.keys().filter(|k| !a.contains_key(k)).take(5 - found) {
+        for k in b.keys().filter(|k| !a.contains_key(*k)).take(5 - found) {
             out.push(format!("{kind} {k:?}: only in the second"));
         }
     }

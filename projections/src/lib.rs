@@ -17,6 +17,7 @@ pub mod billing;
 pub mod model;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,47 +33,76 @@ pub use model::{
 /// measured in event time so that replay prunes exactly as the live state did.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
 
+/// An ordered map with structural sharing: a clone costs O(1), and a change to either copy
+/// copies only the nodes on the way to what changed (16 entries per node).
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+/// The set of [`Map`].
+pub type Set<K> = imbl::OrdSet<K>;
+
 /// Everything the control plane knows, as of `last_seq`.
 ///
 /// Ordered maps, so that encoding the state (for the fingerprint, and for snapshots) is
 /// deterministic. The `*_by_*` maps are indexes, derived from the others by `apply`.
+///
+/// Persistent maps, so that a clone is cheap: the committer keeps one working state that runs
+/// ahead of the disk and hands readers a clone of it once durable; both share what they have in
+/// common. Records are behind `Arc`, so a copied node copies pointers; a record is copied only
+/// when it changes while another version still holds it (`Arc::make_mut`). An `Arc` encodes as
+/// its record: the encoding (snapshots, fingerprint) is that of the plain maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// The `seq` of the last event applied; 0 for the empty log.
     pub last_seq: u64,
     /// The time of the last event applied.
     pub last_at: Option<Timestamp>,
-    pub accounts: BTreeMap<Uuid, Account>,
-    pub api_keys: BTreeMap<String, ApiKey>,
+    pub accounts: Map<Uuid, Arc<Account>>,
+    pub api_keys: Map<String, Arc<ApiKey>>,
     pub service_token: Option<SecretHash>,
-    pub tenants: BTreeMap<Uuid, Tenant>,
+    pub tenants: Map<Uuid, Arc<Tenant>>,
     /// Tenant names are unique across the platform.
-    pub tenants_by_name: BTreeMap<String, Uuid>,
+    pub tenants_by_name: Map<String, Uuid>,
     /// `pg_user`s are unique across the platform: the Gateway finds a tenant by it.
-    pub tenants_by_pg_user: BTreeMap<String, Uuid>,
-    pub dbs: BTreeMap<Uuid, Db>,
+    pub tenants_by_pg_user: Map<String, Uuid>,
+    pub dbs: Map<Uuid, Arc<Db>>,
     /// Database names are unique within a tenant; ordered by tenant, then name.
-    pub dbs_by_name: BTreeMap<(Uuid, String), Uuid>,
+    pub dbs_by_name: Map<(Uuid, String), Uuid>,
     /// First answers to idempotent requests, by (key id, idempotency key).
-    pub idempotency: BTreeMap<(String, String), IdempotentResponse>,
+    pub idempotency: Map<(String, String), Arc<IdempotentResponse>>,
     /// The same entries by time recorded, for expiry.
-    idempotency_by_time: BTreeSet<(Timestamp, String, String)>,
+    idempotency_by_time: Set<(Timestamp, String, String)>,
     /// Compute hosts, by id, lost ones included until they register again.
-    pub workers: BTreeMap<String, Worker>,
-    pub leases: BTreeMap<Uuid, Lease>,
+    pub workers: Map<String, Arc<Worker>>,
+    pub leases: Map<Uuid, Lease>,
     /// Writers that no longer serve and that their worker must still shut down, by
     /// (worker, database, term).
-    pub retiring: BTreeMap<(String, Uuid, u64), Retire>,
+    pub retiring: Map<(String, Uuid, u64), Retire>,
     /// Copies of databases' data that their worker must still remove, by (worker, database),
     /// with the copy's timeline: left behind when the data moved to another worker, or when
     /// a database was deleted while the worker holding it was lost.
-    pub stale_copies: BTreeMap<(String, Uuid), String>,
+    pub stale_copies: Map<(String, Uuid), String>,
     /// Compute used, by (account, billing period, database); see [`billing`].
-    pub usage: BTreeMap<(Uuid, u32, Uuid), Usage>,
+    pub usage: Map<(Uuid, u32, Uuid), Usage>,
     /// The databases the lifecycle has work with: a writer or candidate placed, or being
     /// deleted. An index of `dbs`, so that the reconciler's steps and the workers'
     /// instructions cost what is moving, not how many databases exist.
-    active: BTreeSet<Uuid>,
+    active: Set<Uuid>,
+}
+
+/// The record under `key`, to change: copied first if another version of the state holds it.
+/// A function of the one map, so that other fields of the state stay free to borrow.
+fn edit<'m, K: Ord + Clone, V: Clone>(map: &'m mut Map<K, Arc<V>>, key: &K) -> Option<&'m mut V> {
+    map.get_mut(key).map(Arc::make_mut)
+}
+
+/// Keeps the records `keep` says yes to.
+fn retain<K: Ord + Clone, V>(map: &mut Map<K, Arc<V>>, keep: impl Fn(&V) -> bool) {
+    let gone: Vec<K> = (map.iter())
+        .filter(|(_, v)| !keep(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in gone {
+        map.remove(&key);
+    }
 }
 
 /// A writer starts serving the database at `at`: its run (billed) and its load window begin.
@@ -111,14 +141,14 @@ impl State {
             } => {
                 self.accounts.insert(
                     *account_id,
-                    Account {
+                    Arc::new(Account {
                         id: *account_id,
                         name: name.clone(),
                         email: email.clone(),
                         contact_name: None,
                         created_at: at,
                         deleting: false,
-                    },
+                    }),
                 );
             }
             Event::AccountContactSet {
@@ -126,18 +156,22 @@ impl State {
                 email,
                 name,
             } => {
-                if let Some(a) = self.accounts.get_mut(account_id) {
+                if let Some(a) = edit(&mut self.accounts, account_id) {
                     a.email = Some(email.clone());
                     a.contact_name = name.clone();
                 }
             }
             Event::AccountDeleteRequested { account_id } => {
-                if let Some(a) = self.accounts.get_mut(account_id) {
+                if let Some(a) = edit(&mut self.accounts, account_id) {
                     a.deleting = true;
                 }
-                for key in self.api_keys.values_mut() {
-                    if key.account() == Some(*account_id) && key.revoked_at.is_none() {
-                        key.revoked_at = Some(at);
+                let keys: Vec<String> = (self.api_keys.values())
+                    .filter(|k| k.account() == Some(*account_id) && k.revoked_at.is_none())
+                    .map(|k| k.id.clone())
+                    .collect();
+                for key in keys {
+                    if let Some(k) = edit(&mut self.api_keys, &key) {
+                        k.revoked_at = Some(at);
                     }
                 }
                 for t in self.tenants_of(*account_id) {
@@ -148,8 +182,7 @@ impl State {
                 for t in self.tenants_of(*account_id) {
                     self.remove_tenant(t);
                 }
-                self.api_keys
-                    .retain(|_, k| k.account() != Some(*account_id));
+                retain(&mut self.api_keys, |k| k.account() != Some(*account_id));
                 self.accounts.remove(account_id);
             }
             Event::ApiKeyIssued {
@@ -162,7 +195,7 @@ impl State {
             } => {
                 self.api_keys.insert(
                     key_id.clone(),
-                    ApiKey {
+                    Arc::new(ApiKey {
                         id: key_id.clone(),
                         scope: *scope,
                         permissions: *permissions,
@@ -171,19 +204,19 @@ impl State {
                         name: name.clone(),
                         created_at: at,
                         revoked_at: None,
-                    },
+                    }),
                 );
             }
             Event::ApiKeyRotated {
                 key_id,
                 secret_hash,
             } => {
-                if let Some(k) = self.api_keys.get_mut(key_id) {
+                if let Some(k) = edit(&mut self.api_keys, key_id) {
                     k.secret_hash = *secret_hash;
                 }
             }
             Event::ApiKeyRevoked { key_id } => {
-                if let Some(k) = self.api_keys.get_mut(key_id) {
+                if let Some(k) = edit(&mut self.api_keys, key_id) {
                     k.revoked_at.get_or_insert(at);
                 }
             }
@@ -201,7 +234,7 @@ impl State {
                 self.tenants_by_pg_user.insert(pg_user.clone(), *tenant_id);
                 self.tenants.insert(
                     *tenant_id,
-                    Tenant {
+                    Arc::new(Tenant {
                         id: *tenant_id,
                         account: *account_id,
                         name: name.clone(),
@@ -211,14 +244,14 @@ impl State {
                         credentials: 0,
                         created_at: at,
                         deleting: false,
-                    },
+                    }),
                 );
             }
             Event::TenantVerifierSet {
                 tenant_id,
                 verifier,
             } => {
-                if let Some(t) = self.tenants.get_mut(tenant_id) {
+                if let Some(t) = edit(&mut self.tenants, tenant_id) {
                     t.verifier = Some(verifier.clone());
                 }
             }
@@ -227,7 +260,7 @@ impl State {
                 pg_password,
                 verifier,
             } => {
-                if let Some(t) = self.tenants.get_mut(tenant_id) {
+                if let Some(t) = edit(&mut self.tenants, tenant_id) {
                     t.pg_password = pg_password.clone();
                     t.verifier = Some(verifier.clone());
                     t.credentials += 1;
@@ -245,7 +278,7 @@ impl State {
                 self.dbs_by_name.insert((*tenant_id, name.clone()), *db_id);
                 self.dbs.insert(
                     *db_id,
-                    Db {
+                    Arc::new(Db {
                         id: *db_id,
                         tenant: *tenant_id,
                         name: name.clone(),
@@ -271,7 +304,7 @@ impl State {
                         load_band_since: at,
                         running_since: None,
                         data_on: None,
-                    },
+                    }),
                 );
             }
             Event::DbDeleteRequested { db_id } => self.mark_db_deleting(*db_id, at),
@@ -288,12 +321,12 @@ impl State {
                     .insert((at, key.0.clone(), key.1.clone()));
                 self.idempotency.insert(
                     key,
-                    IdempotentResponse {
+                    Arc::new(IdempotentResponse {
                         request_hash: *request_hash,
                         status: *status,
                         body: body.clone(),
                         recorded_at: at,
-                    },
+                    }),
                 );
             }
             Event::WorkerRegistered {
@@ -305,7 +338,7 @@ impl State {
             } => {
                 self.workers.insert(
                     worker_id.clone(),
-                    Worker {
+                    Arc::new(Worker {
                         id: worker_id.clone(),
                         address: address.clone(),
                         capacity: *capacity,
@@ -313,14 +346,20 @@ impl State {
                         instance: instance.clone(),
                         registered_at: at,
                         lost_at: None,
-                    },
+                    }),
                 );
             }
             Event::WorkerLost { worker_id, .. } => {
-                if let Some(w) = self.workers.get_mut(worker_id) {
+                if let Some(w) = edit(&mut self.workers, worker_id) {
                     w.lost_at = Some(at);
                 }
-                self.retiring.retain(|(w, _, _), _| w != worker_id);
+                let gone: Vec<_> = (self.retiring.keys())
+                    .filter(|(w, _, _)| w == worker_id)
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.retiring.remove(&key);
+                }
             }
             Event::DbStartRequested {
                 db_id,
@@ -330,7 +369,7 @@ impl State {
                 deadline,
             } => {
                 let credentials = self.credentials_of(*db_id);
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Starting;
                     db.writer = Some(Writer {
                         worker_id: worker_id.clone(),
@@ -349,7 +388,7 @@ impl State {
                 db_id,
                 backend_addr,
             } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     if let Some(w) = db.writer.as_mut() {
                         w.backend_addr = Some(backend_addr.clone());
                     }
@@ -371,7 +410,7 @@ impl State {
                 retire,
             } => {
                 self.drop_writer(*db_id, at, *retire);
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.failed_starts += 1;
                     db.failure_reason = Some(reason.clone());
                     db.state = if *give_up {
@@ -384,7 +423,7 @@ impl State {
             Event::DbStopRequested {
                 db_id, deadline, ..
             } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Stopping;
                     db.phase_started_at = Some(at);
                     db.phase_deadline_at = Some(*deadline);
@@ -393,7 +432,7 @@ impl State {
             }
             Event::DbStopped { db_id, retire, .. } => {
                 self.drop_writer(*db_id, at, *retire);
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Stopped;
                 }
             }
@@ -403,7 +442,7 @@ impl State {
                 lease_control_epoch,
                 ttl_ms,
             } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.leases.insert(*lease_id);
                     db.idle_since = None;
                     self.leases.insert(
@@ -427,7 +466,7 @@ impl State {
                 active_connections,
                 band,
             } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.cpu_milli = *cpu_milli;
                     db.active_connections = *active_connections;
                     // A database is idle when nothing uses it: no lease and no session, the
@@ -451,7 +490,7 @@ impl State {
                 deadline,
             } => {
                 let credentials = self.credentials_of(*db_id);
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.writer_term = *candidate_writer_term;
                     db.scale = Scale {
                         stage: ScaleStage::PreparingCandidate,
@@ -474,7 +513,7 @@ impl State {
                 lease_control_epoch,
                 deadline,
             } => {
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.scale.stage = ScaleStage::Cutover;
                     db.scale.phase_started_at = Some(at);
                     db.scale.phase_deadline_at = Some(*deadline);
@@ -487,23 +526,18 @@ impl State {
                 backend_addr,
                 cooldown_until,
             } => {
-                let candidate = self
-                    .dbs
-                    .get_mut(db_id)
-                    .and_then(|db| db.scale.candidate.take());
+                let candidate = edit(&mut self.dbs, db_id).and_then(|db| db.scale.candidate.take());
                 if let Some(mut candidate) = candidate {
                     // The old writer's run ends here; its leases stay until they are released
                     // or expire, and renewals under the old epoch are refused.
                     self.bill(*db_id, at);
                     candidate.backend_addr = Some(backend_addr.clone());
-                    let old = self
-                        .dbs
-                        .get_mut(db_id)
-                        .and_then(|db| db.writer.replace(candidate));
+                    let old =
+                        edit(&mut self.dbs, db_id).and_then(|db| db.writer.replace(candidate));
                     if let Some(old) = old {
                         self.retire(old, *db_id, Retire::Stop);
                     }
-                    if let Some(db) = self.dbs.get_mut(db_id) {
+                    if let Some(db) = edit(&mut self.dbs, db_id) {
                         db.scale = Scale::default();
                         db.freeze_new_checkouts = false;
                         db.autoscale_cooldown_until = Some(*cooldown_until);
@@ -517,7 +551,7 @@ impl State {
                 cooldown_until,
             } => {
                 self.fail_scale(*db_id, reason.clone());
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.autoscale_cooldown_until = Some(*cooldown_until);
                     db.load_band_since = at;
                 }
@@ -532,7 +566,7 @@ impl State {
             }
             Event::DbDataPlaced { db_id, worker_id } => {
                 self.stale_copies.remove(&(worker_id.clone(), *db_id));
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     if let Some(old) = db.data_on.replace(worker_id.clone()) {
                         if old != *worker_id {
                             self.stale_copies.insert((old, *db_id), db.timeline.clone());
@@ -545,14 +579,14 @@ impl State {
                 writer_term,
                 credentials,
             } => {
-                let writer = self.dbs.get_mut(db_id).and_then(|d| d.writer.as_mut());
+                let writer = edit(&mut self.dbs, db_id).and_then(|d| d.writer.as_mut());
                 if let Some(w) = writer.filter(|w| w.term == *writer_term) {
                     w.credentials = w.credentials.max(*credentials);
                 }
             }
             Event::DbDataDestroyed { db_id, worker_id } => {
                 self.stale_copies.remove(&(worker_id.clone(), *db_id));
-                if let Some(db) = self.dbs.get_mut(db_id) {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
                     if db.data_on.as_ref() == Some(worker_id) {
                         db.data_on = None;
                     }
@@ -587,7 +621,9 @@ impl State {
 
     /// The databases with a writer or candidate placed, or being deleted.
     pub fn active_dbs(&self) -> impl Iterator<Item = &Db> + '_ {
-        self.active.iter().filter_map(|id| self.dbs.get(id))
+        self.active
+            .iter()
+            .filter_map(|id| self.dbs.get(id).map(|d| &**d))
     }
 
     /// The database's writer is gone (stopped, failed, replaced or deleted): its run
@@ -595,7 +631,7 @@ impl State {
     /// to shut it down.
     fn drop_writer(&mut self, db_id: Uuid, at: Timestamp, retire: bool) {
         self.bill(db_id, at);
-        let Some(db) = self.dbs.get_mut(&db_id) else {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
         let writer = db.writer.take();
@@ -627,7 +663,7 @@ impl State {
 
     /// Ends a handoff in `FAILED`: the candidate is discarded, checkouts are unfrozen.
     fn fail_scale(&mut self, db_id: Uuid, reason: String) {
-        let Some(db) = self.dbs.get_mut(&db_id) else {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
         let candidate = db.scale.candidate.take();
@@ -646,7 +682,7 @@ impl State {
         let Some(lease) = self.leases.remove(&lease_id) else {
             return;
         };
-        if let Some(db) = self.dbs.get_mut(&lease.db_id) {
+        if let Some(db) = edit(&mut self.dbs, &lease.db_id) {
             db.leases.remove(&lease_id);
             if db.leases.is_empty() && db.state == DbState::Running && db.active_connections == 0 {
                 db.idle_since = Some(at);
@@ -657,7 +693,7 @@ impl State {
     /// Adds the serving writer's run since `running_since` to the usage, split at billing
     /// period boundaries.
     fn bill(&mut self, db_id: Uuid, at: Timestamp) {
-        let Some(db) = self.dbs.get_mut(&db_id) else {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
         let (Some(since), Some(writer)) = (db.running_since.take(), db.writer.as_ref()) else {
@@ -684,7 +720,7 @@ impl State {
     /// handoff (if any) is abandoned.
     fn mark_db_deleting(&mut self, db_id: Uuid, at: Timestamp) {
         self.drop_writer(db_id, at, true);
-        let Some(db) = self.dbs.get_mut(&db_id) else {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
         db.state = DbState::Deleting;
@@ -707,7 +743,7 @@ impl State {
     }
 
     fn mark_tenant_deleting(&mut self, tenant: Uuid, at: Timestamp) {
-        if let Some(t) = self.tenants.get_mut(&tenant) {
+        if let Some(t) = edit(&mut self.tenants, &tenant) {
             t.deleting = true;
         }
         let dbs: Vec<Uuid> = self.dbs_of(tenant).map(|d| d.id).collect();
@@ -725,30 +761,31 @@ impl State {
             self.tenants_by_name.remove(&t.name);
             self.tenants_by_pg_user.remove(&t.pg_user);
         }
-        self.api_keys.retain(|_, k| k.tenant() != Some(tenant));
+        retain(&mut self.api_keys, |k| k.tenant() != Some(tenant));
     }
 
     fn remove_db(&mut self, db: Uuid) {
         self.active.remove(&db);
         if let Some(d) = self.dbs.remove(&db) {
-            self.dbs_by_name.remove(&(d.tenant, d.name));
+            self.dbs_by_name.remove(&(d.tenant, d.name.clone()));
             // Removed while the worker holding its data was lost: the copy waits for it.
-            if let Some(worker) = d.data_on {
-                self.stale_copies.insert((worker, db), d.timeline);
+            if let Some(worker) = &d.data_on {
+                self.stale_copies
+                    .insert((worker.clone(), db), d.timeline.clone());
             }
-            for lease in d.leases {
-                self.leases.remove(&lease);
+            for lease in &d.leases {
+                self.leases.remove(lease);
             }
         }
     }
 
     fn expire_idempotency(&mut self, now: Timestamp) {
         let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MICROS));
-        while let Some(first) = self.idempotency_by_time.first() {
+        while let Some(first) = self.idempotency_by_time.get_min() {
             if first.0 >= horizon {
                 break;
             }
-            let (_, key_id, idem) = self.idempotency_by_time.pop_first().expect("non-empty");
+            let (_, key_id, idem) = self.idempotency_by_time.remove_min().expect("non-empty");
             self.idempotency.remove(&(key_id, idem));
         }
     }
@@ -765,6 +802,7 @@ impl State {
         self.tenants_by_name
             .get(name)
             .and_then(|id| self.tenants.get(id))
+            .map(|t| &**t)
     }
 
     /// The databases of a tenant, by name.
@@ -772,7 +810,7 @@ impl State {
         self.dbs_by_name
             .range((tenant, String::new())..)
             .take_while(move |((t, _), _)| *t == tenant)
-            .filter_map(|(_, id)| self.dbs.get(id))
+            .filter_map(|(_, id)| self.dbs.get(id).map(|d| &**d))
     }
 
     /// The database `name` of a tenant.
@@ -780,6 +818,7 @@ impl State {
         self.dbs_by_name
             .get(&(tenant, name.to_owned()))
             .and_then(|id| self.dbs.get(id))
+            .map(|d| &**d)
     }
 
     /// SHA-256 of the canonical encoding of the whole state, hex. Two states are equal exactly
@@ -883,6 +922,34 @@ mod tests {
         let before = a.fingerprint();
         a.apply_all(&log);
         assert_eq!(before, a.fingerprint());
+    }
+
+    #[test]
+    fn given_a_clone_when_the_original_moves_on_then_the_clone_stays_as_it_was() {
+        let log = scenario();
+        let mut live = State::default();
+        live.apply_all(&log[..2]);
+        let version = live.clone();
+        let before = version.fingerprint();
+        live.apply_all(&log[2..]);
+        let account = Uuid::from_u128(1);
+        live.apply(&env(
+            4,
+            Event::AccountContactSet {
+                account_id: account,
+                email: "ops@acme.test".into(),
+                name: None,
+            },
+        ));
+        assert_eq!(version.fingerprint(), before);
+        assert_eq!(version.accounts[&account].email, None);
+        assert_eq!(
+            live.accounts[&account].email.as_deref(),
+            Some("ops@acme.test")
+        );
+        let mut replayed = State::default();
+        replayed.apply_all(&log[..2]);
+        assert_eq!(version, replayed);
     }
 
     #[test]

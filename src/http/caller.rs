@@ -4,6 +4,8 @@
 //! only). Each is an extractor, so that a request with the wrong kind of credential is
 //! refused before anything else of it is read.
 
+use std::sync::Arc;
+
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -19,7 +21,7 @@ use crate::http::AppState;
 
 /// The caller of a public route: always an API key.
 pub struct Caller {
-    pub key: ApiKey,
+    pub key: Arc<ApiKey>,
     pub request_id: String,
 }
 

@@ -64,7 +64,7 @@ fn render_account(
        + Send
        + 'static {
     move |state, _| match state.accounts.get(&id) {
-        Some(a) => answer(status, &AccountView::from(a)),
+        Some(a) => answer(status, &AccountView::from(&**a)),
         None => ApiError::not_found("account").rendered(),
     }
 }
@@ -115,7 +115,7 @@ pub async fn get(
     }
     let state = app.shared.read();
     let account = state.accounts.get(&id).ok_or_else(not_found)?;
-    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(account)))
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(&**account)))
 }
 
 /// The calling key's own account.
@@ -143,7 +143,7 @@ pub async fn list(
         .iter()
         .map(|(id, a)| (id.to_string(), a))
         .filter(|(id, _)| page.after.as_ref().is_none_or(|after| id > after))
-        .map(|(id, a)| (id, AccountView::from(a)));
+        .map(|(id, a)| (id, AccountView::from(&**a)));
     let listed = page.collect(items);
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
@@ -156,7 +156,7 @@ pub async fn profile(app: web::Data<AppState>, caller: Caller) -> Result<HttpRes
         .accounts
         .get(&id)
         .ok_or_else(|| ApiError::not_found("account"))?;
-    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(account)))
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(AccountView::from(&**account)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -8,7 +8,7 @@
 //!   one stream with the key's scope, for browsers whose `EventSource` cannot send headers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -113,7 +113,11 @@ fn parse_seq(raw: &str, code: &'static str, field: &'static str) -> Result<u64, 
 }
 
 /// The key behind the request: a ticket if one is given, else the bearer token.
-fn stream_key(app: &AppState, req: &HttpRequest, ticket: Option<&str>) -> Result<ApiKey, ApiError> {
+fn stream_key(
+    app: &AppState,
+    req: &HttpRequest,
+    ticket: Option<&str>,
+) -> Result<Arc<ApiKey>, ApiError> {
     let now = app.clock.now();
     let addr = req.peer_addr().map(|a| a.ip());
     if let Some(ticket) = ticket {
