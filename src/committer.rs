@@ -16,7 +16,10 @@
 //! work overlaps the device wait and many commands share one sync (group commit). Order is
 //! kept end to end: seqs are assigned by the decider, batches are written in that order, and a
 //! sync covers every batch written before it. (A third thread for sled writes was measured
-//! and was slower on two cores: see BENCHMARKS.md.)
+//! and was slower on two cores: see BENCHMARKS.md.) When there is nothing to overlap with —
+//! the syncer holds no batch and no command is queued, as with a lone client — the decider
+//! syncs and answers the batch itself: one thread hand-off less on the commit path, and under
+//! load the pipeline is as above.
 //!
 //! Two versions of the state exist on purpose. The decider's *working* state runs ahead of the
 //! disk; the *readers'* state only ever holds durable events, so no reader sees an event
@@ -33,7 +36,7 @@
 //! so) rather than guess. A restart recovers from the log, which is the truth.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -264,6 +267,7 @@ impl Committer {
             failed: AtomicBool::new(false),
         });
         let (to_syncer, written) = std_mpsc::channel();
+        let unsettled = Arc::new(AtomicUsize::new(0));
         let decider = Decider {
             log: log.clone(),
             secrets,
@@ -274,11 +278,13 @@ impl Committer {
             clock,
             rx,
             to_syncer,
+            unsettled: unsettled.clone(),
         };
         let syncer = Syncer {
             log: log.clone(),
             shared: shared.clone(),
             rx: written,
+            unsettled,
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -345,6 +351,8 @@ struct Decider {
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Msg>,
     to_syncer: std_mpsc::Sender<Decided>,
+    /// Batches handed to the syncer and not yet settled.
+    unsettled: Arc<AtomicUsize>,
 }
 
 impl Decider {
@@ -367,6 +375,14 @@ impl Decider {
                 }
             }
             if let Some(written) = self.decide_and_write(&mut batch) {
+                // Nothing to overlap the device wait with (no batch in the syncer's hands, no
+                // command waiting): syncing here saves the hand-off to the syncer and back. Only
+                // this thread gives the syncer work, so nothing it settles can come after this.
+                if self.unsettled.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                    settle(&self.log, &self.shared, vec![written]);
+                    continue;
+                }
+                self.unsettled.fetch_add(1, Ordering::AcqRel);
                 if self.to_syncer.send(written).is_err() {
                     break;
                 }
@@ -526,6 +542,7 @@ struct Syncer {
     log: Arc<Log>,
     shared: Arc<Shared>,
     rx: std_mpsc::Receiver<Decided>,
+    unsettled: Arc<AtomicUsize>,
 }
 
 impl Syncer {
@@ -533,7 +550,9 @@ impl Syncer {
         while let Ok(first) = self.rx.recv() {
             let mut group = vec![first];
             group.extend(self.rx.try_iter());
+            let n = group.len();
             settle(&self.log, &self.shared, group);
+            self.unsettled.fetch_sub(n, Ordering::Release);
         }
     }
 }
