@@ -19,8 +19,9 @@
 //! numbers. Nothing else is durable here: every read model is rebuilt from these records.
 //!
 //! ## When is a write durable?
-//! [`Log::write`] writes a whole batch to sled's tree with one `apply_batch` (atomic: a reader
-//! and, after a crash, the log hold all of a batch or none of it) and queues its frames for the
+//! [`Log::write`] writes a whole batch to sled's tree atomically — one `insert` of its frame, or
+//! one `apply_batch` of its frames when it is larger than one — so that a reader and, after a
+//! crash, the log hold all of a batch or none of it, and queues its frames for the
 //! write-ahead file ([`crate::wal`]); [`Log::sync`] writes them there with one `pwrite` and
 //! one `fdatasync` of a preallocated segment, and covers every batch written before it.
 //! `fdatasync` is what asks the device to empty its volatile write cache; sled's own
@@ -296,7 +297,6 @@ impl Log {
     /// visible to [`Log::read_from`], so readers that must only see durable events bound their
     /// reads by the durable head the committer publishes.
     pub fn write<'a>(&self, envs: impl IntoIterator<Item = &'a Envelope>) -> Result<()> {
-        let mut batch = sled::Batch::default();
         let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut records: Vec<Vec<u8>> = Vec::new();
         let (mut first, mut size) = (0, 0);
@@ -316,10 +316,21 @@ impl Log {
         if !records.is_empty() {
             frames.push((first, join_frame(&records)));
         }
-        for (first, frame) in &frames {
-            batch.insert(&first.to_be_bytes(), frame.as_slice());
+        if let [(first, frame)] = frames.as_slice() {
+            // One frame (every batch below 64 KiB): a single insert is atomic by itself. A sled
+            // batch is not needed, and it would cost a write of sled's own log on every commit:
+            // sled 0.34 seals and writes its current I/O buffer (a `pwrite` and a
+            // `sync_file_range` on its I/O threads) to open and to close every batch.
+            self.tree
+                .insert(first.to_be_bytes(), frame.as_slice())
+                .map_err(|e| self.storage(e))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (first, frame) in &frames {
+                batch.insert(&first.to_be_bytes(), frame.as_slice());
+            }
+            self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
         }
-        self.tree.apply_batch(batch).map_err(|e| self.storage(e))?;
         // Only once the tree holds them: a checkpoint may then drop the WAL segment.
         for (first, frame) in &frames {
             self.durable.wal.append(*first, frame);
