@@ -557,7 +557,7 @@ fn lose_worker(state: &State, cx: &Context<'_>, worker_id: &str, reason: &str) -
         let Some(t) = state.tenants.get(&db.tenant) else {
             continue;
         };
-        let on = |w: &Option<Writer>| w.as_ref().is_some_and(|w| w.worker_id == worker_id);
+        let on = |w: &Option<Box<Writer>>| w.as_ref().is_some_and(|w| w.worker_id == worker_id);
         let writer_here = on(&db.writer);
         let candidate_here = on(&db.scale.candidate);
         if db.state == DbState::Deleting || !(writer_here || candidate_here) {
@@ -629,7 +629,7 @@ fn report(
     };
     let t = tenant_of(state, db)?;
     let subject = Subject::db(t, db_id);
-    let is = |w: &Option<Writer>| {
+    let is = |w: &Option<Box<Writer>>| {
         w.as_ref()
             .is_some_and(|w| w.worker_id == worker_id && w.term == term)
     };

@@ -371,13 +371,13 @@ impl State {
                 let credentials = self.credentials_of(*db_id);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Starting;
-                    db.writer = Some(Writer {
+                    db.writer = Some(Box::new(Writer {
                         worker_id: worker_id.clone(),
                         profile: profile.clone(),
                         term: *writer_term,
                         backend_addr: None,
                         credentials,
-                    });
+                    }));
                     db.writer_term = *writer_term;
                     db.phase_started_at = Some(at);
                     db.phase_deadline_at = Some(*deadline);
@@ -495,13 +495,13 @@ impl State {
                     db.scale = Scale {
                         stage: ScaleStage::PreparingCandidate,
                         target_profile: Some(target_profile.clone()),
-                        candidate: Some(Writer {
+                        candidate: Some(Box::new(Writer {
                             worker_id: candidate_worker_id.clone(),
                             profile: target_profile.clone(),
                             term: *candidate_writer_term,
                             backend_addr: None,
                             credentials,
-                        }),
+                        })),
                         phase_started_at: Some(at),
                         phase_deadline_at: Some(*deadline),
                         failure_reason: None,
@@ -535,7 +535,7 @@ impl State {
                     let old =
                         edit(&mut self.dbs, db_id).and_then(|db| db.writer.replace(candidate));
                     if let Some(old) = old {
-                        self.retire(old, *db_id, Retire::Stop);
+                        self.retire(*old, *db_id, Retire::Stop);
                     }
                     if let Some(db) = edit(&mut self.dbs, db_id) {
                         db.scale = Scale::default();
@@ -644,7 +644,7 @@ impl State {
             self.leases.remove(&lease);
         }
         if let (Some(w), true) = (writer, retire) {
-            self.retire(w, db_id, Retire::Stop);
+            self.retire(*w, db_id, Retire::Stop);
         }
     }
 
@@ -674,7 +674,7 @@ impl State {
         };
         db.freeze_new_checkouts = false;
         if let Some(c) = candidate {
-            self.retire(c, db_id, Retire::Abort);
+            self.retire(*c, db_id, Retire::Abort);
         }
     }
 
@@ -728,7 +728,7 @@ impl State {
         db.scale = Scale::default();
         db.freeze_new_checkouts = false;
         if let Some(c) = candidate {
-            self.retire(c, db_id, Retire::Abort);
+            self.retire(*c, db_id, Retire::Abort);
         }
         self.reindex(db_id);
     }

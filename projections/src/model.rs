@@ -99,7 +99,10 @@ pub struct Db {
     pub state: DbState,
     /// The writer placed for this database (starting, serving or stopping); `None` when
     /// no compute holds it.
-    pub writer: Option<Writer>,
+    ///
+    /// Boxed, like the handoff's candidate: most databases have neither, and a `Writer` inline
+    /// is 88 bytes of every database's record (a box encodes as what it holds).
+    pub writer: Option<Box<Writer>>,
     /// The highest writer term handed out: every start and every candidate gets the next.
     pub writer_term: u64,
     /// Deadline of the start or stop in progress.
@@ -148,7 +151,7 @@ pub struct Writer {
 pub struct Scale {
     pub stage: ScaleStage,
     pub target_profile: Option<String>,
-    pub candidate: Option<Writer>,
+    pub candidate: Option<Box<Writer>>,
     pub phase_started_at: Option<Timestamp>,
     pub phase_deadline_at: Option<Timestamp>,
     pub failure_reason: Option<String>,
