@@ -96,7 +96,8 @@ fn edit<'m, K: Ord + Clone, V: Clone>(map: &'m mut Map<K, Arc<V>>, key: &K) -> O
 
 /// Keeps the records `keep` says yes to.
 fn retain<K: Ord + Clone, V>(map: &mut Map<K, Arc<V>>, keep: impl Fn(&V) -> bool) {
-    let gone: Vec<K> = (map.iter())
+    let gone: Vec<K> = map
+        .iter()
         .filter(|(_, v)| !keep(v))
         .map(|(k, _)| k.clone())
         .collect();
@@ -165,7 +166,9 @@ impl State {
                 if let Some(a) = edit(&mut self.accounts, account_id) {
                     a.deleting = true;
                 }
-                let keys: Vec<String> = (self.api_keys.values())
+                let keys: Vec<String> = self
+                    .api_keys
+                    .values()
                     .filter(|k| k.account() == Some(*account_id) && k.revoked_at.is_none())
                     .map(|k| k.id.clone())
                     .collect();
@@ -353,7 +356,9 @@ impl State {
                 if let Some(w) = edit(&mut self.workers, worker_id) {
                     w.lost_at = Some(at);
                 }
-                let gone: Vec<_> = (self.retiring.keys())
+                let gone: Vec<_> = self
+                    .retiring
+                    .keys()
                     .filter(|(w, _, _)| w == worker_id)
                     .cloned()
                     .collect();
