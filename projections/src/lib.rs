@@ -25,8 +25,8 @@ use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
 pub use model::{
-    Account, ApiKey, Db, DbState, IdempotentResponse, Lease, Retire, Scale, ScaleStage, Tenant,
-    Usage, Worker, Writer,
+    Account, ApiKey, Db, DbState, Handoff, IdempotentResponse, Lease, Retire, Scale, ScaleStage,
+    Tenant, Usage, Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -497,7 +497,7 @@ impl State {
                 let credentials = self.credentials_of(*db_id);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.writer_term = *candidate_writer_term;
-                    db.scale = Scale {
+                    db.scale = Scale::new(Handoff {
                         stage: ScaleStage::PreparingCandidate,
                         target_profile: Some(target_profile.clone()),
                         candidate: Some(Box::new(Writer {
@@ -510,7 +510,7 @@ impl State {
                         phase_started_at: Some(at),
                         phase_deadline_at: Some(*deadline),
                         failure_reason: None,
-                    };
+                    });
                 }
             }
             Event::DbScaleCutoverStarted {
@@ -519,9 +519,10 @@ impl State {
                 deadline,
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.scale.stage = ScaleStage::Cutover;
-                    db.scale.phase_started_at = Some(at);
-                    db.scale.phase_deadline_at = Some(*deadline);
+                    let handoff = db.scale.edit();
+                    handoff.stage = ScaleStage::Cutover;
+                    handoff.phase_started_at = Some(at);
+                    handoff.phase_deadline_at = Some(*deadline);
                     db.freeze_new_checkouts = true;
                     db.lease_control_epoch = *lease_control_epoch;
                 }
@@ -531,7 +532,7 @@ impl State {
                 backend_addr,
                 cooldown_until,
             } => {
-                let candidate = edit(&mut self.dbs, db_id).and_then(|db| db.scale.candidate.take());
+                let candidate = edit(&mut self.dbs, db_id).and_then(|db| db.scale.take_candidate());
                 if let Some(mut candidate) = candidate {
                     // The old writer's run ends here; its leases stay until they are released
                     // or expire, and renewals under the old epoch are refused.
@@ -671,12 +672,12 @@ impl State {
         let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
-        let candidate = db.scale.candidate.take();
-        db.scale = Scale {
+        let candidate = db.scale.take_candidate();
+        db.scale = Scale::new(Handoff {
             stage: ScaleStage::Failed,
             failure_reason: Some(reason),
-            ..Scale::default()
-        };
+            ..Handoff::default()
+        });
         db.freeze_new_checkouts = false;
         if let Some(c) = candidate {
             self.retire(*c, db_id, Retire::Abort);
@@ -729,7 +730,7 @@ impl State {
             return;
         };
         db.state = DbState::Deleting;
-        let candidate = db.scale.candidate.take();
+        let candidate = db.scale.take_candidate();
         db.scale = Scale::default();
         db.freeze_new_checkouts = false;
         if let Some(c) = candidate {
@@ -955,6 +956,43 @@ mod tests {
         let mut replayed = State::default();
         replayed.apply_all(&log[..2]);
         assert_eq!(version, replayed);
+    }
+
+    #[test]
+    fn a_handoff_is_boxed_only_while_it_is_not_stable_and_encodes_as_its_fields() {
+        fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+            bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+        }
+        let candidate = Writer {
+            worker_id: "w1".into(),
+            profile: "L2".into(),
+            term: 3,
+            backend_addr: None,
+            credentials: 0,
+        };
+        let handoff = Handoff {
+            stage: ScaleStage::PreparingCandidate,
+            target_profile: Some("L2".into()),
+            candidate: Some(Box::new(candidate)),
+            phase_started_at: Some(Timestamp(5)),
+            phase_deadline_at: Some(Timestamp(9)),
+            failure_reason: None,
+        };
+        let mut scale = Scale::new(handoff.clone());
+        assert_eq!(encode(&scale), encode(&handoff));
+        assert_eq!(scale.stage, ScaleStage::PreparingCandidate);
+        let decoded: (Scale, usize) =
+            bincode::serde::decode_from_slice(&encode(&scale), bincode::config::standard())
+                .unwrap();
+        assert_eq!(decoded.0, scale);
+
+        // Back to a stable database's fields: no box, equal to the default, same encoding.
+        assert!(scale.take_candidate().is_some());
+        *scale.edit() = Handoff::default();
+        scale.settle();
+        assert_eq!(scale, Scale::default());
+        assert_eq!(encode(&scale), encode(&Handoff::default()));
+        assert!(std::mem::size_of::<Scale>() <= 8);
     }
 
     #[test]
