@@ -147,7 +147,7 @@ pub struct Writer {
 }
 
 /// The handoff of a database to another profile: [`Handoff`]'s fields, kept in a box only while
-/// they differ from a stable database's (most databases never have one: 96 bytes less of each
+/// they differ from a stable database's (most databases never have one: 88 bytes less of each
 /// record). Reads see the fields through `Deref`; changes go through [`Scale::edit`]. Compares,
 /// encodes and decodes as the fields themselves, so snapshots did not change.
 #[derive(Clone, Default)]
