@@ -59,16 +59,6 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
-/// The parent of `pid`, from /proc.
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// PostgreSQL servers running now under `storage`, by data directory. A process a server has
 /// just forked carries the server's command line until it renames itself: one whose parent is
 /// a server of the same directory is that server's child, not a second server.
@@ -76,7 +66,8 @@ fn postmasters(storage: &Path) -> BTreeMap<String, usize> {
     let found = crate::lab::postgres_servers(storage);
     let mut by_dir = BTreeMap::new();
     for (dir, pid) in &found {
-        let child = parent(*pid).is_some_and(|p| found.iter().any(|(d, q)| *q == p && d == dir));
+        let child = crate::lab::parent(*pid)
+            .is_some_and(|p| found.iter().any(|(d, q)| *q == p && d == dir));
         if !child {
             *by_dir.entry(dir.clone()).or_insert(0) += 1;
         }

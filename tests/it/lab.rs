@@ -417,12 +417,22 @@ pub fn more_rows(committed: &std::sync::Mutex<Vec<i64>>, n: usize) -> usize {
     from
 }
 
+/// Field `n` of `/proc/<pid>/stat` counted after the command name (0: the state, 1: the
+/// parent's pid), if the process exists.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(n).map(str::to_owned)
+}
+
 /// Whether `pid` runs (zombies left to an init that does not reap them do not count).
 pub fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()? != "Z"))
-        .unwrap_or(false)
+    stat_field(pid, 0).is_some_and(|state| state != "Z")
+}
+
+/// The parent of `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat_field(pid, 1)?.parse().ok()
 }
 
 /// The live postgres processes whose data directory (`-D`) is under `storage`: (directory,
