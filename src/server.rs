@@ -293,20 +293,49 @@ impl Application {
         self.gateway.as_ref().map(|g| g.addr)
     }
 
-    /// Serves until SIGINT/SIGTERM (handled by the HTTP server), then stops the Gateway (its
-    /// connections end), the local worker (its PostgreSQL servers stop) and the committer.
+    /// Serves until SIGINT/SIGTERM, then stops the Gateway (its connections end) and the
+    /// local worker (its PostgreSQL servers stop) while the API still answers them, then the
+    /// API (after its last request) and the committer.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let handle = self.server.handle();
+        let mut server = self.server;
+        let served = tokio::select! {
+            served = &mut server => Some(served),
+            _ = stop_signal() => None,
+        };
         if let Some(mut g) = self.gateway.take() {
             g.stop();
         }
         if let Some(w) = self.worker.stop() {
             let _ = web::block(move || w.stop()).await;
         }
+        let served = match served {
+            Some(served) => served,
+            // The server answers the stop while it is polled: both at once.
+            None => tokio::join!(handle.stop(true), server).1,
+        };
         self.committer.stop().await;
         tracing::info!("stopped");
         served
     }
+}
+
+/// The first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stopping");
 }
 
 /// A path as the embedded Gateway's and worker's flags take it.

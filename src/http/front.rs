@@ -268,7 +268,10 @@ where
     let mut builder = actix_server::Server::build()
         .workers(settings.workers)
         .backlog(settings.backlog)
-        .shutdown_timeout(settings.shutdown_timeout.as_secs());
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // The caller decides when to stop (`Server::handle`): the service stops what depends
+        // on the API before the API itself.
+        .disable_signals();
     let shutdown = builder.graceful_shutdown_signal();
     for (i, Listener { socket, tls }) in listeners.into_iter().enumerate() {
         let addr = socket.local_addr()?;

@@ -130,7 +130,7 @@ fn connections(d: &Value) -> u64 {
 fn the_seeds_path_through_psql_and_each_refusal_with_its_sqlstate() {
     let tmp = tempdir();
     let data = tmp.path().join("data");
-    let fx = platform(&data, &[("SPG99_IDLE_TIMEOUT", "2")]);
+    let mut fx = platform(&data, &[("SPG99_IDLE_TIMEOUT", "2")]);
     let gw = fx
         .server
         .gateway
@@ -253,6 +253,14 @@ fn the_seeds_path_through_psql_and_each_refusal_with_its_sqlstate() {
     )
     .unwrap();
     assert_eq!(out, "apple,pear");
+
+    // A clean stop with the database running: its PostgreSQL server stops, and the embedded
+    // worker, stopped while the API still answers it, reports no failed call.
+    let (status, _) = fx.server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(crate::lab::postgres_servers(&data).is_empty());
+    let log = std::fs::read_to_string(&fx.server.stderr_path).unwrap();
+    assert!(!log.contains("call failed"), "{log}");
 }
 
 #[test]

@@ -820,6 +820,11 @@ impl Agent {
                 error!(call, error = %e, "the control plane refuses this worker");
                 Err(EXIT_REFUSED)
             }
+            // Stopping: a call cut short by the control plane stopping too is expected.
+            e if self.stopped() => {
+                debug!(call, error = %e, "call failed while stopping");
+                Ok(())
+            }
             e => {
                 warn!(call, error = %e, "call failed; retrying");
                 backoff.sleep();
