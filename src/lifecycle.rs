@@ -1238,7 +1238,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             writer_term: term,
             profile: profile.map(str::to_owned),
             timeline: Some(db.timeline.clone()),
-            database: serves.then(|| db.name.clone()),
+            database: serves.then(|| db.name.to_string()),
             pg_user: pg_user.filter(|_| serves),
             verifier: None,
             credentials: None,

@@ -153,7 +153,7 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
 /// streams and replays, both sequential over 64 KiB frames, and recent batches are also in
 /// the committer's live feed; a small cache costs them little, while the default would keep
 /// the whole log in memory.
-const SLED_CACHE_BYTES: u64 = 16 << 20;
+const SLED_CACHE_BYTES: u64 = 2 << 20;
 
 impl Durable {
     fn io(&self, path: PathBuf) -> impl FnOnce(std::io::Error) -> LogError {

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use model::{
     Account, ApiKey, Db, DbState, Handoff, IdempotentResponse, Lease, Retire, Scale, ScaleStage,
-    Tenant, Usage, Worker, Writer,
+    SmolStr, Tenant, Usage, Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -65,7 +65,7 @@ pub struct State {
     pub tenants_by_pg_user: Map<String, Uuid>,
     pub dbs: Map<Uuid, Arc<Db>>,
     /// Database names are unique within a tenant; ordered by tenant, then name.
-    pub dbs_by_name: Map<(Uuid, String), Uuid>,
+    pub dbs_by_name: Map<(Uuid, SmolStr), Uuid>,
     /// First answers to idempotent requests, by (key id, idempotency key).
     pub idempotency: Map<(String, String), Arc<IdempotentResponse>>,
     /// The same entries by time recorded, for expiry.
@@ -278,14 +278,15 @@ impl State {
                 size,
                 timeline,
             } => {
+                let name = SmolStr::new(name);
                 self.dbs_by_name.insert((*tenant_id, name.clone()), *db_id);
                 self.dbs.insert(
                     *db_id,
                     Arc::new(Db {
                         id: *db_id,
                         tenant: *tenant_id,
-                        name: name.clone(),
-                        size: size.clone(),
+                        name,
+                        size: SmolStr::new(size),
                         timeline: timeline.clone(),
                         created_at: at,
                         state: DbState::Stopped,
@@ -715,7 +716,7 @@ impl State {
                 .or_insert_with(|| Usage {
                     tenant_id: tenant.id,
                     tenant: tenant.name.clone(),
-                    db: db.name.clone(),
+                    db: db.name.to_string(),
                     by_profile: BTreeMap::new(),
                 });
             *row.by_profile.entry(writer.profile.clone()).or_default() += micros;
@@ -814,7 +815,7 @@ impl State {
     /// The databases of a tenant, by name.
     pub fn dbs_of(&self, tenant: Uuid) -> impl Iterator<Item = &Db> + '_ {
         self.dbs_by_name
-            .range((tenant, String::new())..)
+            .range((tenant, SmolStr::default())..)
             .take_while(move |((t, _), _)| *t == tenant)
             .filter_map(|(_, id)| self.dbs.get(id).map(|d| &**d))
     }
@@ -822,7 +823,7 @@ impl State {
     /// The database `name` of a tenant.
     pub fn db_by_name(&self, tenant: Uuid, name: &str) -> Option<&Db> {
         self.dbs_by_name
-            .get(&(tenant, name.to_owned()))
+            .get(&(tenant, SmolStr::new(name)))
             .and_then(|id| self.dbs.get(id))
             .map(|d| &**d)
     }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+pub use smol_str::SmolStr;
 use spg99_events::{KeyScope, LoadBand, Permissions, Sealed, SecretHash, Timestamp};
 use uuid::Uuid;
 
@@ -92,8 +93,10 @@ impl DbState {
 pub struct Db {
     pub id: Uuid,
     pub tenant: Uuid,
-    pub name: String,
-    pub size: String,
+    /// Inline up to 23 bytes (see [`SmolStr`]): no heap string per database for a name or a
+    /// profile of the usual length.
+    pub name: SmolStr,
+    pub size: SmolStr,
     pub timeline: String,
     pub created_at: Timestamp,
     pub state: DbState,

@@ -70,9 +70,9 @@ impl DbView {
         let candidate = d.scale.candidate.as_ref();
         DbView {
             db_id: d.id,
-            name: d.name.clone(),
+            name: d.name.to_string(),
             tenant: t.name.clone(),
-            size: d.size.clone(),
+            size: d.size.to_string(),
             state: d.state.as_str(),
             timeline: d.timeline.clone(),
             created_at: rfc3339(d.created_at),
