@@ -158,6 +158,13 @@ impl Control {
     }
 
     /// The verifier of `pg_user`; `None` for a user no tenant has.
+    /// Drops what is cached of `pg_user`'s role: a backend refused the verifier it held.
+    pub fn forget_role(&self, pg_user: &str) {
+        let mut roles = self.roles.lock().unwrap();
+        roles.entries.remove(pg_user);
+        roles.generation += 1;
+    }
+
     pub async fn role(self: &Arc<Self>, pg_user: &str) -> Result<Option<Verifier>, String> {
         // The platform's user names are `u_` and hex: anything else is no tenant's, and never
         // goes into a URL.

@@ -377,6 +377,7 @@ async fn authenticate_and_route<S: Stream>(
                 Err(Backend::Retry {
                     why: "no answer in time".into(),
                     moved: true,
+                    password: false,
                 })
             });
         match login {
@@ -386,7 +387,21 @@ async fn authenticate_and_route<S: Stream>(
                 Out::default().raw(&m).send(client).await?;
                 return Err(End::Quiet);
             }
-            Err(Backend::Retry { why, moved }) => {
+            Err(Backend::Retry {
+                why,
+                moved,
+                password,
+            }) => {
+                // The proof was checked against a cached verifier: a fresh one that differs
+                // means the password changed since (a reset), and the client's is the old one.
+                if password {
+                    gw.control.forget_role(user);
+                    if let Ok(Some(fresh)) = gw.control.role(user).await {
+                        if fresh.server_key != server_key {
+                            return Err(bad());
+                        }
+                    }
+                }
                 if Instant::now() + pause >= deadline {
                     return Err(error(
                         "08006",
@@ -443,8 +458,14 @@ enum Backend {
     /// The backend refused the login itself (its ErrorResponse, for the client).
     Refused(Message),
     /// Worth another try: unreachable, shutting down or starting up (`moved`: route afresh,
-    /// the writer may have changed), or a role its update has not reached yet.
-    Retry { why: String, moved: bool },
+    /// the writer may have changed), or refusing the password the Gateway accepted
+    /// (`password`): its role has not had an update yet, or the Gateway's cached verifier is
+    /// older than the backend's.
+    Retry {
+        why: String,
+        moved: bool,
+        password: bool,
+    },
 }
 
 /// SQLSTATEs of a backend that is going away or not there yet.
@@ -458,7 +479,11 @@ async fn connect_backend(
     forwarded: &[(String, String)],
     keys: &Keys,
 ) -> Result<(TcpStream, Ready), Backend> {
-    let lost = |why: String| Backend::Retry { why, moved: true };
+    let lost = |why: String| Backend::Retry {
+        why,
+        moved: true,
+        password: false,
+    };
     let mut backend = TcpStream::connect(addr)
         .await
         .map_err(|e| lost(e.to_string()))?;
@@ -546,11 +571,10 @@ async fn connect_backend(
                     .unwrap_or_default();
                 return Err(match code {
                     c if GOING_OR_COMING.contains(&c) => lost(message),
-                    // The Gateway checked the client's proof against the tenant's current
-                    // verifier: a backend refusing it has not had the role update yet.
                     "28P01" => Backend::Retry {
                         why: message,
                         moved: false,
+                        password: true,
                     },
                     _ => Backend::Refused(m),
                 });

@@ -389,7 +389,7 @@ fn channel_binding_direct_tls_cancels_and_a_password_reset() {
     loop {
         match connect(&cfg(&shop.password)) {
             Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => break,
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e:?}"),
             Ok(_) => assert!(
                 began.elapsed() < Duration::from_secs(10),
                 "the old password still works"
