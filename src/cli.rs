@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// Where the command log (and everything derived from it) lives.
     #[arg(long, env = "SPG99_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The command log in a PostgreSQL database instead (`postgres://user:password@host/db`;
+    /// its schema is made on first use). This process becomes the log's writer, and a writer
+    /// that had it before may no longer append. Snapshots and keys stay in --data-dir.
+    #[arg(long, env = "SPG99_LOG")]
+    pub log: Option<String>,
     /// HTTP listen address; port 0 picks a free port (the address is printed).
     #[arg(long, env = "SPG99_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

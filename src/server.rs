@@ -19,7 +19,7 @@ use crate::commands::{Command, CommandMeta};
 use crate::committer::{CommitHandle, Committer};
 use crate::http::{self, front, request_id, AppState};
 use crate::lifecycle::Settings;
-use crate::log::{Log, LogError};
+use crate::log::{Location, Log, LogError};
 use crate::reconciler;
 use crate::recovery::recover;
 use crate::secrets::{SecretBox, SecretError};
@@ -33,6 +33,8 @@ const BACKLOG: u32 = 4096;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// Where the command log is: sled in `data_dir`, or a PostgreSQL database.
+    pub log: Location,
     pub listen: String,
     /// The embedded Gateway's address; `None`: no Gateway in this process.
     pub gateway_listen: Option<String>,
@@ -84,6 +86,17 @@ impl Config {
             }
         };
         Ok(Config {
+            log: match &args.log {
+                Some(url) if matches!(Location::parse(url), Location::Postgres(_)) => {
+                    Location::parse(url)
+                }
+                Some(other) => {
+                    return Err(StartError::Config(format!(
+                    "--log {other:?}: expected a postgres:// URL (the sled log is in --data-dir)"
+                )))
+                }
+                None => Location::Sled(args.data_dir.clone()),
+            },
             data_dir: args.data_dir,
             listen: args.listen,
             gateway_listen: Some(args.gateway_listen).filter(|g| g != "none"),
@@ -146,8 +159,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let log = Arc::new(Log::open(&config.data_dir)?);
-        let recovered = recover(&log, &config.data_dir, true)?;
+        let log = Arc::new(Log::at(&config.log, true)?);
+        // Snapshots of a log kept elsewhere go in a directory of their own.
+        let local = log.local_dir(&config.data_dir);
+        let recovered = recover(&log, &local, true)?;
         tracing::info!(
             seq = recovered.state.last_seq,
             snapshot = recovered.snapshot,
@@ -184,7 +199,7 @@ impl Application {
         actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
         actix_web::rt::spawn(crate::snapshot::run(
             commits.shared().clone(),
-            config.data_dir.clone(),
+            local,
             config.snapshots,
             snapshot_seq,
         ));

@@ -22,6 +22,7 @@ mod lifecycle;
 mod lifecycle_props;
 mod limits;
 mod log_integrity;
+mod log_stores;
 mod openapi;
 mod pgtls;
 mod restart;

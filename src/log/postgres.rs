@@ -1,0 +1,466 @@
+//! The command log on PostgreSQL: the same frames as on sled, one row each.
+//!
+//! ## What do we store?
+//! ```text
+//! spg99_log_schema (version, log_id)                -- 1, and a random id; made on first use
+//! spg99_log_head   (seq, generation)                -- one row
+//! spg99_log        (first_seq PK, batch, frame)     -- a frame per row, as on sled
+//! ```
+//! `seq` is ours and gapless: the head row says where the log ends, and an append moves it in
+//! the same transaction that inserts the frames. No sequence or serial is used: their values
+//! are neither gapless nor in commit order.
+//!
+//! ## Who may append?
+//! Opening the log for writing takes the next `generation` (the head row's, plus one). Every
+//! append checks, inside its transaction, that the head is still at the seq it expects and the
+//! generation still its own; once another writer has opened the log, the old writer's appends
+//! are refused ([`LogError::Fenced`]) and nothing it sends lands.
+//!
+//! ## When is a write durable?
+//! [`Store::put`] only queues frames; [`Store::sync`] appends everything queued in one
+//! transaction — one group commit, durable as PostgreSQL's `COMMIT` is (its
+//! `synchronous_commit` and, with replication, its synchronous standbys decide how).
+//!
+//! ## Ambiguous commits
+//! If the connection fails while a `COMMIT` is in flight, the transaction may or may not have
+//! committed. The writer reconnects and reads back the first frame's row: if it holds this
+//! batch's id, the batch committed; if there is no row, it did not and is appended again; a row
+//! with another batch's id means another writer took the log over (fenced). Never a duplicate,
+//! never a lost acknowledged command.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ::postgres::{Client, Config, NoTls};
+
+use super::{split_frame, Frame, Frames, LogError, Result, Store};
+
+/// The schema this build makes and reads.
+const SCHEMA_VERSION: i32 = 1;
+/// Serializes the making of the schema among processes opening the log at once.
+const SCHEMA_LOCK: i64 = 0x5350_4739_395f_4c47;
+/// Frames read per query.
+const PAGE: i64 = 64;
+/// How often an append is tried again after its connection failed.
+const RECONNECTS: u32 = 3;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS spg99_log_schema (version integer NOT NULL, log_id text NOT NULL);
+    CREATE TABLE IF NOT EXISTS spg99_log_head (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        seq bigint NOT NULL,
+        generation bigint NOT NULL
+    );
+    INSERT INTO spg99_log_head (seq, generation) VALUES (0, 0) ON CONFLICT DO NOTHING;
+    CREATE TABLE IF NOT EXISTS spg99_log (
+        first_seq bigint PRIMARY KEY,
+        batch bigint NOT NULL,
+        frame bytea NOT NULL
+    );
+    -- Frames are bincode with checksums: compressing them buys little and costs every read.
+    ALTER TABLE spg99_log ALTER COLUMN frame SET STORAGE EXTERNAL;
+";
+
+/// The log in a PostgreSQL database.
+pub struct PgStore {
+    config: Config,
+    /// The URL without its password, for errors and logs.
+    target: String,
+    /// The writer's state; `None` when opened for reading only.
+    writer: Option<Mutex<Writer>>,
+    /// Idle connections for readers.
+    readers: std::sync::Arc<Mutex<Vec<Client>>>,
+    /// The log's id, made with its schema: local files derived from this log (snapshots) are
+    /// kept apart from those of any other.
+    id: String,
+}
+
+struct Writer {
+    client: Client,
+    generation: i64,
+    /// The durable head: what the table's head row says, as this writer last moved it.
+    durable: u64,
+    /// Frames put and not yet synced, in order.
+    pending: Vec<(u64, Vec<u8>)>,
+}
+
+impl PgStore {
+    /// Connects to the log at `url`, making its schema on first use. As the `writer`, takes the
+    /// next generation: from then on, appends of any earlier writer are refused.
+    pub fn connect(url: &str, writer: bool) -> Result<PgStore> {
+        let config: Config = url
+            .parse()
+            .map_err(|e: ::postgres::Error| LogError::Postgres {
+                target: redact(url),
+                reason: e.to_string(),
+            })?;
+        let store = PgStore {
+            config,
+            target: redact(url),
+            writer: None,
+            readers: Default::default(),
+            id: String::new(),
+        };
+        let mut client = store.client()?;
+        let id = store.make_schema(&mut client)?;
+        let writer = if writer {
+            let row = client
+                .query_one(
+                    "UPDATE spg99_log_head SET generation = generation + 1 RETURNING seq, generation",
+                    &[],
+                )
+                .map_err(|e| store.failed(&e))?;
+            let (seq, generation): (i64, i64) = (row.get(0), row.get(1));
+            tracing::info!(log = %store.target, generation, head = seq, "the log is ours to append to");
+            Some(Mutex::new(Writer {
+                client,
+                generation,
+                durable: seq as u64,
+                pending: Vec::new(),
+            }))
+        } else {
+            store.readers.lock().unwrap().push(client);
+            None
+        };
+        Ok(PgStore {
+            writer,
+            id,
+            ..store
+        })
+    }
+
+    fn client(&self) -> Result<Client> {
+        let mut config = self.config.clone();
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config
+            .application_name("spg99-log")
+            .connect(NoTls)
+            .map_err(|e| self.failed(&e))
+    }
+
+    fn failed(&self, e: &::postgres::Error) -> LogError {
+        LogError::Postgres {
+            target: self.target.clone(),
+            reason: match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            },
+        }
+    }
+
+    /// Makes the schema unless it is there; the log's id.
+    fn make_schema(&self, client: &mut Client) -> Result<String> {
+        let mut tx = client.transaction().map_err(|e| self.failed(&e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .map_err(|e| self.failed(&e))?;
+        tx.batch_execute(SCHEMA).map_err(|e| self.failed(&e))?;
+        let found = tx
+            .query_opt("SELECT version, log_id FROM spg99_log_schema", &[])
+            .map_err(|e| self.failed(&e))?;
+        let id = match found {
+            None => {
+                let id = format!("{:016x}", random_i64() as u64);
+                tx.execute(
+                    "INSERT INTO spg99_log_schema (version, log_id) VALUES ($1, $2)",
+                    &[&SCHEMA_VERSION, &id],
+                )
+                .map_err(|e| self.failed(&e))?;
+                id
+            }
+            Some(row) if row.get::<_, i32>(0) == SCHEMA_VERSION => row.get(1),
+            Some(row) => {
+                return Err(LogError::Postgres {
+                    target: self.target.clone(),
+                    reason: format!(
+                        "its schema is version {}; this build reads version {SCHEMA_VERSION}",
+                        row.get::<_, i32>(0)
+                    ),
+                })
+            }
+        };
+        tx.commit().map_err(|e| self.failed(&e))?;
+        Ok(id)
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>> {
+        match &self.writer {
+            Some(w) => Ok(w.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Err(LogError::ReadOnly),
+        }
+    }
+
+    /// One transaction: moves the head from `w.durable` to the last pending record's seq if
+    /// the generation is still `w.generation`, and inserts the frames.
+    fn append(&self, w: &mut Writer, batch: i64, head: u64) -> std::result::Result<(), Failure> {
+        let firsts: Vec<i64> = w.pending.iter().map(|(f, _)| *f as i64).collect();
+        let frames: Vec<&[u8]> = w.pending.iter().map(|(_, f)| f.as_slice()).collect();
+        let mut tx = w.client.transaction()?;
+        let moved = tx.query_opt(
+            "UPDATE spg99_log_head SET seq = $1 WHERE generation = $2 AND seq = $3 RETURNING seq",
+            &[&(head as i64), &w.generation, &(w.durable as i64)],
+        )?;
+        if moved.is_none() {
+            let theirs: i64 = tx
+                .query_one("SELECT generation FROM spg99_log_head", &[])?
+                .get(0);
+            return Err(Failure::Fenced(theirs));
+        }
+        tx.execute(
+            "INSERT INTO spg99_log (first_seq, batch, frame) \
+             SELECT f, $2, b FROM unnest($1::bigint[], $3::bytea[]) AS t(f, b)",
+            &[&firsts, &batch, &frames],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// After a failed connection: whether the batch whose first frame is at `first` landed.
+    fn landed(&self, client: &mut Client, first: u64, batch: i64) -> Result<Option<bool>> {
+        let row = client
+            .query_opt(
+                "SELECT batch FROM spg99_log WHERE first_seq = $1",
+                &[&(first as i64)],
+            )
+            .map_err(|e| self.failed(&e))?;
+        Ok(row.map(|r| r.get::<_, i64>(0) == batch))
+    }
+}
+
+/// Why an append did not land.
+enum Failure {
+    Fenced(i64),
+    Sql(::postgres::Error),
+}
+
+impl From<::postgres::Error> for Failure {
+    fn from(e: ::postgres::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl Store for PgStore {
+    fn head(&self) -> Result<u64> {
+        if let Some(w) = &self.writer {
+            let w = w.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(last_seq(&w.pending).unwrap_or(w.durable));
+        }
+        let mut client = self.reader()?;
+        let head = client
+            .query_one("SELECT seq FROM spg99_log_head", &[])
+            .map_err(|e| self.failed(&e))?
+            .get::<_, i64>(0) as u64;
+        self.readers.lock().unwrap().push(client);
+        Ok(head)
+    }
+
+    fn put(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.writer()?.pending.extend(frames);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let mut w = self.writer()?;
+        let Some(head) = last_seq(&w.pending) else {
+            return Ok(());
+        };
+        let first = w.pending[0].0;
+        let batch = random_i64();
+        let mut tries = 0;
+        loop {
+            let outcome = self.append(&mut w, batch, head);
+            match outcome {
+                Ok(()) => {}
+                Err(Failure::Fenced(theirs)) => {
+                    return Err(LogError::Fenced {
+                        ours: w.generation,
+                        theirs,
+                    })
+                }
+                Err(Failure::Sql(e)) if !w.client.is_closed() || tries >= RECONNECTS => {
+                    return Err(self.failed(&e))
+                }
+                Err(Failure::Sql(e)) => {
+                    // The connection failed, perhaps during COMMIT: read back whether the batch
+                    // landed before sending it again.
+                    tries += 1;
+                    tracing::warn!(log = %self.target, error = %self.failed(&e), "the log's connection failed during an append; reconnecting");
+                    std::thread::sleep(Duration::from_millis(100 << tries));
+                    w.client = match self.client() {
+                        Ok(c) => c,
+                        Err(e) if tries < RECONNECTS => {
+                            tracing::warn!(error = %e, "cannot reconnect yet");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    match self.landed(&mut w.client, first, batch)? {
+                        Some(true) => {}
+                        Some(false) => {
+                            let theirs: i64 = w
+                                .client
+                                .query_one("SELECT generation FROM spg99_log_head", &[])
+                                .map_err(|e| self.failed(&e))?
+                                .get(0);
+                            return Err(LogError::Fenced {
+                                ours: w.generation,
+                                theirs,
+                            });
+                        }
+                        None => continue,
+                    }
+                }
+            }
+            w.durable = head;
+            w.pending.clear();
+            return Ok(());
+        }
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn frames(&self, seq: u64) -> Frames {
+        let client = match self.reader() {
+            Ok(c) => c,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(Pages {
+            client: Some(client),
+            store_target: self.target.clone(),
+            readers: self.readers.clone(),
+            seq,
+            started: false,
+            page: std::collections::VecDeque::new(),
+            done: false,
+        })
+    }
+}
+
+impl PgStore {
+    /// An idle reader connection, or a new one.
+    fn reader(&self) -> Result<Client> {
+        let idle = self.readers.lock().unwrap().pop();
+        match idle {
+            Some(c) if !c.is_closed() => Ok(c),
+            _ => self.client(),
+        }
+    }
+}
+
+/// Frames read a page at a time; the connection goes back to the idle ones when done.
+struct Pages {
+    client: Option<Client>,
+    store_target: String,
+    readers: std::sync::Arc<Mutex<Vec<Client>>>,
+    /// Where the next page starts: a seq inside the first frame wanted, then a first_seq.
+    seq: u64,
+    started: bool,
+    page: std::collections::VecDeque<(u64, Frame)>,
+    done: bool,
+}
+
+impl Pages {
+    fn fetch(&mut self) -> std::result::Result<(), ::postgres::Error> {
+        let client = self.client.as_mut().expect("a client until done");
+        let rows = if self.started {
+            client.query(
+                "SELECT first_seq, frame FROM spg99_log WHERE first_seq > $1 \
+                 ORDER BY first_seq LIMIT $2",
+                &[&(self.seq as i64), &PAGE],
+            )?
+        } else {
+            // From the frame holding `seq`: the last one starting at or before it.
+            client.query(
+                "SELECT first_seq, frame FROM spg99_log WHERE first_seq >= \
+                 COALESCE((SELECT max(first_seq) FROM spg99_log WHERE first_seq <= $1), $1) \
+                 ORDER BY first_seq LIMIT $2",
+                &[&(self.seq as i64), &PAGE],
+            )?
+        };
+        self.started = true;
+        if (rows.len() as i64) < PAGE {
+            self.done = true;
+        }
+        for row in rows {
+            let first = row.get::<_, i64>(0) as u64;
+            self.seq = first;
+            self.page.push_back((first, Frame::Owned(row.get(1))));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.client.take() {
+            self.readers.lock().unwrap().push(c);
+        }
+    }
+}
+
+impl Iterator for Pages {
+    type Item = Result<(u64, Frame)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(frame) = self.page.pop_front() {
+                return Some(Ok(frame));
+            }
+            if self.done || self.client.is_none() {
+                self.finish();
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                // A failed connection is not given back.
+                self.client = None;
+                return Some(Err(LogError::Postgres {
+                    target: self.store_target.clone(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The last seq of pending frames.
+fn last_seq(pending: &[(u64, Vec<u8>)]) -> Option<u64> {
+    let (first, frame) = pending.last()?;
+    let count = split_frame(frame).map(|r| r.len()).unwrap_or(1).max(1);
+    Some(first + count as u64 - 1)
+}
+
+fn random_i64() -> i64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the operating system's random generator is unavailable");
+    i64::from_le_bytes(b)
+}
+
+/// `url` without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,167 @@
+//! The command log's two stores, sled and PostgreSQL, pass the same suite: gapless batches
+//! read back from any seq, large batches cut into frames, a reopened log keeps what was
+//! synced and loses nothing, and (on PostgreSQL) a second writer fences the first.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use spg99::log::{Location, Log, LogError};
+use spg99_events::{Actor, Envelope, Event, Timestamp};
+use spg99_worker::postgres::find_bin;
+use spg99_worker::postgres::process::{self, Owner, Server};
+
+fn env(seq: u64, name_len: usize) -> Envelope {
+    Envelope {
+        seq,
+        at: Timestamp(seq as i64),
+        actor: Actor::System,
+        request_id: format!("r{seq}"),
+        account: None,
+        tenant: None,
+        tenant_id: None,
+        db_id: None,
+        event: Event::AccountCreated {
+            account_id: uuid::Uuid::from_u128(seq as u128),
+            name: "n".repeat(name_len),
+            email: None,
+        },
+    }
+}
+
+fn seqs(log: &Log, from: u64) -> Vec<u64> {
+    log.read_from(from).map(|e| e.unwrap().seq).collect()
+}
+
+/// A PostgreSQL server of its own on a free loopback port, trusting local connections.
+pub struct LogDb {
+    server: Option<Server>,
+    pub url: String,
+}
+
+impl LogDb {
+    pub fn start(dir: &Path) -> LogDb {
+        let bin = find_bin(None).expect("PostgreSQL's programs (scripts/test.sh installs them)");
+        let owner = Owner::for_servers().unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.join("pg");
+        std::fs::create_dir_all(&data).unwrap();
+        if let Some(o) = owner {
+            o.chown(dir).unwrap();
+            o.chown(&data).unwrap();
+        }
+        let mut initdb = process::command(&bin.join("initdb"), owner);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        process::run(initdb, "initdb").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = vec![
+            ("listen_addresses", "127.0.0.1".to_string()),
+            ("unix_socket_directories", dir.display().to_string()),
+            ("fsync", "on".to_string()),
+        ];
+        let server = Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log"))
+            .expect("the log's PostgreSQL starts");
+        LogDb {
+            server: Some(server),
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        }
+    }
+}
+
+impl Drop for LogDb {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            let _ = s.stop();
+        }
+    }
+}
+
+/// The suite, on the store that `open` opens afresh each time it is called (as its writer).
+fn suite(open: &dyn Fn() -> Log) {
+    let log = open();
+    assert_eq!(log.head().unwrap(), 0);
+    assert_eq!(seqs(&log, 1), Vec::<u64>::new());
+    log.write(&(1..=3).map(|s| env(s, 10)).collect::<Vec<_>>())
+        .unwrap();
+    log.write(&[env(4, 10)]).unwrap();
+    log.sync().unwrap();
+    // A large batch is cut into several frames, all written atomically.
+    let big: Vec<Envelope> = (5..=400).map(|s| env(s, 1000)).collect();
+    log.write(&big).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.head().unwrap(), 400);
+    for from in [0, 1, 2, 4, 5, 6, 77, 200, 399, 400] {
+        assert_eq!(
+            seqs(&log, from),
+            (from.max(1)..=400).collect::<Vec<_>>(),
+            "from {from}"
+        );
+    }
+    assert_eq!(seqs(&log, 401), Vec::<u64>::new());
+    assert_eq!(log.get(77).unwrap().unwrap(), env(77, 1000));
+    assert_eq!(log.get(401).unwrap(), None);
+    let raw: Vec<usize> = log.raw_records().map(|r| r.unwrap().len()).collect();
+    assert_eq!(raw.len(), 400);
+    assert!(raw.iter().all(|&len| len > 0));
+    log.checkpoint().unwrap();
+    drop(log);
+
+    // Reopened: what was synced is there, the next batch follows on.
+    let log = open();
+    assert_eq!(log.head().unwrap(), 400);
+    log.write(&[env(401, 5)]).unwrap();
+    log.sync().unwrap();
+    assert_eq!(seqs(&log, 399), vec![399, 400, 401]);
+    assert_eq!(log.read_from(1).count(), 401);
+}
+
+#[test]
+fn the_sled_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(&|| Log::open(dir.path()).unwrap());
+}
+
+#[test]
+fn the_postgres_store_passes_the_suite_and_fences_an_older_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = LogDb::start(dir.path());
+    let at = Location::parse(&db.url);
+    suite(&|| Log::at(&at, true).unwrap());
+
+    // A reader sees what is durable, not what a writer has only written.
+    let writer = Log::at(&at, true).unwrap();
+    let reader = Log::at(&at, false).unwrap();
+    writer.write(&[env(402, 5)]).unwrap();
+    assert_eq!(reader.head().unwrap(), 401);
+    assert_eq!(reader.read_from(400).count(), 2);
+    writer.sync().unwrap();
+    assert_eq!(reader.head().unwrap(), 402);
+    assert!(matches!(
+        reader.write(&[env(403, 5)]),
+        Err(LogError::ReadOnly)
+    ));
+
+    // A second writer takes the log over: the first one's appends are refused, and nothing
+    // it sent lands.
+    let second = Log::at(&at, true).unwrap();
+    writer.write(&[env(403, 5)]).unwrap();
+    let err = writer.sync().unwrap_err();
+    assert!(matches!(err, LogError::Fenced { .. }), "{err}");
+    assert_eq!(second.head().unwrap(), 402);
+    second.write(&[env(403, 7)]).unwrap();
+    second.sync().unwrap();
+    assert_eq!(reader.get(403).unwrap().unwrap(), env(403, 7));
+    assert_eq!(reader.read_from(1).count(), 403);
+}
