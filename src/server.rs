@@ -159,10 +159,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Application, StartError> {
-        let log = Arc::new(Log::at(&config.log, true)?);
-        // Snapshots of a log kept elsewhere go in a directory of their own.
-        let local = log.local_dir(&config.data_dir);
-        let recovered = recover(&log, &local, true)?;
+        // On a blocking thread: the log's store may be a database, and its client blocks.
+        let (at, data_dir) = (config.log.clone(), config.data_dir.clone());
+        let (log, snapshots_dir, recovered) = tokio::task::spawn_blocking(move || {
+            let log = Arc::new(Log::at(&at, true)?);
+            // Snapshots of a log kept elsewhere go in a directory of their own.
+            let snapshots_dir = log.local_dir(&data_dir);
+            let recovered = recover(&log, &snapshots_dir, true)?;
+            Ok::<_, LogError>((log, snapshots_dir, recovered))
+        })
+        .await
+        .expect("opening the log does not panic")?;
         tracing::info!(
             seq = recovered.state.last_seq,
             snapshot = recovered.snapshot,
@@ -199,7 +206,7 @@ impl Application {
         actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
         actix_web::rt::spawn(crate::snapshot::run(
             commits.shared().clone(),
-            local,
+            snapshots_dir.clone(),
             config.snapshots,
             snapshot_seq,
         ));
@@ -262,7 +269,7 @@ impl Application {
             log,
             tickets: Default::default(),
             limits: crate::limits::Limits::new(&config.limits),
-            data_dir: config.data_dir.clone(),
+            snapshots_dir,
             gateway_host,
             settings,
             local_service: local.secret_hash(),

@@ -421,11 +421,19 @@ impl Follower {
 
     /// The next events in seq order (possibly none, after a gap or a lag); `None` once the
     /// committer has stopped or the log cannot be read.
-    pub async fn next(&mut self, shared: &Shared, log: &Log) -> Option<Chunk> {
+    pub async fn next(&mut self, shared: &Shared, log: &Arc<Log>) -> Option<Chunk> {
         let head = shared.head();
         if self.next <= head {
             let want = ((head - self.next + 1) as usize).min(CATCH_UP_CHUNK);
-            let read: Result<Vec<Envelope>, _> = log.read_from(self.next).take(want).collect();
+            // On a blocking thread: a read may wait on the disk or on the log's database.
+            let (log, from) = (log.clone(), self.next);
+            let read = tokio::task::spawn_blocking(move || {
+                log.read_from(from)
+                    .take(want)
+                    .collect::<Result<Vec<Envelope>, _>>()
+            })
+            .await;
+            let Ok(read) = read else { return None };
             return match read {
                 Ok(events) => {
                     if let Some(last) = events.last() {

@@ -37,8 +37,9 @@ pub struct AppState {
     pub log: Arc<crate::log::Log>,
     pub tickets: routes::events::Tickets,
     pub limits: crate::limits::Limits,
-    /// The data directory (snapshots live there).
-    pub data_dir: std::path::PathBuf,
+    /// Where this log's snapshots live: the data directory, or a directory in it of the
+    /// log's own (see `Log::local_dir`).
+    pub snapshots_dir: std::path::PathBuf,
     /// Host (and port) of the Gateway, for `dsn_template`.
     pub gateway_host: String,
     pub settings: Arc<crate::lifecycle::Settings>,

@@ -49,7 +49,7 @@ pub async fn state(
     let at = At::parse(at).map_err(|e| ApiError::bad_request("invalid_at", e).with_field("at"))?;
     let head = app.shared.head();
     let log = app.log.clone();
-    let dir = app.data_dir.clone();
+    let dir = app.snapshots_dir.clone();
     let tenant = query.tenant.clone();
     let body = web::block(move || tools::state_at(&log, &dir, at, head, tenant.as_deref()))
         .await

@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use spg99::log::{Location, Log, LogError};
+
+use crate::helpers::{Start, ROOT_TOKEN};
 use spg99_events::{Actor, Envelope, Event, Timestamp};
 use spg99_worker::postgres::find_bin;
 use spg99_worker::postgres::process::{self, Owner, Server};
@@ -164,4 +166,113 @@ fn the_postgres_store_passes_the_suite_and_fences_an_older_writer() {
     second.sync().unwrap();
     assert_eq!(reader.get(403).unwrap().unwrap(), env(403, 7));
     assert_eq!(reader.read_from(1).count(), 403);
+}
+
+/// Creates accounts from `clients` threads until the server stops answering or `stop` is
+/// set; the ids acknowledged.
+fn hammer(base: &str, clients: usize, stop: &std::sync::atomic::AtomicBool) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..clients)
+            .map(|c| {
+                s.spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(std::time::Duration::from_secs(10))
+                        .build();
+                    let mut acked = Vec::new();
+                    for i in 0.. {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let res = agent
+                            .post(&format!("{base}/v2/accounts"))
+                            .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+                            .send_json(serde_json::json!({"name": format!("c{c}-{i}-{}", uuid::Uuid::new_v4())}));
+                        match res {
+                            Ok(resp) => {
+                                assert_eq!(resp.status(), 201);
+                                let v: serde_json::Value = resp.into_json().unwrap();
+                                acked.push(v["account_id"].as_str().unwrap().to_owned());
+                            }
+                            Err(ureq::Error::Status(code, r)) => {
+                                panic!("unexpected {code}: {:?}", r.into_string())
+                            }
+                            // The server is gone: what was not acknowledged may be lost.
+                            Err(_) => break,
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_writer_fences_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = crate::helpers::tempdir();
+    let pg = tempfile::tempdir().unwrap();
+    let db = LogDb::start(pg.path());
+    let key = "ab".repeat(32);
+    let start = |dir: &Path| {
+        Start::new(dir)
+            .env("SPG99_LOG", db.url.clone())
+            .env("SPG99_SECRET_KEY", key.clone())
+            .spawn()
+    };
+
+    // 16 writers, then SIGKILL while they write.
+    let mut a = start(&tmp.path().join("a"));
+    let stop = AtomicBool::new(false);
+    let base = a.base.clone();
+    let acked = std::thread::scope(|s| {
+        let writers = s.spawn(|| hammer(&base, 16, &stop));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        a.kill9();
+        stop.store(true, Ordering::Relaxed);
+        writers.join().unwrap()
+    });
+    assert!(!acked.is_empty(), "nothing was acknowledged");
+
+    // Another process, with a data directory of its own, serves everything acknowledged;
+    // the log is gapless and equals what it serves.
+    let b = start(&tmp.path().join("b"));
+    for id in &acked {
+        let r = b.get(&format!("/v2/accounts/{id}"), ROOT_TOKEN);
+        assert_eq!(r.status, 200, "acknowledged account {id} lost: {r:?}");
+    }
+    let reader = Log::at(&Location::parse(&db.url), false).unwrap();
+    let head = reader.head().unwrap();
+    assert_eq!(
+        reader
+            .read_from(1)
+            .map(|e| e.unwrap().seq)
+            .collect::<Vec<_>>(),
+        (1..=head).collect::<Vec<_>>()
+    );
+    assert_eq!(b.fingerprint().1, head);
+
+    // A third process takes the log over: the second one's writes are refused from then on,
+    // and land nowhere; the new writer's do.
+    let c = start(&tmp.path().join("c"));
+    let refused = b.post(
+        "/v2/accounts",
+        ROOT_TOKEN,
+        serde_json::json!({"name": "late"}),
+    );
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.code(), "log_failed");
+    let ok = c.post(
+        "/v2/accounts",
+        ROOT_TOKEN,
+        serde_json::json!({"name": "late"}),
+    );
+    assert_eq!(ok.status, 201, "{ok:?}");
+    assert_eq!(reader.head().unwrap(), head + 1);
+    assert!(b.stderr().contains("took the log over"), "{}", b.stderr());
 }
