@@ -79,6 +79,15 @@ pub enum LogCommand {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Copy the sled log in --data-dir into an empty PostgreSQL log, then check that both
+    /// replay to the same state (fingerprint). The server must be stopped.
+    Migrate {
+        #[arg(long, env = "SPG99_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// The PostgreSQL log to make (`postgres://user:password@host:port/db`).
+        #[arg(long)]
+        to: String,
+    },
     /// Follow the log live through the API, like the Console (token in SPG99_TOKEN).
     Tail {
         #[arg(long, env = "SPG99_URL")]
@@ -106,6 +115,10 @@ pub enum Format {
 pub struct SourceArgs {
     #[arg(long, env = "SPG99_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The log in a PostgreSQL database (`postgres://...`) instead of sled in --data-dir
+    /// (read only; its snapshots are still looked for in --data-dir).
+    #[arg(long, env = "SPG99_LOG")]
+    pub log: Option<String>,
     /// A running server's base URL; reads go through its admin API.
     #[arg(long, env = "SPG99_URL")]
     pub url: Option<String>,

@@ -64,7 +64,10 @@ fn source(args: SourceArgs) -> Result<Source, ToolError> {
             base: base.trim_end_matches('/').to_owned(),
             token: token()?,
         },
-        None => Source::Dir(args.data_dir),
+        None => Source::Dir(tools::Local {
+            data_dir: args.data_dir,
+            log: args.log,
+        }),
     })
 }
 
@@ -93,6 +96,9 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
                 pretty: format == Format::Pretty,
             };
             tools::dump(&source(s)?, &args, &mut out)
+        }
+        Commands::Log(LogCommand::Migrate { data_dir, to }) => {
+            tools::migrate(&data_dir, &to, &mut out)
         }
         Commands::Log(LogCommand::Tail {
             url,
@@ -123,12 +129,13 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
         }
         Commands::Rebuild {
             verify,
-            source: SourceArgs { data_dir, url },
+            source: SourceArgs { data_dir, log, url },
         } => {
             let token = url.as_ref().map(|_| token()).transpose()?;
+            let local = tools::Local { data_dir, log };
             match (url.as_deref(), token) {
                 // No log here: the server rebuilds from its own and compares.
-                (Some(base), Some(token)) if !data_dir.join("db").exists() => {
+                (Some(base), Some(token)) if !local.has_log() => {
                     let source = Source::Url {
                         base: base.trim_end_matches('/').to_owned(),
                         token,
@@ -137,7 +144,7 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
                 }
                 (url, token) => {
                     let live = url.zip(token.as_deref());
-                    tools::rebuild(&data_dir, verify, live, &mut out)
+                    tools::rebuild(&local, verify, live, &mut out)
                 }
             }
         }

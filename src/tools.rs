@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use spg99_events::{Envelope, Event};
 use spg99_projections::{Map, State};
 
-use crate::log::Log;
+use crate::log::{Location, Log};
 use crate::recovery::replay;
 use crate::routes::{accounts::AccountView, dbs::DbView, keys::KeyView, tenants::TenantView};
 use crate::stream::{envelope_json, Filter};
@@ -136,8 +136,38 @@ pub fn state_json(state: &State, tenant: Option<&str>) -> Value {
 
 /// Where a tool reads from.
 pub enum Source {
-    Dir(PathBuf),
+    Dir(Local),
     Url { base: String, token: String },
+}
+
+/// A log read directly: sled in `data_dir`, or a PostgreSQL log (`log`), with its snapshots
+/// in `data_dir`.
+pub struct Local {
+    pub data_dir: PathBuf,
+    pub log: Option<String>,
+}
+
+impl Local {
+    /// Whether there is a log to read here.
+    pub fn has_log(&self) -> bool {
+        self.log.is_some() || self.data_dir.join("db").exists()
+    }
+
+    /// The log, read only where that is possible, and where its snapshots are.
+    fn open(&self) -> Result<(Log, PathBuf), ToolError> {
+        let Some(url) = &self.log else {
+            return Ok((open_log(&self.data_dir)?, self.data_dir.clone()));
+        };
+        let at = Location::parse(url);
+        if !matches!(at, Location::Postgres(_)) {
+            return Err(ToolError::Cannot(format!(
+                "--log {url:?}: expected a postgres:// URL (a sled log is read with --data-dir)"
+            )));
+        }
+        let log = Log::at(&at, false).map_err(cannot)?;
+        let snapshots = log.local_dir(&self.data_dir);
+        Ok((log, snapshots))
+    }
 }
 
 /// A tool's failure: exit 1 (a check failed) or 2 (could not run).
@@ -218,8 +248,8 @@ pub struct DumpArgs {
 pub fn dump(source: &Source, args: &DumpArgs, out: &mut impl Write) -> ToolResult {
     let types = parse_types(args.types.as_deref()).map_err(ToolError::Cannot)?;
     match source {
-        Source::Dir(dir) => {
-            let log = open_log(dir)?;
+        Source::Dir(local) => {
+            let (log, _) = local.open()?;
             let filter = Filter::operator(args.tenant.clone(), args.db, types);
             for env in select(&log, args.from, args.to.unwrap_or(u64::MAX), &filter) {
                 let env = env.map_err(|e| ToolError::Failed(e.to_string()))?;
@@ -290,8 +320,8 @@ pub fn tail(base: &str, token: &str, query: &str, out: &mut impl Write) -> ToolR
 /// Checks every record: gapless seq from 1, every record decodes, every checksum holds.
 pub fn verify(source: &Source, out: &mut impl Write) -> ToolResult {
     match source {
-        Source::Dir(dir) => {
-            let log = open_log(dir)?;
+        Source::Dir(local) => {
+            let (log, _) = local.open()?;
             let mut count = 0u64;
             for env in log.read_from(1) {
                 match env {
@@ -374,12 +404,12 @@ pub fn diff(a: &State, b: &State) -> Vec<String> {
 /// Replays the whole log into fresh projections; with `verify`, compares with the newest
 /// snapshot and, given `live`, with a running server's state at the same seq.
 pub fn rebuild(
-    dir: &Path,
+    local: &Local,
     verify: bool,
     live: Option<(&str, &str)>,
     out: &mut impl Write,
 ) -> ToolResult {
-    let log = open_log(dir)?;
+    let (log, dir) = local.open()?;
     let started = Instant::now();
     let (state, events) =
         replay(&log, State::default(), u64::MAX).map_err(|e| ToolError::Failed(e.to_string()))?;
@@ -397,7 +427,7 @@ pub fn rebuild(
         return Ok(());
     }
     let mut problems = Vec::new();
-    match crate::snapshot::load(dir, state.last_seq) {
+    match crate::snapshot::load(&dir, state.last_seq) {
         None => print(out, &json!({"snapshot": null}), false)?,
         Some(snap) => {
             let (at_snap, _) = replay(&log, State::default(), snap.last_seq)
@@ -457,10 +487,10 @@ pub fn state(
 ) -> ToolResult {
     let at_parsed = At::parse(at).map_err(ToolError::Cannot)?;
     let v = match source {
-        Source::Dir(dir) => {
-            let log = open_log(dir)?;
+        Source::Dir(local) => {
+            let (log, dir) = local.open()?;
             let head = log.head().map_err(cannot)?;
-            state_at(&log, dir, at_parsed, head, tenant).map_err(ToolError::Failed)?
+            state_at(&log, &dir, at_parsed, head, tenant).map_err(ToolError::Failed)?
         }
         Source::Url { base, token } => {
             let mut q = format!("/v2/admin/state?at={}", at.replace('+', "%2B"));
@@ -471,4 +501,66 @@ pub fn state(
         }
     };
     print(out, &v, pretty)
+}
+
+/// `log migrate`: copies the sled log in `dir` into the empty PostgreSQL log at `to`, a batch
+/// of records at a time, then replays both and compares their fingerprints.
+pub fn migrate(dir: &Path, to: &str, out: &mut impl Write) -> ToolResult {
+    const BATCH: usize = 1_000;
+    let from = open_log(dir)?;
+    let at = Location::parse(to);
+    if !matches!(at, Location::Postgres(_)) {
+        return Err(ToolError::Cannot(format!(
+            "--to {to:?}: expected a postgres:// URL"
+        )));
+    }
+    let target = Log::at(&at, true).map_err(cannot)?;
+    let there = target.head().map_err(cannot)?;
+    if there > 0 {
+        return Err(ToolError::Cannot(format!(
+            "the log at --to already holds {there} records: migrate copies into an empty one"
+        )));
+    }
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut copied = 0u64;
+    for env in from.read_from(1) {
+        batch.push(env.map_err(|e| ToolError::Failed(e.to_string()))?);
+        if batch.len() == BATCH {
+            target.write(&batch).map_err(cannot)?;
+            target.sync().map_err(cannot)?;
+            copied += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        target.write(&batch).map_err(cannot)?;
+        target.sync().map_err(cannot)?;
+        copied += batch.len() as u64;
+    }
+    let copy_secs = started.elapsed().as_secs_f64();
+    let fail = |e: crate::log::LogError| ToolError::Failed(e.to_string());
+    let (ours, _) = replay(&from, State::default(), u64::MAX).map_err(fail)?;
+    let (theirs, _) = replay(&target, State::default(), u64::MAX).map_err(fail)?;
+    let equal = ours.fingerprint() == theirs.fingerprint();
+    print(
+        out,
+        &json!({
+            "copied": copied,
+            "seconds": copy_secs,
+            "seq": theirs.last_seq,
+            "fingerprint": theirs.fingerprint(),
+            "equal": equal,
+        }),
+        false,
+    )?;
+    if equal {
+        Ok(())
+    } else {
+        Err(ToolError::Failed(format!(
+            "the copy replays to another state: fingerprint {} != {}",
+            theirs.fingerprint(),
+            ours.fingerprint()
+        )))
+    }
 }

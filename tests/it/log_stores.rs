@@ -276,3 +276,105 @@ fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_wr
     assert_eq!(reader.head().unwrap(), head + 1);
     assert!(b.stderr().contains("took the log over"), "{}", b.stderr());
 }
+
+fn spg99(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::helpers::bin())
+        .args(args)
+        .env_remove("SPG99_URL")
+        .env_remove("SPG99_DATA_DIR")
+        .env_remove("SPG99_LOG")
+        .output()
+        .unwrap()
+}
+
+fn last_json(out: &std::process::Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
+}
+
+#[test]
+fn a_sled_log_migrates_to_postgres_and_every_tool_reads_it_there() {
+    let tmp = crate::helpers::tempdir();
+    let pg = tempfile::tempdir().unwrap();
+    let db = LogDb::start(pg.path());
+    let dir = tmp.path().join("data");
+    let key = "cd".repeat(32);
+    let mut server = Start::new(&dir)
+        .env("SPG99_SECRET_KEY", key.clone())
+        .spawn();
+    let fx = crate::helpers::Fixture::with_server(server);
+    let t = fx.server.create_tenant(&fx.account_key, "shop");
+    assert_eq!(t.status, 201, "{t:?}");
+    for name in ["main", "audit"] {
+        assert_eq!(
+            fx.server.create_db(&fx.account_key, "shop", name).status,
+            201
+        );
+    }
+    let (fingerprint, seq) = fx.server.fingerprint();
+    server = fx.server;
+    server.terminate();
+    let d = dir.to_str().unwrap();
+
+    let out = spg99(&["log", "migrate", "--data-dir", d, "--to", &db.url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = last_json(&out);
+    assert_eq!(report["equal"], true, "{report}");
+    assert_eq!(report["copied"], seq);
+    assert_eq!(report["fingerprint"], fingerprint.as_str());
+
+    // The tools read the copy as they read the original.
+    let out = spg99(&["verify", "--log", &db.url, "--data-dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = spg99(&["rebuild", "--log", &db.url, "--data-dir", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(last_json(&out)["fingerprint"], fingerprint.as_str());
+    let at = seq.to_string();
+    let state = |extra: &[&str]| {
+        let mut args = vec!["state", "--at", &at, "--format", "jsonl", "--data-dir", d];
+        args.extend_from_slice(extra);
+        let out = spg99(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_json(&out)
+    };
+    assert_eq!(state(&["--log", &db.url]), state(&[]));
+    let dumped = spg99(&["log", "dump", "--log", &db.url, "--data-dir", d]);
+    let original = spg99(&["log", "dump", "--data-dir", d]);
+    assert_eq!(dumped.stdout, original.stdout);
+
+    // Into a log that is not empty, nothing is copied.
+    let again = spg99(&["log", "migrate", "--data-dir", d, "--to", &db.url]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+
+    // A server on the copy serves what the original did.
+    let other = tmp.path().join("other");
+    let server = Start::new(&other)
+        .env("SPG99_LOG", db.url.clone())
+        .env("SPG99_SECRET_KEY", key)
+        .spawn();
+    assert_eq!(server.fingerprint(), (fingerprint, seq));
+    let r = server.get("/v2/tenants/shop/dbs", ROOT_TOKEN);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body["items"].as_array().map(|a| a.len()),
+        Some(2),
+        "{r:?}"
+    );
+}
