@@ -295,30 +295,22 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&root);
 
-    // 2 and 3 go through the real server.
+    // 2 and 3 go through the real server; creates also through one whose log is in the
+    // peer PostgreSQL (its own tables beside the benchmark's).
     let dir = fresh("server".into());
     let (mut spg, spg_addr) = support::spawn_spg99(&dir);
     let spg_pid = spg.id();
-    let (key, describe) = rt.block_on(async {
-        let mut c = Conn::open(&spg_addr).await;
-        let account = c.json(&post("/v2/accounts", ROOT, r#"{"name":"bench"}"#)).await;
-        let account = account["account_id"].as_str().unwrap().to_owned();
-        let key = c
-            .json(&post(
-                &format!("/v2/accounts/{account}/api-keys"),
-                ROOT,
-                r#"{"scope":"account","permissions":{"can_create_tenant":true,"can_create_db":true}}"#,
-            ))
-            .await;
-        let key = key["token"].as_str().unwrap().to_owned();
-        c.json(&post("/v2/tenants", &key, r#"{"name":"shop"}"#)).await;
-        c.json(&post("/v2/tenants/shop/dbs", &key, r#"{"name":"app","size":"L1"}"#))
-            .await;
-        let describe = c.json(&get("/v2/tenants/shop/dbs/app", &key)).await;
-        (key, describe.to_string())
-    });
+    let (key, describe) = rt.block_on(prepare(&spg_addr));
     let key: &'static str = Box::leak(key.into_boxed_str());
     let (mut bare, bare_addr) = support::bare::spawn(&describe);
+    let on_pg = peers.pg.as_ref().map(|(conn, _)| {
+        let mut cmd = support::serve_command(&fresh("server-pg-log".into()));
+        cmd.env("SPG99_LOG", pg_url(conn));
+        let (child, addr) = support::spawn_serve(cmd);
+        let (key, _) = rt.block_on(prepare(&addr));
+        let key: &'static str = Box::leak(key.into_boxed_str());
+        (child, addr, key)
+    });
 
     for &n in &CLIENTS {
         rows.push(measure(
@@ -333,6 +325,21 @@ fn main() {
                 })
             },
         ));
+        if let Some((child, addr, key)) = &on_pg {
+            let key: &'static str = key;
+            rows.push(measure(
+                "create",
+                "SPG99 POST create-db, log on PostgreSQL",
+                n,
+                child.id(),
+                || {
+                    http_load(&rt, addr, n, dur, 201, None, move |i| {
+                        let body = format!(r#"{{"name":"{}","size":"L1"}}"#, db_name(n, i));
+                        post("/v2/tenants/shop/dbs", key, &body)
+                    })
+                },
+            ));
+        }
         if let Some((conn, pid)) = &peers.pg {
             let sql = "INSERT INTO dbs (tenant, name, size, body) VALUES ('shop', $1, 'L1', $2)";
             rows.push(measure(
@@ -371,9 +378,58 @@ fn main() {
     let _ = bare.kill();
     let _ = spg.wait();
     let _ = bare.wait();
+    if let Some((mut child, _, _)) = on_pg {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&root);
 
     report(&rows, event.len());
+}
+
+/// An account, a key for it, the tenant `shop` and its database `app`; the key's token and
+/// the database's describe.
+async fn prepare(addr: &str) -> (String, String) {
+    let mut c = Conn::open(addr).await;
+    let account = c
+        .json(&post("/v2/accounts", ROOT, r#"{"name":"bench"}"#))
+        .await;
+    let account = account["account_id"].as_str().unwrap().to_owned();
+    let key = c
+        .json(&post(
+            &format!("/v2/accounts/{account}/api-keys"),
+            ROOT,
+            r#"{"scope":"account","permissions":{"can_create_tenant":true,"can_create_db":true}}"#,
+        ))
+        .await;
+    let key = key["token"].as_str().unwrap().to_owned();
+    c.json(&post("/v2/tenants", &key, r#"{"name":"shop"}"#))
+        .await;
+    c.json(&post(
+        "/v2/tenants/shop/dbs",
+        &key,
+        r#"{"name":"app","size":"L1"}"#,
+    ))
+    .await;
+    let describe = c.json(&get("/v2/tenants/shop/dbs/app", &key)).await;
+    (key, describe.to_string())
+}
+
+/// `host=H port=P user=U dbname=D` as a `postgres://` URL.
+fn pg_url(conn: &str) -> String {
+    let field = |name: &str| {
+        conn.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    format!(
+        "postgres://{}@{}:{}/{}",
+        field("user"),
+        field("host"),
+        field("port"),
+        field("dbname")
+    )
 }
 
 fn report(rows: &[Row], event_bytes: usize) {

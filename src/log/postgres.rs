@@ -31,7 +31,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ::postgres::{Client, Config, NoTls};
+use ::postgres::{Client, Config, NoTls, Statement};
 
 use super::{split_frame, Frame, Frames, LogError, Result, Store};
 
@@ -68,6 +68,9 @@ pub struct PgStore {
     target: String,
     /// The writer's state; `None` when opened for reading only.
     writer: Option<Mutex<Writer>>,
+    /// Frames put and not yet synced, in order. Apart from the writer's connection, so that
+    /// the committer puts the next batch while an append is in flight.
+    pending: Mutex<Vec<(u64, Vec<u8>)>>,
     /// Idle connections for readers.
     readers: std::sync::Arc<Mutex<Vec<Client>>>,
     /// The log's id, made with its schema: local files derived from this log (snapshots) are
@@ -77,12 +80,23 @@ pub struct PgStore {
 
 struct Writer {
     client: Client,
+    /// [`APPEND`], prepared on `client`.
+    append: Statement,
     generation: i64,
     /// The durable head: what the table's head row says, as this writer last moved it.
     durable: u64,
-    /// Frames put and not yet synced, in order.
-    pending: Vec<(u64, Vec<u8>)>,
 }
+
+/// An append, one statement (so one round trip, and atomic by itself): moves the head from
+/// `$3` to `$1` if the generation is still `$2`, and inserts the frames only if it did. No row
+/// inserted means another writer took the log over.
+const APPEND: &str = "
+    WITH moved AS (
+        UPDATE spg99_log_head SET seq = $1 WHERE generation = $2 AND seq = $3 RETURNING seq
+    )
+    INSERT INTO spg99_log (first_seq, batch, frame)
+    SELECT f, $4, b FROM unnest($5::bigint[], $6::bytea[]) AS t(f, b)
+    WHERE EXISTS (SELECT 1 FROM moved)";
 
 impl PgStore {
     /// Connects to the log at `url`, making its schema on first use. As the `writer`, takes the
@@ -98,6 +112,7 @@ impl PgStore {
             config,
             target: redact(url),
             writer: None,
+            pending: Mutex::new(Vec::new()),
             readers: Default::default(),
             id: String::new(),
         };
@@ -112,11 +127,12 @@ impl PgStore {
                 .map_err(|e| store.failed(&e))?;
             let (seq, generation): (i64, i64) = (row.get(0), row.get(1));
             tracing::info!(log = %store.target, generation, head = seq, "the log is ours to append to");
+            let append = client.prepare(APPEND).map_err(|e| store.failed(&e))?;
             Some(Mutex::new(Writer {
                 client,
+                append,
                 generation,
                 durable: seq as u64,
-                pending: Vec::new(),
             }))
         } else {
             store.readers.lock().unwrap().push(client);
@@ -191,29 +207,82 @@ impl PgStore {
         }
     }
 
-    /// One transaction: moves the head from `w.durable` to the last pending record's seq if
-    /// the generation is still `w.generation`, and inserts the frames.
-    fn append(&self, w: &mut Writer, batch: i64, head: u64) -> std::result::Result<(), Failure> {
-        let firsts: Vec<i64> = w.pending.iter().map(|(f, _)| *f as i64).collect();
-        let frames: Vec<&[u8]> = w.pending.iter().map(|(_, f)| f.as_slice()).collect();
-        let mut tx = w.client.transaction()?;
-        let moved = tx.query_opt(
-            "UPDATE spg99_log_head SET seq = $1 WHERE generation = $2 AND seq = $3 RETURNING seq",
-            &[&(head as i64), &w.generation, &(w.durable as i64)],
+    /// Appends `frames` as one batch, ending at `head`.
+    fn append(
+        &self,
+        w: &mut Writer,
+        frames: &[(u64, Vec<u8>)],
+        batch: i64,
+        head: u64,
+    ) -> std::result::Result<(), Failure> {
+        let firsts: Vec<i64> = frames.iter().map(|(f, _)| *f as i64).collect();
+        let bytes: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
+        let inserted = w.client.execute(
+            &w.append,
+            &[
+                &(head as i64),
+                &w.generation,
+                &(w.durable as i64),
+                &batch,
+                &firsts,
+                &bytes,
+            ],
         )?;
-        if moved.is_none() {
-            let theirs: i64 = tx
+        if inserted == 0 {
+            let theirs: i64 = w
+                .client
                 .query_one("SELECT generation FROM spg99_log_head", &[])?
                 .get(0);
             return Err(Failure::Fenced(theirs));
         }
-        tx.execute(
-            "INSERT INTO spg99_log (first_seq, batch, frame) \
-             SELECT f, $2, b FROM unnest($1::bigint[], $3::bytea[]) AS t(f, b)",
-            &[&firsts, &batch, &frames],
-        )?;
-        tx.commit()?;
         Ok(())
+    }
+
+    /// Appends `frames` (ending at `head`) once, whatever happens to the connection: if it
+    /// fails, reconnects and reads back whether the batch landed before sending it again.
+    fn append_resolving(&self, w: &mut Writer, frames: &[(u64, Vec<u8>)], head: u64) -> Result<()> {
+        let (first, batch) = (frames[0].0, random_i64());
+        let fenced = |w: &Writer, theirs| LogError::Fenced {
+            ours: w.generation,
+            theirs,
+        };
+        let mut tries = 0;
+        loop {
+            let failure = match self.append(w, frames, batch, head) {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fenced(theirs)) => return Err(fenced(w, theirs)),
+                Err(Failure::Sql(e)) if !w.client.is_closed() || tries >= RECONNECTS => {
+                    return Err(self.failed(&e))
+                }
+                Err(Failure::Sql(e)) => e,
+            };
+            // The connection failed, perhaps during the commit.
+            tries += 1;
+            tracing::warn!(log = %self.target, error = %self.failed(&failure), "the log's connection failed during an append; reconnecting");
+            std::thread::sleep(Duration::from_millis(100 << tries));
+            let mut client = match self.client() {
+                Ok(c) => c,
+                Err(e) if tries < RECONNECTS => {
+                    tracing::warn!(error = %e, "cannot reconnect yet");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            w.append = client.prepare(APPEND).map_err(|e| self.failed(&e))?;
+            w.client = client;
+            match self.landed(&mut w.client, first, batch)? {
+                Some(true) => return Ok(()),
+                Some(false) => {
+                    let theirs: i64 = w
+                        .client
+                        .query_one("SELECT generation FROM spg99_log_head", &[])
+                        .map_err(|e| self.failed(&e))?
+                        .get(0);
+                    return Err(fenced(w, theirs));
+                }
+                None => continue,
+            }
+        }
     }
 
     /// After a failed connection: whether the batch whose first frame is at `first` landed.
@@ -242,9 +311,10 @@ impl From<::postgres::Error> for Failure {
 
 impl Store for PgStore {
     fn head(&self) -> Result<u64> {
-        if let Some(w) = &self.writer {
-            let w = w.lock().unwrap_or_else(|p| p.into_inner());
-            return Ok(last_seq(&w.pending).unwrap_or(w.durable));
+        if self.writer.is_some() {
+            let w = self.writer()?;
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(last_seq(&pending).unwrap_or(w.durable));
         }
         let mut client = self.reader()?;
         let head = client
@@ -256,65 +326,37 @@ impl Store for PgStore {
     }
 
     fn put(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        self.writer()?.pending.extend(frames);
+        if self.writer.is_none() {
+            return Err(LogError::ReadOnly);
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(frames);
         Ok(())
     }
 
     fn sync(&self) -> Result<()> {
+        // The connection first: a sync that finds nothing pending returns only once the
+        // append in flight (which may hold its caller's batch) has ended.
         let mut w = self.writer()?;
-        let Some(head) = last_seq(&w.pending) else {
+        let frames = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(head) = last_seq(&frames) else {
             return Ok(());
         };
-        let first = w.pending[0].0;
-        let batch = random_i64();
-        let mut tries = 0;
-        loop {
-            let outcome = self.append(&mut w, batch, head);
-            match outcome {
-                Ok(()) => {}
-                Err(Failure::Fenced(theirs)) => {
-                    return Err(LogError::Fenced {
-                        ours: w.generation,
-                        theirs,
-                    })
-                }
-                Err(Failure::Sql(e)) if !w.client.is_closed() || tries >= RECONNECTS => {
-                    return Err(self.failed(&e))
-                }
-                Err(Failure::Sql(e)) => {
-                    // The connection failed, perhaps during COMMIT: read back whether the batch
-                    // landed before sending it again.
-                    tries += 1;
-                    tracing::warn!(log = %self.target, error = %self.failed(&e), "the log's connection failed during an append; reconnecting");
-                    std::thread::sleep(Duration::from_millis(100 << tries));
-                    w.client = match self.client() {
-                        Ok(c) => c,
-                        Err(e) if tries < RECONNECTS => {
-                            tracing::warn!(error = %e, "cannot reconnect yet");
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    match self.landed(&mut w.client, first, batch)? {
-                        Some(true) => {}
-                        Some(false) => {
-                            let theirs: i64 = w
-                                .client
-                                .query_one("SELECT generation FROM spg99_log_head", &[])
-                                .map_err(|e| self.failed(&e))?
-                                .get(0);
-                            return Err(LogError::Fenced {
-                                ours: w.generation,
-                                theirs,
-                            });
-                        }
-                        None => continue,
-                    }
-                }
+        match self.append_resolving(&mut w, &frames, head) {
+            Ok(()) => {
+                w.durable = head;
+                Ok(())
             }
-            w.durable = head;
-            w.pending.clear();
-            return Ok(());
+            Err(e) => {
+                // Not durable: kept ahead of what was put since, for a later sync to try again
+                // (or to be refused again: a fenced writer stays fenced).
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let later = std::mem::replace(&mut *pending, frames);
+                pending.extend(later);
+                Err(e)
+            }
         }
     }
 
