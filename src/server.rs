@@ -87,13 +87,8 @@ impl Config {
         };
         Ok(Config {
             log: match &args.log {
-                Some(url) if matches!(Location::parse(url), Location::Postgres(_)) => {
-                    Location::parse(url)
-                }
-                Some(other) => {
-                    return Err(StartError::Config(format!(
-                    "--log {other:?}: expected a postgres:// URL (the sled log is in --data-dir)"
-                )))
+                Some(url) => {
+                    Location::postgres(url).map_err(|e| StartError::Config(format!("--log {e}")))?
                 }
                 None => Location::Sled(args.data_dir.clone()),
             },

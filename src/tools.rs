@@ -158,12 +158,7 @@ impl Local {
         let Some(url) = &self.log else {
             return Ok((open_log(&self.data_dir)?, self.data_dir.clone()));
         };
-        let at = Location::parse(url);
-        if !matches!(at, Location::Postgres(_)) {
-            return Err(ToolError::Cannot(format!(
-                "--log {url:?}: expected a postgres:// URL (a sled log is read with --data-dir)"
-            )));
-        }
+        let at = Location::postgres(url).map_err(|e| cannot(format!("--log {e}")))?;
         let log = Log::at(&at, false).map_err(cannot)?;
         let snapshots = log.local_dir(&self.data_dir);
         Ok((log, snapshots))
@@ -508,12 +503,7 @@ pub fn state(
 pub fn migrate(dir: &Path, to: &str, out: &mut impl Write) -> ToolResult {
     const BATCH: usize = 1_000;
     let from = open_log(dir)?;
-    let at = Location::parse(to);
-    if !matches!(at, Location::Postgres(_)) {
-        return Err(ToolError::Cannot(format!(
-            "--to {to:?}: expected a postgres:// URL"
-        )));
-    }
+    let at = Location::postgres(to).map_err(|e| cannot(format!("--to {e}")))?;
     let target = Log::at(&at, true).map_err(cannot)?;
     let there = target.head().map_err(cannot)?;
     if there > 0 {

@@ -166,12 +166,15 @@ pub enum Location {
 }
 
 impl Location {
-    /// `postgres://` or `postgresql://` URLs are PostgreSQL; anything else a directory.
-    pub fn parse(s: &str) -> Location {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Location::Postgres(s.to_owned())
+    /// A PostgreSQL log, from a `postgres://` or `postgresql://` URL (what `--log` takes; a
+    /// sled log is named by its data directory); why not, otherwise.
+    pub fn postgres(url: &str) -> Result<Location, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Location::Postgres(url.to_owned()))
         } else {
-            Location::Sled(s.into())
+            Err(format!(
+                "{url:?}: expected a postgres:// URL (a sled log is named by --data-dir)"
+            ))
         }
     }
 }

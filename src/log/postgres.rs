@@ -7,23 +7,22 @@
 //! spg99_log        (first_seq PK, batch, frame)     -- a frame per row, as on sled
 //! ```
 //! `seq` is ours and gapless: the head row says where the log ends, and an append moves it in
-//! the same transaction that inserts the frames. No sequence or serial is used: their values
-//! are neither gapless nor in commit order.
+//! the same statement that inserts the frames ([`APPEND`]). No sequence or serial is used:
+//! their values are neither gapless nor in commit order.
 //!
 //! ## Who may append?
 //! Opening the log for writing takes the next `generation` (the head row's, plus one). Every
-//! append checks, inside its transaction, that the head is still at the seq it expects and the
+//! append checks, in its own statement, that the head is still at the seq it expects and the
 //! generation still its own; once another writer has opened the log, the old writer's appends
 //! are refused ([`LogError::Fenced`]) and nothing it sends lands.
 //!
 //! ## When is a write durable?
 //! [`Store::put`] only queues frames; [`Store::sync`] appends everything queued in one
-//! transaction — one group commit, durable as PostgreSQL's `COMMIT` is (its
+//! statement — one group commit, durable as PostgreSQL's `COMMIT` is (its
 //! `synchronous_commit` and, with replication, its synchronous standbys decide how).
 //!
 //! ## Ambiguous commits
-//! If the connection fails while a `COMMIT` is in flight, the transaction may or may not have
-//! committed. The writer reconnects and reads back the first frame's row: if it holds this
+//! If the connection fails while an append is in flight, it may or may not have committed. The writer reconnects and reads back the first frame's row: if it holds this
 //! batch's id, the batch committed; if there is no row, it did not and is appended again; a row
 //! with another batch's id means another writer took the log over (fenced). Never a duplicate,
 //! never a lost acknowledged command.

@@ -139,7 +139,7 @@ fn the_sled_store_passes_the_suite() {
 fn the_postgres_store_passes_the_suite_and_fences_an_older_writer() {
     let dir = tempfile::tempdir().unwrap();
     let db = LogDb::start(dir.path());
-    let at = Location::parse(&db.url);
+    let at = Location::postgres(&db.url).unwrap();
     suite(&|| Log::at(&at, true).unwrap());
 
     // A reader sees what is durable, not what a writer has only written.
@@ -246,7 +246,7 @@ fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_wr
         let r = b.get(&format!("/v2/accounts/{id}"), ROOT_TOKEN);
         assert_eq!(r.status, 200, "acknowledged account {id} lost: {r:?}");
     }
-    let reader = Log::at(&Location::parse(&db.url), false).unwrap();
+    let reader = Log::at(&Location::postgres(&db.url).unwrap(), false).unwrap();
     let head = reader.head().unwrap();
     assert_eq!(
         reader
@@ -377,4 +377,20 @@ fn a_sled_log_migrates_to_postgres_and_every_tool_reads_it_there() {
         Some(2),
         "{r:?}"
     );
+}
+
+#[test]
+fn a_log_that_is_not_a_postgres_url_is_refused_with_a_clear_error() {
+    let tmp = crate::helpers::tempdir();
+    let (status, stderr) = Start::new(&tmp.path().join("data"))
+        .env("SPG99_LOG", "/var/lib/elsewhere")
+        .run_to_failure();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--log \"/var/lib/elsewhere\": expected a postgres:// URL"),
+        "{stderr}"
+    );
+    let out = spg99(&["verify", "--log", "mysql://x", "--data-dir", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected a postgres:// URL"));
 }
