@@ -7,7 +7,7 @@
 //! spg99_log        (first_seq PK, batch, frame)     -- a frame per row, as on sled
 //! ```
 //! `seq` is ours and gapless: the head row says where the log ends, and an append moves it in
-//! the same statement that inserts the frames ([`APPEND`]). No sequence or serial is used:
+//! the same statement that inserts the frames (`APPEND`). No sequence or serial is used:
 //! their values are neither gapless nor in commit order.
 //!
 //! ## Who may append?
