@@ -250,7 +250,7 @@ impl PgStore {
             let failure = match self.append(w, frames, batch, head) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fenced(theirs)) => return Err(fenced(w, theirs)),
-                Err(Failure::Sql(e)) if !w.client.is_closed() || tries >= RECONNECTS => {
+                Err(Failure::Sql(e)) if !connection_lost(&w.client, &e) || tries >= RECONNECTS => {
                     return Err(self.failed(&e))
                 }
                 Err(Failure::Sql(e)) => e,
@@ -471,6 +471,20 @@ impl Iterator for Pages {
 impl Drop for Pages {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// Whether `e` means the connection is gone (the append's outcome unknown), rather than a
+/// refusal by the server: no answer at all, or the server ending the session (`57P0x`, an
+/// administrator, a crash or a shutdown; `08xxx`, the connection itself). A terminated
+/// session's error may arrive before the client notices the socket is closed.
+fn connection_lost(client: &Client, e: &::postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            client.is_closed() || code.starts_with("57P0") || code.starts_with("08")
+        }
     }
 }
 

@@ -394,3 +394,66 @@ fn a_log_that_is_not_a_postgres_url_is_refused_with_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected a postgres:// URL"));
 }
+
+#[test]
+fn the_log_s_connection_killed_under_writes_loses_and_repeats_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = crate::helpers::tempdir();
+    let pg = tempfile::tempdir().unwrap();
+    let db = LogDb::start(pg.path());
+    let server = Start::new(&tmp.path().join("data"))
+        .env("SPG99_LOG", db.url.clone())
+        .spawn();
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let stop = AtomicBool::new(false);
+    let (acked, killed) = std::thread::scope(|s| {
+        let writers = s.spawn(|| hammer(&server.base, 8, &stop));
+        // The writer's connection is terminated five times while appends run: each time the
+        // append in flight is resolved by reading back its batch, and the next ones go on.
+        let mut killed = 0;
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            killed += admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'spg99-log' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .unwrap()
+                .len();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        (writers.join().unwrap(), killed)
+    });
+    assert!(
+        killed >= 5,
+        "the writer's connection was terminated {killed} times"
+    );
+    assert!(!acked.is_empty());
+    // Every acknowledged account is there once; the log is gapless; writes still go on.
+    let reader = Log::at(&Location::postgres(&db.url).unwrap(), false).unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for (i, env) in reader.read_from(1).enumerate() {
+        let env = env.unwrap();
+        assert_eq!(env.seq, i as u64 + 1, "gapless");
+        if let Event::AccountCreated { account_id, .. } = env.event {
+            *seen.entry(account_id.to_string()).or_insert(0) += 1;
+        }
+    }
+    for id in &acked {
+        assert_eq!(seen.get(id), Some(&1), "account {id}");
+    }
+    assert!(seen.values().all(|&n| n == 1), "an account created twice");
+    let r = server.post(
+        "/v2/accounts",
+        ROOT_TOKEN,
+        serde_json::json!({"name": "after"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(
+        server.stderr().contains("reconnecting"),
+        "{}",
+        server.stderr()
+    );
+}
