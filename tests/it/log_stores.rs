@@ -275,6 +275,10 @@ fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_wr
     assert_eq!(ok.status, 201, "{ok:?}");
     assert_eq!(reader.head().unwrap(), head + 1);
     assert!(b.stderr().contains("took the log over"), "{}", b.stderr());
+    // What a load balancer's health check sees: the fenced process is not ready, the new
+    // writer is.
+    assert_eq!(b.get("/readyz", "-").status, 503);
+    assert_eq!(c.get("/readyz", "-").status, 200);
 }
 
 fn spg99(args: &[&str]) -> std::process::Output {
