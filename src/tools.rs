@@ -499,7 +499,8 @@ pub fn state(
 }
 
 /// `log migrate`: copies the sled log in `dir` into the empty PostgreSQL log at `to`, a batch
-/// of records at a time, then replays both and compares their fingerprints.
+/// of records at a time, folding them as they go by, then replays the copy and compares the
+/// two states' fingerprints.
 pub fn migrate(dir: &Path, to: &str, out: &mut impl Write) -> ToolResult {
     const BATCH: usize = 1_000;
     let from = open_log(dir)?;
@@ -512,26 +513,23 @@ pub fn migrate(dir: &Path, to: &str, out: &mut impl Write) -> ToolResult {
         )));
     }
     let started = Instant::now();
+    let mut ours = State::default();
     let mut batch = Vec::with_capacity(BATCH);
-    let mut copied = 0u64;
-    for env in from.read_from(1) {
-        batch.push(env.map_err(|e| ToolError::Failed(e.to_string()))?);
-        if batch.len() == BATCH {
+    let mut records = from.read_from(1).peekable();
+    while let Some(env) = records.next() {
+        let env = env.map_err(|e| ToolError::Failed(e.to_string()))?;
+        ours.apply(&env);
+        batch.push(env);
+        if batch.len() == BATCH || records.peek().is_none() {
             target.write(&batch).map_err(cannot)?;
             target.sync().map_err(cannot)?;
-            copied += batch.len() as u64;
             batch.clear();
         }
     }
-    if !batch.is_empty() {
-        target.write(&batch).map_err(cannot)?;
-        target.sync().map_err(cannot)?;
-        copied += batch.len() as u64;
-    }
+    let copied = ours.last_seq;
     let copy_secs = started.elapsed().as_secs_f64();
-    let fail = |e: crate::log::LogError| ToolError::Failed(e.to_string());
-    let (ours, _) = replay(&from, State::default(), u64::MAX).map_err(fail)?;
-    let (theirs, _) = replay(&target, State::default(), u64::MAX).map_err(fail)?;
+    let (theirs, _) = replay(&target, State::default(), u64::MAX)
+        .map_err(|e| ToolError::Failed(e.to_string()))?;
     let equal = ours.fingerprint() == theirs.fingerprint();
     print(
         out,

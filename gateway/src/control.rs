@@ -157,7 +157,6 @@ impl Control {
             .expect("a control plane call does not panic")
     }
 
-    /// The verifier of `pg_user`; `None` for a user no tenant has.
     /// Drops what is cached of `pg_user`'s role: a backend refused the verifier it held.
     pub fn forget_role(&self, pg_user: &str) {
         let mut roles = self.roles.lock().unwrap();
@@ -165,6 +164,7 @@ impl Control {
         roles.generation += 1;
     }
 
+    /// The verifier of `pg_user`; `None` for a user no tenant has.
     pub async fn role(self: &Arc<Self>, pg_user: &str) -> Result<Option<Verifier>, String> {
         // The platform's user names are `u_` and hex: anything else is no tenant's, and never
         // goes into a URL.

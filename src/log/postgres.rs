@@ -228,11 +228,7 @@ impl PgStore {
             ],
         )?;
         if inserted == 0 {
-            let theirs: i64 = w
-                .client
-                .query_one("SELECT generation FROM spg99_log_head", &[])?
-                .get(0);
-            return Err(Failure::Fenced(theirs));
+            return Err(Failure::Fenced(generation(&mut w.client)?));
         }
         Ok(())
     }
@@ -272,11 +268,7 @@ impl PgStore {
             match self.landed(&mut w.client, first, batch)? {
                 Some(true) => return Ok(()),
                 Some(false) => {
-                    let theirs: i64 = w
-                        .client
-                        .query_one("SELECT generation FROM spg99_log_head", &[])
-                        .map_err(|e| self.failed(&e))?
-                        .get(0);
+                    let theirs = generation(&mut w.client).map_err(|e| self.failed(&e))?;
                     return Err(fenced(w, theirs));
                 }
                 None => continue,
@@ -486,6 +478,13 @@ fn connection_lost(client: &Client, e: &::postgres::Error) -> bool {
             client.is_closed() || code.starts_with("57P0") || code.starts_with("08")
         }
     }
+}
+
+/// The generation of the log's writer as the head row says: the last to open it.
+fn generation(client: &mut Client) -> std::result::Result<i64, ::postgres::Error> {
+    Ok(client
+        .query_one("SELECT generation FROM spg99_log_head", &[])?
+        .get(0))
 }
 
 /// The last seq of pending frames.
