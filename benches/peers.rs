@@ -305,11 +305,19 @@ fn main() {
     let (mut bare, bare_addr) = support::bare::spawn(&describe);
     let on_pg = peers.pg.as_ref().map(|(conn, _)| {
         let mut cmd = support::serve_command(&fresh("server-pg-log".into()));
-        cmd.env("SPG99_LOG", pg_url(conn));
+        cmd.env("SPG99_LOG", pg_url(conn))
+            .env("SPG99_SECRET_KEY", "42".repeat(32));
         let (child, addr) = support::spawn_serve(cmd);
         let (key, _) = rt.block_on(prepare(&addr));
         let key: &'static str = Box::leak(key.into_boxed_str());
         (child, addr, key)
+    });
+    // A second replica on that log: a follower, which passes writes to the first.
+    let follower = peers.pg.as_ref().map(|(conn, _)| {
+        let mut cmd = support::serve_command(&fresh("server-pg-follower".into()));
+        cmd.env("SPG99_LOG", pg_url(conn))
+            .env("SPG99_SECRET_KEY", "42".repeat(32));
+        support::spawn_serve(cmd)
     });
 
     for &n in &CLIENTS {
@@ -339,6 +347,21 @@ fn main() {
                     })
                 },
             ));
+            if let Some((follower, follower_addr)) = &follower {
+                rows.push(measure(
+                    "create",
+                    "SPG99 POST create-db through a follower, log on PostgreSQL",
+                    n,
+                    follower.id(),
+                    || {
+                        http_load(&rt, follower_addr, n, dur, 201, None, move |i| {
+                            let name = format!("f{}", db_name(n, i));
+                            let body = format!(r#"{{"name":"{name}","size":"L1"}}"#);
+                            post("/v2/tenants/shop/dbs", key, &body)
+                        })
+                    },
+                ));
+            }
         }
         if let Some((conn, pid)) = &peers.pg {
             let sql = "INSERT INTO dbs (tenant, name, size, body) VALUES ('shop', $1, 'L1', $2)";
@@ -378,6 +401,10 @@ fn main() {
     let _ = bare.kill();
     let _ = spg.wait();
     let _ = bare.wait();
+    if let Some((mut child, _)) = follower {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     if let Some((mut child, _, _)) = on_pg {
         let _ = child.kill();
         let _ = child.wait();

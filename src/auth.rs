@@ -94,6 +94,14 @@ impl Token {
         }
     }
 
+    /// The service token made from `seed` (the same seed, the same token).
+    pub fn service_from(seed: &[u8; 32]) -> Token {
+        Token {
+            key_id: SERVICE_ID.into(),
+            secret: hex(&seed[..SECRET_LEN / 2]),
+        }
+    }
+
     /// Parses either kind of token; `None` when it has not the token shape.
     pub fn parse(raw: &str) -> Option<Token> {
         let rest = raw.strip_prefix(PREFIX)?;

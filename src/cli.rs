@@ -130,10 +130,19 @@ pub struct ServeArgs {
     #[arg(long, env = "SPG99_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// The command log in a PostgreSQL database instead (`postgres://user:password@host/db`;
-    /// its schema is made on first use). This process becomes the log's writer, and a writer
-    /// that had it before may no longer append. Snapshots and keys stay in --data-dir.
+    /// its schema is made on first use), which several replicas may serve: one leads it, the
+    /// others follow and pass writes to it. Snapshots stay in --data-dir; every replica needs
+    /// the same SPG99_SECRET_KEY.
     #[arg(long, env = "SPG99_LOG")]
     pub log: Option<String>,
+    /// The URL at which other replicas reach this one's API to pass it writes while it leads
+    /// (default: the listen address).
+    #[arg(long, env = "SPG99_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// A replica that leads a shared log and does not renew its lead for this many
+    /// milliseconds is replaced by another.
+    #[arg(long, env = "SPG99_LEADER_TTL_MS", default_value_t = 3_000)]
+    pub leader_ttl_ms: u64,
     /// HTTP listen address; port 0 picks a free port (the address is printed).
     #[arg(long, env = "SPG99_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,

@@ -66,9 +66,13 @@ pub enum CommitError {
     #[error("the command log is not accepting writes")]
     Unavailable,
     /// A write or sync of the log failed: the committer has stopped for good (until a
-    /// restart recovers from what is durable). The refused command may or may not be there.
+    /// restart recovers from what is durable, or, on a shared log, until this replica has
+    /// followed the log again). The refused command may or may not be there.
     #[error("the command log's storage failed")]
     LogFailed,
+    /// This replica does not lead the log (writes go to the one that does).
+    #[error("this replica does not lead the log")]
+    NotLeader,
 }
 
 /// An answer to a request, rendered as bytes.
@@ -122,15 +126,59 @@ impl Committed {
     }
 }
 
-/// What the committer publishes for readers.
+/// What the committer (or, on a replica that follows, the follower) publishes for readers.
 pub struct Shared {
     state: RwLock<Arc<State>>,
     head: AtomicU64,
     feed: broadcast::Sender<Arc<[Envelope]>>,
     failed: AtomicBool,
+    /// A committer runs here and takes commands.
+    leading: AtomicBool,
 }
 
 impl Shared {
+    /// Readers' view of `state`, the log's durable content up to its `last_seq`.
+    pub fn new(state: State) -> Arc<Shared> {
+        let (feed, _) = broadcast::channel(FEED_DEPTH);
+        Arc::new(Shared {
+            head: AtomicU64::new(state.last_seq),
+            state: RwLock::new(Arc::new(state)),
+            feed,
+            failed: AtomicBool::new(false),
+            leading: AtomicBool::new(false),
+        })
+    }
+
+    /// Hands readers `state`, which holds every event up to its `last_seq` and is durable.
+    fn set_state(&self, state: State) {
+        let head = state.last_seq;
+        let old = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(state),
+        );
+        self.head.store(head, Ordering::Release);
+        // What only the old version held is freed here, outside the lock.
+        drop(old);
+    }
+
+    /// A follower's step: `state` now holds `batch`, durable events read from the log.
+    pub fn advance(&self, state: State, batch: Vec<Envelope>) {
+        self.set_state(state);
+        if !batch.is_empty() {
+            let _ = self.feed.send(Arc::from(batch));
+        }
+    }
+
+    /// Whether a committer runs here and takes commands.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Writes may be accepted again: a new term, or none (a follower).
+    fn heal(&self) {
+        self.failed.store(false, Ordering::Release);
+    }
+
     /// The durable state, as of now: a version that later commits leave as it is. Holding it
     /// blocks no one; it keeps alive only the nodes that later versions no longer share.
     pub fn read(&self) -> Arc<State> {
@@ -155,7 +203,7 @@ impl Shared {
     }
 
     fn fail(&self, what: &str, error: &dyn std::fmt::Display) {
-        tracing::error!(%error, "{what} the command log failed; refusing further writes until restart");
+        tracing::error!(%error, "{what} the command log failed; refusing further writes until restart (on a shared log: until this replica leads it again)");
         self.failed.store(true, Ordering::Release);
     }
 }
@@ -192,6 +240,15 @@ pub struct CommitHandle {
     shared: Arc<Shared>,
 }
 
+/// The commands submitted, for the committer of each term to take in turn.
+pub struct Queue(mpsc::Receiver<Msg>);
+
+/// A handle to submit commands on, publishing into `shared`, and the queue they wait in.
+pub fn channel(shared: Arc<Shared>) -> (CommitHandle, Queue) {
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    (CommitHandle { tx, shared }, Queue(rx))
+}
+
 impl CommitHandle {
     /// Submits a command and waits until its events are durable and visible to readers.
     pub async fn submit(
@@ -222,6 +279,9 @@ impl CommitHandle {
         render: Option<Render>,
         idempotency: Option<Idempotency>,
     ) -> Result<Committed, CommitError> {
+        if !self.shared.is_leading() {
+            return Err(CommitError::NotLeader);
+        }
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Submit(Submission {
             meta,
@@ -242,30 +302,28 @@ impl CommitHandle {
     }
 }
 
-/// The running committer threads.
+/// The running committer threads: one term of leading the log.
 pub struct Committer {
     handle: CommitHandle,
-    threads: Vec<JoinHandle<()>>,
+    decider: JoinHandle<Queue>,
+    syncer: JoinHandle<()>,
     log: Arc<Log>,
 }
 
 impl Committer {
-    /// Starts committing onto `log`, whose records `state` already reflects.
+    /// Starts committing onto `log`, whose records the state `handle` publishes already
+    /// reflects, taking commands from `queue`.
     pub fn start(
         log: Arc<Log>,
-        state: State,
+        handle: &CommitHandle,
+        queue: Queue,
         clock: Arc<dyn Clock>,
         secrets: Arc<SecretBox>,
         settings: Arc<Settings>,
     ) -> Committer {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (feed, _) = broadcast::channel(FEED_DEPTH);
-        let shared = Arc::new(Shared {
-            head: AtomicU64::new(state.last_seq),
-            state: RwLock::new(Arc::new(state.clone())),
-            feed,
-            failed: AtomicBool::new(false),
-        });
+        let shared = handle.shared.clone();
+        let state = (*shared.read()).clone();
+        shared.heal();
         let (to_syncer, written) = std_mpsc::channel();
         let unsettled = Arc::new(AtomicUsize::new(0));
         let decider = Decider {
@@ -276,7 +334,7 @@ impl Committer {
             working: state,
             shared: shared.clone(),
             clock,
-            rx,
+            rx: queue.0,
             to_syncer,
             unsettled: unsettled.clone(),
         };
@@ -286,36 +344,81 @@ impl Committer {
             rx: written,
             unsettled,
         };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        fn spawn<T: Send + 'static>(
+            name: &str,
+            f: impl FnOnce() -> T + Send + 'static,
+        ) -> JoinHandle<T> {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
                 .expect("spawning a committer thread")
-        };
-        let threads = vec![
-            spawn("spg99-decider", Box::new(move || decider.run())),
-            spawn("spg99-syncer", Box::new(move || syncer.run())),
-        ];
+        }
+        shared.leading.store(true, Ordering::Release);
         Committer {
-            handle: CommitHandle { tx, shared },
-            threads,
+            handle: handle.clone(),
+            decider: spawn("spg99-decider", move || decider.run()),
+            syncer: spawn("spg99-syncer", move || syncer.run()),
             log,
         }
+    }
+
+    /// A committer of a log that nothing else writes, starting from `state`: the readers'
+    /// view, the queue and the (only) term at once.
+    pub fn alone(
+        log: Arc<Log>,
+        state: State,
+        clock: Arc<dyn Clock>,
+        secrets: Arc<SecretBox>,
+        settings: Arc<Settings>,
+    ) -> Committer {
+        let (handle, queue) = channel(Shared::new(state));
+        Committer::start(log, &handle, queue, clock, secrets, settings)
     }
 
     pub fn handle(&self) -> CommitHandle {
         self.handle.clone()
     }
 
+    /// Commits what was queued before this call and stops the threads; the queue, for the
+    /// next term.
+    async fn end(self) -> Queue {
+        let _ = self.handle.tx.send(Msg::Stop).await;
+        let (decider, syncer) = (self.decider, self.syncer);
+        let queue = tokio::task::spawn_blocking(move || {
+            let queue = decider.join();
+            let _ = syncer.join();
+            queue
+        })
+        .await;
+        match queue {
+            Ok(Ok(queue)) => queue,
+            _ => panic!("a committer thread panicked"),
+        }
+    }
+
+    /// Ends the term (the log is another's now): what was queued is answered, by the log's
+    /// refusal or as not led here, and readers keep the durable state. The queue, for the
+    /// next term.
+    pub async fn step_down(self) -> Queue {
+        let shared = self.handle.shared.clone();
+        shared.leading.store(false, Ordering::Release);
+        let mut queue = self.end().await;
+        while let Ok(msg) = queue.0.try_recv() {
+            if let Msg::Submit(s) = msg {
+                let _ = s.reply.send(Err(CommitError::NotLeader));
+            }
+        }
+        shared.heal();
+        queue
+    }
+
     /// Commits what was queued before this call, stops the threads, and checkpoints the
     /// log so that the next start has nothing to replay.
     pub async fn stop(self) {
-        let _ = self.handle.tx.send(Msg::Stop).await;
-        let (threads, log) = (self.threads, self.log);
+        self.handle.shared.leading.store(false, Ordering::Release);
+        let log = self.log.clone();
+        drop(self.end().await);
         let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
             if let Err(e) = log.checkpoint() {
                 tracing::warn!(error = %e, "final checkpoint failed; the next start replays the WAL");
             }
@@ -356,7 +459,8 @@ struct Decider {
 }
 
 impl Decider {
-    fn run(mut self) {
+    /// Decides until told to stop; the queue, for the next term.
+    fn run(mut self) -> Queue {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
         while !stopping {
@@ -389,6 +493,7 @@ impl Decider {
             }
         }
         // Dropping `to_syncer` lets the syncer finish what was written, then stop.
+        Queue(self.rx)
     }
 
     fn decide_and_write(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
@@ -572,14 +677,7 @@ fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
     }
     if let Some(state) = group.iter_mut().rev().find_map(|w| w.state.take()) {
         // Durable: now, and only now, readers may see it.
-        let head = state.last_seq;
-        let old = std::mem::replace(
-            &mut *shared.state.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(state),
-        );
-        shared.head.store(head, Ordering::Release);
-        // What only the old version held is freed here, outside the lock.
-        drop(old);
+        shared.set_state(state);
     }
     for w in group {
         let batch: Arc<[Envelope]> = Arc::from(w.envs);

@@ -47,6 +47,7 @@ pub mod limits;
 pub mod log;
 pub mod reconciler;
 pub mod recovery;
+pub mod replica;
 pub mod routes;
 pub mod secrets;
 pub mod server;

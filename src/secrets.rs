@@ -40,6 +40,8 @@ pub enum SecretError {
 
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    /// A digest of the key, from which [`SecretBox::derive`] makes others.
+    root: [u8; 32],
 }
 
 fn parse_hex_key(s: &str) -> Option<[u8; 32]> {
@@ -56,9 +58,26 @@ fn parse_hex_key(s: &str) -> Option<[u8; 32]> {
 
 impl SecretBox {
     pub fn from_key(key: [u8; 32]) -> SecretBox {
+        use sha2::Digest;
         SecretBox {
             cipher: XChaCha20Poly1305::new(&key.into()),
+            root: sha2::Sha256::new()
+                .chain_update(b"spg99 derived secrets\0")
+                .chain_update(key)
+                .finalize()
+                .into(),
         }
+    }
+
+    /// A secret for `purpose`, the same wherever the key is the same (and nothing about the
+    /// key can be learnt from it).
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(self.root)
+            .chain_update(purpose)
+            .finalize()
+            .into()
     }
 
     /// The key from `env_key` if given, else from the data directory's key file, which is

@@ -16,12 +16,12 @@ use crate::auth::Token;
 use crate::cli::ServeArgs;
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::commands::{Command, CommandMeta};
-use crate::committer::{CommitHandle, Committer};
+use crate::committer::{self, CommitHandle, Shared};
 use crate::http::{self, front, request_id, AppState};
 use crate::lifecycle::Settings;
-use crate::log::{Location, Log, LogError};
-use crate::reconciler;
+use crate::log::{Bid, Location, Log, LogError};
 use crate::recovery::recover;
+use crate::replica::{self, Replica, Role};
 use crate::secrets::{SecretBox, SecretError};
 
 /// How long open connections (event streams included) may hold a shutdown.
@@ -60,6 +60,10 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Plain HTTP on an address that is not loopback.
     pub allow_plaintext: bool,
+    /// The URL other replicas pass writes to; `None`: this process's own listen address.
+    pub advertise_url: Option<String>,
+    /// How long the lead of a shared log lasts unless renewed.
+    pub leader_ttl: Duration,
 }
 
 impl Config {
@@ -85,13 +89,23 @@ impl Config {
                 )))
             }
         };
+        let log = match &args.log {
+            Some(url) => {
+                Location::postgres(url).map_err(|e| StartError::Config(format!("--log {e}")))?
+            }
+            None => Location::Sled(args.data_dir.clone()),
+        };
+        let secret_key = env("SPG99_SECRET_KEY");
+        if matches!(log, Location::Postgres(_)) && secret_key.is_none() {
+            return Err(StartError::Config(
+                "a log on PostgreSQL may be served by several replicas, which must all seal \
+                 secrets with one key: set SPG99_SECRET_KEY (64 hex digits, the same on every \
+                 replica)"
+                    .into(),
+            ));
+        }
         Ok(Config {
-            log: match &args.log {
-                Some(url) => {
-                    Location::postgres(url).map_err(|e| StartError::Config(format!("--log {e}")))?
-                }
-                None => Location::Sled(args.data_dir.clone()),
-            },
+            log,
             data_dir: args.data_dir,
             listen: args.listen,
             gateway_listen: Some(args.gateway_listen).filter(|g| g != "none"),
@@ -112,7 +126,7 @@ impl Config {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             bootstrap_token: env("SPG99_BOOTSTRAP_TOKEN"),
             service_token: env("SPG99_SERVICE_TOKEN"),
-            secret_key: env("SPG99_SECRET_KEY"),
+            secret_key,
             snapshots: crate::snapshot::Policy {
                 every_events: args.snapshot_every_events.max(1),
                 every: Duration::from_secs(args.snapshot_every_secs.max(1)),
@@ -120,6 +134,8 @@ impl Config {
             limits: args.limits,
             tls: args.tls_cert.zip(args.tls_key),
             allow_plaintext: args.allow_plaintext,
+            advertise_url: args.advertise_url,
+            leader_ttl: Duration::from_millis(args.leader_ttl_ms.max(100)),
         })
     }
 }
@@ -146,7 +162,7 @@ pub struct Application {
     /// The API is served over TLS.
     tls: bool,
     server: actix_web::dev::Server,
-    committer: Committer,
+    replica: Replica,
     gateway: Option<spg99_gateway::Running>,
     /// The local worker, once it has registered (it registers in the background).
     worker: LocalSlot,
@@ -157,7 +173,7 @@ impl Application {
         // On a blocking thread: the log's store may be a database, and its client blocks.
         let (at, data_dir) = (config.log.clone(), config.data_dir.clone());
         let (log, snapshots_dir, recovered) = tokio::task::spawn_blocking(move || {
-            let log = Arc::new(Log::at(&at, true)?);
+            let log = Arc::new(Log::at(&at, false)?);
             // Snapshots of a log kept elsewhere go in a directory of their own.
             let snapshots_dir = log.local_dir(&data_dir);
             let recovered = recover(&log, &snapshots_dir, true)?;
@@ -188,23 +204,7 @@ impl Application {
         };
         let settings = Arc::new(config.lifecycle.clone());
         let snapshot_seq = recovered.state.last_seq;
-        let committer = Committer::start(
-            log.clone(),
-            recovered.state,
-            clock.clone(),
-            secrets.clone(),
-            settings.clone(),
-        );
-        let commits = committer.handle();
-        bootstrap(&commits, &config).await?;
-        give_old_tenants_verifiers(&commits, &secrets).await?;
-        actix_web::rt::spawn(reconciler::run(commits.clone(), config.reconcile_interval));
-        actix_web::rt::spawn(crate::snapshot::run(
-            commits.shared().clone(),
-            snapshots_dir.clone(),
-            config.snapshots,
-            snapshot_seq,
-        ));
+        let (commits, queue) = committer::channel(Shared::new(recovered.state));
 
         let bind_error = |source| StartError::Bind {
             addr: config.listen.clone(),
@@ -231,10 +231,45 @@ impl Application {
             socket: listener,
             tls: tls.clone(),
         }];
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let role = Arc::new(Role::default());
+        let replica = Replica::start(
+            replica::Parts {
+                log: log.clone(),
+                commits: commits.clone(),
+                clock: clock.clone(),
+                secrets: secrets.clone(),
+                settings: settings.clone(),
+                config: Arc::new(config.clone()),
+                bid: Bid {
+                    holder: uuid::Uuid::new_v4().to_string(),
+                    address: config
+                        .advertise_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{scheme}://{addr}")),
+                    ttl: config.leader_ttl,
+                },
+                role: role.clone(),
+            },
+            queue,
+        )
+        .await?;
+        actix_web::rt::spawn(crate::snapshot::run(
+            commits.shared().clone(),
+            snapshots_dir.clone(),
+            config.snapshots,
+            snapshot_seq,
+        ));
         // The embedded Gateway and worker reach the internal API with a token of this process
-        // alone, which is never written anywhere; over TLS, on a plain listener of their own
-        // on loopback (so they need neither the certificate's name nor its authority).
-        let local = Token::generate_service();
+        // alone, which is never written anywhere (with replicas, one derived from the secret
+        // key, so that the leader accepts what a follower passes on); over TLS, on a plain
+        // listener of their own on loopback (so they need neither the certificate's name nor
+        // its authority).
+        let local = if log.shared() {
+            Token::service_from(&secrets.derive(b"spg99 replicas' service token"))
+        } else {
+            Token::generate_service()
+        };
         let internal_addr = if tls.is_some() {
             let own = front::listener("127.0.0.1:0", BACKLOG).map_err(bind_error)?;
             let own_addr = own.local_addr().map_err(bind_error)?;
@@ -268,6 +303,8 @@ impl Application {
             gateway_host,
             settings,
             local_service: local.secret_hash(),
+            role,
+            forward: http::forward::agent(),
         });
         let settings = front::Settings {
             workers: config.http_workers,
@@ -277,6 +314,7 @@ impl Application {
         let server = front::serve(listeners, &settings, move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(middleware::from_fn(http::forward::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
                 .configure(http::configure)
         })
@@ -289,7 +327,7 @@ impl Application {
             addr,
             tls: config.tls.is_some(),
             server,
-            committer,
+            replica,
             gateway,
             worker,
         })
@@ -331,7 +369,7 @@ impl Application {
             // The server answers the stop while it is polled: both at once.
             None => tokio::join!(handle.stop(true), server).1,
         };
-        self.committer.stop().await;
+        self.replica.stop().await;
         tracing::info!("stopped");
         served
     }
@@ -471,6 +509,17 @@ fn embedded<A: clap::Args + clap::FromArgMatches>(argv: &[&str]) -> Result<A, St
         .try_get_matches_from(argv)
         .map_err(|e| StartError::Config(e.to_string()))?;
     A::from_arg_matches(&matches).map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// What a replica does first in each term it leads: the bootstrap (of a fresh log), and
+/// verifiers for tenants made before there were any.
+pub async fn begin_term(
+    commits: &CommitHandle,
+    config: &Config,
+    secrets: &SecretBox,
+) -> Result<(), StartError> {
+    bootstrap(commits, config).await?;
+    give_old_tenants_verifiers(commits, secrets).await
 }
 
 /// Tenants created before verifiers existed get theirs, once, by an event (derived here from

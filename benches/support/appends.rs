@@ -107,7 +107,7 @@ pub fn committer(dir: &Path, producers: usize, dur: Duration, pad: usize) -> Mea
     rt.block_on(async {
         let log = Arc::new(Log::open(dir).unwrap());
         let secrets = Arc::new(spg99::secrets::SecretBox::from_key([7; 32]));
-        let committer = Committer::start(
+        let committer = Committer::alone(
             log,
             State::default(),
             Arc::new(SystemClock),

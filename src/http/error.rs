@@ -101,9 +101,26 @@ impl ApiError {
             ..Self::unavailable(
                 "the command log's storage failed a write (the server's log says how); writes are \
                  refused until the service is restarted. A write answered so may or may not have \
-                 been recorded: repeat it with the same Idempotency-Key after the restart",
+                 been recorded: repeat it with the same Idempotency-Key after the restart (or, \
+                 with replicas, on the next leader)",
                 30,
             )
+        }
+    }
+
+    /// 503: this replica has not read the log as far as a request asked.
+    pub fn replica_behind(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "replica_behind",
+            ..Self::unavailable(message, 1)
+        }
+    }
+
+    /// 503: no replica leads the log that this one could pass a write to, right now.
+    pub fn no_leader(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "no_leader",
+            ..Self::unavailable(message, 1)
         }
     }
 }
@@ -159,6 +176,10 @@ impl From<CommitError> for ApiError {
                 Self::unavailable("the control plane is not accepting writes right now", 5)
             }
             CommitError::LogFailed => Self::log_failed(),
+            CommitError::NotLeader => Self::no_leader(
+                "this replica stopped leading the log while the request waited: repeat it (with \
+                 the same Idempotency-Key) and it goes to the new leader",
+            ),
         }
     }
 }

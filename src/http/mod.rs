@@ -5,6 +5,7 @@
 
 pub mod caller;
 pub mod error;
+pub mod forward;
 pub mod front;
 pub mod json;
 pub mod mutation;
@@ -45,6 +46,10 @@ pub struct AppState {
     pub settings: Arc<crate::lifecycle::Settings>,
     /// The hash of this process's own service token (its embedded Gateway's and worker's).
     pub local_service: spg99_events::SecretHash,
+    /// Whether this replica leads the log, and where the leader is if not.
+    pub role: Arc<crate::replica::Role>,
+    /// The client that passes writes to the leader.
+    pub forward: ureq::Agent,
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.

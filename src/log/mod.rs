@@ -151,6 +151,48 @@ pub trait Store: Send + Sync {
     fn id(&self) -> Option<&str> {
         None
     }
+    /// Whether other processes may share this log (and one of them lead it): PostgreSQL.
+    /// A store only one process opens (sled locks its directory) is always led by it.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Tries to lead the log: take its lease, if it is free or already `bid`'s, with the next
+    /// generation, and become its writer. Every earlier writer's appends are refused from then.
+    fn lead(&self, _bid: &Bid) -> Result<Lead> {
+        Ok(Lead::Ours)
+    }
+    /// Extends the lease of the term [`Store::lead`] began; false once another took it.
+    fn renew(&self, _bid: &Bid) -> Result<bool> {
+        Ok(true)
+    }
+    /// Ends this process's term: no more appends; the lease is given up for the next leader.
+    fn resign(&self, _bid: &Bid) {}
+    /// Waits up to `timeout` for another process to append (a wake-up, not a promise: callers
+    /// read the log after it either way).
+    fn wait(&self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout)
+    }
+}
+
+/// What a process asks for when it tries to lead a shared log.
+#[derive(Debug, Clone)]
+pub struct Bid {
+    /// This process's id, fresh at each start.
+    pub holder: String,
+    /// The URL at which it serves the API, for the others to pass writes to.
+    pub address: String,
+    /// How long a lease lasts unless renewed.
+    pub ttl: std::time::Duration,
+}
+
+/// Who leads a log after [`Log::lead`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lead {
+    /// This process: it appends until its term ends.
+    Ours,
+    /// Another process, serving at `address`; `None` when the lease has lapsed and no one
+    /// has taken it yet.
+    Theirs { address: Option<String> },
 }
 
 /// The append-only, durable sequence of envelopes.
@@ -185,8 +227,9 @@ impl Log {
         Ok(Log::on(sled::SledStore::open(dir)?))
     }
 
-    /// Opens the log at `at` to append (on PostgreSQL: as its writer, fencing any other) or,
-    /// with `writer` false, only to read.
+    /// Opens the log at `at` to append (on PostgreSQL: as its writer at once, fencing any
+    /// other, whatever the lease says: for tools on a log no replica serves) or, with `writer`
+    /// false, only to read (a replica then asks to [`Log::lead`] it).
     pub fn at(at: &Location, writer: bool) -> Result<Log> {
         match at {
             Location::Sled(dir) => Log::open(dir),
@@ -255,6 +298,31 @@ impl Log {
     /// stop.
     pub fn checkpoint(&self) -> Result<()> {
         self.store.checkpoint()
+    }
+
+    /// Whether other processes share this log (see [`Store::shared`]).
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
+    /// See [`Store::lead`].
+    pub fn lead(&self, bid: &Bid) -> Result<Lead> {
+        self.store.lead(bid)
+    }
+
+    /// See [`Store::renew`].
+    pub fn renew(&self, bid: &Bid) -> Result<bool> {
+        self.store.renew(bid)
+    }
+
+    /// See [`Store::resign`].
+    pub fn resign(&self, bid: &Bid) {
+        self.store.resign(bid)
+    }
+
+    /// See [`Store::wait`].
+    pub fn wait(&self, timeout: std::time::Duration) {
+        self.store.wait(timeout)
     }
 
     /// Reads one record.

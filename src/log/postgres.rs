@@ -2,40 +2,50 @@
 //!
 //! ## What do we store?
 //! ```text
-//! spg99_log_schema (version, log_id)                -- 1, and a random id; made on first use
-//! spg99_log_head   (seq, generation)                -- one row
-//! spg99_log        (first_seq PK, batch, frame)     -- a frame per row, as on sled
+//! spg99_log_schema (version, log_id)                       -- 2, and a random id
+//! spg99_log_head   (seq, generation)                       -- one row
+//! spg99_log_lease  (holder, address, generation, expires_at) -- one row: who leads
+//! spg99_log        (first_seq PK, batch, frame)            -- a frame per row, as on sled
 //! ```
 //! `seq` is ours and gapless: the head row says where the log ends, and an append moves it in
 //! the same statement that inserts the frames (`APPEND`). No sequence or serial is used:
-//! their values are neither gapless nor in commit order.
+//! their values are neither gapless nor in commit order. The schema is made on first use
+//! (version 1, without the lease, is brought to 2 in place).
 //!
 //! ## Who may append?
-//! Opening the log for writing takes the next `generation` (the head row's, plus one). Every
-//! append checks, in its own statement, that the head is still at the seq it expects and the
-//! generation still its own; once another writer has opened the log, the old writer's appends
-//! are refused ([`LogError::Fenced`]) and nothing it sends lands.
+//! One process at a time: the one whose `generation` the head row holds. A replica becomes
+//! the leader by taking the lease row ([`Store::lead`]: only if it has lapsed, by the
+//! database's clock, so the replicas' clocks do not matter) and, in the same transaction, the
+//! next generation. It renews the lease while it leads. The lease only says who should
+//! lead; the fence is the generation: every append checks, in its own statement, that the
+//! head is still at the seq it expects and the generation still its own, so once another
+//! process has taken the next generation, the old leader's appends are refused
+//! ([`LogError::Fenced`]) and nothing it sends lands — whether it knows it lost the lease or
+//! not (a process paused past its lease does not).
 //!
 //! ## When is a write durable?
 //! [`Store::put`] only queues frames; [`Store::sync`] appends everything queued in one
 //! statement — one group commit, durable as PostgreSQL's `COMMIT` is (its
-//! `synchronous_commit` and, with replication, its synchronous standbys decide how).
+//! `synchronous_commit` and, with replication, its synchronous standbys decide how). The same
+//! statement notifies channel `spg99_log`, delivered at commit: the followers' wake-up
+//! ([`Store::wait`]); they poll as well, so a lost notification only delays them.
 //!
 //! ## Ambiguous commits
-//! If the connection fails while an append is in flight, it may or may not have committed. The writer reconnects and reads back the first frame's row: if it holds this
-//! batch's id, the batch committed; if there is no row, it did not and is appended again; a row
-//! with another batch's id means another writer took the log over (fenced). Never a duplicate,
-//! never a lost acknowledged command.
+//! If the connection fails while an append is in flight, it may or may not have committed. The
+//! writer reconnects and reads back the first frame's row: if it holds this batch's id, the
+//! batch committed; if there is no row, it did not and is appended again; a row with another
+//! batch's id means another writer took the log over (fenced). Never a duplicate, never a
+//! lost acknowledged command.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ::postgres::{Client, Config, NoTls, Statement};
 
-use super::{split_frame, Frame, Frames, LogError, Result, Store};
+use super::{split_frame, Bid, Frame, Frames, Lead, LogError, Result, Store};
 
-/// The schema this build makes and reads.
-const SCHEMA_VERSION: i32 = 1;
+/// The schema this build makes and reads (1: without the lease; brought to 2 in place).
+const SCHEMA_VERSION: i32 = 2;
 /// Serializes the making of the schema among processes opening the log at once.
 const SCHEMA_LOCK: i64 = 0x5350_4739_395f_4c47;
 /// Frames read per query.
@@ -58,15 +68,32 @@ const SCHEMA: &str = "
     );
     -- Frames are bincode with checksums: compressing them buys little and costs every read.
     ALTER TABLE spg99_log ALTER COLUMN frame SET STORAGE EXTERNAL;
+    CREATE TABLE IF NOT EXISTS spg99_log_lease (
+        only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+        holder text NOT NULL,
+        address text NOT NULL,
+        generation bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    INSERT INTO spg99_log_lease (holder, address, generation, expires_at)
+        VALUES ('', '', 0, '-infinity') ON CONFLICT DO NOTHING;
 ";
+
+/// The channel an append notifies.
+const CHANNEL: &str = "spg99_log";
 
 /// The log in a PostgreSQL database.
 pub struct PgStore {
     config: Config,
     /// The URL without its password, for errors and logs.
     target: String,
-    /// The writer's state; `None` when opened for reading only.
-    writer: Option<Mutex<Writer>>,
+    /// The writer's state while this process may append: opened as the writer, or leading.
+    writer: Mutex<Option<Writer>>,
+    /// The connection that renews the lease (apart from the writer's, so that a renewal
+    /// never waits behind an append).
+    lease: Mutex<Option<Client>>,
+    /// The connection that listens for appends, once a follower waits.
+    listener: Mutex<Option<Client>>,
     /// Frames put and not yet synced, in order. Apart from the writer's connection, so that
     /// the committer puts the next batch while an append is in flight.
     pending: Mutex<Vec<(u64, Vec<u8>)>>,
@@ -87,15 +114,30 @@ struct Writer {
 }
 
 /// An append, one statement (so one round trip, and atomic by itself): moves the head from
-/// `$3` to `$1` if the generation is still `$2`, and inserts the frames only if it did. No row
-/// inserted means another writer took the log over.
+/// `$3` to `$1` if the generation is still `$2`, inserts the frames only if it did, and then
+/// notifies the followers (at commit). No row returned means another writer took the log over.
 const APPEND: &str = "
     WITH moved AS (
         UPDATE spg99_log_head SET seq = $1 WHERE generation = $2 AND seq = $3 RETURNING seq
+    ), inserted AS (
+        INSERT INTO spg99_log (first_seq, batch, frame)
+        SELECT f, $4, b FROM unnest($5::bigint[], $6::bytea[]) AS t(f, b)
+        WHERE EXISTS (SELECT 1 FROM moved)
     )
-    INSERT INTO spg99_log (first_seq, batch, frame)
-    SELECT f, $4, b FROM unnest($5::bigint[], $6::bytea[]) AS t(f, b)
-    WHERE EXISTS (SELECT 1 FROM moved)";
+    SELECT pg_notify('spg99_log', seq::text) FROM moved";
+
+/// Takes the lease if it has lapsed (or is already `$1`'s); a row when taken.
+const TAKE_LEASE: &str = "
+    UPDATE spg99_log_lease
+    SET holder = $1, address = $2, expires_at = clock_timestamp() + make_interval(secs => $3)
+    WHERE expires_at < clock_timestamp() OR holder = $1
+    RETURNING 1";
+
+/// Renews the lease of `$1`'s term `$2`; no row once another process has taken it.
+const RENEW_LEASE: &str = "
+    UPDATE spg99_log_lease SET expires_at = clock_timestamp() + make_interval(secs => $3)
+    WHERE holder = $1 AND generation = $2
+    RETURNING 1";
 
 impl PgStore {
     /// Connects to the log at `url`, making its schema on first use. As the `writer`, takes the
@@ -107,41 +149,62 @@ impl PgStore {
                 target: redact(url),
                 reason: e.to_string(),
             })?;
-        let store = PgStore {
+        let mut store = PgStore {
             config,
             target: redact(url),
-            writer: None,
+            writer: Mutex::new(None),
+            lease: Mutex::new(None),
+            listener: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
             readers: Default::default(),
             id: String::new(),
         };
         let mut client = store.client()?;
-        let id = store.make_schema(&mut client)?;
-        let writer = if writer {
+        store.id = store.make_schema(&mut client)?;
+        if writer {
             let row = client
                 .query_one(
                     "UPDATE spg99_log_head SET generation = generation + 1 RETURNING seq, generation",
                     &[],
                 )
                 .map_err(|e| store.failed(&e))?;
-            let (seq, generation): (i64, i64) = (row.get(0), row.get(1));
-            tracing::info!(log = %store.target, generation, head = seq, "the log is ours to append to");
-            let append = client.prepare(APPEND).map_err(|e| store.failed(&e))?;
-            Some(Mutex::new(Writer {
-                client,
-                append,
-                generation,
-                durable: seq as u64,
-            }))
+            store.become_writer(client, row.get(1), row.get(0))?;
         } else {
             store.readers.lock().unwrap().push(client);
-            None
-        };
-        Ok(PgStore {
-            writer,
-            id,
-            ..store
-        })
+        }
+        Ok(store)
+    }
+
+    /// From now on this process appends, as `generation`, after `head`.
+    fn become_writer(&self, mut client: Client, generation: i64, head: i64) -> Result<()> {
+        tracing::info!(log = %self.target, generation, head, "the log is ours to append to");
+        let append = client.prepare(APPEND).map_err(|e| self.failed(&e))?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Writer {
+            client,
+            append,
+            generation,
+            durable: head as u64,
+        });
+        Ok(())
+    }
+
+    /// The lease's connection, made if needed.
+    fn lease_client(&self) -> Result<std::sync::MutexGuard<'_, Option<Client>>> {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.as_ref().is_none_or(Client::is_closed) {
+            *lease = Some(self.client()?);
+        }
+        Ok(lease)
+    }
+
+    /// The generation this process appends as, if it does.
+    fn term(&self) -> Option<i64> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.as_ref().map(|w| w.generation)
     }
 
     fn client(&self) -> Result<Client> {
@@ -185,6 +248,15 @@ impl PgStore {
                 id
             }
             Some(row) if row.get::<_, i32>(0) == SCHEMA_VERSION => row.get(1),
+            // Version 1 lacked only the lease, which the schema above has just made.
+            Some(row) if row.get::<_, i32>(0) == 1 => {
+                tx.execute(
+                    "UPDATE spg99_log_schema SET version = $1",
+                    &[&SCHEMA_VERSION],
+                )
+                .map_err(|e| self.failed(&e))?;
+                row.get(1)
+            }
             Some(row) => {
                 return Err(LogError::Postgres {
                     target: self.target.clone(),
@@ -199,10 +271,11 @@ impl PgStore {
         Ok(id)
     }
 
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>> {
-        match &self.writer {
-            Some(w) => Ok(w.lock().unwrap_or_else(|p| p.into_inner())),
-            None => Err(LogError::ReadOnly),
+    fn writer(&self) -> Result<WriterGuard<'_>> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.is_some() {
+            true => Ok(WriterGuard(guard)),
+            false => Err(LogError::ReadOnly),
         }
     }
 
@@ -216,7 +289,7 @@ impl PgStore {
     ) -> std::result::Result<(), Failure> {
         let firsts: Vec<i64> = frames.iter().map(|(f, _)| *f as i64).collect();
         let bytes: Vec<&[u8]> = frames.iter().map(|(_, f)| f.as_slice()).collect();
-        let inserted = w.client.execute(
+        let moved = w.client.query(
             &w.append,
             &[
                 &(head as i64),
@@ -227,7 +300,7 @@ impl PgStore {
                 &bytes,
             ],
         )?;
-        if inserted == 0 {
+        if moved.is_empty() {
             return Err(Failure::Fenced(generation(&mut w.client)?));
         }
         Ok(())
@@ -288,6 +361,22 @@ impl PgStore {
     }
 }
 
+/// The writer, locked; only made while there is one.
+struct WriterGuard<'a>(std::sync::MutexGuard<'a, Option<Writer>>);
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        self.0.as_ref().expect("a writer guard holds a writer")
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Writer {
+        self.0.as_mut().expect("a writer guard holds a writer")
+    }
+}
+
 /// Why an append did not land.
 enum Failure {
     Fenced(i64),
@@ -302,8 +391,7 @@ impl From<::postgres::Error> for Failure {
 
 impl Store for PgStore {
     fn head(&self) -> Result<u64> {
-        if self.writer.is_some() {
-            let w = self.writer()?;
+        if let Ok(w) = self.writer() {
             let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             return Ok(last_seq(&pending).unwrap_or(w.durable));
         }
@@ -317,7 +405,7 @@ impl Store for PgStore {
     }
 
     fn put(&self, frames: Vec<(u64, Vec<u8>)>) -> Result<()> {
-        if self.writer.is_none() {
+        if self.term().is_none() {
             return Err(LogError::ReadOnly);
         }
         self.pending
@@ -357,6 +445,116 @@ impl Store for PgStore {
 
     fn id(&self) -> Option<&str> {
         Some(&self.id)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn lead(&self, bid: &Bid) -> Result<Lead> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(|e| self.failed(&e))?;
+        let ttl = bid.ttl.as_secs_f64();
+        let taken = tx
+            .query_opt(TAKE_LEASE, &[&bid.holder, &bid.address, &ttl])
+            .map_err(|e| self.failed(&e))?;
+        if taken.is_none() {
+            let row = tx
+                .query_one(
+                    "SELECT address, expires_at > clock_timestamp() FROM spg99_log_lease",
+                    &[],
+                )
+                .map_err(|e| self.failed(&e))?;
+            let address = Some(row.get::<_, String>(0)).filter(|_| row.get(1));
+            return Ok(Lead::Theirs { address });
+        }
+        let row = tx
+            .query_one(
+                "UPDATE spg99_log_head SET generation = generation + 1 RETURNING seq, generation",
+                &[],
+            )
+            .map_err(|e| self.failed(&e))?;
+        let (head, generation): (i64, i64) = (row.get(0), row.get(1));
+        tx.execute("UPDATE spg99_log_lease SET generation = $1", &[&generation])
+            .map_err(|e| self.failed(&e))?;
+        tx.commit().map_err(|e| self.failed(&e))?;
+        self.become_writer(client, generation, head)?;
+        Ok(Lead::Ours)
+    }
+
+    fn renew(&self, bid: &Bid) -> Result<bool> {
+        let Some(generation) = self.term() else {
+            return Ok(false);
+        };
+        let mut lease = self.lease_client()?;
+        let client = lease.as_mut().expect("made above");
+        let ttl = bid.ttl.as_secs_f64();
+        match client.query_opt(RENEW_LEASE, &[&bid.holder, &generation, &ttl]) {
+            Ok(row) => Ok(row.is_some()),
+            Err(e) => {
+                *lease = None;
+                Err(self.failed(&e))
+            }
+        }
+    }
+
+    fn resign(&self, bid: &Bid) {
+        let Some(generation) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let generation = generation.generation;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        // Lapsed at once, so that the next leader need not wait for it.
+        let released = self.lease_client().and_then(|mut lease| {
+            lease
+                .as_mut()
+                .expect("made above")
+                .execute(
+                    "UPDATE spg99_log_lease SET expires_at = '-infinity' \
+                     WHERE holder = $1 AND generation = $2",
+                    &[&bid.holder, &generation],
+                )
+                .map_err(|e| self.failed(&e))
+        });
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "cannot give the lease up; it lapses by itself");
+        }
+    }
+
+    fn wait(&self, timeout: Duration) {
+        let mut listener = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if listener.as_ref().is_none_or(Client::is_closed) {
+            let listening = self.client().and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .map_err(|e| self.failed(&e))?;
+                Ok(c)
+            });
+            match listening {
+                Ok(c) => *listener = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for appends; polling");
+                    drop(listener);
+                    std::thread::sleep(timeout);
+                    return;
+                }
+            }
+        }
+        use ::postgres::fallible_iterator::FallibleIterator;
+        let failed = {
+            let client = listener.as_mut().expect("made above");
+            let mut notifications = client.notifications();
+            let failed = notifications.timeout_iter(timeout).next().err();
+            // Those that arrived meanwhile are covered by the read that follows.
+            while let Ok(Some(_)) = notifications.iter().next() {}
+            failed
+        };
+        if let Some(e) = failed {
+            tracing::warn!(error = %self.failed(&e), "the appends' listener failed; polling");
+            *listener = None;
+        }
     }
 
     fn frames(&self, seq: u64) -> Frames {

@@ -1,5 +1,6 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the log is open, the projections
-//! are caught up, and writes are accepted). Neither needs a token.
+//! are caught up, and writes are accepted: by this replica if it leads the log, passed to the
+//! leader if it follows). Neither needs a token.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -13,9 +14,23 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(app: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // The server only starts listening after replay, so being up means caught up; what can
     // still go wrong is the log refusing writes.
-    if app.shared.is_healthy() {
-        Ok(HttpResponse::Ok().json(json!({"status": "ready", "seq": app.shared.head()})))
-    } else {
-        Err(ApiError::log_failed())
+    if !app.shared.is_healthy() {
+        return Err(ApiError::log_failed());
     }
+    if !app.role.in_sync() {
+        return Err(ApiError::replica_behind(
+            "this replica cannot read the log (its server's log says why); its reads may be stale",
+        ));
+    }
+    let role = if app.shared.is_leading() {
+        "leader"
+    } else {
+        "follower"
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ready",
+        "seq": app.shared.head(),
+        "role": role,
+        "leader": app.role.leader(),
+    })))
 }

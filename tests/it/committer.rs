@@ -37,7 +37,7 @@ fn meta() -> CommandMeta {
 async fn a_subscriber_that_never_reads_does_not_hold_up_commits() {
     let tmp = tempdir();
     let log = Arc::new(Log::open(tmp.path()).unwrap());
-    let committer = Committer::start(
+    let committer = Committer::alone(
         log,
         State::default(),
         Arc::new(SystemClock),
@@ -72,7 +72,7 @@ async fn a_subscriber_that_never_reads_does_not_hold_up_commits() {
 async fn concurrent_commands_get_gapless_seqs_and_readers_see_them_after_the_answer() {
     let tmp = tempdir();
     let log = Arc::new(Log::open(tmp.path()).unwrap());
-    let committer = Committer::start(
+    let committer = Committer::alone(
         log.clone(),
         State::default(),
         Arc::new(SystemClock),

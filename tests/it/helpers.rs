@@ -266,7 +266,22 @@ impl Server {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Reply, String> {
+        self.try_call_with(method, path, token, body, &[])
+    }
+
+    /// [`Server::try_call`] with more headers.
+    pub fn try_call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         let mut req = self.agent.request(method, &self.url(path));
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
         if let Some(t) = token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
@@ -322,6 +337,11 @@ impl Server {
             r.body["fingerprint"].as_str().unwrap().to_owned(),
             r.body["seq"].as_u64().unwrap(),
         )
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn stderr(&self) -> String {

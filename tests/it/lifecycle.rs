@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{tempdir, ROOT_TOKEN};
 use crate::lab::{self, Lab, SERVICE_TOKEN};
 
-fn ops(instructions: &[Value]) -> Vec<(String, u64)> {
+pub(crate) fn ops(instructions: &[Value]) -> Vec<(String, u64)> {
     instructions
         .iter()
         .map(|i| {
@@ -22,7 +22,7 @@ fn ops(instructions: &[Value]) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn op(name: &str, term: u64) -> (String, u64) {
+pub(crate) fn op(name: &str, term: u64) -> (String, u64) {
     (name.to_owned(), term)
 }
 

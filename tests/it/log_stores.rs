@@ -2,15 +2,13 @@
 //! read back from any seq, large batches cut into frames, a reopened log keeps what was
 //! synced and loses nothing, and (on PostgreSQL) a second writer fences the first.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use spg99::log::{Location, Log, LogError};
 
 use crate::helpers::{Start, ROOT_TOKEN};
 use spg99_events::{Actor, Envelope, Event, Timestamp};
-use spg99_worker::postgres::find_bin;
-use spg99_worker::postgres::process::{self, Owner, Server};
+use spg99_worker::postgres::process::{self, Server};
 
 fn env(seq: u64, name_len: usize) -> Envelope {
     Envelope {
@@ -42,42 +40,10 @@ pub struct LogDb {
 
 impl LogDb {
     pub fn start(dir: &Path) -> LogDb {
-        let bin = find_bin(None).expect("PostgreSQL's programs (scripts/test.sh installs them)");
-        let owner = Owner::for_servers().unwrap();
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data = dir.join("pg");
-        std::fs::create_dir_all(&data).unwrap();
-        if let Some(o) = owner {
-            o.chown(dir).unwrap();
-            o.chown(&data).unwrap();
-        }
-        let mut initdb = process::command(&bin.join("initdb"), owner);
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        process::run(initdb, "initdb").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let settings = vec![
-            ("listen_addresses", "127.0.0.1".to_string()),
-            ("unix_socket_directories", dir.display().to_string()),
-            ("fsync", "on".to_string()),
-        ];
-        let server = Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log"))
-            .expect("the log's PostgreSQL starts");
+        let server = process::scratch(dir).expect("the log's PostgreSQL starts");
         LogDb {
+            url: format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
             server: Some(server),
-            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         }
     }
 }
@@ -213,7 +179,7 @@ fn hammer(base: &str, clients: usize, stop: &std::sync::atomic::AtomicBool) -> V
 }
 
 #[test]
-fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_writer_fences_it() {
+fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let tmp = crate::helpers::tempdir();
     let pg = tempfile::tempdir().unwrap();
@@ -239,8 +205,9 @@ fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_wr
     });
     assert!(!acked.is_empty(), "nothing was acknowledged");
 
-    // Another process, with a data directory of its own, serves everything acknowledged;
-    // the log is gapless and equals what it serves.
+    // Another process, with a data directory of its own, serves everything acknowledged
+    // (as a follower until the killed one's lease lapses, then as the leader); the log is
+    // gapless and equals what it serves. (tests/it/replicas.rs: several at once.)
     let b = start(&tmp.path().join("b"));
     for id in &acked {
         let r = b.get(&format!("/v2/accounts/{id}"), ROOT_TOKEN);
@@ -256,29 +223,6 @@ fn a_server_on_a_postgres_log_loses_nothing_acknowledged_to_sigkill_and_a_new_wr
         (1..=head).collect::<Vec<_>>()
     );
     assert_eq!(b.fingerprint().1, head);
-
-    // A third process takes the log over: the second one's writes are refused from then on,
-    // and land nowhere; the new writer's do.
-    let c = start(&tmp.path().join("c"));
-    let refused = b.post(
-        "/v2/accounts",
-        ROOT_TOKEN,
-        serde_json::json!({"name": "late"}),
-    );
-    assert_eq!(refused.status, 503, "{refused:?}");
-    assert_eq!(refused.code(), "log_failed");
-    let ok = c.post(
-        "/v2/accounts",
-        ROOT_TOKEN,
-        serde_json::json!({"name": "late"}),
-    );
-    assert_eq!(ok.status, 201, "{ok:?}");
-    assert_eq!(reader.head().unwrap(), head + 1);
-    assert!(b.stderr().contains("took the log over"), "{}", b.stderr());
-    // What a load balancer's health check sees: the fenced process is not ready, the new
-    // writer is.
-    assert_eq!(b.get("/readyz", "-").status, 503);
-    assert_eq!(c.get("/readyz", "-").status, 200);
 }
 
 fn spg99(args: &[&str]) -> std::process::Output {
@@ -394,6 +338,13 @@ fn a_log_that_is_not_a_postgres_url_is_refused_with_a_clear_error() {
         stderr.contains("--log \"/var/lib/elsewhere\": expected a postgres:// URL"),
         "{stderr}"
     );
+    // Replicas must share one sealing key: a log on PostgreSQL without it is refused.
+    let (status, stderr) = Start::new(&tmp.path().join("data"))
+        .env("SPG99_LOG", "postgres://127.0.0.1:1/x")
+        .without_env("SPG99_SECRET_KEY")
+        .run_to_failure();
+    assert!(!status.success());
+    assert!(stderr.contains("set SPG99_SECRET_KEY"), "{stderr}");
     let out = spg99(&["verify", "--log", "mysql://x", "--data-dir", "."]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected a postgres:// URL"));
@@ -407,6 +358,7 @@ fn the_log_s_connection_killed_under_writes_loses_and_repeats_nothing() {
     let db = LogDb::start(pg.path());
     let server = Start::new(&tmp.path().join("data"))
         .env("SPG99_LOG", db.url.clone())
+        .env("SPG99_SECRET_KEY", "ef".repeat(32))
         .spawn();
     let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
     let stop = AtomicBool::new(false);
@@ -460,4 +412,58 @@ fn the_log_s_connection_killed_under_writes_loses_and_repeats_nothing() {
         "{}",
         server.stderr()
     );
+}
+
+#[test]
+fn a_log_of_the_first_schema_is_upgraded_in_place_and_its_lease_is_held_by_one() {
+    use spg99::log::{Bid, Lead};
+    let dir = tempfile::tempdir().unwrap();
+    let db = LogDb::start(dir.path());
+    // The first schema, as a build before leases made it, with one batch in it.
+    let writer = Log::at(&Location::postgres(&db.url).unwrap(), true).unwrap();
+    writer.write(&[env(1, 5)]).unwrap();
+    writer.sync().unwrap();
+    drop(writer);
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    admin
+        .batch_execute("DROP TABLE spg99_log_lease; UPDATE spg99_log_schema SET version = 1")
+        .unwrap();
+
+    let at = Location::postgres(&db.url).unwrap();
+    let first = Log::at(&at, false).unwrap();
+    let version: i32 = admin
+        .query_one("SELECT version FROM spg99_log_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    let bid = |name: &str| Bid {
+        holder: name.to_owned(),
+        address: format!("http://{name}"),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let (a, b) = (bid("a"), bid("b"));
+    assert_eq!(first.lead(&a).unwrap(), Lead::Ours);
+    let second = Log::at(&at, false).unwrap();
+    // Held: the other is told where the leader is, and cannot append.
+    assert_eq!(
+        second.lead(&b).unwrap(),
+        Lead::Theirs {
+            address: Some("http://a".into())
+        }
+    );
+    assert!(matches!(
+        second.write(&[env(2, 5)]),
+        Err(LogError::ReadOnly)
+    ));
+    assert!(first.renew(&a).unwrap());
+    first.write(&[env(2, 5)]).unwrap();
+    first.sync().unwrap();
+    // Given up: the other leads at once, and the first may no longer append.
+    first.resign(&a);
+    assert_eq!(second.lead(&b).unwrap(), Lead::Ours);
+    assert!(!first.renew(&a).unwrap());
+    assert!(matches!(first.write(&[env(3, 5)]), Err(LogError::ReadOnly)));
+    second.write(&[env(3, 7)]).unwrap();
+    second.sync().unwrap();
+    assert_eq!(seqs(&second, 1), vec![1, 2, 3]);
 }

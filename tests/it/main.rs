@@ -25,6 +25,7 @@ mod log_integrity;
 mod log_stores;
 mod openapi;
 mod pgtls;
+mod replicas;
 mod restart;
 mod tooling;
 mod worker_agent;

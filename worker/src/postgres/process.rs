@@ -302,3 +302,44 @@ pub fn stop_leftover(pid: u32) {
         }
     }
 }
+
+/// A PostgreSQL server of its own, in `dir`, on a free loopback port, trusting local
+/// connections as user `postgres` (for a log's database in tests and benchmarks): `initdb`,
+/// then a start with production durability (`fsync` on). Its URL is
+/// `postgres://postgres@127.0.0.1:<port>/postgres`.
+pub fn scratch(dir: &Path) -> Result<Server, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = super::find_bin(None)
+        .ok_or("PostgreSQL's programs are not installed (scripts/install-postgres.sh)")?;
+    let owner = Owner::for_servers()?;
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+    let data = dir.join("pg");
+    std::fs::create_dir_all(&data).map_err(io)?;
+    if let Some(o) = owner {
+        o.chown(dir)?;
+        o.chown(&data)?;
+    }
+    let mut initdb = command(&bin.join("initdb"), owner);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]);
+    run(initdb, "initdb")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let settings = vec![
+        ("listen_addresses", "127.0.0.1".to_string()),
+        ("unix_socket_directories", dir.display().to_string()),
+        ("fsync", "on".to_string()),
+    ];
+    Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log"))
+}
