@@ -222,7 +222,8 @@ async fn pass_on(mut req: ServiceRequest, app: &AppState) -> ServiceResponse<Box
         if name == RESOURCE_VERSION {
             version = value.parse::<u64>().ok();
         }
-        if !hop_by_hop(&name) && name != REQUEST_ID {
+        // The request id is this replica's (the same as the leader's); the date, its own.
+        if !hop_by_hop(&name) && name != REQUEST_ID && name != header::DATE {
             res.append_header((name, value.as_str()));
         }
     }
