@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::commands::{
+    AccountsCommand, ClientArgs, DbsCommand, EventsArgs, KeysCommand, TenantsCommand,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "spg99",
@@ -57,6 +61,69 @@ pub enum Commands {
     /// SPG99_SERVICE_TOKEN): PostgreSQL for each database placed on it (or a simulation),
     /// on the control plane's instructions.
     Worker(spg99_worker::WorkerArgs),
+    /// Save a profile (--profile, default `default`): the API's URL and a token, read from
+    /// SPG99_TOKEN or stdin and checked against the API first.
+    Login {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Accounts (global keys).
+    Accounts {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// API keys: issue, list, me, rotate, revoke.
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Tenants: create, list, get, delete, credentials, reset-password.
+    Tenants {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+    /// Databases: create, list, get (the describe), delete.
+    Dbs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: DbsCommand,
+    },
+    /// The event stream: the log so far, or with --follow live (resuming by itself).
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: EventsArgs,
+    },
+    /// Compute seconds by profile and by database.
+    Billing {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// `YYYY-MM` (default: this month).
+        #[arg(long)]
+        period: Option<String>,
+        /// The account (global keys).
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Run psql on a database through the Gateway (arguments after `--` go to psql).
+    Connect {
+        #[command(flatten)]
+        client: ClientArgs,
+        tenant: String,
+        db: String,
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
+    /// Print a shell's completion script (`spg99 completions bash > /etc/bash_completion.d/spg99`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,7 +4,8 @@
 //! on sled; read models are folds of that log; the log itself is what clients stream.
 //!
 //! ## Layout
-//! - [`log`]: the command log on sled — records, durability (flush + fdatasync), reads.
+//! - [`log`]: the command log, on sled or PostgreSQL — records, durability, reads, and on a
+//!   shared log the lease that says which replica leads.
 //! - [`committer`]: the single writer — batches commands, decides them, appends one batch per
 //!   flush, publishes the durable result to readers and subscribers.
 //! - [`commands`]: the commands and the business rules that decide them.
@@ -24,8 +25,10 @@
 //! - [`routes`]: one module of handlers per resource.
 //! - [`console`]: the web Console at `/console`, its assets compiled in.
 //! - [`stream`]: `GET /v2/events`, the log as Server-Sent Events, per subscriber.
-//! - [`server`]: `spg99 serve` — build and run the application.
+//! - [`server`]: `spg99 serve` — build and run the application; [`replica`]: leading or
+//!   following a shared log (writes passed to the leader in [`http::forward`]).
 //! - [`tools`]: `spg99 log dump|tail`, `rebuild`, `state --at`, `verify`, offline or online.
+//! - [`client`]: `spg99 login`, `tenants`, `dbs`, `events`, ...: the client of API v2.
 //! - [`cli`], [`telemetry`], [`clock`]: the command line, logging, and time.
 //!
 //! The event types live in the `spg99-events` crate and the read models in
@@ -35,6 +38,7 @@ pub mod access;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod committer;

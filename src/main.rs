@@ -2,6 +2,7 @@ use std::io::Write;
 
 use clap::Parser;
 use spg99::cli::{Cli, Commands, Format, LogCommand, SourceArgs};
+use spg99::client::commands::{ClientArgs, Command};
 use spg99::server::{Application, Config};
 use spg99::tools::{self, DumpArgs, Source, ToolError};
 
@@ -18,6 +19,42 @@ fn main() {
         },
         Commands::Worker(args) => spg99_worker::run(args),
         Commands::Gateway(args) => spg99_gateway::run(args),
+        Commands::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "spg99", &mut std::io::stdout());
+            0
+        }
+        Commands::Login { client } => client_command(
+            Command::Login {
+                profile: client.profile.clone().unwrap_or_else(|| "default".into()),
+            },
+            &client,
+        ),
+        Commands::Accounts { client, command } => {
+            client_command(Command::Accounts(command), &client)
+        }
+        Commands::Keys { client, command } => client_command(Command::Keys(command), &client),
+        Commands::Tenants { client, command } => client_command(Command::Tenants(command), &client),
+        Commands::Dbs { client, command } => client_command(Command::Dbs(command), &client),
+        Commands::Events { client, args } => client_command(Command::Events(args), &client),
+        Commands::Billing {
+            client,
+            period,
+            account,
+        } => client_command(Command::Billing { period, account }, &client),
+        Commands::Connect {
+            client,
+            tenant,
+            db,
+            psql_args,
+        } => client_command(
+            Command::Connect {
+                tenant,
+                db,
+                psql_args,
+            },
+            &client,
+        ),
         other => match run_tool(other) {
             Ok(()) => 0,
             Err(e) => {
@@ -27,6 +64,17 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+/// A client command; its exit code (docs/cli.md).
+fn client_command(command: Command, client: &ClientArgs) -> i32 {
+    match spg99::client::commands::run(command, client) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("spg99: {e}");
+            e.exit_code()
+        }
+    }
 }
 
 fn serve(config: Config) -> i32 {
@@ -75,9 +123,18 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let result = match command {
-        Commands::Serve(_) | Commands::Worker(_) | Commands::Gateway(_) => {
-            unreachable!("handled by main")
-        }
+        Commands::Serve(_)
+        | Commands::Worker(_)
+        | Commands::Gateway(_)
+        | Commands::Completions { .. }
+        | Commands::Login { .. }
+        | Commands::Accounts { .. }
+        | Commands::Keys { .. }
+        | Commands::Tenants { .. }
+        | Commands::Dbs { .. }
+        | Commands::Events { .. }
+        | Commands::Billing { .. }
+        | Commands::Connect { .. } => unreachable!("handled by main"),
         Commands::Log(LogCommand::Dump {
             from,
             to,

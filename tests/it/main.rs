@@ -6,6 +6,7 @@ mod authz_matrix;
 mod bootstrap;
 mod browser;
 mod chaos;
+mod cli;
 mod committer;
 mod compute;
 mod conformance;
