@@ -282,6 +282,7 @@ impl CommitHandle {
         if !self.shared.is_leading() {
             return Err(CommitError::NotLeader);
         }
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Submit(Submission {
             meta,
@@ -294,7 +295,16 @@ impl CommitHandle {
             .send(msg)
             .await
             .map_err(|_| CommitError::Unavailable)?;
-        answer.await.unwrap_or(Err(CommitError::Unavailable))
+        let answered = answer.await.unwrap_or(Err(CommitError::Unavailable));
+        crate::metrics::get()
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        answered
+    }
+
+    /// Commands waiting for the committer.
+    pub fn queued(&self) -> usize {
+        QUEUE_DEPTH - self.tx.capacity()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -503,6 +513,9 @@ impl Decider {
             }
             return None;
         }
+        crate::metrics::get()
+            .batch_commands
+            .observe(batch.len() as f64);
         let now = self.clock.now();
         // Time never goes backwards in the log, even if the wall clock does.
         let at = self.working.last_at.map_or(now, |last| now.max(last));
@@ -666,10 +679,15 @@ impl Syncer {
 /// the last of them, publishes them to subscribers and answers every caller, in order.
 fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
     let wrote = group.iter().any(|w| w.state.is_some());
+    let metrics = crate::metrics::get();
     if wrote {
+        let started = std::time::Instant::now();
         if let Err(e) = log.sync() {
             shared.fail("syncing", &e);
         }
+        metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
     if !shared.is_healthy() {
         group.into_iter().for_each(|d| refuse(d.replies));
@@ -682,6 +700,7 @@ fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
     for w in group {
         let batch: Arc<[Envelope]> = Arc::from(w.envs);
         if !batch.is_empty() {
+            metrics.appended(&batch);
             // No receiver is fine; a full channel drops the oldest batch for laggards.
             let _ = shared.feed.send(batch.clone());
         }

@@ -49,6 +49,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod reconciler;
 pub mod recovery;
 pub mod replica;

@@ -305,6 +305,17 @@ impl Application {
             local_service: local.secret_hash(),
             role,
             forward: http::forward::agent(),
+            more_metrics: [
+                gateway
+                    .as_ref()
+                    .map(|_| spg99_gateway::metrics::render as fn() -> String),
+                config
+                    .compute
+                    .map(|_| spg99_worker::metrics::render as fn() -> String),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         });
         let settings = front::Settings {
             workers: config.http_workers,

@@ -427,12 +427,15 @@ impl Follower {
             let want = ((head - self.next + 1) as usize).min(CATCH_UP_CHUNK);
             // On a blocking thread: a read may wait on the disk or on the log's database.
             let (log, from) = (log.clone(), self.next);
+            let reading = &crate::metrics::get().catching_up;
+            reading.inc();
             let read = tokio::task::spawn_blocking(move || {
                 log.read_from(from)
                     .take(want)
                     .collect::<Result<Vec<Envelope>, _>>()
             })
             .await;
+            reading.dec();
             let Ok(read) = read else { return None };
             return match read {
                 Ok(events) => {

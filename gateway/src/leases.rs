@@ -143,7 +143,12 @@ impl Leases {
         Ok(match live {
             Some(h) => h,
             None => {
-                let lease = self.checkout(pg_user, db, deadline).await?;
+                let waited = Instant::now();
+                let lease = self.checkout(pg_user, db, deadline).await;
+                crate::metrics::get()
+                    .checkout_wait
+                    .observe(waited.elapsed().as_secs_f64());
+                let lease = lease?;
                 let (closed, _) = watch::channel(false);
                 let h = Arc::new(Held {
                     lease: Mutex::new(lease),

@@ -18,6 +18,7 @@
 pub mod cancel;
 pub mod control;
 pub mod leases;
+pub mod metrics;
 pub mod pgwire;
 pub mod session;
 pub mod tls;
@@ -86,6 +87,9 @@ pub struct GatewayArgs {
         default_value_t = 100
     )]
     pub auth_failures_per_address: u32,
+    /// Where to serve `GET /metrics` (Prometheus text format); none unless given.
+    #[arg(long, env = "SPG99_GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// The service token the internal API expects (prefer the environment variable).
     #[arg(long, env = "SPG99_SERVICE_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -246,6 +250,16 @@ pub fn run(args: GatewayArgs) -> i32 {
         }
     };
     println!("spg99 gateway listening on {}", running.addr);
+    if let Some(listen) = &args.metrics_listen {
+        match spg99_wire::metrics::serve(listen, metrics::render) {
+            Ok(addr) => println!("spg99 gateway metrics on http://{addr}/metrics"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the metrics");
+                running.stop();
+                return 1;
+            }
+        }
+    }
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();

@@ -130,6 +130,7 @@ struct Counted<'a>(&'a AtomicUsize);
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        crate::metrics::get().open.dec();
     }
 }
 
@@ -144,6 +145,9 @@ fn nonce() -> String {
 pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     gw.open.fetch_add(1, Ordering::AcqRel);
+    let m = crate::metrics::get();
+    m.connections.inc();
+    m.open.inc();
     let _counted = Counted(&gw.open);
     let _ = handshake(&gw, tcp).await;
 }
@@ -229,6 +233,12 @@ async fn session<S: Stream>(
     match authenticate_and_route(gw, &mut client, &channel, addr, minor, &params).await {
         Ok(()) => Ok(()),
         Err(End::Error(code, message)) => {
+            crate::metrics::get()
+                .refused
+                .get_or_create(&crate::metrics::Refusal {
+                    sqlstate: code.to_owned(),
+                })
+                .inc();
             Out::default().error(code, &message).send(&mut client).await
         }
         Err(End::Quiet) => Ok(()),
@@ -295,6 +305,7 @@ async fn authenticate_and_route<S: Stream>(
     // Every way a proof can fail counts as a failed password.
     let bad = || {
         gw.failures.failed(user, addr);
+        crate::metrics::get().auth_failures.inc();
         error(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
@@ -436,7 +447,14 @@ async fn authenticate_and_route<S: Stream>(
 
     let mut closed = ticket.closed.clone();
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(client, &mut backend) => {}
+        copied = tokio::io::copy_bidirectional(client, &mut backend) => {
+            if let Ok((up, down)) = copied {
+                let bytes = &crate::metrics::get().bytes;
+                let count = |direction| bytes.get_or_create(&crate::metrics::Direction { direction });
+                count("client_to_database").inc_by(up);
+                count("database_to_client").inc_by(down);
+            }
+        }
         _ = closed.wait_for(|c| *c) => {}
     }
     drop(registration);

@@ -50,6 +50,8 @@ pub struct AppState {
     pub role: Arc<crate::replica::Role>,
     /// The client that passes writes to the leader.
     pub forward: ureq::Agent,
+    /// The embedded Gateway's and worker's metrics, in the text format, for `/metrics`.
+    pub more_metrics: Vec<fn() -> String>,
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.
@@ -86,6 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(Methods::at("/healthz").get(health::healthz).done())
     .service(Methods::at("/readyz").get(health::readyz).done())
+    .service(Methods::at("/metrics").get(health::metrics).done())
     // One resource per path, static paths first, and the tenant's routes under one scope:
     // the router tries resources in order and matches dynamic ones with a regex each, so
     // this order keeps the common describe path cheap.

@@ -44,6 +44,39 @@ fn acceptable(v: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_owned())
 }
 
+/// The request's count and time, by its route's pattern (never the path itself, which holds
+/// names).
+fn measure<B>(res: &ServiceResponse<B>, took: std::time::Duration) {
+    let m = crate::metrics::get();
+    let req = res.request();
+    use actix_web::http::Method;
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        // Any other (a client's own word) is not a label of its own.
+        _ => "other",
+    };
+    let route = crate::metrics::Route {
+        method,
+        route: req.match_pattern().unwrap_or_else(|| "unmatched".into()),
+    };
+    m.http_seconds
+        .get_or_create(&route)
+        .observe(took.as_secs_f64());
+    m.http_requests
+        .get_or_create(&crate::metrics::Answered {
+            method: route.method,
+            route: route.route,
+            status: res.status().as_u16(),
+        })
+        .inc();
+}
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -70,11 +103,13 @@ pub async fn middleware(
     let _entered = span.enter();
     match result {
         Ok(mut res) => {
+            let took = started.elapsed();
             tracing::debug!(
                 status = res.status().as_u16(),
-                micros = started.elapsed().as_micros() as u64,
+                micros = took.as_micros() as u64,
                 "served"
             );
+            measure(&res, took);
             res.headers_mut().insert(HEADER, header_value);
             Ok(res)
         }

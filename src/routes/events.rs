@@ -259,7 +259,10 @@ pub async fn stream(
         tx,
     );
     actix_web::rt::spawn(async move {
+        let subscribers = &crate::metrics::get().subscribers;
+        subscribers.inc();
         run.await;
+        subscribers.dec();
         drop(slot);
     });
     // The head when the stream opened: what a client resumes from if it reads nothing.

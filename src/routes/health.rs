@@ -1,11 +1,27 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (the log is open, the projections
 //! are caught up, and writes are accepted: by this replica if it leads the log, passed to the
-//! leader if it follows). Neither needs a token.
+//! leader if it follows); neither needs a token. `GET /metrics` (the service token or a
+//! global key): the metrics, in the Prometheus text format, with the embedded Gateway's and
+//! worker's.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, Internal};
+
+pub async fn metrics(app: web::Data<AppState>, _: Internal) -> HttpResponse {
+    let mut text = crate::metrics::get().render(
+        &app.shared.read(),
+        app.commits.queued(),
+        app.shared.is_leading(),
+    );
+    for more in &app.more_metrics {
+        text = crate::metrics::join(text, &more());
+    }
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
+}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))

@@ -55,7 +55,7 @@ impl Tenant {
 
 /// psql (quiet, unaligned, tuples only) with `conninfo`, running `sql`: its output, or what
 /// it printed on failure.
-fn psql(conninfo: &str, sql: &[&str]) -> Result<String, String> {
+pub(crate) fn psql(conninfo: &str, sql: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new("psql");
     cmd.args([
         "-X",

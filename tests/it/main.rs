@@ -24,6 +24,7 @@ mod lifecycle_props;
 mod limits;
 mod log_integrity;
 mod log_stores;
+mod metrics;
 mod openapi;
 mod pgtls;
 mod replicas;

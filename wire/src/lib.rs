@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod client;
+pub mod metrics;
 
 /// The compute profiles: a writer's CPU and memory. The control plane places writers by
 /// profile and the autoscaler moves them between profiles; the worker runs each profile with

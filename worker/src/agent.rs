@@ -867,14 +867,24 @@ impl Agent {
         let mut backoff = Backoff::new();
         while !self.stopped() {
             let epoch = self.epoch();
-            match self.client.heartbeat(self.loads()) {
+            let loads = self.loads();
+            let m = crate::metrics::get();
+            m.writers.set(loads.len() as i64);
+            let result = |result| {
+                m.heartbeats
+                    .get_or_create(&crate::metrics::Result { result })
+                    .inc()
+            };
+            match self.client.heartbeat(loads) {
                 Ok(list) => {
+                    result("ok");
                     backoff.reset();
                     self.report_exits();
                     self.handle(list);
                     thread::sleep(self.heartbeat_interval());
                 }
                 Err(e) => {
+                    result("failed");
                     if let Err(code) = self.recover("heartbeat", e, epoch, &mut backoff) {
                         return code;
                     }
@@ -958,6 +968,7 @@ impl Agent {
     fn execute(&self, work: Work) {
         let c = &self.compute;
         let (db_id, term) = work.key.writer();
+        let began = Instant::now();
         let done: Done = match &work.plan {
             Plan::Conclude(_) => Ok(None),
             Plan::Start(w) => c.start(w).map(Some),
@@ -968,6 +979,14 @@ impl Agent {
             Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| None),
             Plan::UpdateRole(w) => c.update_role(w).map(|()| None),
         };
+        if !matches!(work.plan, Plan::Conclude(_)) {
+            crate::metrics::get()
+                .operations
+                .get_or_create(&crate::metrics::Op {
+                    op: work.key.op.as_str(),
+                })
+                .observe(began.elapsed().as_secs_f64());
+        }
         let (report, undo) = self.state().finish(&work, done);
         if undo {
             debug!(%db_id, writer_term = term, "stopping a writer started for nothing");
@@ -989,6 +1008,12 @@ impl Agent {
         for attempt in 1..=REPORT_ATTEMPTS {
             match self.client.report(report) {
                 Ok(accepted) => {
+                    crate::metrics::get()
+                        .reports
+                        .get_or_create(&crate::metrics::Outcome {
+                            outcome: report.outcome.as_str(),
+                        })
+                        .inc();
                     info!(
                         db_id = %report.db_id,
                         writer_term = report.writer_term,

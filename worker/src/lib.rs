@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod compute;
+pub mod metrics;
 pub mod postgres;
 pub mod simulated;
 
@@ -48,6 +49,9 @@ pub struct WorkerArgs {
     /// This worker's id, stable across restarts of the same host.
     #[arg(long)]
     pub id: String,
+    /// Where to serve `GET /metrics` (Prometheus text format); none unless given.
+    #[arg(long, env = "SPG99_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// The service token the internal API expects (prefer the environment variable).
     #[arg(long, env = "SPG99_SERVICE_TOKEN", hide_env_values = true)]
     pub token: Token,
@@ -290,6 +294,15 @@ pub fn run(args: WorkerArgs) -> i32 {
             return agent::EXIT_REFUSED;
         }
     };
+    if let Some(listen) = &args.metrics_listen {
+        match spg99_wire::metrics::serve(listen, metrics::render) {
+            Ok(addr) => info!(%addr, "metrics on http://{addr}/metrics"),
+            Err(e) => {
+                error!(error = %e, "cannot serve the metrics");
+                return agent::EXIT_REFUSED;
+            }
+        }
+    }
     let agent = Arc::new(Agent::new(config, driver));
     let exited = match agent::start(&agent) {
         Ok(rx) => rx,

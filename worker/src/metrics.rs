@@ -1,0 +1,91 @@
+//! The worker's metrics (docs/metrics.md): each instruction's work by operation (a start's
+//! time is a cold start on this host: a cluster made or resumed and PostgreSQL listening),
+//! reports by outcome, heartbeats, and the writers it serves. One process-wide set;
+//! `spg99 worker --metrics-listen` serves it, `spg99 serve` adds the local worker's to its own
+//! `/metrics`.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Op {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Result {
+    pub result: &'static str,
+}
+
+fn durations() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub operations: Family<Op, Histogram, fn() -> Histogram>,
+    pub reports: Family<Outcome, Counter>,
+    pub heartbeats: Family<Result, Counter>,
+    pub writers: Gauge<i64, AtomicI64>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            operations: Family::new_with_constructor(durations),
+            reports: Family::default(),
+            heartbeats: Family::default(),
+            writers: Gauge::default(),
+        };
+        let r = &mut registry;
+        r.register_with_unit(
+            "spg99_worker_operation_duration",
+            "Time of each instruction's work, by operation (start, stop, prepare, promote, ...)",
+            Unit::Seconds,
+            m.operations.clone(),
+        );
+        r.register(
+            "spg99_worker_reports",
+            "Reports sent to the control plane, by outcome",
+            m.reports.clone(),
+        );
+        r.register(
+            "spg99_worker_heartbeats",
+            "Heartbeats, by result (ok, failed)",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "spg99_worker_writers",
+            "Writers this worker serves, as of its last heartbeat",
+            m.writers.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The text of a scrape.
+pub fn render() -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &get().registry)
+        .expect("encoding into a string cannot fail");
+    out
+}
