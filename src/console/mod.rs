@@ -70,8 +70,17 @@ fn served() -> &'static [(String, String)] {
 
 /// The Console's routes: `/console`, `/console/` and its files.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/console").to(serve))
-        .service(web::resource("/console/{file:.*}").to(serve));
+    use crate::http::RoutePattern;
+    cfg.service(
+        web::resource("/console")
+            .app_data(RoutePattern("/console"))
+            .to(serve),
+    )
+    .service(
+        web::resource("/console/{file:.*}")
+            .app_data(RoutePattern("/console/{file}"))
+            .to(serve),
+    );
 }
 
 async fn serve(req: HttpRequest) -> HttpResponse {

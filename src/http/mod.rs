@@ -86,44 +86,72 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ApiError::bad_request("invalid_path", format!("path: {e}")).into()
         }),
     )
-    .service(Methods::at("/healthz").get(health::healthz).done())
-    .service(Methods::at("/readyz").get(health::readyz).done())
-    .service(Methods::at("/metrics").get(health::metrics).done())
+    .service(Methods::at("", "/healthz").get(health::healthz).done())
+    .service(Methods::at("", "/readyz").get(health::readyz).done())
+    .service(Methods::at("", "/metrics").get(health::metrics).done())
     // One resource per path, static paths first, and the tenant's routes under one scope:
     // the router tries resources in order and matches dynamic ones with a regex each, so
     // this order keeps the common describe path cheap.
     .service(
         web::scope("/v2")
             .service(
-                Methods::at("/account/profile")
+                Methods::at("/v2", "/account/profile")
                     .get(accounts::profile)
                     .done(),
             )
             .service(
-                Methods::at("/account/contact")
+                Methods::at("/v2", "/account/contact")
                     .post(accounts::contact)
                     .done(),
             )
-            .service(Methods::at("/account/delete").post(accounts::delete).done())
-            .service(Methods::at("/billing/summary").get(billing::summary).done())
-            .service(Methods::at("/api-keys/me").get(keys::me).done())
-            .service(Methods::at("/api-keys/rotate").post(keys::rotate).done())
-            .service(Methods::at("/api-keys/revoke").post(keys::revoke).done())
-            .service(Methods::at("/sizes").get(sizes::list).done())
-            .service(Methods::at("/openapi.json").get(openapi::serve).done())
-            .service(Methods::at("/events").get(events::stream).done())
-            .service(Methods::at("/events/tickets").post(events::ticket).done())
-            .service(Methods::at("/admin/state").get(admin::state).done())
-            .service(Methods::at("/admin/log").get(admin::log).done())
-            .service(Methods::at("/admin/verify").get(admin::verify).done())
             .service(
-                Methods::at("/accounts")
+                Methods::at("/v2", "/account/delete")
+                    .post(accounts::delete)
+                    .done(),
+            )
+            .service(
+                Methods::at("/v2", "/billing/summary")
+                    .get(billing::summary)
+                    .done(),
+            )
+            .service(Methods::at("/v2", "/api-keys/me").get(keys::me).done())
+            .service(
+                Methods::at("/v2", "/api-keys/rotate")
+                    .post(keys::rotate)
+                    .done(),
+            )
+            .service(
+                Methods::at("/v2", "/api-keys/revoke")
+                    .post(keys::revoke)
+                    .done(),
+            )
+            .service(Methods::at("/v2", "/sizes").get(sizes::list).done())
+            .service(
+                Methods::at("/v2", "/openapi.json")
+                    .get(openapi::serve)
+                    .done(),
+            )
+            .service(Methods::at("/v2", "/events").get(events::stream).done())
+            .service(
+                Methods::at("/v2", "/events/tickets")
+                    .post(events::ticket)
+                    .done(),
+            )
+            .service(Methods::at("/v2", "/admin/state").get(admin::state).done())
+            .service(Methods::at("/v2", "/admin/log").get(admin::log).done())
+            .service(
+                Methods::at("/v2", "/admin/verify")
+                    .get(admin::verify)
+                    .done(),
+            )
+            .service(
+                Methods::at("/v2", "/accounts")
                     .get(accounts::list)
                     .post(accounts::create)
                     .done(),
             )
             .service(
-                Methods::at("/tenants")
+                Methods::at("/v2", "/tenants")
                     .get(tenants::list)
                     .post(tenants::create)
                     .done(),
@@ -131,34 +159,47 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(
                 web::scope("/tenants/{tenant}")
                     .service(
-                        Methods::at("/dbs/{db}")
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}")
                             .get(dbs::get)
                             .delete(dbs::delete)
                             .done(),
                     )
-                    .service(Methods::at("/dbs").get(dbs::list).post(dbs::create).done())
-                    .service(Methods::at("/credentials").get(tenants::credentials).done())
                     .service(
-                        Methods::at("/credentials/reset")
+                        Methods::at("/v2/tenants/{tenant}", "/dbs")
+                            .get(dbs::list)
+                            .post(dbs::create)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("/v2/tenants/{tenant}", "/credentials")
+                            .get(tenants::credentials)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("/v2/tenants/{tenant}", "/credentials/reset")
                             .post(tenants::reset_credentials)
                             .done(),
                     )
                     .service(
-                        Methods::at("/dbs/{db}/{action}")
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/{action}")
                             .post(dbs::manual_lifecycle)
                             .done(),
                     )
                     .service(
-                        Methods::at("")
+                        Methods::at("/v2/tenants/{tenant}", "")
                             .get(tenants::get)
                             .delete(tenants::delete)
                             .done(),
                     ),
             )
-            .service(Methods::at("/dbs/{id}").get(dbs::get_by_id).done())
-            .service(Methods::at("/accounts/{account}").get(accounts::get).done())
+            .service(Methods::at("/v2", "/dbs/{id}").get(dbs::get_by_id).done())
             .service(
-                Methods::at("/accounts/{account}/api-keys")
+                Methods::at("/v2", "/accounts/{account}")
+                    .get(accounts::get)
+                    .done(),
+            )
+            .service(
+                Methods::at("/v2", "/accounts/{account}/api-keys")
                     .get(keys::list)
                     .post(keys::issue)
                     .done(),
@@ -166,47 +207,59 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::scope("/internal/v1")
-            .service(Methods::at("/checkout").post(internal::checkout).done())
             .service(
-                Methods::at("/leases/{lease_id}/renew")
+                Methods::at("/internal/v1", "/checkout")
+                    .post(internal::checkout)
+                    .done(),
+            )
+            .service(
+                Methods::at("/internal/v1", "/leases/{lease_id}/renew")
                     .post(internal::renew)
                     .done(),
             )
             .service(
-                Methods::at("/leases/{lease_id}/release")
+                Methods::at("/internal/v1", "/leases/{lease_id}/release")
                     .post(internal::release)
                     .done(),
             )
             .service(
-                Methods::at("/workers")
+                Methods::at("/internal/v1", "/workers")
                     .get(internal::list_workers)
                     .post(internal::register)
                     .done(),
             )
             .service(
-                Methods::at("/workers/{id}/heartbeat")
+                Methods::at("/internal/v1", "/workers/{id}/heartbeat")
                     .post(internal::heartbeat)
                     .done(),
             )
             .service(
-                Methods::at("/workers/{id}/instructions")
+                Methods::at("/internal/v1", "/workers/{id}/instructions")
                     .get(internal::instructions)
                     .done(),
             )
             .service(
-                Methods::at("/workers/{id}/reports")
+                Methods::at("/internal/v1", "/workers/{id}/reports")
                     .post(internal::report)
                     .done(),
             )
             .service(
-                Methods::at("/roles/changes")
+                Methods::at("/internal/v1", "/roles/changes")
                     .get(internal::role_changes)
                     .done(),
             )
-            .service(Methods::at("/roles/{pg_user}").get(internal::role).done())
-            .service(Methods::at("/reconcile").post(internal::reconcile).done())
             .service(
-                Methods::at("/clock/advance")
+                Methods::at("/internal/v1", "/roles/{pg_user}")
+                    .get(internal::role)
+                    .done(),
+            )
+            .service(
+                Methods::at("/internal/v1", "/reconcile")
+                    .post(internal::reconcile)
+                    .done(),
+            )
+            .service(
+                Methods::at("/internal/v1", "/clock/advance")
                     .post(internal::advance_clock)
                     .done(),
             ),
@@ -223,10 +276,30 @@ struct Methods {
     allow: Vec<&'static str>,
 }
 
+/// A route's pattern (`/v2/tenants/{tenant}/dbs`), kept on its resource so that the request's
+/// metrics name it without matching the path again.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutePattern(pub &'static str);
+
+/// One `&'static str` per distinct pattern (each worker's app is configured with the same).
+fn intern(pattern: String) -> &'static str {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    match seen.iter().find(|s| **s == pattern) {
+        Some(s) => s,
+        None => {
+            let s: &'static str = Box::leak(pattern.into_boxed_str());
+            seen.push(s);
+            s
+        }
+    }
+}
+
 impl Methods {
-    fn at(path: &str) -> Self {
+    /// The resource at `path`, inside the scope whose pattern is `scope`.
+    fn at(scope: &str, path: &str) -> Self {
         Methods {
-            resource: web::resource(path),
+            resource: web::resource(path).app_data(RoutePattern(intern(format!("{scope}{path}")))),
             allow: Vec::new(),
         }
     }
