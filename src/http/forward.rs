@@ -28,6 +28,9 @@ use crate::http::{ApiError, AppState, RESOURCE_VERSION};
 
 /// `X-Min-Resource-Version`: the answer must reflect at least this seq.
 pub const MIN_VERSION: HeaderName = HeaderName::from_static("x-min-resource-version");
+/// Marks a write passed on by a follower: the replica it reaches does not pass it on again
+/// (it leads by then, or the leadership is moving and the client tries again).
+const PASSED_ON: HeaderName = HeaderName::from_static("x-spg99-passed-on");
 /// How long a request waits for this replica to reach a seq.
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// Most bytes of an answer passed back (the leader's answers are far smaller).
@@ -145,7 +148,11 @@ pub async fn reached(shared: &Shared, seq: u64, within: Duration) -> bool {
 
 /// Passes the request to the leader; its answer, once this replica has read what it wrote.
 async fn pass_on(mut req: ServiceRequest, app: &AppState) -> ServiceResponse<BoxBody> {
-    let Some(leader) = app.role.leader() else {
+    let leader = app
+        .role
+        .leader()
+        .filter(|_| !req.headers().contains_key(PASSED_ON));
+    let Some(leader) = leader else {
         let e = ApiError::no_leader(
             "no replica leads the log right now (one takes over within the leader's lease): \
              repeat the request shortly, with the same Idempotency-Key",
@@ -175,6 +182,7 @@ async fn pass_on(mut req: ServiceRequest, app: &AppState) -> ServiceResponse<Box
     if let Some(id) = req.extensions().get::<RequestId>() {
         out = out.set(REQUEST_ID.as_str(), &id.0);
     }
+    out = out.set(PASSED_ON.as_str(), "1");
     let answer = web::block(move || -> Result<Answer, String> {
         let res = match out.send_bytes(&body) {
             Ok(res) | Err(ureq::Error::Status(_, res)) => res,

@@ -452,7 +452,10 @@ impl Store for PgStore {
     }
 
     fn lead(&self, bid: &Bid) -> Result<Lead> {
-        let mut client = self.client()?;
+        // On the lease's connection: followers ask every quarter of a lease.
+        let mut lease = self.lease_client()?;
+        let client = lease.as_mut().expect("made above");
+        // A failed connection is made again next time (`lease_client`).
         let mut tx = client.transaction().map_err(|e| self.failed(&e))?;
         let ttl = bid.ttl.as_secs_f64();
         let taken = tx
@@ -478,7 +481,8 @@ impl Store for PgStore {
         tx.execute("UPDATE spg99_log_lease SET generation = $1", &[&generation])
             .map_err(|e| self.failed(&e))?;
         tx.commit().map_err(|e| self.failed(&e))?;
-        self.become_writer(client, generation, head)?;
+        drop(lease);
+        self.become_writer(self.client()?, generation, head)?;
         Ok(Lead::Ours)
     }
 
