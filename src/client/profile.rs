@@ -1,8 +1,8 @@
 //! Where the client's URL and token come from: `--url` and `SPG99_URL`, `SPG99_TOKEN`, then
 //! the profile (`--profile`, `SPG99_PROFILE`, else the one `login` saved last) in
 //! `$SPG99_CONFIG`, else `$XDG_CONFIG_HOME/spg99/config.json`, else
-//! `~/.config/spg99/config.json`. The file holds tokens: it is written 0600 (its directory
-//! 0700), whole, to a temporary file then renamed, so it is never seen half written.
+//! `~/.config/spg99/config.json`. The file holds tokens: it is written 0600 (a directory made
+//! for it, 0700), whole, to a temporary file then renamed, so it is never seen half written.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,7 +64,12 @@ impl Config {
     pub fn save(&self) -> Result<PathBuf, ClientError> {
         let path = path()?;
         let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
+        // A directory made here is this file's alone (0700); one that exists is left as it is
+        // (SPG99_CONFIG may name a file in any directory).
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
             std::fs::create_dir_all(dir).map_err(local)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(local)?;
         }

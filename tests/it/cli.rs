@@ -65,6 +65,7 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
         .spawn();
     let home = tmp.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
     let h = home.as_path();
 
     // The operator logs in with the bootstrap key and makes an account and its key.
@@ -74,6 +75,23 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
     let config = h.join("config.json");
     let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the config holds tokens");
+    // The directory it was put in is left as it was.
+    let dir_mode = std::fs::metadata(h).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o755);
+    // Without SPG99_CONFIG: under XDG_CONFIG_HOME, in a directory of its own, 0700.
+    let mut xdg = Command::new(bin());
+    xdg.args(["login", "--url", &server.base])
+        .env_remove("SPG99_CONFIG")
+        .env("XDG_CONFIG_HOME", h.join("xdg"))
+        .env("SPG99_TOKEN", ROOT_TOKEN);
+    assert!(xdg.output().unwrap().status.success());
+    let own = h.join("xdg/spg99");
+    assert_eq!(
+        std::fs::metadata(&own).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let saved = std::fs::metadata(own.join("config.json")).unwrap();
+    assert_eq!(saved.permissions().mode() & 0o777, 0o600);
     let account = json(h, &["accounts", "create", "acme", "-o", "json"]);
     let account = account["account_id"].as_str().unwrap().to_owned();
     let key = json(
