@@ -304,7 +304,6 @@ impl Application {
             settings,
             local_service: local.secret_hash(),
             role,
-            forward: http::forward::agent(),
             more_metrics: [
                 gateway
                     .as_ref()

@@ -9,7 +9,6 @@
 //! follower's. What stays here: `POST /v2/events/tickets` (a ticket is redeemed on the
 //! replica that issued it, by the stream the same client opens next).
 
-use std::io::Read;
 use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -34,16 +33,17 @@ const PASSED_ON: HeaderName = HeaderName::from_static("x-spg99-passed-on");
 /// How long a request waits for this replica to reach a seq.
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// Most bytes of an answer passed back (the leader's answers are far smaller).
-const ANSWER_LIMIT: u64 = 64 << 20;
+const ANSWER_LIMIT: usize = 64 << 20;
 
-/// The client that passes writes on: connections kept for every concurrent writer.
-pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .max_idle_connections(1024)
-        .max_idle_connections_per_host(1024)
-        .timeout_connect(Duration::from_secs(2))
+thread_local! {
+    /// The client that passes writes on, one per HTTP worker thread (it is of the thread's
+    /// runtime), its connections to the leader kept for every concurrent writer.
+    static CLIENT: awc::Client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(1024).timeout(Duration::from_secs(2)))
         .timeout(Duration::from_secs(60))
-        .build()
+        .disable_redirects()
+        .no_default_headers()
+        .finish();
 }
 
 pub async fn middleware(
@@ -173,69 +173,45 @@ async fn pass_on(mut req: ServiceRequest, app: &AppState) -> ServiceResponse<Box
     }
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let mut out = app.forward.request(req.method().as_str(), &url);
+    let mut out = CLIENT
+        .with(awc::Client::clone)
+        .request(req.method().clone(), url);
     for (name, value) in req.headers() {
-        if let (false, Ok(v)) = (hop_by_hop(name), value.to_str()) {
-            out = out.set(name.as_str(), v);
+        if !hop_by_hop(name) {
+            out = out.append_header((name.clone(), value.clone()));
         }
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
-        out = out.set(REQUEST_ID.as_str(), &id.0);
+        out = out.insert_header((REQUEST_ID, id.0.as_str()));
     }
-    out = out.set(PASSED_ON.as_str(), "1");
-    let answer = web::block(move || -> Result<Answer, String> {
-        let res = match out.send_bytes(&body) {
-            Ok(res) | Err(ureq::Error::Status(_, res)) => res,
-            Err(e) => return Err(e.to_string()),
-        };
-        let headers = res
-            .headers_names()
-            .into_iter()
-            .flat_map(|name| {
-                let values: Vec<String> = res.all(&name).into_iter().map(str::to_owned).collect();
-                values.into_iter().map(move |v| (name.clone(), v))
-            })
-            .collect();
-        let status = res.status();
-        let mut bytes = Vec::new();
-        res.into_reader()
-            .take(ANSWER_LIMIT)
-            .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
-        Ok(Answer {
-            status,
-            headers,
-            bytes,
-        })
-    })
-    .await;
-    let answer = match answer {
-        Ok(Ok(a)) => a,
-        Ok(Err(why)) => {
-            let e = ApiError::no_leader(format!(
-                "the leader ({leader}) did not answer ({why}); the write may or may not have \
-                 been made: repeat it with the same Idempotency-Key"
-            ));
-            return req.error_response(e);
-        }
-        Err(e) => return req.error_response(e),
+    out = out.insert_header((PASSED_ON, "1"));
+    let failed = |why: String| {
+        ApiError::no_leader(format!(
+            "the leader ({leader}) did not answer ({why}); the write may or may not have been \
+             made: repeat it with the same Idempotency-Key"
+        ))
     };
-    let mut res =
-        HttpResponse::build(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY));
-    let mut version = None;
-    for (name, value) in &answer.headers {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            continue;
-        };
-        if name == RESOURCE_VERSION {
-            version = value.parse::<u64>().ok();
-        }
+    let mut answer = match out.send_body(body).await {
+        Ok(answer) => answer,
+        Err(e) => return req.error_response(failed(e.to_string())),
+    };
+    let bytes = match answer.body().limit(ANSWER_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(e) => return req.error_response(failed(e.to_string())),
+    };
+    let mut res = HttpResponse::build(answer.status());
+    for (name, value) in answer.headers() {
         // The request id is this replica's (the same as the leader's); the date, its own.
-        if !hop_by_hop(&name) && name != REQUEST_ID && name != header::DATE {
-            res.append_header((name, value.as_str()));
+        if !hop_by_hop(name) && *name != REQUEST_ID && *name != header::DATE {
+            res.append_header((name.clone(), value.clone()));
         }
     }
     // Read-your-writes here too: the write's seq first.
+    let version = answer
+        .headers()
+        .get(RESOURCE_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(seq) = version {
         if !reached(&app.shared, seq, CATCH_UP).await {
             tracing::warn!(
@@ -244,13 +220,7 @@ async fn pass_on(mut req: ServiceRequest, app: &AppState) -> ServiceResponse<Box
             );
         }
     }
-    req.into_response(res.body(answer.bytes))
-}
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    bytes: Vec<u8>,
+    req.into_response(res.body(bytes))
 }
 
 /// Headers of one connection, not of the request or answer (RFC 9110 §7.6.1), and those the

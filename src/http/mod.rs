@@ -48,8 +48,6 @@ pub struct AppState {
     pub local_service: spg99_events::SecretHash,
     /// Whether this replica leads the log, and where the leader is if not.
     pub role: Arc<crate::replica::Role>,
-    /// The client that passes writes to the leader.
-    pub forward: ureq::Agent,
     /// The embedded Gateway's and worker's metrics, in the text format, for `/metrics`.
     pub more_metrics: Vec<fn() -> String>,
 }
