@@ -22,8 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 use spg99_events::{Envelope, Event, Timestamp};
 use spg99_projections::{DbState, State};
 
-/// The content type of the text format.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub use spg99_wire::metrics::CONTENT_TYPE;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Route {
@@ -226,8 +225,15 @@ impl Metrics {
         self.handoffs.get_or_create(&Outcome { outcome }).inc();
     }
 
-    /// The text of a scrape, with the gauges read from `state` first.
-    pub fn render(&self, state: &State, queued: usize, leading: bool) -> String {
+    /// The text of a scrape, with the gauges read from `state` first, then `more` (the
+    /// embedded Gateway's and worker's).
+    pub fn render(
+        &self,
+        state: &State,
+        queued: usize,
+        leading: bool,
+        more: &[&Registry],
+    ) -> String {
         let mut counts: HashMap<&'static str, i64> = [
             DbState::Stopped,
             DbState::Starting,
@@ -255,21 +261,10 @@ impl Metrics {
         self.queue.set(queued as i64);
         self.leading.set(i64::from(leading));
         self.head.set(state.last_seq as i64);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding into a string cannot fail");
-        out
+        let mut all = vec![&self.registry];
+        all.extend_from_slice(more);
+        spg99_wire::metrics::text(&all)
     }
-}
-
-/// Two expositions as one: the first without its end marker, then the second.
-pub fn join(first: String, second: &str) -> String {
-    let mut out = first
-        .strip_suffix("# EOF\n")
-        .map(str::to_owned)
-        .unwrap_or(first);
-    out.push_str(second);
-    out
 }
 
 /// The process's metrics.

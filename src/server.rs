@@ -307,10 +307,10 @@ impl Application {
             more_metrics: [
                 gateway
                     .as_ref()
-                    .map(|_| spg99_gateway::metrics::render as fn() -> String),
+                    .map(|_| spg99_gateway::metrics::registry as fn() -> _),
                 config
                     .compute
-                    .map(|_| spg99_worker::metrics::render as fn() -> String),
+                    .map(|_| spg99_worker::metrics::registry as fn() -> _),
             ]
             .into_iter()
             .flatten()

@@ -251,7 +251,7 @@ pub fn run(args: GatewayArgs) -> i32 {
     };
     println!("spg99 gateway listening on {}", running.addr);
     if let Some(listen) = &args.metrics_listen {
-        match spg99_wire::metrics::serve(listen, metrics::render) {
+        match spg99_wire::metrics::serve(listen, metrics::registry()) {
             Ok(addr) => println!("spg99 gateway metrics on http://{addr}/metrics"),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serve the metrics");

@@ -87,10 +87,7 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// The text of a scrape.
-pub fn render() -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &get().registry)
-        .expect("encoding into a string cannot fail");
-    out
+/// Every metric, for a scrape.
+pub fn registry() -> &'static Registry {
+    &get().registry
 }

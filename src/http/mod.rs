@@ -49,7 +49,7 @@ pub struct AppState {
     /// Whether this replica leads the log, and where the leader is if not.
     pub role: Arc<crate::replica::Role>,
     /// The embedded Gateway's and worker's metrics, in the text format, for `/metrics`.
-    pub more_metrics: Vec<fn() -> String>,
+    pub more_metrics: Vec<fn() -> &'static prometheus_client::registry::Registry>,
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.

@@ -10,14 +10,13 @@ use serde_json::json;
 use crate::http::{ApiError, AppState, Internal};
 
 pub async fn metrics(app: web::Data<AppState>, _: Internal) -> HttpResponse {
-    let mut text = crate::metrics::get().render(
+    let more: Vec<_> = app.more_metrics.iter().map(|registry| registry()).collect();
+    let text = crate::metrics::get().render(
         &app.shared.read(),
         app.commits.queued(),
         app.shared.is_leading(),
+        &more,
     );
-    for more in &app.more_metrics {
-        text = crate::metrics::join(text, &more());
-    }
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(text)

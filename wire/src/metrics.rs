@@ -1,15 +1,31 @@
-//! The Gateway's and the worker's `GET /metrics`, on a listen address of their own
-//! (`--metrics-listen`): a small HTTP/1.1 responder on a thread, enough for a scraper. What it
-//! serves is what `render` returns, in the Prometheus text format (OpenMetrics).
+//! Metrics in the Prometheus text format (OpenMetrics): [`text`], the exposition of one or more
+//! registries (the control plane's `/metrics` carries its embedded Gateway's and worker's),
+//! and [`serve`], the Gateway's and the worker's `GET /metrics` on a listen address of their
+//! own (`--metrics-listen`): a small HTTP/1.1 responder on a thread, enough for a scraper.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use prometheus_client::registry::Registry;
 
-/// Serves `GET /metrics` on `listen` until the process ends; the address it listens on.
-pub fn serve(listen: &str, render: fn() -> String) -> Result<SocketAddr, String> {
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One exposition of every metric of `registries`, in order, with the end marker once.
+pub fn text(registries: &[&Registry]) -> String {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    let mut out = String::new();
+    for r in registries {
+        encode_registry(&mut out, r).expect("encoding into a string cannot fail");
+    }
+    encode_eof(&mut out).expect("encoding into a string cannot fail");
+    out
+}
+
+/// Serves `GET /metrics` of `registry` on `listen` until the process ends; the address it
+/// listens on.
+pub fn serve(listen: &str, registry: &'static Registry) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(listen)
         .map_err(|e| format!("cannot listen on {listen} for metrics: {e}"))?;
     let addr = listener
@@ -19,7 +35,7 @@ pub fn serve(listen: &str, render: fn() -> String) -> Result<SocketAddr, String>
         .name("spg99-metrics".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                let _ = answer(stream, render);
+                let _ = answer(stream, registry);
             }
         })
         .map_err(|e| format!("cannot start the metrics listener: {e}"))?;
@@ -27,7 +43,7 @@ pub fn serve(listen: &str, render: fn() -> String) -> Result<SocketAddr, String>
 }
 
 /// One request (the connection is closed after it).
-fn answer(stream: TcpStream, render: fn() -> String) -> std::io::Result<()> {
+fn answer(stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -40,7 +56,7 @@ fn answer(stream: TcpStream, render: fn() -> String) -> std::io::Result<()> {
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, kind, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, render()),
+        ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, text(&[registry])),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",

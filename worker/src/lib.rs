@@ -295,7 +295,7 @@ pub fn run(args: WorkerArgs) -> i32 {
         }
     };
     if let Some(listen) = &args.metrics_listen {
-        match spg99_wire::metrics::serve(listen, metrics::render) {
+        match spg99_wire::metrics::serve(listen, metrics::registry()) {
             Ok(addr) => info!(%addr, "metrics on http://{addr}/metrics"),
             Err(e) => {
                 error!(error = %e, "cannot serve the metrics");
