@@ -155,7 +155,8 @@ pub enum LogCommand {
         #[arg(long)]
         to: String,
     },
-    /// Follow the log live through the API, like the Console (token in SPG99_TOKEN).
+    /// Follow the log live through the API, like the Console (token in SPG99_TOKEN): the
+    /// same as `spg99 events --follow -o json`, resuming after a dropped connection.
     Tail {
         #[arg(long, env = "SPG99_URL")]
         url: String,

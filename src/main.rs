@@ -2,7 +2,8 @@ use std::io::Write;
 
 use clap::Parser;
 use spg99::cli::{Cli, Commands, Format, LogCommand, SourceArgs};
-use spg99::client::commands::{ClientArgs, Command};
+use spg99::client::commands::{ClientArgs, Command, EventsArgs};
+use spg99::client::render::Output;
 use spg99::server::{Application, Config};
 use spg99::tools::{self, DumpArgs, Source, ToolError};
 
@@ -19,6 +20,27 @@ fn main() {
         },
         Commands::Worker(args) => spg99_worker::run(args),
         Commands::Gateway(args) => spg99_gateway::run(args),
+        // The event stream followed from now on (or --since), as `spg99 events --follow -o json`.
+        Commands::Log(LogCommand::Tail {
+            url,
+            since,
+            tenant,
+            db,
+            types,
+        }) => client_command(
+            Command::Events(EventsArgs {
+                follow: true,
+                since,
+                tenant,
+                db: db.map(|d| d.to_string()),
+                types,
+            }),
+            &ClientArgs {
+                url: Some(url),
+                profile: None,
+                output: Output::Json,
+            },
+        ),
         Commands::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "spg99", &mut std::io::stdout());
@@ -126,6 +148,7 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
         Commands::Serve(_)
         | Commands::Worker(_)
         | Commands::Gateway(_)
+        | Commands::Log(LogCommand::Tail { .. })
         | Commands::Completions { .. }
         | Commands::Login { .. }
         | Commands::Accounts { .. }
@@ -156,33 +179,6 @@ fn run_tool(command: Commands) -> Result<(), ToolError> {
         }
         Commands::Log(LogCommand::Migrate { data_dir, to }) => {
             tools::migrate(&data_dir, &to, &mut out)
-        }
-        Commands::Log(LogCommand::Tail {
-            url,
-            since,
-            tenant,
-            db,
-            types,
-        }) => {
-            let base = url.trim_end_matches('/');
-            let token = token()?;
-            // From now on, unless told otherwise: the head any read reports.
-            let since = match since {
-                Some(s) => s,
-                None => tools::head_seq(base, &token)?,
-            };
-            let mut params = vec![format!("since={since}")];
-            if let Some(t) = tenant {
-                params.push(format!("tenant={t}"));
-            }
-            if let Some(d) = db {
-                params.push(format!("db={d}"));
-            }
-            if let Some(t) = types {
-                params.push(format!("types={t}"));
-            }
-            let query = format!("?{}", params.join("&"));
-            tools::tail(base, &token, &query, &mut out)
         }
         Commands::Rebuild {
             verify,

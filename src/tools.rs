@@ -6,7 +6,7 @@
 //! `--format pretty`. Exit status: 0 when all is well, 1 when a check fails, 2 when the tool
 //! cannot run.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -277,39 +277,6 @@ pub fn dump(source: &Source, args: &DumpArgs, out: &mut impl Write) -> ToolResul
             Ok(())
         }
     }
-}
-
-/// The head seq, as any read reports it (`X-Resource-Version`), for any key.
-pub fn head_seq(base: &str, token: &str) -> Result<u64, ToolError> {
-    let r = ureq::get(&format!("{base}/v2/api-keys/me"))
-        .set("Authorization", &format!("Bearer {token}"))
-        .call()
-        .map_err(cannot)?;
-    r.header("x-resource-version")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ToolError::Cannot("the server did not report its head".into()))
-}
-
-/// Follows the log live through the event stream, printing each event.
-pub fn tail(base: &str, token: &str, query: &str, out: &mut impl Write) -> ToolResult {
-    let resp = ureq::get(&format!("{base}/v2/events{query}"))
-        .set("Authorization", &format!("Bearer {token}"))
-        .call()
-        .map_err(cannot)?;
-    let mut event = String::new();
-    for line in BufReader::new(resp.into_reader()).lines() {
-        let line = line.map_err(cannot)?;
-        if let Some(e) = line.strip_prefix("event: ") {
-            event = e.to_owned();
-        } else if let Some(data) = line.strip_prefix("data: ") {
-            if event != "bookmark" {
-                let v: Value = serde_json::from_str(data).map_err(cannot)?;
-                print(out, &v, false)?;
-                out.flush().map_err(cannot)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Checks every record: gapless seq from 1, every record decodes, every checksum holds.
