@@ -29,6 +29,12 @@ use crate::http::request_id;
 
 /// How long a client has to send a request's head (actix-web's default).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection answered before its request body was read (a refusal: too large,
+/// unauthenticated, ...) goes on reading and discarding that body before it closes. A client
+/// that writes its whole body before it reads (Python's http.client, requests, curl without
+/// `Expect`) then reads the answer instead of meeting a reset: the lingering close of nginx
+/// (`lingering_time`). It bounds what one such client can make the server read too.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 /// The refusals actix-http writes itself, and how the API names them.
 const REFUSALS: [(&[u8], &str, &str); 3] = [
@@ -284,6 +290,7 @@ where
                 .map_err(|e| e.into().error_response());
             let http = HttpService::build()
                 .client_request_timeout(HEAD_TIMEOUT)
+                .client_disconnect_timeout(LINGER)
                 .local_addr(addr)
                 .graceful_shutdown_signal(move || {
                     let signal = shutdown.clone();

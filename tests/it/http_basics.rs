@@ -408,3 +408,79 @@ fn the_api_is_served_over_tls_and_plain_http_only_on_loopback() {
         .spawn();
     assert!(open.base.starts_with("http://0.0.0.0:"), "{}", open.base);
 }
+
+/// A client that writes its whole body before it reads the answer, as Python's http.client
+/// and requests do: a refused large body is read and discarded (a lingering close) so that
+/// the client reads the 413 instead of meeting a reset.
+#[test]
+fn a_large_body_sent_whole_before_reading_gets_its_413() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data")).spawn();
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let script = r#"
+import http.client, json, sys
+port, token = int(sys.argv[1]), sys.argv[2]
+for mib in (2, 5, 20):
+    body = b'{"name": "' + b'x' * (mib << 20) + b'"}'
+    c = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
+    c.request('POST', '/v2/accounts', body=body,
+              headers={'Content-Type': 'application/json', 'Authorization': 'Bearer ' + token})
+    r = c.getresponse()
+    print(mib, r.status, json.loads(r.read())['error']['code'])
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &port, ROOT_TOKEN])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 413 body_too_large\n5 413 body_too_large\n20 413 body_too_large\n"
+    );
+    assert_eq!(server.call("GET", "/healthz", None, None).status, 200);
+}
+
+/// The lingering close is bounded: a client that goes on sending a refused body for ever is
+/// cut off once the linger time is over.
+#[test]
+fn a_refused_body_that_keeps_coming_is_cut_off() {
+    let tmp = tempdir();
+    let server = Start::new(&tmp.path().join("data")).spawn();
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.write_all(
+        format!(
+            "POST /v2/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ROOT_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            1u64 << 40
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The answer comes at once (the body is declared too large) ...
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("body_too_large\"") {
+        let n = std::io::Read::read(&mut c, &mut buf).expect("the answer");
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // ... then what the client goes on sending is read and discarded for a while, not for ever.
+    let started = std::time::Instant::now();
+    let chunk = vec![b' '; 64 * 1024];
+    while c.write_all(&chunk).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a refused body was read for a minute"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
