@@ -79,7 +79,7 @@ async fn start(dir: &Path) -> Platform {
             "--heartbeat-ms",
             "200",
             "--port-range",
-            "57000-57899",
+            "29000-29899",
             "--storage-dir",
             &storage_arg,
         ],

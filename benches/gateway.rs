@@ -149,7 +149,7 @@ async fn start(dir: &Path) -> Platform {
         .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
         .env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("SPG99_COMPUTE", "postgres")
-        .env("SPG99_PORT_RANGE", "57000-57899");
+        .env("SPG99_PORT_RANGE", "29000-29899");
     let (server, addrs) =
         support::spawn_announcing(cmd, &["spg99 gateway listening on ", "spg99 listening on "]);
     let (gateway, api) = (addrs[0].clone(), addrs[1].clone());

@@ -100,6 +100,46 @@ fn data_dir(storage: &Path, lab: &Lab, db: &str) -> PathBuf {
     storage.join(lab.describe(db)["timeline"].as_str().unwrap())
 }
 
+/// The embedded worker's default ports are below the kernel's range for outgoing connections,
+/// and ports other processes hold are skipped.
+#[test]
+fn backends_listen_below_the_ephemeral_range_on_ports_no_other_process_holds() {
+    let kernel = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let ephemeral_low: u16 = kernel.split_whitespace().next().unwrap().parse().unwrap();
+    let held: Vec<std::net::TcpListener> = (20_000..20_003)
+        .filter_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        .collect();
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let server = crate::lab::start(&data, &[])
+        .compute("postgres")
+        .without_env("SPG99_PORT_RANGE")
+        .spawn();
+    let lab = Lab::on(server);
+    lab.create_db("app");
+    crate::helpers::until_value(
+        60,
+        || {
+            lab.s()
+                .get("/v2/admin/log?types=worker.registered", ROOT_TOKEN)
+                .body
+        },
+        |log| log["items"].as_array().is_some_and(|i| !i.is_empty()),
+    );
+    let r = checkout(&lab, &lab.pg_user, "app");
+    assert_eq!(r.status, 200, "{r:?}");
+    let addr = r.body["backend_addr"].as_str().unwrap();
+    let port: u16 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!(
+        (20_003..=20_999).contains(&port) && port < ephemeral_low,
+        "{addr}: not a free port of the default range below {ephemeral_low}"
+    );
+    let pw = password(&lab, "shop");
+    let mut c = connect(addr, &lab.pg_user, &pw, "app").unwrap();
+    assert_eq!(c.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+    drop(held);
+}
+
 #[test]
 fn a_database_starts_on_checkout_serves_only_its_tenant_and_keeps_its_rows_across_an_idle_stop() {
     let tmp = tempdir();

@@ -23,7 +23,7 @@ pub fn bin() -> &'static str {
 pub fn pg_ports() -> String {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let low = 56000 + (n % 160) * 50;
+    let low = 21000 + (n % 160) * 50;
     format!("{low}-{}", low + 49)
 }
 

@@ -30,7 +30,11 @@ pub fn start<'a>(data_dir: &'a Path, extra: &[(&'a str, &str)]) -> Start<'a> {
 
 impl Lab {
     pub fn new(data_dir: &Path, extra: &[(&str, &str)]) -> Lab {
-        let server = start(data_dir, extra).spawn();
+        Lab::on(start(data_dir, extra).spawn())
+    }
+
+    /// A lab on a server started with [`start`] and more settings.
+    pub fn on(server: Server) -> Lab {
         let fx = Fixture::with_server(server);
         let t = fx.server.create_tenant(&fx.account_key, "shop");
         Lab {

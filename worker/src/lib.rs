@@ -81,8 +81,9 @@ pub struct WorkerArgs {
         help_heading = "PostgreSQL compute"
     )]
     pub storage_dir: PathBuf,
-    /// The ports the servers listen on, `LOW-HIGH`.
-    #[arg(long, env = "SPG99_PORT_RANGE", default_value = "55000-55999", value_parser = parse_ports, help_heading = "PostgreSQL compute")]
+    /// The ports the servers listen on, `LOW-HIGH`: best outside the kernel's range for
+    /// outgoing connections (`net.ipv4.ip_local_port_range`, 32768-60999 by default).
+    #[arg(long, env = "SPG99_PORT_RANGE", default_value = "20000-20999", value_parser = parse_ports, help_heading = "PostgreSQL compute")]
     pub port_range: (u16, u16),
     /// Where the servers listen.
     #[arg(
@@ -152,7 +153,7 @@ pub struct WorkerArgs {
 
 /// `LOW-HIGH`, a non-empty range of ports.
 fn parse_ports(raw: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("`{raw}`: expected LOW-HIGH, e.g. 55000-55999");
+    let bad = || format!("`{raw}`: expected LOW-HIGH, e.g. 20000-20999");
     let (low, high) = raw.split_once('-').ok_or_else(bad)?;
     let (low, high): (u16, u16) = (
         low.trim().parse().map_err(|_| bad())?,
@@ -368,7 +369,7 @@ mod tests {
         assert_eq!(args.address, "127.0.0.1:6432");
         assert_eq!((args.capacity, args.connections), (64, 0));
         assert_eq!((args.cpu, args.heartbeat_ms), (0.1, None));
-        assert_eq!(args.port_range, (55000, 55999));
+        assert_eq!(args.port_range, (20000, 20999));
         assert!(args.cpu_schedule.is_none());
         assert!(!format!("{args:?}").contains("secret"));
 

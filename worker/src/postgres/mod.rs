@@ -37,7 +37,10 @@ use uuid::Uuid;
 use crate::compute::{Compute, Exited, Measured, Result, Served, WriterSpec};
 use cluster::Spares;
 use monitor::Monitor;
-use process::{Owner, Server};
+use process::{Owner, Server, StartError};
+
+/// Ports tried in turn when others take them between their choice and the server's bind.
+const PORT_ATTEMPTS: usize = 8;
 
 /// The longest path a Unix socket may have (`sun_path`, with its terminating NUL).
 const SOCKET_PATH_MAX: usize = 107;
@@ -186,6 +189,14 @@ impl Postgres {
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let config = Config { storage, ..config };
+        if let Some((low, high)) = ephemeral_overlap(config.ports) {
+            warn!(
+                "the port range {}-{} overlaps the kernel's range for outgoing connections \
+                 ({low}-{high}, net.ipv4.ip_local_port_range): a port may be taken by a \
+                 connection at any moment; choose --port-range outside it",
+                config.ports.0, config.ports.1
+            );
+        }
         stop_leftovers(&config.storage);
         let ports = Arc::default();
         let port = lease_port(&config, &ports)?;
@@ -227,13 +238,49 @@ impl Postgres {
     }
 
     /// Starts a server on the database's data directory (made from the template at its first
-    /// start) with `profile`'s settings, on `port`.
-    fn launch(&self, timeline: &str, profile: &Profile, port: u16) -> Result<Server> {
-        timeline_ok(timeline)?;
+    /// start) with `profile`'s settings, on `port` if it can, else on another port of the
+    /// range: a port another process took since it was chosen (the check binds it a moment
+    /// before PostgreSQL does) is a reason to try another, not a failed start.
+    fn launch(
+        &self,
+        timeline: &str,
+        profile: &Profile,
+        port: PortLease,
+    ) -> std::result::Result<(Server, PortLease), (String, PortLease)> {
+        let mut port = port;
+        let mut taken = Vec::new();
+        loop {
+            match self.launch_on(timeline, profile, port.port) {
+                Ok(server) => return Ok((server, port)),
+                Err(StartError::PortTaken(p)) if taken.len() < PORT_ATTEMPTS => {
+                    warn!(
+                        timeline,
+                        port = p,
+                        "another process took the port; trying another"
+                    );
+                    // Held until the start succeeds, so that the next choice skips it.
+                    match self.lease_port() {
+                        Ok(next) => taken.push(std::mem::replace(&mut port, next)),
+                        Err(e) => return Err((e, port)),
+                    }
+                }
+                Err(e) => return Err((e.into(), port)),
+            }
+        }
+    }
+
+    fn launch_on(
+        &self,
+        timeline: &str,
+        profile: &Profile,
+        port: u16,
+    ) -> std::result::Result<Server, StartError> {
+        timeline_ok(timeline).map_err(StartError::Failed)?;
         let dir = self.data_dir(timeline);
         if !dir.exists() {
             let began = std::time::Instant::now();
-            cluster::place(&self.spares.take()?, &dir)?;
+            let spare = self.spares.take().map_err(StartError::Failed)?;
+            cluster::place(&spare, &dir).map_err(StartError::Failed)?;
             tracing::debug!(
                 timeline,
                 ms = began.elapsed().as_secs_f64() * 1e3,
@@ -308,9 +355,10 @@ impl Postgres {
         let p = profile(&writer.profile)?;
         cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
         let began = std::time::Instant::now();
-        let lease = self.lease_port()?;
+        let (server, lease) = self
+            .launch(&writer.timeline, p, self.lease_port()?)
+            .map_err(|(e, _)| e)?;
         let port = lease.port;
-        let server = self.launch(&writer.timeline, p, port)?;
         let launched = began.elapsed();
         if let Err(e) = self.admit(port, writer) {
             let _ = server.stop();
@@ -329,8 +377,9 @@ impl Postgres {
         Ok(self.served(port))
     }
 
-    /// Stops `old` and starts its directory again on its port with `profile`, as `term`. On
-    /// failure, nothing runs and the port comes back, for another start.
+    /// Stops `old` and starts its directory again on its port (another if that one was taken
+    /// meanwhile) with `profile`, as `term`. On failure, nothing runs and the port comes back,
+    /// for another start.
     fn restart(
         &self,
         old: Running,
@@ -347,11 +396,12 @@ impl Postgres {
         if let Err(e) = server.stop() {
             return Err((e, port));
         }
-        let launched = profile(profile_name).and_then(|p| self.launch(timeline, p, port.port));
-        match launched {
-            Ok(server) => Ok(self.running(term, profile_name, &pg_user, server, port)),
-            Err(e) => Err((e, port)),
-        }
+        let p = match profile(profile_name) {
+            Ok(p) => p,
+            Err(e) => return Err((e, port)),
+        };
+        let (server, port) = self.launch(timeline, p, port)?;
+        Ok(self.running(term, profile_name, &pg_user, server, port))
     }
 }
 
@@ -368,6 +418,14 @@ fn lease_port(config: &Config, ports: &Arc<Mutex<BTreeSet<u16>>>) -> Result<Port
         port,
         taken: ports.clone(),
     })
+}
+
+/// The kernel's range of ports for outgoing connections, when `ports` overlaps it.
+fn ephemeral_overlap(ports: (u16, u16)) -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    let (low, high) = (it.next()??, it.next()??);
+    (ports.0 <= high && ports.1 >= low).then_some((low, high))
 }
 
 /// Stops every server an earlier process of the worker left running in `storage`.
@@ -440,10 +498,12 @@ impl Compute for Postgres {
             }
             Err((e, lease)) => {
                 // The old settings again, on the same port, so that the old writer serves.
-                let back = profile(&old_profile)
-                    .and_then(|p| self.launch(&writer.timeline, p, lease.port));
+                let back = match profile(&old_profile) {
+                    Ok(p) => self.launch(&writer.timeline, p, lease).map_err(|(e, _)| e),
+                    Err(e) => Err(e),
+                };
                 match back {
-                    Ok(server) => {
+                    Ok((server, lease)) => {
                         slot.running = Some(self.running(
                             old_term,
                             &old_profile,
@@ -575,5 +635,56 @@ impl Postgres {
             .as_ref()
             .and_then(|r| r.server.dir.file_name()?.to_str().map(str::to_owned))
             .ok_or_else(|| "no writer of this database runs here".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port another process took between its choice (the check binds it a moment before)
+    /// and the server's own bind: a real PostgreSQL refuses it, and the driver starts the
+    /// server on another port of its range instead of failing the start.
+    #[test]
+    fn a_port_taken_after_it_was_chosen_moves_the_server_to_another() {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = find_bin(None).expect("PostgreSQL is installed (scripts/install-postgres.sh)");
+        let tmp = tempfile::tempdir().unwrap();
+        // The postgres user must reach the storage (a temporary directory is 0700).
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (low, high) = (31_500, 31_540);
+        let driver = Postgres::new(Config {
+            bin,
+            storage: tmp.path().join("storage"),
+            listen_host: "127.0.0.1".into(),
+            advertise_host: "127.0.0.1".into(),
+            ports: (low, high),
+            spares: 0,
+        })
+        .unwrap();
+        // Another process listens on a port of the range ...
+        let held = (low..=high)
+            .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .expect("a free port in the range");
+        let taken = held.local_addr().unwrap().port();
+        // ... that the driver chose just before (as if the check had run a moment earlier).
+        lock(&driver.ports).insert(taken);
+        let chosen = PortLease {
+            port: taken,
+            taken: driver.ports.clone(),
+        };
+        let p = profiles::profile("c0.25").unwrap();
+        let refused = driver.launch_on("race", p, taken).err();
+        assert_eq!(refused, Some(StartError::PortTaken(taken)));
+        let (server, lease) = driver
+            .launch("race", p, chosen)
+            .map_err(|(e, _)| e)
+            .expect("the server starts on another port");
+        assert_ne!(lease.port, taken);
+        assert!((low..=high).contains(&lease.port));
+        assert!(std::net::TcpStream::connect(("127.0.0.1", lease.port)).is_ok());
+        server.stop().unwrap();
+        // Only the port the server holds stays taken.
+        assert_eq!(*lock(&driver.ports), BTreeSet::from([lease.port]));
     }
 }

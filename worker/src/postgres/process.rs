@@ -122,6 +122,28 @@ pub struct Server {
     pub dir: PathBuf,
     pub port: u16,
     log: PathBuf,
+    /// Where this run's lines begin in `log` (the log is appended to across runs).
+    log_from: u64,
+}
+
+/// Why a server did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// Another process listens on the port now (it was free when it was chosen): not a
+    /// failure of the server, a reason to choose another port.
+    PortTaken(u16),
+    Failed(String),
+}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        match e {
+            StartError::PortTaken(port) => {
+                format!("postgres could not listen on port {port}: another process took it")
+            }
+            StartError::Failed(why) => why,
+        }
+    }
 }
 
 impl Server {
@@ -134,12 +156,14 @@ impl Server {
         port: u16,
         settings: &[(&str, String)],
         log: &Path,
-    ) -> Result<Server, String> {
+    ) -> Result<Server, StartError> {
+        let failed = StartError::Failed;
         let out = OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
-            .map_err(|e| format!("cannot open the server log {}: {e}", log.display()))?;
+            .map_err(|e| failed(format!("cannot open the server log {}: {e}", log.display())))?;
+        let log_from = out.metadata().map_or(0, |m| m.len());
         let mut cmd = command(&bin.join("postgres"), owner);
         cmd.arg("-D").arg(dir).arg("-p").arg(port.to_string());
         for (name, value) in settings {
@@ -147,16 +171,17 @@ impl Server {
         }
         let err = out
             .try_clone()
-            .map_err(|e| format!("cannot share the server log: {e}"))?;
+            .map_err(|e| failed(format!("cannot share the server log: {e}")))?;
         cmd.stdout(out).stderr(err);
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start postgres: {e}"))?;
+            .map_err(|e| failed(format!("cannot start postgres: {e}")))?;
         let mut server = Server {
             child,
             dir: dir.to_owned(),
             port,
             log: log.to_owned(),
+            log_from,
         };
         match server.wait_ready() {
             Ok(()) => Ok(server),
@@ -169,20 +194,23 @@ impl Server {
     }
 
     /// Polls `postmaster.pid`'s status line (what `pg_ctl -w` reads) until it says `ready`.
-    fn wait_ready(&mut self) -> Result<(), String> {
+    fn wait_ready(&mut self) -> Result<(), StartError> {
         let pid_file = self.dir.join("postmaster.pid");
         let began = Instant::now();
         loop {
             if let Some(status) = self
                 .child
                 .try_wait()
-                .map_err(|e| format!("cannot watch postgres: {e}"))?
+                .map_err(|e| StartError::Failed(format!("cannot watch postgres: {e}")))?
             {
-                return Err(format!(
+                if self.this_run().contains("Address already in use") {
+                    return Err(StartError::PortTaken(self.port));
+                }
+                return Err(StartError::Failed(format!(
                     "postgres exited before it was ready ({}): {}",
                     describe(status),
                     self.log_tail()
-                ));
+                )));
             }
             if let Ok(text) = std::fs::read_to_string(&pid_file) {
                 let lines: Vec<&str> = text.lines().collect();
@@ -193,11 +221,11 @@ impl Server {
                 }
             }
             if began.elapsed() > READY_TIMEOUT {
-                return Err(format!(
+                return Err(StartError::Failed(format!(
                     "postgres did not accept connections within {} s: {}",
                     READY_TIMEOUT.as_secs(),
                     self.log_tail()
-                ));
+                )));
             }
             thread::sleep(POLL);
         }
@@ -242,9 +270,21 @@ impl Server {
         }
     }
 
-    /// The last lines of the server's log, for error messages.
+    /// What this run wrote to the server's log.
+    fn this_run(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f
+                .seek(SeekFrom::Start(self.log_from))
+                .and_then(|_| f.read_to_end(&mut text));
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// The last lines of this run's log, for error messages.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.this_run();
         let lines: Vec<&str> = text.lines().rev().take(3).collect();
         let tail: Vec<&str> = lines.into_iter().rev().collect();
         tail.join(" | ")
@@ -332,14 +372,29 @@ pub fn scratch(dir: &Path) -> Result<Server, String> {
         "--no-sync",
     ]);
     run(initdb, "initdb")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
     let settings = vec![
         ("listen_addresses", "127.0.0.1".to_string()),
         ("unix_socket_directories", dir.display().to_string()),
         ("fsync", "on".to_string()),
     ];
-    Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log"))
+    // Below the kernel's ephemeral range (32768-60999 by default), where an outgoing
+    // connection may take a port that looked free; one taken all the same means another try.
+    let (low, span) = (30_000u32, 2_700u32);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
+    let mut last = String::from("every port tried is in use");
+    for attempt in 0..32u32 {
+        let port = (low + seed.wrapping_add(attempt * 97) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        match Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log")) {
+            Ok(server) => return Ok(server),
+            Err(e @ StartError::PortTaken(_)) => last = e.into(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(format!("no free port for a scratch server: {last}"))
 }
