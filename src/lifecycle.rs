@@ -875,11 +875,23 @@ fn checkout(
                     })?
                 }
                 None => place(state, cx, profile, Placement::Anywhere).ok_or_else(|| {
-                    busy(
-                        "no_capacity",
-                        format!("no live worker has room for a {profile} writer; retry shortly"),
-                        2,
-                    )
+                    if state.workers.values().all(|w| w.lost_at.is_some()) {
+                        busy(
+                            "no_worker",
+                            "no worker is live to run databases (none has registered, or every \
+                             one was lost): start one (`spg99 worker`, or `spg99 serve` with its \
+                             local worker)",
+                            2,
+                        )
+                    } else {
+                        busy(
+                            "no_capacity",
+                            format!(
+                                "no live worker has room for a {profile} writer; retry shortly"
+                            ),
+                            2,
+                        )
+                    }
                 })?,
             };
             let drafts = vec![Draft::new(

@@ -166,6 +166,8 @@ pub struct Application {
     gateway: Option<spg99_gateway::Running>,
     /// The local worker, once it has registered (it registers in the background).
     worker: LocalSlot,
+    /// Why the local worker could not start, if it could not: the service stops then.
+    worker_failed: Option<tokio::sync::oneshot::Receiver<String>>,
 }
 
 impl Application {
@@ -330,9 +332,16 @@ impl Application {
         })
         .map_err(bind_error)?;
         let worker = LocalSlot::default();
-        if let Some(kind) = config.compute {
-            embedded_worker(&config, kind, &control_plane, &local, worker.clone())?;
-        }
+        let worker_failed = match config.compute {
+            Some(kind) => Some(embedded_worker(
+                &config,
+                kind,
+                &control_plane,
+                &local,
+                worker.clone(),
+            )?),
+            None => None,
+        };
         Ok(Application {
             addr,
             tls: config.tls.is_some(),
@@ -340,6 +349,7 @@ impl Application {
             replica,
             gateway,
             worker,
+            worker_failed,
         })
     }
 
@@ -358,15 +368,27 @@ impl Application {
         self.gateway.as_ref().map(|g| g.addr)
     }
 
-    /// Serves until SIGINT/SIGTERM, then stops the Gateway (its connections end) and the
-    /// local worker (its PostgreSQL servers stop) while the API still answers them, then the
-    /// API (after its last request) and the committer.
+    /// Serves until SIGINT/SIGTERM (or until the local worker turns out unable to start: an
+    /// error then), then stops the Gateway (its connections end) and the local worker (its
+    /// PostgreSQL servers stop) while the API still answers them, then the API (after its
+    /// last request) and the committer.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = self.server;
+        let worker_failed = async {
+            match self.worker_failed.take() {
+                Some(failed) => failed.await.ok(),
+                None => None,
+            }
+        };
+        let mut failure = None;
         let served = tokio::select! {
             served = &mut server => Some(served),
             _ = stop_signal() => None,
+            Some(why) = worker_failed => {
+                failure = Some(why);
+                None
+            }
         };
         if let Some(mut g) = self.gateway.take() {
             g.stop();
@@ -381,7 +403,10 @@ impl Application {
         };
         self.replica.stop().await;
         tracing::info!("stopped");
-        served
+        match failure {
+            Some(why) => Err(std::io::Error::other(why)),
+            None => served,
+        }
     }
 }
 
@@ -474,19 +499,25 @@ impl LocalSlot {
     }
 }
 
-/// The local worker: its storage in the data directory. It registers through this process's
-/// own HTTP listener, so it starts in the background once that serves.
+/// The local worker: its storage in the data directory (or, where the postgres user cannot
+/// reach that, in a directory of the service's own: [`spg99_worker::postgres::reachable_storage`]).
+/// It registers through this process's own HTTP listener, so it starts in the background once
+/// that serves; why it could not start, if it could not, comes out of the receiver.
 fn embedded_worker(
     config: &Config,
     kind: spg99_worker::ComputeKind,
     control_plane: &str,
     token: &Token,
     slot: LocalSlot,
-) -> Result<(), StartError> {
+) -> Result<tokio::sync::oneshot::Receiver<String>, StartError> {
     let storage = config.data_dir.join("compute");
-    let compute = match kind {
-        spg99_worker::ComputeKind::Postgres => "postgres",
-        spg99_worker::ComputeKind::Simulated => "simulated",
+    let (storage, compute) = match kind {
+        spg99_worker::ComputeKind::Postgres => (
+            spg99_worker::postgres::reachable_storage(&storage)
+                .map_err(|e| StartError::Config(format!("the local worker's storage: {e}")))?,
+            "postgres",
+        ),
+        spg99_worker::ComputeKind::Simulated => (storage, "simulated"),
     };
     let args = [
         "worker",
@@ -502,14 +533,22 @@ fn embedded_worker(
         &token.reveal(),
     ];
     let args = embedded::<spg99_worker::WorkerArgs>(&args)?;
+    let (failed, failure) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("spg99-local-worker".into())
         .spawn(move || match spg99_worker::spawn(&args) {
             Ok(running) => slot.put(running),
-            Err(e) => tracing::error!(error = %e, "the local worker cannot start"),
+            Err(e) => {
+                let why = format!(
+                    "the local worker cannot start, so no database could run: {e} (fix that, \
+                     or run with --compute none and workers of their own)"
+                );
+                tracing::error!("{why}");
+                let _ = failed.send(why);
+            }
         })
         .map_err(|e| StartError::Config(format!("cannot start the local worker: {e}")))?;
-    Ok(())
+    Ok(failure)
 }
 
 /// A component's flags, parsed as if given on its own command line (so its defaults apply).

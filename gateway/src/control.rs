@@ -33,9 +33,11 @@ pub enum Checkout {
     Pending {
         retry_after: Duration,
     },
-    /// 503: frozen (a cutover), no capacity, or the data's worker away: ask again after this.
+    /// 503: frozen (a cutover), no worker live, no capacity, or the data's worker away (the
+    /// control plane's message says which): ask again after this.
     Busy {
         retry_after: Duration,
+        message: String,
     },
     /// 404: no such user, or no such database.
     UnknownUser,
@@ -289,7 +291,10 @@ impl Control {
                         retry_after: Duration::from_millis(ms.clamp(10, 5000)),
                     }
                 }
-                503 => Checkout::Busy { retry_after: after },
+                503 => Checkout::Busy {
+                    retry_after: after,
+                    message: code().1,
+                },
                 404 if code().0 == "unknown_db" => Checkout::UnknownDb,
                 404 => Checkout::UnknownUser,
                 409 => Checkout::Refused { message: code().1 },

@@ -138,7 +138,7 @@ impl Leases {
         let (pg_user, db) = (&key.0, &key.1);
         let mut held = tokio::time::timeout_at(deadline.into(), slot.held.lock())
             .await
-            .map_err(|_| self.not_in_time(db))?;
+            .map_err(|_| self.not_in_time(db, None))?;
         let live = held.as_ref().filter(|h| !*h.closed.borrow()).cloned();
         Ok(match live {
             Some(h) => h,
@@ -176,11 +176,15 @@ impl Leases {
         }
     }
 
-    fn not_in_time(&self, db: &str) -> NoRoute {
-        NoRoute::Unavailable(format!(
-            "database \"{db}\" did not become available within {} s; retry",
-            self.connect_timeout.as_secs()
-        ))
+    /// The database did not run in time; `why`, the control plane's last reason.
+    fn not_in_time(&self, db: &str, why: Option<String>) -> NoRoute {
+        let secs = self.connect_timeout.as_secs();
+        NoRoute::Unavailable(match why {
+            Some(why) => {
+                format!("database \"{db}\" did not become available within {secs} s: {why}")
+            }
+            None => format!("database \"{db}\" did not become available within {secs} s; retry"),
+        })
     }
 
     /// Checks out, waiting for a start and through a freeze, until `deadline`.
@@ -190,6 +194,7 @@ impl Leases {
         db: &str,
         deadline: Instant,
     ) -> Result<wire::Lease, NoRoute> {
+        let mut busy = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = left.min(Duration::from_secs(30));
@@ -200,7 +205,13 @@ impl Leases {
                 Checkout::UnknownDb => return Err(NoRoute::UnknownDb),
                 Checkout::Refused { message } => return Err(NoRoute::Unavailable(message)),
                 Checkout::Pending { retry_after } => retry_after.min(Duration::from_millis(50)),
-                Checkout::Busy { retry_after } => retry_after,
+                Checkout::Busy {
+                    retry_after,
+                    message,
+                } => {
+                    busy = Some(message).filter(|m| !m.is_empty());
+                    retry_after
+                }
                 Checkout::Transient(e) => {
                     unreachable = Some(e);
                     Duration::from_millis(200)
@@ -209,7 +220,7 @@ impl Leases {
             if Instant::now() + pause >= deadline {
                 return Err(match unreachable {
                     Some(e) => NoRoute::ControlPlane(e),
-                    None => self.not_in_time(db),
+                    None => self.not_in_time(db, busy),
                 });
             }
             tokio::time::sleep(pause).await;

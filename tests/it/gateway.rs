@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::error::SqlState;
 
-use crate::helpers::{tempdir, Fixture, Start, ROOT_TOKEN};
+use crate::helpers::{pg_ports, tempdir, Fixture, Start, ROOT_TOKEN};
 use crate::lab::{Gateway, Worker, SERVICE_TOKEN};
 use crate::pgtls::{self, Tls};
 
@@ -874,4 +874,99 @@ fn hundreds_of_silent_clients_do_not_stop_the_gateway_and_each_is_let_go() {
         c.read_to_end(&mut rest)
             .expect("the Gateway closes a silent client's connection");
     }
+}
+
+/// A checkout in a directory the postgres user cannot reach (a root container's home is
+/// 0700): the newcomer's path works all the same, the servers' data kept in a directory of the
+/// service's own, linked from where it was asked for.
+#[test]
+fn the_newcomers_path_works_from_a_directory_the_postgres_user_cannot_reach() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempdir();
+    let home = tmp.path().join("root");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = home.join("checkout").join("data");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    // The embedded default as `scripts/serve.sh` runs it: nothing made reachable beforehand.
+    let server = Start::new(&data)
+        .gateway()
+        .env("SPG99_COMPUTE", "postgres")
+        .env("SPG99_PORT_RANGE", pg_ports())
+        .spawn();
+    let fx = Fixture::with_server(server);
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    assert_eq!(
+        psql(&shop.dsn("app"), &["SELECT 40 + 2"]),
+        Ok("42".to_owned())
+    );
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let link = std::fs::read_link(data.join("compute"));
+    if root {
+        let target = link.expect("the data directory links to the servers' storage");
+        assert!(
+            target.starts_with("/var/lib/spg99/"),
+            "{}",
+            target.display()
+        );
+        assert!(target.join("logs").is_dir());
+        drop(fx);
+        std::fs::remove_dir_all(&target).unwrap();
+    } else {
+        assert!(
+            link.is_err(),
+            "servers run as this user: the storage stays in place"
+        );
+    }
+}
+
+/// When the local worker truly cannot run databases (here: a data directory too deep for a
+/// Unix socket's path), `serve` exits at once, non-zero, saying why and what to do.
+#[test]
+fn serve_exits_at_once_when_its_local_worker_cannot_start() {
+    let tmp = tempdir();
+    let deep = tmp.path().join("d".repeat(120)).join("data");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    let began = Instant::now();
+    let (status, stderr) = Start::new(&deep)
+        .gateway()
+        .compute("postgres")
+        .run_to_failure();
+    assert!(!status.success(), "{status}");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert!(
+        stderr.contains("the local worker cannot start") && stderr.contains("too deep"),
+        "{stderr}"
+    );
+}
+
+/// While no worker can run a database, a client is told so, not just that it waited.
+#[test]
+fn a_client_is_told_when_no_worker_is_live() {
+    let tmp = tempdir();
+    let server = crate::lab::start(&tmp.path().join("data"), &[]).spawn();
+    let fx = Fixture::with_server(server);
+    let gateway = Gateway::start(
+        &fx.server,
+        &tmp.path().join("gw"),
+        &["--connect-timeout", "2"],
+    );
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let (code, message) = refusal(connect(&config(
+        &gateway.addr,
+        &shop.user,
+        &shop.password,
+        "app",
+    )));
+    assert_eq!(code, "57P03", "{message}");
+    assert!(
+        message.contains("did not become available within 2 s: no worker is live"),
+        "{message}"
+    );
 }

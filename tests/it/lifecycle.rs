@@ -435,8 +435,15 @@ fn checkout_errors_are_clear_and_the_internal_api_is_for_the_service() {
     let lab = Lab::new(&tmp.path().join("data"), &[]);
     let db_id = lab.create_db("app");
     let none = lab.checkout("app");
-    assert_eq!((none.status, none.code()), (503, "no_capacity"));
+    assert_eq!((none.status, none.code()), (503, "no_worker"), "{none:?}");
     assert!(none.header("retry-after").is_some());
+    assert!(none.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no worker is live"));
+    lab.register("w8", &["c8"]);
+    let no_room = lab.checkout("app");
+    assert_eq!((no_room.status, no_room.code()), (503, "no_capacity"));
     let unknown_user = lab.internal("/checkout", json!({"pg_user": "u_nobody", "db": "app"}));
     assert_eq!(
         (unknown_user.status, unknown_user.code()),

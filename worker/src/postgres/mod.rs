@@ -73,6 +73,78 @@ pub fn find_bin(given: Option<&Path>) -> Option<PathBuf> {
         .find(|dir| has(dir))
 }
 
+/// Where the servers' data goes when the storage directory asked for is one the `postgres`
+/// user cannot reach (a checkout under a root container's home, which is 0700): a directory
+/// of the service's own under it, one per storage directory asked for.
+pub const UNREACHABLE_FALLBACK: &str = "/var/lib/spg99";
+
+/// The storage directory to use for `preferred`: itself where the servers' user can reach it
+/// (or the worker is not root, and the servers run as the worker's own user); else
+/// `/var/lib/spg99/compute-<hash of preferred>`, made for that user, with a symbolic link at
+/// `preferred` (when nothing is there yet) so that the data is found from where it was asked
+/// for. The same `preferred` gives the same place at every start.
+pub fn reachable_storage(preferred: &Path) -> Result<PathBuf> {
+    let Some(owner) = Owner::for_servers()? else {
+        return Ok(preferred.to_owned());
+    };
+    std::fs::create_dir_all(preferred.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| format!("{}: {e}", preferred.display()))?;
+    let absolute =
+        std::path::absolute(preferred).map_err(|e| format!("{}: {e}", preferred.display()))?;
+    // A link made at an earlier start leads to a reachable place already.
+    let existing = absolute.canonicalize().ok();
+    let reaches = |dir: &Path| owner.can_reach(dir).is_ok();
+    match &existing {
+        Some(dir) if reaches(dir) => return Ok(dir.clone()),
+        None if absolute.parent().is_some_and(reaches) => return Ok(absolute),
+        _ => {}
+    }
+    let parent = absolute.parent().map_or(absolute.clone(), Path::to_owned);
+    let parent = parent.canonicalize().unwrap_or(parent);
+    let name = absolute
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let fallback = Path::new(UNREACHABLE_FALLBACK).join(format!(
+        "compute-{:016x}",
+        fnv1a(parent.join(&name).as_os_str().as_encoded_bytes())
+    ));
+    std::fs::create_dir_all(&fallback).map_err(|e| format!("{}: {e}", fallback.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    // Searchable by the servers' user, listable by root alone.
+    std::fs::set_permissions(UNREACHABLE_FALLBACK, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("{UNREACHABLE_FALLBACK}: {e}"))?;
+    owner.can_reach(&fallback).map_err(|e| {
+        format!(
+            "{e}; nor can it reach {}, where the data would go instead",
+            fallback.display()
+        )
+    })?;
+    if existing.is_none() && std::fs::symlink_metadata(&absolute).is_err() {
+        std::os::unix::fs::symlink(&fallback, &absolute).map_err(|e| {
+            format!(
+                "cannot link {} to {}: {e}",
+                absolute.display(),
+                fallback.display()
+            )
+        })?;
+    }
+    warn!(
+        asked = %absolute.display(),
+        used = %fallback.display(),
+        "the postgres user cannot reach the storage directory asked for (a directory above it \
+         is not searchable by it): the servers' data goes to a directory of the service's own"
+    );
+    Ok(fallback)
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between builds (a data directory's storage
+/// must be found again after an upgrade).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// How the driver runs its servers.
 #[derive(Debug, Clone)]
 pub struct Config {
