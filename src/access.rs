@@ -9,7 +9,7 @@ use spg99_events::{KeyScope, Permissions};
 use spg99_projections::{ApiKey, Db, State, Tenant};
 use uuid::Uuid;
 
-use crate::commands::Rejection;
+use crate::decision::Rejection;
 
 /// A permission flag, by its API name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

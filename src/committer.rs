@@ -45,8 +45,9 @@ use spg99_projections::State;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::commands::{decide, Command, CommandMeta, Rejection, Subject};
-use crate::lifecycle::{self, Answer, Context, Runtime, Settings};
+use crate::commands::{decide, Command};
+use crate::decision::{CommandMeta, Rejection, Subject};
+use crate::lifecycle::{Answer, Context, Runtime, Settings};
 use crate::log::Log;
 use crate::secrets::SecretBox;
 
@@ -590,17 +591,12 @@ impl Decider {
             }
             _ => None,
         };
-        let (drafts, answer) = match &command {
-            Command::Lifecycle(lifecycle) => {
-                let mut cx = Context {
-                    runtime: &mut self.runtime,
-                    settings: &self.settings,
-                    now: at,
-                };
-                lifecycle::decide(&self.working, &mut cx, &meta, lifecycle)?
-            }
-            _ => (decide(&self.working, &meta, &command)?, Answer::None),
+        let mut cx = Context {
+            runtime: &mut self.runtime,
+            settings: &self.settings,
+            now: at,
         };
+        let (drafts, answer) = decide(&self.working, &mut cx, &meta, &command)?;
         let mut last = Subject::default();
         for d in drafts {
             last = d.subject.clone();

@@ -8,10 +8,14 @@
 //!   shared log the lease that says which replica leads.
 //! - [`committer`]: the single writer — batches commands, decides them, appends one batch per
 //!   flush, publishes the durable result to readers and subscribers.
-//! - [`commands`]: the commands and the business rules that decide them.
+//! - [`decision`]: the vocabulary of decisions (who asks, what an event concerns, why a
+//!   command is refused), a leaf that the three below share.
+//! - [`commands`]: the commands and the one `decide` for all of them, with the rules of each
+//!   family in a file of its own (accounts, keys, tenants, databases).
 //! - [`access`]: scope and permission rules, shared by commands and read handlers.
-//! - [`lifecycle`]: workers, Gateway checkouts and leases, the reconciler's steps and the
-//!   autoscaler: the rules that start, stop and move databases.
+//! - [`lifecycle`]: workers, Gateway checkouts and leases, the scheduler, the autoscaler, the
+//!   reconciler's steps and the workers' instructions: the rules that start, stop and move
+//!   databases, one module per responsibility.
 //! - [`reconciler`]: the background loop that runs the lifecycle's time-driven steps.
 //! - [`recovery`]: start-up replay of the log into the read models; [`snapshot`]: snapshots
 //!   of them, written in the background, so that start-up replays only the tail.
@@ -44,6 +48,7 @@ pub mod commands;
 pub mod committer;
 pub mod console;
 pub mod credentials;
+pub mod decision;
 pub mod domain;
 pub mod http;
 pub mod lifecycle;

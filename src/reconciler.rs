@@ -15,8 +15,9 @@ use spg99_events::{Actor, Event};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::MissedTickBehavior;
 
-use crate::commands::{Command, CommandMeta};
+use crate::commands::Command;
 use crate::committer::{CommitError, CommitHandle};
+use crate::decision::CommandMeta;
 use crate::lifecycle::{Lifecycle, Step};
 
 /// Pause between a deletion request and its pass, so that bursts share one pass.

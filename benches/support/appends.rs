@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spg99::clock::SystemClock;
-use spg99::commands::{Command, CommandMeta};
+use spg99::commands::Command;
 use spg99::committer::Committer;
+use spg99::decision::CommandMeta;
 use spg99::domain::{AccountName, Email};
 use spg99::log::Log;
 use spg99_events::{encode_record, Actor, Envelope, Event, Timestamp};

@@ -14,7 +14,7 @@ use spg99_events::{Actor, KeyScope};
 use spg99_projections::ApiKey;
 
 use crate::auth::{authenticate, Principal};
-use crate::commands::CommandMeta;
+use crate::decision::CommandMeta;
 use crate::http::error::ApiError;
 use crate::http::request_id::RequestId;
 use crate::http::AppState;

@@ -8,8 +8,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::commands::Rejection;
 use crate::committer::CommitError;
+use crate::decision::Rejection;
 use crate::domain::Invalid;
 use crate::http::request_id;
 

@@ -27,8 +27,9 @@ use spg99_wire as wire;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::commands::{Command, Rejection};
+use crate::commands::Command;
 use crate::committer::{CommitError, Committed};
+use crate::decision::Rejection;
 use crate::http::{rfc3339, ApiError, ApiJson, AppState, Internal, Service};
 use crate::lifecycle::{self, Answer, Lifecycle, Load};
 use crate::reconciler;
@@ -410,7 +411,7 @@ pub async fn release(
 
 fn lease_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
-        ApiError::from(crate::commands::Rejection::Gone {
+        ApiError::from(crate::decision::Rejection::Gone {
             code: "lease_not_found",
             message: "no such lease".into(),
         })

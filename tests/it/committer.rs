@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use spg99::clock::SystemClock;
-use spg99::commands::{Command, CommandMeta};
+use spg99::commands::Command;
 use spg99::committer::Committer;
+use spg99::decision::CommandMeta;
 use spg99::domain::AccountName;
 use spg99::log::Log;
 use spg99_events::Actor;

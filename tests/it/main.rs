@@ -19,6 +19,7 @@ mod gateway;
 mod helpers;
 mod http_basics;
 mod lab;
+mod layout;
 mod lifecycle;
 mod lifecycle_props;
 mod limits;

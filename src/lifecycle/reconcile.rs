@@ -1,0 +1,211 @@
+//! The decisions only time makes, one [`Step`] at a time: leases not renewed, workers
+//! silent, phases past their deadline, databases idle, loads sustained, deletions whose
+//! writers are all gone.
+
+use std::collections::BTreeSet;
+
+use spg99_events::{Event, Timestamp};
+use spg99_projections::{Db, DbState, ScaleStage, State};
+use uuid::Uuid;
+
+use super::autoscaler::autoscale;
+use super::workers::lose_worker;
+use super::{after, scale_failed, Context};
+use crate::decision::{Draft, Subject};
+
+/// The reconciler's steps, in the order it runs them. Each sees the effects of the ones
+/// before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ExpireLeases,
+    LoseWorkers,
+    Deadlines,
+    IdleStops,
+    Autoscale,
+    FinishDeletions,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::ExpireLeases,
+        Step::LoseWorkers,
+        Step::Deadlines,
+        Step::IdleStops,
+        Step::Autoscale,
+        Step::FinishDeletions,
+    ];
+}
+
+pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<Draft> {
+    let now = cx.now;
+    let settings = cx.settings;
+    let mut drafts = Vec::new();
+    let db_subject = |db: &Db| state.tenants.get(&db.tenant).map(|t| Subject::db(t, db.id));
+    match step {
+        Step::ExpireLeases => {
+            // The soft state of what is gone goes with it.
+            cx.runtime
+                .leases
+                .retain(|id, _| state.leases.contains_key(id));
+            cx.runtime.writer_load.retain(|db, _| {
+                state
+                    .dbs
+                    .get(db)
+                    .is_some_and(|d| d.state == DbState::Running)
+            });
+            for lease in state.leases.values() {
+                let expired = cx
+                    .runtime
+                    .leases
+                    .get(&lease.id)
+                    .is_none_or(|(until, _)| *until <= now);
+                if !expired {
+                    continue;
+                }
+                cx.runtime.leases.remove(&lease.id);
+                if let Some(subject) = state.dbs.get(&lease.db_id).and_then(|d| db_subject(d)) {
+                    drafts.push(Draft::new(
+                        subject,
+                        Event::LeaseExpired { lease_id: lease.id },
+                    ));
+                }
+            }
+        }
+        Step::LoseWorkers => {
+            for w in state.workers.values().filter(|w| w.lost_at.is_none()) {
+                let silent = cx
+                    .runtime
+                    .workers_seen
+                    .get(&w.id)
+                    .is_none_or(|seen| after(*seen, settings.worker_timeout) <= now);
+                if silent {
+                    cx.runtime.workers_seen.remove(&w.id);
+                    let reason =
+                        format!("no heartbeat for {} s", settings.worker_timeout.as_secs());
+                    // One worker per command keeps each loss's events together; a database
+                    // touched by two lost workers is handled by the first.
+                    drafts.extend(lose_worker(state, cx, &w.id, &reason));
+                    break;
+                }
+            }
+        }
+        Step::Deadlines => {
+            let limit = settings.phase_deadline.as_secs();
+            for db in state.active_dbs() {
+                let Some(subject) = db_subject(db) else {
+                    continue;
+                };
+                let past = |d: Option<Timestamp>| d.is_some_and(|d| d <= now);
+                if db.scale.stage.in_progress() && past(db.scale.phase_deadline_at) {
+                    let why = if db.scale.stage == ScaleStage::Cutover {
+                        format!("the candidate did not confirm the cutover within {limit} s; the old writer keeps serving")
+                    } else {
+                        format!("the candidate was not ready within {limit} s; the old writer keeps serving")
+                    };
+                    let cooldown = after(now, settings.autoscaler.cooldown);
+                    drafts.push(scale_failed(subject, db.id, why, cooldown));
+                    continue;
+                }
+                if !past(db.phase_deadline_at) {
+                    continue;
+                }
+                let event = match db.state {
+                    DbState::Starting => Event::DbStartFailed {
+                        db_id: db.id,
+                        reason: format!("the worker did not start the writer within {limit} s"),
+                        give_up: db.failed_starts + 1 >= settings.max_failed_starts,
+                        retire: true,
+                    },
+                    DbState::Stopping => Event::DbStopped {
+                        db_id: db.id,
+                        reason: format!("the worker did not confirm the stop within {limit} s"),
+                        retire: true,
+                    },
+                    _ => continue,
+                };
+                drafts.push(Draft::new(subject, event));
+            }
+        }
+        Step::IdleStops => {
+            for db in state.active_dbs() {
+                let idle = db.state == DbState::Running
+                    && db.leases.is_empty()
+                    && !db.scale.stage.in_progress()
+                    && db
+                        .idle_since
+                        .is_some_and(|since| after(since, settings.idle_timeout) <= now);
+                if let (true, Some(subject)) = (idle, db_subject(db)) {
+                    drafts.push(Draft::new(
+                        subject,
+                        Event::DbStopRequested {
+                            db_id: db.id,
+                            reason: format!(
+                                "no connection for {} s",
+                                settings.idle_timeout.as_secs()
+                            ),
+                            deadline: after(now, settings.phase_deadline),
+                        },
+                    ));
+                }
+            }
+        }
+        Step::Autoscale => {
+            for db in state.active_dbs() {
+                if let Some(draft) = autoscale(state, cx, db) {
+                    drafts.push(draft);
+                }
+            }
+        }
+        Step::FinishDeletions => drafts = finish_deletions(state),
+    }
+    drafts
+}
+
+/// Databases in `deleting` whose writers are all confirmed gone are removed; then tenants in
+/// `deleting` with nothing left; then accounts in `deleting` with nothing left.
+fn finish_deletions(state: &State) -> Vec<Draft> {
+    let mut drafts = Vec::new();
+    let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
+    // Its data is still on a live worker, which is told to remove it (`destroy`); a lost
+    // worker's copy is left for it to remove when it comes back (`stale_copies`).
+    let data_kept = |d: &Db| {
+        d.data_on
+            .as_ref()
+            .and_then(|w| state.workers.get(w))
+            .is_some_and(|w| w.lost_at.is_none())
+    };
+    let mut removed = BTreeSet::new();
+    for d in state.active_dbs().filter(|d| d.state == DbState::Deleting) {
+        let Some(t) = state.tenants.get(&d.tenant) else {
+            continue;
+        };
+        if !held(d.id) && !data_kept(d) {
+            removed.insert(d.id);
+            drafts.push(Draft::new(
+                Subject::db(t, d.id),
+                Event::DbDeleted { db_id: d.id },
+            ));
+        }
+    }
+    let empty = |t: Uuid| state.dbs_of(t).all(|d| removed.contains(&d.id));
+    for t in state.tenants.values().filter(|t| t.deleting && empty(t.id)) {
+        drafts.push(Draft::new(
+            Subject::tenant(t),
+            Event::TenantDeleted { tenant_id: t.id },
+        ));
+    }
+    for a in state.accounts.values().filter(|a| a.deleting) {
+        let gone = state
+            .tenants
+            .values()
+            .filter(|t| t.account == a.id)
+            .all(|t| t.deleting && empty(t.id));
+        if gone {
+            drafts.push(Draft::account(
+                a.id,
+                Event::AccountDeleted { account_id: a.id },
+            ));
+        }
+    }
+    drafts
+}

@@ -1,0 +1,174 @@
+//! What workers report about their instructions: each report either moves a database (and
+//! is recorded) or changes nothing (stale, repeated, or about another term).
+
+use spg99_events::Event;
+use spg99_projections::{DbState, ScaleStage, State, Writer};
+use uuid::Uuid;
+
+use super::{after, scale_failed, tenant_of, Context, Outcome};
+use crate::decision::{invalid, Draft, Rejection, Subject};
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn report(
+    state: &State,
+    cx: &mut Context<'_>,
+    worker_id: &str,
+    db_id: Uuid,
+    term: u64,
+    outcome: Outcome,
+    backend_addr: Option<&str>,
+    reason: Option<&str>,
+    keeps_data: bool,
+    credentials: Option<u64>,
+) -> Result<Vec<Draft>, Rejection> {
+    if outcome == Outcome::Destroyed {
+        return Ok(destroyed(state, worker_id, db_id).into_iter().collect());
+    }
+    let Some(db) = state.dbs.get(&db_id) else {
+        return Ok(vec![]);
+    };
+    let t = tenant_of(state, db)?;
+    let subject = Subject::db(t, db_id);
+    let is = |w: &Option<Box<Writer>>| {
+        w.as_ref()
+            .is_some_and(|w| w.worker_id == worker_id && w.term == term)
+    };
+    let writer = is(&db.writer);
+    let candidate = is(&db.scale.candidate);
+    let retiring = state
+        .retiring
+        .contains_key(&(worker_id.to_owned(), db_id, term));
+    let addr = || {
+        backend_addr
+            .filter(|a| !a.is_empty() && a.len() <= 255)
+            .map(str::to_owned)
+            .ok_or_else(|| invalid("backend_addr", "required with this outcome: host:port"))
+    };
+    let why = || {
+        reason
+            .unwrap_or("no reason given")
+            .chars()
+            .take(500)
+            .collect::<String>()
+    };
+    let stage = db.scale.stage;
+    // A writer that serves from this worker's own storage: the data is here from now on.
+    let placed = || {
+        (keeps_data && db.data_on.as_deref() != Some(worker_id)).then(|| {
+            Draft::new(
+                subject.clone(),
+                Event::DbDataPlaced {
+                    db_id,
+                    worker_id: worker_id.to_owned(),
+                },
+            )
+        })
+    };
+    let event = match outcome {
+        Outcome::Started if writer && db.state == DbState::Starting => {
+            let started = Draft::new(
+                subject.clone(),
+                Event::DbStarted {
+                    db_id,
+                    backend_addr: addr()?,
+                },
+            );
+            return Ok(std::iter::once(started).chain(placed()).collect());
+        }
+        // The serving writer stopped by itself (its server exited): the database is stopped,
+        // and the next checkout starts it again.
+        Outcome::Failed if writer && db.state == DbState::Running && !stage.in_progress() => {
+            Event::DbStopped {
+                db_id,
+                reason: format!("the writer on {worker_id} stopped unexpectedly: {}", why()),
+                retire: false,
+            }
+        }
+        Outcome::Failed if writer && db.state == DbState::Starting => Event::DbStartFailed {
+            db_id,
+            reason: format!("the writer failed to start on {worker_id}: {}", why()),
+            give_up: db.failed_starts + 1 >= cx.settings.max_failed_starts,
+            retire: false,
+        },
+        Outcome::Failed if candidate && stage.in_progress() => {
+            let phase = if stage == ScaleStage::Cutover {
+                "promote"
+            } else {
+                "prepare"
+            };
+            return Ok(vec![scale_failed(
+                subject,
+                db_id,
+                format!(
+                    "the candidate on {worker_id} failed to {phase}: {}; the old writer keeps serving",
+                    why()
+                ),
+                after(cx.now, cx.settings.autoscaler.cooldown),
+            )]);
+        }
+        Outcome::Prepared if candidate && stage == ScaleStage::PreparingCandidate => {
+            Event::DbScaleCutoverStarted {
+                db_id,
+                lease_control_epoch: db.lease_control_epoch + 1,
+                deadline: after(cx.now, cx.settings.phase_deadline),
+            }
+        }
+        Outcome::Promoted if candidate && stage == ScaleStage::Cutover => {
+            let completed = Draft::new(
+                subject.clone(),
+                Event::DbScaleCompleted {
+                    db_id,
+                    backend_addr: addr()?,
+                    cooldown_until: after(cx.now, cx.settings.autoscaler.cooldown),
+                },
+            );
+            return Ok(std::iter::once(completed).chain(placed()).collect());
+        }
+        Outcome::Stopped if writer && db.state == DbState::Stopping => Event::DbStopped {
+            db_id,
+            reason: "stopped after being idle".into(),
+            retire: false,
+        },
+        Outcome::RoleUpdated if writer && db.state == DbState::Running => {
+            let had = db.writer.as_ref().map_or(0, |w| w.credentials);
+            match credentials.filter(|c| *c > had && *c <= t.credentials) {
+                Some(credentials) => Event::DbRoleUpdated {
+                    db_id,
+                    writer_term: term,
+                    credentials,
+                },
+                None => return Ok(vec![]),
+            }
+        }
+        Outcome::Stopped | Outcome::Aborted if retiring => Event::WriterRetired {
+            db_id,
+            worker_id: worker_id.to_owned(),
+            writer_term: term,
+        },
+        _ => return Ok(vec![]),
+    };
+    Ok(vec![Draft::new(subject, event)])
+}
+
+/// A worker removed its copy of a database's data: the copy the database lives on, or one
+/// left behind. A report about a copy nobody asked it to remove changes nothing.
+fn destroyed(state: &State, worker_id: &str, db_id: Uuid) -> Option<Draft> {
+    let db = state.dbs.get(&db_id);
+    let stale = state
+        .stale_copies
+        .contains_key(&(worker_id.to_owned(), db_id));
+    let deleting_here =
+        db.is_some_and(|d| d.state == DbState::Deleting && d.data_on.as_deref() == Some(worker_id));
+    if !stale && !deleting_here {
+        return None;
+    }
+    let event = Event::DbDataDestroyed {
+        db_id,
+        worker_id: worker_id.to_owned(),
+    };
+    // A stale copy may outlive its database and tenant.
+    Some(match db.and_then(|d| state.tenants.get(&d.tenant)) {
+        Some(t) => Draft::new(Subject::db(t, db_id), event),
+        None => Draft::global(event),
+    })
+}

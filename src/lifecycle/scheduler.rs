@@ -1,0 +1,69 @@
+//! Which worker a writer goes to: the live worker with the most room that runs its profile.
+//! No state of its own: it reads the state and the workers' last heartbeats.
+
+use std::collections::BTreeMap;
+
+use spg99_projections::State;
+
+use super::{after, Context};
+
+/// How many writers each worker holds: serving or starting, candidates, and writers it still
+/// has to shut down. Capacity is counted against this.
+pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
+    let mut used: BTreeMap<&str, u32> = BTreeMap::new();
+    for db in state.active_dbs() {
+        for w in [&db.writer, &db.scale.candidate].into_iter().flatten() {
+            *used.entry(w.worker_id.as_str()).or_default() += 1;
+        }
+    }
+    for (w, _, _) in state.retiring.keys() {
+        *used.entry(w.as_str()).or_default() += 1;
+    }
+    used
+}
+
+/// Which workers a writer may go to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Placement<'a> {
+    Anywhere,
+    /// Any but this one (a candidate, away from the serving writer).
+    Avoid(&'a str),
+    /// This one only (the one holding the database's data).
+    Only(&'a str),
+}
+
+/// The live worker with the most room that runs `profile`, among those `placement` allows;
+/// ties go to the smallest id, so placement is deterministic.
+pub(super) fn place(
+    state: &State,
+    cx: &Context<'_>,
+    profile: &str,
+    placement: Placement<'_>,
+) -> Option<String> {
+    let used = occupancy(state);
+    let timeout = cx.settings.worker_timeout;
+    let allowed = |id: &str| match placement {
+        Placement::Anywhere => true,
+        Placement::Avoid(other) => id != other,
+        Placement::Only(one) => id == one,
+    };
+    state
+        .workers
+        .values()
+        .filter(|w| w.lost_at.is_none() && allowed(&w.id))
+        .filter(|w| w.profiles.iter().any(|p| p == profile))
+        .filter(|w| {
+            cx.runtime
+                .workers_seen
+                .get(&w.id)
+                .is_some_and(|seen| after(*seen, timeout) > cx.now)
+        })
+        .filter_map(|w| {
+            let free = w
+                .capacity
+                .saturating_sub(used.get(w.id.as_str()).copied().unwrap_or(0));
+            (free > 0).then_some((free, &w.id))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
+        .map(|(_, id)| id.clone())
+}

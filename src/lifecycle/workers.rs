@@ -1,0 +1,182 @@
+//! Workers: registrations, heartbeats (the load they carry), and a worker declared lost
+//! with everything it held.
+
+use spg99_events::Event;
+use spg99_projections::{DbState, State, Writer};
+
+use super::autoscaler::load_change;
+use super::{after, scale_failed, Answer, Context, Load};
+use crate::catalog;
+use crate::decision::{gone, invalid, Draft, Rejection, Subject};
+
+/// The worker, registered and not lost; `worker_unknown` otherwise (it must register again).
+pub fn live_worker<'s>(
+    state: &'s State,
+    worker_id: &str,
+) -> Result<&'s spg99_projections::Worker, Rejection> {
+    state
+        .workers
+        .get(worker_id)
+        .map(|w| &**w)
+        .filter(|w| w.lost_at.is_none())
+        .ok_or_else(|| {
+            gone(
+                "worker_unknown",
+                format!(
+                    "worker {worker_id:?} is not registered (or was declared lost): register again"
+                ),
+            )
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn register(
+    state: &State,
+    cx: &mut Context<'_>,
+    id: &str,
+    address: &str,
+    capacity: u32,
+    profiles: &[String],
+    instance: &str,
+) -> Result<(Vec<Draft>, Answer), Rejection> {
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !id_ok {
+        return Err(invalid("id", "1 to 64 letters, digits, '.', '_' or '-'"));
+    }
+    if address.is_empty() || address.len() > 255 {
+        return Err(invalid("address", "host:port, at most 255 characters"));
+    }
+    if capacity == 0 || capacity > 100_000 {
+        return Err(invalid("capacity", "between 1 and 100000 writers"));
+    }
+    if profiles.is_empty() {
+        return Err(invalid(
+            "profiles",
+            "name at least one profile from the catalog",
+        ));
+    }
+    if let Some(p) = profiles.iter().find(|p| catalog::profile(p).is_none()) {
+        return Err(invalid(
+            "profiles",
+            format!("unknown profile {p:?} (GET /v2/sizes)"),
+        ));
+    }
+    if instance.is_empty() || instance.len() > 128 {
+        return Err(invalid("instance", "1 to 128 characters"));
+    }
+    let mut drafts = Vec::new();
+    let unchanged = match state.workers.get(id) {
+        Some(w) if w.lost_at.is_none() && w.instance != instance => {
+            // The process restarted: whatever the old instance ran is gone.
+            drafts.extend(lose_worker(
+                state,
+                cx,
+                id,
+                "the worker restarted (new instance)",
+            ));
+            false
+        }
+        Some(w) => {
+            w.lost_at.is_none()
+                && w.address == address
+                && w.capacity == capacity
+                && w.profiles == profiles
+        }
+        None => false,
+    };
+    cx.runtime.workers_seen.insert(id.to_owned(), cx.now);
+    if !unchanged {
+        drafts.push(Draft::global(Event::WorkerRegistered {
+            worker_id: id.to_owned(),
+            address: address.to_owned(),
+            capacity,
+            profiles: profiles.to_vec(),
+            instance: instance.to_owned(),
+        }));
+    }
+    let accepted = !drafts.is_empty();
+    Ok((drafts, Answer::Accepted(accepted)))
+}
+
+/// A heartbeat: the worker is alive, and the load of each writer it serves.
+pub(super) fn heartbeat(
+    state: &State,
+    cx: &mut Context<'_>,
+    worker_id: &str,
+    loads: &[Load],
+) -> Result<Vec<Draft>, Rejection> {
+    live_worker(state, worker_id)?;
+    cx.runtime.workers_seen.insert(worker_id.to_owned(), cx.now);
+    let mut drafts = Vec::new();
+    for load in loads {
+        let serves = state.dbs.get(&load.db_id).is_some_and(|d| {
+            d.state == DbState::Running
+                && d.writer.as_ref().is_some_and(|w| w.worker_id == worker_id)
+        });
+        if serves {
+            cx.runtime
+                .writer_load
+                .insert(load.db_id, (load.cpu_milli, load.active_connections));
+            drafts.extend(load_change(state, cx, load.db_id));
+        }
+    }
+    Ok(drafts)
+}
+
+/// Everything a lost worker held: writers stop (or their start fails), handoffs that
+/// needed it fail; then the worker itself is marked lost.
+pub(super) fn lose_worker(
+    state: &State,
+    cx: &Context<'_>,
+    worker_id: &str,
+    reason: &str,
+) -> Vec<Draft> {
+    let cooldown_until = after(cx.now, cx.settings.autoscaler.cooldown);
+    let mut drafts = Vec::new();
+    for db in state.active_dbs() {
+        let Some(t) = state.tenants.get(&db.tenant) else {
+            continue;
+        };
+        let on = |w: &Option<Box<Writer>>| w.as_ref().is_some_and(|w| w.worker_id == worker_id);
+        let writer_here = on(&db.writer);
+        let candidate_here = on(&db.scale.candidate);
+        if db.state == DbState::Deleting || !(writer_here || candidate_here) {
+            continue;
+        }
+        let subject = Subject::db(t, db.id);
+        if db.scale.stage.in_progress() {
+            let why = if candidate_here {
+                format!("the candidate's worker {worker_id} was lost ({reason}); the old writer keeps serving")
+            } else {
+                format!("the serving writer's worker {worker_id} was lost ({reason}) during the handoff")
+            };
+            drafts.push(scale_failed(subject.clone(), db.id, why, cooldown_until));
+        }
+        if writer_here {
+            let why = format!("worker {worker_id} was lost ({reason})");
+            let event = match db.state {
+                DbState::Starting => Event::DbStartFailed {
+                    db_id: db.id,
+                    reason: why,
+                    give_up: false,
+                    retire: false,
+                },
+                _ => Event::DbStopped {
+                    db_id: db.id,
+                    reason: why,
+                    retire: false,
+                },
+            };
+            drafts.push(Draft::new(subject, event));
+        }
+    }
+    drafts.push(Draft::global(Event::WorkerLost {
+        worker_id: worker_id.to_owned(),
+        reason: reason.to_owned(),
+    }));
+    drafts
+}
