@@ -28,4 +28,5 @@ fi
 
 scripts/install-postgres.sh
 
-exec cargo test --workspace "$@"
+# `failpoints`: the tests that inject defects (tests/it/defects.rs) need them built in.
+exec cargo test --workspace --features spg99/failpoints "$@"

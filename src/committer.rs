@@ -34,9 +34,20 @@
 //! If the log cannot be written or synced, nobody knows what reached the disk: the committer
 //! stops accepting commands (every later one is refused as unavailable, and `/readyz` says
 //! so) rather than guess. A restart recovers from the log, which is the truth.
+//!
+//! A panic while a command is decided (its rules, the fold of its events, the rendering of
+//! its answer) is a defect, not a reason to stop: the command is answered 500
+//! `internal_error` (logged with its request id), nothing of it is written, and the decider
+//! restarts from the durable state. The batches before it are made durable first (they were
+//! decided before the panic), so the working state becomes exactly the readers' one; the
+//! commands decided in the same batch before it are answered 503 `committer_restarting`
+//! (retry, with the same Idempotency-Key), those after it are decided afresh. A panic
+//! anywhere else (writing or syncing the log) leaves what reached the disk unknown: it fails
+//! the committer like a failed write (503 `committer_failed`), until a restart.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -74,6 +85,17 @@ pub enum CommitError {
     /// This replica does not lead the log (writes go to the one that does).
     #[error("this replica does not lead the log")]
     NotLeader,
+    /// The command panicked while it was decided (a defect): nothing of it was written.
+    #[error("the command failed inside the control plane")]
+    Panicked,
+    /// Decided in a batch with a command that panicked: not written; the committer restarted
+    /// from the durable state and takes it again.
+    #[error("the committer restarted; repeat the command")]
+    Restarting,
+    /// A panic outside a decision (writing or syncing the log): the committer has stopped,
+    /// like after a failed write.
+    #[error("the committer failed")]
+    CommitterFailed,
 }
 
 /// An answer to a request, rendered as bytes.
@@ -132,9 +154,41 @@ pub struct Shared {
     state: RwLock<Arc<State>>,
     head: AtomicU64,
     feed: broadcast::Sender<Arc<[Envelope]>>,
-    failed: AtomicBool,
+    /// Why writes are refused: [`Health`] as a number.
+    health: AtomicU8,
     /// A committer runs here and takes commands.
     leading: AtomicBool,
+}
+
+/// Whether the committer takes writes, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Restarting from the durable state after a command panicked (a moment).
+    Restarting,
+    /// A write or sync of the log failed.
+    LogFailed,
+    /// A panic outside a decision (writing or syncing the log).
+    CommitterFailed,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Healthy,
+            1 => Health::Restarting,
+            2 => Health::LogFailed,
+            _ => Health::CommitterFailed,
+        }
+    }
+
+    /// What a write is refused with in this state.
+    fn refusal(self) -> CommitError {
+        match self {
+            Health::CommitterFailed => CommitError::CommitterFailed,
+            _ => CommitError::LogFailed,
+        }
+    }
 }
 
 impl Shared {
@@ -145,7 +199,7 @@ impl Shared {
             head: AtomicU64::new(state.last_seq),
             state: RwLock::new(Arc::new(state)),
             feed,
-            failed: AtomicBool::new(false),
+            health: AtomicU8::new(Health::Healthy as u8),
             leading: AtomicBool::new(false),
         })
     }
@@ -177,7 +231,7 @@ impl Shared {
 
     /// Writes may be accepted again: a new term, or none (a follower).
     fn heal(&self) {
-        self.failed.store(false, Ordering::Release);
+        self.health.store(Health::Healthy as u8, Ordering::Release);
     }
 
     /// The durable state, as of now: a version that later commits leave as it is. Holding it
@@ -198,14 +252,30 @@ impl Shared {
         self.feed.subscribe()
     }
 
-    /// False once a write to the log failed.
-    pub fn is_healthy(&self) -> bool {
-        !self.failed.load(Ordering::Acquire)
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Whether writes stopped for good (until a restart, or a new term on a shared log).
+    pub fn has_failed(&self) -> bool {
+        matches!(self.health(), Health::LogFailed | Health::CommitterFailed)
     }
 
     fn fail(&self, what: &str, error: &dyn std::fmt::Display) {
         tracing::error!(%error, "{what} the command log failed; refusing further writes until restart (on a shared log: until this replica leads it again)");
-        self.failed.store(true, Ordering::Release);
+        self.health
+            .store(Health::LogFailed as u8, Ordering::Release);
+    }
+
+    /// A panic outside a decision: what reached the log is unknown, as after a failed write.
+    fn fail_by_panic(&self, what: &str, panic: &(dyn std::any::Any + Send)) {
+        tracing::error!(
+            panic = panic_message(panic),
+            "the committer panicked {what}; refusing further writes until restart (on a shared \
+             log: until this replica leads it again)"
+        );
+        self.health
+            .store(Health::CommitterFailed as u8, Ordering::Release);
     }
 }
 
@@ -403,7 +473,12 @@ impl Committer {
         .await;
         match queue {
             Ok(Ok(queue)) => queue,
-            _ => panic!("a committer thread panicked"),
+            // Panics are caught inside the threads; this is the last line of defence, and the
+            // commands the lost queue held are answered as unavailable.
+            _ => {
+                tracing::error!("a committer thread ended by a panic");
+                Queue(mpsc::channel(1).1)
+            }
         }
     }
 
@@ -447,11 +522,20 @@ struct Decided {
     replies: Vec<(Reply, Result<Outcome, CommitError>)>,
 }
 
-/// Answers callers whose commands cannot be committed because the log failed.
-fn refuse(replies: Vec<(Reply, Result<Outcome, CommitError>)>) {
+/// Answers callers whose commands cannot be committed: the log (or the committer) failed.
+fn refuse(shared: &Shared, replies: Vec<(Reply, Result<Outcome, CommitError>)>) {
     for (reply, _) in replies {
-        let _ = reply.send(Err(CommitError::LogFailed));
+        let _ = reply.send(Err(shared.health().refusal()));
     }
+}
+
+/// What a panic said, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 struct Decider {
@@ -494,7 +578,7 @@ impl Decider {
                 // command waiting): syncing here saves the hand-off to the syncer and back. Only
                 // this thread gives the syncer work, so nothing it settles can come after this.
                 if self.unsettled.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-                    settle(&self.log, &self.shared, vec![written]);
+                    settle_guarded(&self.log, &self.shared, vec![written]);
                     continue;
                 }
                 self.unsettled.fetch_add(1, Ordering::AcqRel);
@@ -508,9 +592,10 @@ impl Decider {
     }
 
     fn decide_and_write(&mut self, batch: &mut Vec<Submission>) -> Option<Decided> {
-        if !self.shared.is_healthy() {
+        if self.shared.has_failed() {
+            let refusal = self.shared.health().refusal();
             for s in batch.drain(..) {
-                let _ = s.reply.send(Err(CommitError::LogFailed));
+                let _ = s.reply.send(Err(refusal.clone()));
             }
             return None;
         }
@@ -522,17 +607,58 @@ impl Decider {
         let at = self.working.last_at.map_or(now, |last| now.max(last));
         let mut envs: Vec<Envelope> = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        for s in batch.drain(..) {
-            let outcome =
-                self.decide_one(s.meta, s.command, s.render, s.idempotency, at, &mut envs);
-            replies.push((s.reply, outcome));
+        let mut queued = std::mem::take(batch).into_iter();
+        while let Some(Submission {
+            meta,
+            command,
+            render,
+            idempotency,
+            reply,
+        }) = queued.next()
+        {
+            let request_id = meta.request_id.clone();
+            let decided = catch_unwind(AssertUnwindSafe(|| {
+                self.decide_one(meta, command, render, idempotency, at, &mut envs)
+            }));
+            match decided {
+                Ok(outcome) => replies.push((reply, outcome)),
+                Err(panic) => {
+                    tracing::error!(
+                        request_id,
+                        panic = panic_message(&*panic),
+                        "a command panicked while it was decided; nothing of it is written, \
+                         and the committer restarts from the durable state"
+                    );
+                    let _ = reply.send(Err(CommitError::Panicked));
+                    for (reply, _) in replies {
+                        let _ = reply.send(Err(CommitError::Restarting));
+                    }
+                    self.restart();
+                    // What came after it is decided afresh, against the durable state.
+                    batch.extend(queued);
+                    return if batch.is_empty() {
+                        None
+                    } else {
+                        self.decide_and_write(batch)
+                    };
+                }
+            }
         }
         let mut state = None;
         if !envs.is_empty() {
-            if let Err(e) = self.log.write(&envs) {
-                self.shared.fail("writing", &e);
-                refuse(replies);
-                return None;
+            let written = catch_unwind(AssertUnwindSafe(|| self.log.write(&envs)));
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    self.shared.fail("writing", &e);
+                    refuse(&self.shared, replies);
+                    return None;
+                }
+                Err(panic) => {
+                    self.shared.fail_by_panic("writing the log", &*panic);
+                    refuse(&self.shared, replies);
+                    return None;
+                }
             }
             state = Some(self.working.clone());
         }
@@ -541,6 +667,26 @@ impl Decider {
             state,
             replies,
         })
+    }
+
+    /// After a command panicked: the batches decided before it are made durable (they are
+    /// sound), and the working state becomes the readers' one, which holds exactly them.
+    /// Readiness says so meanwhile.
+    fn restart(&mut self) {
+        self.shared
+            .health
+            .store(Health::Restarting as u8, Ordering::Release);
+        while self.unsettled.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.working = (*self.shared.read()).clone();
+        // A failed write while it waited stays a failure.
+        let _ = self.shared.health.compare_exchange(
+            Health::Restarting as u8,
+            Health::Healthy as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
@@ -556,6 +702,14 @@ impl Decider {
         at: Timestamp,
         envs: &mut Vec<Envelope>,
     ) -> Result<Outcome, CommitError> {
+        // A defect injected in tests built with `--features failpoints`
+        // (FAILPOINTS=committer-decide=panic): a request whose id starts with `panic-` panics
+        // here, after an earlier command of its batch may have been folded in.
+        fail::fail_point!(
+            "committer-decide",
+            meta.request_id.starts_with("panic-"),
+            |_| Err(CommitError::Unavailable)
+        );
         let start = envs.len();
         let record = match (idempotency, &meta.actor) {
             (Some(idem), Actor::ApiKey(key_id)) => {
@@ -665,15 +819,39 @@ impl Syncer {
             let mut group = vec![first];
             group.extend(self.rx.try_iter());
             let n = group.len();
-            settle(&self.log, &self.shared, group);
+            settle_guarded(&self.log, &self.shared, group);
             self.unsettled.fetch_sub(n, Ordering::Release);
         }
     }
 }
 
+/// [`settle`], with a panic inside it failing the committer: whether the group reached the
+/// disk is unknown then. The failure is recorded before its callers are answered (with it),
+/// so that none of them can see the service ready after its write went unanswered.
+fn settle_guarded(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| settle(log, shared, &mut group))) {
+        shared.fail_by_panic("syncing the log", &*panic);
+        group
+            .iter_mut()
+            .for_each(|d| refuse(shared, std::mem::take(&mut d.replies)));
+    }
+}
+
 /// Makes a group of written batches durable with one sync, then hands readers the state as of
-/// the last of them, publishes them to subscribers and answers every caller, in order.
-fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
+/// the last of them, publishes them to subscribers and answers every caller, in order. Each
+/// batch's replies leave `group` as they are answered.
+fn settle(log: &Log, shared: &Shared, group: &mut [Decided]) {
+    // A defect injected in tests built with `--features failpoints`
+    // (FAILPOINTS=committer-sync=panic): a batch with a request whose id starts with
+    // `panic-sync-` panics here, written and not yet synced.
+    fail::fail_point!(
+        "committer-sync",
+        group.iter().any(|d| d
+            .envs
+            .iter()
+            .any(|e| e.request_id.starts_with("panic-sync-"))),
+        |_| ()
+    );
     let wrote = group.iter().any(|w| w.state.is_some());
     let metrics = crate::metrics::get();
     if wrote {
@@ -685,8 +863,10 @@ fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
             .sync_seconds
             .observe(started.elapsed().as_secs_f64());
     }
-    if !shared.is_healthy() {
-        group.into_iter().for_each(|d| refuse(d.replies));
+    if shared.has_failed() {
+        group
+            .iter_mut()
+            .for_each(|d| refuse(shared, std::mem::take(&mut d.replies)));
         return;
     }
     if let Some(state) = group.iter_mut().rev().find_map(|w| w.state.take()) {
@@ -694,13 +874,13 @@ fn settle(log: &Log, shared: &Shared, mut group: Vec<Decided>) {
         shared.set_state(state);
     }
     for w in group {
-        let batch: Arc<[Envelope]> = Arc::from(w.envs);
+        let batch: Arc<[Envelope]> = Arc::from(std::mem::take(&mut w.envs));
         if !batch.is_empty() {
             metrics.appended(&batch);
             // No receiver is fine; a full channel drops the oldest batch for laggards.
             let _ = shared.feed.send(batch.clone());
         }
-        for (reply, outcome) in w.replies {
+        for (reply, outcome) in std::mem::take(&mut w.replies) {
             let answer = outcome.map(|o| Committed {
                 batch: batch.clone(),
                 range: o.range,

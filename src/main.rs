@@ -10,6 +10,9 @@ use spg99::tools::{self, DumpArgs, Source, ToolError};
 fn main() {
     let cli = Cli::parse();
     spg99::telemetry::init();
+    // Built with `--features failpoints` (tests that inject defects): FAILPOINTS configures them.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let code = match cli.command {
         Commands::Serve(args) => match Config::from_args(args) {
             Ok(config) => serve(config),

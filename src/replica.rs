@@ -180,7 +180,7 @@ impl Supervisor {
         if !self.parts.log.shared() {
             return None;
         }
-        if !self.shared().is_healthy() {
+        if self.shared().has_failed() {
             return Some("the log refused an append".into());
         }
         let (log, bid) = (self.parts.log.clone(), self.parts.bid.clone());

@@ -38,18 +38,14 @@ pub struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        self.cancels
-            .keys
-            .lock()
-            .unwrap()
-            .remove(&(self.pid, self.secret));
+        crate::lock(&self.cancels.keys).remove(&(self.pid, self.secret));
     }
 }
 
 impl Cancels {
     /// A fresh key for a connection whose backend is `target`.
     pub fn register(&self, target: Target) -> Registration<'_> {
-        let mut keys = self.keys.lock().unwrap();
+        let mut keys = crate::lock(&self.keys);
         loop {
             let (pid, secret) = (random_u32() >> 1, random_u32());
             if let std::collections::hash_map::Entry::Vacant(e) = keys.entry((pid, secret)) {
@@ -65,7 +61,7 @@ impl Cancels {
 
     /// Forwards a cancel with key (`pid`, `secret`) to its backend; nothing for an unknown key.
     pub async fn cancel(&self, pid: u32, secret: u32) {
-        let Some(t) = self.keys.lock().unwrap().get(&(pid, secret)).cloned() else {
+        let Some(t) = crate::lock(&self.keys).get(&(pid, secret)).cloned() else {
             tracing::debug!("a cancel request with an unknown key: ignored");
             return;
         };

@@ -1,6 +1,6 @@
 //! The Gateway's calls to the control plane's internal API: roles (verifiers), checkout, renew
-//! and release. The calls block (ureq) on tokio's blocking pool: a checkout may wait up to its
-//! `wait_ms` for a database to start.
+//! and release, through the internal API's one client ([`Internal`]). The calls block (ureq)
+//! on tokio's blocking pool: a checkout may wait up to its `wait_ms` for a database to start.
 //!
 //! Roles are cached: a known user's verifier, and the fact that a user is unknown (briefly,
 //! so that guessing names does not reach the control plane each time). A long poll on
@@ -8,12 +8,13 @@
 //! credentials changed (a password reset, a deletion); entries also expire on their own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use spg99_scram::Verifier;
 use spg99_wire as wire;
+use spg99_wire::client::{CallError, CheckedOut, Internal};
+use spg99_wire::Code;
 
 /// How long a known role is trusted without the change feed saying anything.
 const ROLE_TTL: Duration = Duration::from_secs(60);
@@ -21,9 +22,6 @@ const ROLE_TTL: Duration = Duration::from_secs(60);
 const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 /// Users cached at most (names clients make up count too); past it the cache starts afresh.
 const MAX_CACHED_ROLES: usize = 100_000;
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// A POST failing within this long is sent once more (see `Control::post`).
-const STALE_CONNECTION: Duration = Duration::from_millis(100);
 
 /// What a checkout answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,23 +58,8 @@ pub enum Renewal {
     Transient(String),
 }
 
-/// A role as the control plane serves it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Role {
-    pub pg_user: String,
-    pub verifier: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Changes {
-    seq: u64,
-    changed: bool,
-}
-
 pub struct Control {
-    http: ureq::Agent,
-    base: String,
-    auth: String,
+    internal: Internal,
     roles: Mutex<Roles>,
 }
 
@@ -95,73 +78,31 @@ impl Roles {
     }
 }
 
-/// A call's status and response whatever the status, or why nothing answered.
-type Answer = Result<(u16, ureq::Response), String>;
-
-fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
-    match r {
-        Ok(resp) | Err(ureq::Error::Status(_, resp)) => Ok((resp.status(), resp)),
-        Err(ureq::Error::Transport(e)) => Err(e.to_string()),
-    }
-}
-
-fn retry_after(resp: &ureq::Response) -> Duration {
-    let secs = resp
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(1);
-    Duration::from_secs(secs.clamp(1, 30))
-}
-
 impl Control {
     pub fn new(http: ureq::Agent, base: &str, token: &str) -> Arc<Control> {
         Arc::new(Control {
-            http,
-            base: format!("{}/internal/v1", base.trim_end_matches('/')),
-            auth: format!("Bearer {token}"),
+            internal: Internal::new(http, base, token),
             roles: Mutex::new(Roles::default()),
         })
     }
 
-    /// A POST. An `idempotent` one that fails at once for want of an answer is sent once
-    /// more, on a new connection: a kept-alive connection the control plane closed just as the
-    /// request went out fails like that, and ureq resends only idempotent methods itself.
-    fn post(
-        &self,
-        path: &str,
-        body: &impl serde::Serialize,
-        timeout: Duration,
-        idempotent: bool,
-    ) -> Answer {
-        let send = || {
-            answer(
-                self.http
-                    .post(&format!("{}{path}", self.base))
-                    .timeout(timeout)
-                    .set("Authorization", &self.auth)
-                    .send_json(body),
-            )
-        };
-        let began = Instant::now();
-        match send() {
-            Err(_) if idempotent && began.elapsed() < STALE_CONNECTION => send(),
-            done => done,
-        }
+    fn roles(&self) -> MutexGuard<'_, Roles> {
+        crate::lock(&self.roles)
     }
 
     async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Control) -> T + Send + 'static,
-    ) -> T {
+        f: impl FnOnce(&Internal) -> T + Send + 'static,
+    ) -> Result<T, CallError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
+        tokio::task::spawn_blocking(move || f(&me.internal))
             .await
-            .expect("a control plane call does not panic")
+            .map_err(|e| CallError::Unreachable(format!("the call did not complete: {e}")))
     }
 
     /// Drops what is cached of `pg_user`'s role: a backend refused the verifier it held.
     pub fn forget_role(&self, pg_user: &str) {
-        let mut roles = self.roles.lock().unwrap();
+        let mut roles = self.roles();
         roles.entries.remove(pg_user);
         roles.generation += 1;
     }
@@ -178,7 +119,7 @@ impl Control {
             return Ok(None);
         }
         let generation = {
-            let roles = self.roles.lock().unwrap();
+            let roles = self.roles();
             if let Some((v, at)) = roles.entries.get(pg_user) {
                 let ttl = if v.is_some() { ROLE_TTL } else { UNKNOWN_TTL };
                 if at.elapsed() < ttl {
@@ -189,27 +130,18 @@ impl Control {
         };
         let user = pg_user.to_owned();
         let fetched = self
-            .blocking(move |c| {
-                let (status, resp) = answer(
-                    c.http
-                        .get(&format!("{}/roles/{user}", c.base))
-                        .timeout(CALL_TIMEOUT)
-                        .set("Authorization", &c.auth)
-                        .call(),
-                )?;
-                match status {
-                    200 => {
-                        let role: Role = resp.into_json().map_err(|e| e.to_string())?;
-                        Verifier::parse(&role.verifier).map(Some).ok_or_else(|| {
-                            format!("the verifier of {} does not parse", role.pg_user)
-                        })
-                    }
-                    404 => Ok(None),
-                    s => Err(format!("roles: {s}")),
-                }
-            })
-            .await?;
-        let mut roles = self.roles.lock().unwrap();
+            .blocking(move |c| c.role(&user))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| format!("roles: {e}"))?;
+        let fetched = match fetched {
+            None => None,
+            Some(role) => Some(
+                Verifier::parse(&role.verifier)
+                    .ok_or_else(|| format!("the verifier of {} does not parse", role.pg_user))?,
+            ),
+        };
+        let mut roles = self.roles();
         // A role change seen while this was fetched may postdate the answer: not kept then.
         if roles.generation == generation {
             if roles.entries.len() >= MAX_CACHED_ROLES {
@@ -228,32 +160,19 @@ impl Control {
         loop {
             let since = after;
             let answer = self
-                .blocking(move |c| -> Result<Changes, String> {
-                    let mut req = c
-                        .http
-                        .get(&format!("{}/roles/changes", c.base))
-                        .timeout(Duration::from_secs(40))
-                        .set("Authorization", &c.auth)
-                        .query("wait_ms", "30000");
-                    if let Some(s) = since {
-                        req = req.query("after", &s.to_string());
-                    }
-                    match answer(req.call())? {
-                        (200, resp) => resp.into_json().map_err(|e| e.to_string()),
-                        (s, _) => Err(format!("role changes: {s}")),
-                    }
-                })
-                .await;
+                .blocking(move |c| c.role_changes(since, Duration::from_secs(30)))
+                .await
+                .and_then(|r| r);
             match answer {
                 Ok(c) => {
                     if c.changed || since.is_none() {
-                        self.roles.lock().unwrap().drop_all();
+                        self.roles().drop_all();
                     }
                     after = Some(c.seq);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot follow role changes; retrying");
-                    self.roles.lock().unwrap().drop_all();
+                    self.roles().drop_all();
                     after = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -268,40 +187,34 @@ impl Control {
             db: db.to_owned(),
             wait_ms: Some(wait.as_millis() as u64),
         };
-        self.blocking(move |c| {
-            let (status, resp) = match c.post("/checkout", &body, wait + CALL_TIMEOUT, false) {
-                Ok(answer) => answer,
-                Err(e) => return Checkout::Transient(e),
-            };
-            let after = retry_after(&resp);
-            let text = resp.into_string().unwrap_or_default();
-            let code = || {
-                serde_json::from_str::<wire::ErrorBody>(&text)
-                    .map(|b| (b.error.code, b.error.message))
-                    .unwrap_or_default()
-            };
-            match status {
-                200 => serde_json::from_str(&text)
-                    .map(Checkout::Lease)
-                    .unwrap_or_else(|e| Checkout::Transient(format!("checkout answer: {e}"))),
-                202 => {
-                    let ms = serde_json::from_str::<wire::Pending>(&text)
-                        .map_or(250, |p| p.retry_after_ms);
-                    Checkout::Pending {
-                        retry_after: Duration::from_millis(ms.clamp(10, 5000)),
-                    }
-                }
-                503 => Checkout::Busy {
-                    retry_after: after,
-                    message: code().1,
+        let answer = self
+            .blocking(move |c| c.checkout(&body))
+            .await
+            .and_then(|r| r);
+        match answer {
+            Ok(CheckedOut::Lease(lease)) => Checkout::Lease(lease),
+            Ok(CheckedOut::Pending(p)) => Checkout::Pending {
+                retry_after: Duration::from_millis(p.retry_after_ms.clamp(10, 5000)),
+            },
+            Err(CallError::Refused {
+                status,
+                code,
+                message,
+                retry_after,
+            }) => match (status, code) {
+                (503, _) => Checkout::Busy {
+                    retry_after: retry_after
+                        .unwrap_or(Duration::from_secs(1))
+                        .clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                    message,
                 },
-                404 if code().0 == "unknown_db" => Checkout::UnknownDb,
-                404 => Checkout::UnknownUser,
-                409 => Checkout::Refused { message: code().1 },
-                s => Checkout::Transient(format!("checkout: {s}: {text}")),
-            }
-        })
-        .await
+                (404, Some(Code::UnknownDb)) => Checkout::UnknownDb,
+                (404, _) => Checkout::UnknownUser,
+                (409, _) => Checkout::Refused { message },
+                _ => Checkout::Transient(format!("checkout: {status}: {message}")),
+            },
+            Err(e) => Checkout::Transient(e.to_string()),
+        }
     }
 
     pub async fn renew(
@@ -314,30 +227,25 @@ impl Control {
             active_connections: connections,
             lease_control_epoch: epoch,
         };
-        self.blocking(move |c| {
-            match c.post(&format!("/leases/{lease}/renew"), &body, CALL_TIMEOUT, true) {
-                Ok((200, _)) => Renewal::Renewed,
-                Ok((409, _)) => Renewal::StaleEpoch,
-                Ok((404, _)) => Renewal::Gone,
-                Ok((s, _)) => Renewal::Transient(format!("renew: {s}")),
-                Err(e) => Renewal::Transient(e),
-            }
-        })
-        .await
+        match self
+            .blocking(move |c| c.renew(lease, &body))
+            .await
+            .and_then(|r| r)
+        {
+            Ok(_) => Renewal::Renewed,
+            Err(e) if e.code() == Some(Code::StaleEpoch) => Renewal::StaleEpoch,
+            Err(e) if e.status() == Some(404) => Renewal::Gone,
+            Err(e) => Renewal::Transient(format!("renew: {e}")),
+        }
     }
 
     pub async fn release(self: &Arc<Self>, lease: uuid::Uuid) {
-        self.blocking(move |c| {
-            let r = c.post(
-                &format!("/leases/{lease}/release"),
-                &wire::Release::default(),
-                CALL_TIMEOUT,
-                true,
-            );
-            if !matches!(r, Ok((200 | 404, _))) {
-                tracing::debug!(%lease, "release not acknowledged; the lease will expire");
-            }
-        })
-        .await
+        let released = self
+            .blocking(move |c| c.release(lease))
+            .await
+            .and_then(|r| r);
+        if released.is_err_and(|e| e.status() != Some(404)) {
+            tracing::debug!(%lease, "release not acknowledged; the lease will expire");
+        }
     }
 }

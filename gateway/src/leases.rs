@@ -44,7 +44,7 @@ pub struct Held {
 
 impl Held {
     pub fn backend_addr(&self) -> String {
-        self.lease.lock().unwrap().backend_addr.clone()
+        crate::lock(&self.lease).backend_addr.clone()
     }
 }
 
@@ -94,12 +94,12 @@ impl Leases {
     }
 
     fn slot(&self, key: &Key) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        let mut slots = crate::lock(&self.slots);
+        // A defect injected in tests built with `--features failpoints`
+        // (FAILPOINTS=gateway-slot=panic): a connection to a database named `panic` panics here,
+        // holding the lock, which the next connections must still take.
+        fail::fail_point!("gateway-slot", key.1 == "panic", |_| Arc::default());
+        slots.entry(key.clone()).or_default().clone()
     }
 
     /// A route to `db` for `pg_user`: the database's lease, checked out if this Gateway holds
@@ -167,7 +167,7 @@ impl Leases {
     /// Forgets `key`'s slot when nothing holds or waits on it, so that the slots stay those of
     /// databases in use (a client naming made-up databases adds none).
     fn drop_slot_if_idle(&self, key: &Key) {
-        let mut slots = self.slots.lock().unwrap();
+        let mut slots = crate::lock(&self.slots);
         let idle = slots.get(key).is_some_and(|s| {
             Arc::strong_count(s) == 1 && s.held.try_lock().is_ok_and(|h| h.is_none())
         });
@@ -234,7 +234,7 @@ impl Leases {
         let mut renewed = Instant::now();
         loop {
             let (lease_id, epoch, ttl) = {
-                let l = held.lease.lock().unwrap();
+                let l = crate::lock(&held.lease);
                 (l.lease_id, l.lease_control_epoch, l.lease_ttl_ms)
             };
             let due = renewed + Duration::from_millis((ttl / 3).max(50));
@@ -266,13 +266,13 @@ impl Leases {
                 Renewal::Gone => {
                     // The lease expired (a control plane restart, a pause): take one again;
                     // the connections stay if they reach the same writer.
-                    let old = held.lease.lock().unwrap().clone();
+                    let old = crate::lock(&held.lease).clone();
                     match self.control.checkout(&key.0, &key.1, Duration::ZERO).await {
                         Checkout::Lease(new)
                             if new.backend_addr == old.backend_addr
                                 && new.lease_control_epoch == old.lease_control_epoch =>
                         {
-                            *held.lease.lock().unwrap() = new;
+                            *crate::lock(&held.lease) = new;
                         }
                         Checkout::Busy { .. }
                         | Checkout::Transient(_)
@@ -309,7 +309,7 @@ impl Leases {
     async fn end(&self, held: &Held) {
         let _ = held.closed.send_replace(true);
         if !held.ended.swap(true, Ordering::AcqRel) {
-            let lease_id = held.lease.lock().unwrap().lease_id;
+            let lease_id = crate::lock(&held.lease).lease_id;
             self.control.release(lease_id).await;
         }
     }
@@ -333,7 +333,7 @@ impl Leases {
     /// Ends every lease this Gateway routes through (their connections close, the control
     /// plane hears each release): at shutdown, so that its databases need not wait a TTL.
     pub async fn end_all(&self) {
-        let slots: Vec<Arc<Slot>> = self.slots.lock().unwrap().values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = crate::lock(&self.slots).values().cloned().collect();
         for slot in slots {
             let held = slot.held.lock().await.take();
             if let Some(h) = held {

@@ -280,3 +280,10 @@ pub fn run(args: GatewayArgs) -> i32 {
     running.stop();
     0
 }
+
+/// A mutex's data even if a thread panicked while holding it: what the Gateway keeps under
+/// its locks (cancel keys, leases, the role cache) stays consistent at every step, so one
+/// panicking connection must not turn into a Gateway whose every connection panics.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

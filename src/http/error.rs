@@ -108,6 +108,31 @@ impl ApiError {
         }
     }
 
+    /// 503: the committer restarts from the durable state (a command panicked); a moment.
+    pub fn committer_restarting() -> Self {
+        ApiError {
+            code: "committer_restarting",
+            ..Self::unavailable(
+                "the committer is restarting from the durable state after a defect (logged); \
+                 nothing of this request was recorded: repeat it (with the same Idempotency-Key)",
+                1,
+            )
+        }
+    }
+
+    /// 503: the committer panicked outside a decision; writes stop until a restart.
+    pub fn committer_failed() -> Self {
+        ApiError {
+            code: "committer_failed",
+            ..Self::unavailable(
+                "the committer failed (a defect, in the server's log); writes are refused until \
+                 the service is restarted. A write answered so may or may not have been \
+                 recorded: repeat it with the same Idempotency-Key after the restart",
+                30,
+            )
+        }
+    }
+
     /// 503: this replica has not read the log as far as a request asked.
     pub fn replica_behind(message: impl Into<String>) -> Self {
         ApiError {
@@ -180,6 +205,14 @@ impl From<CommitError> for ApiError {
                 "this replica stopped leading the log while the request waited: repeat it (with \
                  the same Idempotency-Key) and it goes to the new leader",
             ),
+            CommitError::Panicked => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the command failed inside the control plane (a defect, logged with this \
+                 request's id); nothing of it was recorded",
+            ),
+            CommitError::Restarting => Self::committer_restarting(),
+            CommitError::CommitterFailed => Self::committer_failed(),
         }
     }
 }

@@ -114,7 +114,7 @@ fn components(doc: &mut Value) {
         ("UnsupportedMediaType", "`unsupported_media_type`: send `Content-Type: application/json` (charset, if any, utf-8)"),
         ("Unprocessable", "`invalid_value`, with the offending `field`"),
         ("TooManyRequests", "an abuse limit (docs/api.md, Limits): `too_many_auth_failures` (from this address, or naming this key from an address it was not recently used from), `rate_limited` (requests per key per second), `too_many_tickets`, `too_many_streams`; retry after `Retry-After` seconds"),
-        ("Unavailable", "`unavailable`: the control plane is not accepting writes right now; retry after `Retry-After` seconds. `log_failed`: the command log's storage failed a write; writes are refused until the service is restarted, and the refused write may or may not have been recorded (repeat it with the same `Idempotency-Key`)"),
+        ("Unavailable", "`unavailable`: the control plane is not accepting writes right now; retry after `Retry-After` seconds. `log_failed`: the command log's storage failed a write; writes are refused until the service is restarted, and the refused write may or may not have been recorded (repeat it with the same `Idempotency-Key`). `committer_failed`: the same after a defect in writing the log. `committer_restarting`: the committer restarts from the durable state after a defect; nothing of the request was recorded: repeat it"),
     ] {
         let mut r = error_response(description);
         match name {

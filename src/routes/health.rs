@@ -7,6 +7,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::committer::Health;
 use crate::http::{ApiError, AppState, Internal};
 
 pub async fn metrics(app: web::Data<AppState>, _: Internal) -> HttpResponse {
@@ -29,8 +30,11 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(app: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     // The server only starts listening after replay, so being up means caught up; what can
     // still go wrong is the log refusing writes.
-    if !app.shared.is_healthy() {
-        return Err(ApiError::log_failed());
+    match app.shared.health() {
+        Health::Healthy => {}
+        Health::Restarting => return Err(ApiError::committer_restarting()),
+        Health::LogFailed => return Err(ApiError::log_failed()),
+        Health::CommitterFailed => return Err(ApiError::committer_failed()),
     }
     if !app.role.in_sync() {
         return Err(ApiError::replica_behind(

@@ -12,6 +12,8 @@ mod compute;
 mod conformance;
 mod console;
 mod crash;
+#[cfg(feature = "failpoints")]
+mod defects;
 mod durability;
 mod events;
 mod faults;

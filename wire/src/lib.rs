@@ -6,7 +6,9 @@
 //! Requests refuse unknown fields (the control plane answers 400 naming the field); answers
 //! accept them, so that a newer control plane can add fields without breaking older agents.
 //!
-//! [`client`] sets up the HTTP client both agents send them with.
+//! [`client`] is the one client of the internal API, which both agents call it with; [`Code`]
+//! names the error codes they act on, one definition for the side that answers them and the
+//! sides that read them, so that a renamed code is a compile error, not a silent fallback.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -293,7 +295,98 @@ pub struct Release {
     pub active_connections: u32,
 }
 
+// ---- roles (the Gateway) ----
+
+/// `GET /internal/v1/roles/{pg_user}`: a tenant's role and its SCRAM verifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    pub pg_user: String,
+    pub tenant_id: Uuid,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+    pub verifier: String,
+}
+
+/// `GET /internal/v1/roles/changes?after=SEQ&wait_ms=`: whether a role changed after `after`;
+/// `seq` to pass as `after` next time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleChanges {
+    pub seq: u64,
+    pub changed: bool,
+}
+
 // ---- errors ----
+
+/// The error codes of the internal API that the Gateway and the workers act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// 404: the worker is not registered (or was declared lost): register again.
+    WorkerUnknown,
+    /// 404: no tenant has this `pg_user`.
+    UnknownPgUser,
+    /// 404: the tenant has no such database.
+    UnknownDb,
+    /// 404: no tenant has this role.
+    RoleNotFound,
+    /// 404: no such lease (released, expired, or its database stopped).
+    LeaseNotFound,
+    /// 404: the lease was not renewed within its TTL.
+    LeaseExpired,
+    /// 409: the database is being deleted.
+    DbDeleting,
+    /// 409: the database failed (the message says why).
+    DbFailed,
+    /// 409: the lease was granted under another `lease_control_epoch` (a cutover).
+    StaleEpoch,
+    /// 503: checkouts are frozen for a cutover: retry after `Retry-After`.
+    CheckoutsFrozen,
+    /// 503: no worker is live at all.
+    NoWorker,
+    /// 503: no live worker has room (or runs the profile).
+    NoCapacity,
+    /// 503: the worker holding the database's data is not live.
+    DataUnavailable,
+}
+
+impl Code {
+    pub const ALL: [Code; 13] = [
+        Code::WorkerUnknown,
+        Code::UnknownPgUser,
+        Code::UnknownDb,
+        Code::RoleNotFound,
+        Code::LeaseNotFound,
+        Code::LeaseExpired,
+        Code::DbDeleting,
+        Code::DbFailed,
+        Code::StaleEpoch,
+        Code::CheckoutsFrozen,
+        Code::NoWorker,
+        Code::NoCapacity,
+        Code::DataUnavailable,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Code::WorkerUnknown => "worker_unknown",
+            Code::UnknownPgUser => "unknown_pg_user",
+            Code::UnknownDb => "unknown_db",
+            Code::RoleNotFound => "role_not_found",
+            Code::LeaseNotFound => "lease_not_found",
+            Code::LeaseExpired => "lease_expired",
+            Code::DbDeleting => "db_deleting",
+            Code::DbFailed => "db_failed",
+            Code::StaleEpoch => "stale_epoch",
+            Code::CheckoutsFrozen => "checkouts_frozen",
+            Code::NoWorker => "no_worker",
+            Code::NoCapacity => "no_capacity",
+            Code::DataUnavailable => "data_unavailable",
+        }
+    }
+
+    /// The code a body names; `None` for one this build does not act on.
+    pub fn parse(code: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
 
 /// Every error answer: `{"error": {"code", "message", ...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
