@@ -4,6 +4,7 @@
 
 use spg99_events::Event;
 use spg99_projections::{Db, DbState, State};
+use spg99_wire::Code;
 use uuid::Uuid;
 
 use super::autoscaler::load_change;
@@ -21,7 +22,7 @@ fn live_lease<'s>(
 ) -> Result<(&'s spg99_projections::Lease, &'s Db), Rejection> {
     let lease = state.leases.get(&lease_id).ok_or_else(|| {
         gone(
-            "lease_not_found",
+            Code::LeaseNotFound.as_str(),
             "no such lease (released, expired, or its database stopped)",
         )
     })?;
@@ -32,14 +33,14 @@ fn live_lease<'s>(
         .is_none_or(|(until, _)| *until <= cx.now);
     if expired {
         return Err(gone(
-            "lease_expired",
+            Code::LeaseExpired.as_str(),
             "the lease was not renewed within its TTL: check out again",
         ));
     }
     let db = state
         .dbs
         .get(&lease.db_id)
-        .ok_or_else(|| gone("lease_not_found", "the lease's database is gone"))?;
+        .ok_or_else(|| gone(Code::LeaseNotFound.as_str(), "the lease's database is gone"))?;
     Ok((lease, db))
 }
 
@@ -56,13 +57,13 @@ pub(super) fn checkout(
         .and_then(|id| state.tenants.get(id))
         .ok_or_else(|| {
             gone(
-                "unknown_pg_user",
+                Code::UnknownPgUser.as_str(),
                 format!("no tenant has pg_user {pg_user:?}"),
             )
         })?;
     let db = state.db_by_name(t.id, db_name).ok_or_else(|| {
         gone(
-            "unknown_db",
+            Code::UnknownDb.as_str(),
             format!("tenant {:?} has no database {db_name:?}", t.name),
         )
     })?;
@@ -72,18 +73,18 @@ pub(super) fn checkout(
     };
     match db.state {
         DbState::Deleting => Err(conflict(
-            "db_deleting",
+            Code::DbDeleting.as_str(),
             format!("database {db_name:?} is being deleted"),
         )),
         DbState::Failed => Err(conflict(
-            "db_failed",
+            Code::DbFailed.as_str(),
             format!(
                 "database {db_name:?} failed: {}",
                 db.failure_reason.as_deref().unwrap_or("unknown reason")
             ),
         )),
         _ if db.freeze_new_checkouts => Err(busy(
-            "checkouts_frozen",
+            Code::CheckoutsFrozen.as_str(),
             format!("database {db_name:?} is moving to another compute profile; retry in a moment"),
             1,
         )),
@@ -135,7 +136,7 @@ pub(super) fn checkout(
                 Some(home) => {
                     place(state, cx, profile, Placement::Only(home)).ok_or_else(|| {
                         busy(
-                            "data_unavailable",
+                            Code::DataUnavailable.as_str(),
                             format!(
                             "the worker that holds database {db_name:?}'s data ({home}) is not \
                              live or has no room for it; retry shortly"
@@ -147,7 +148,7 @@ pub(super) fn checkout(
                 None => place(state, cx, profile, Placement::Anywhere).ok_or_else(|| {
                     if state.workers.values().all(|w| w.lost_at.is_some()) {
                         busy(
-                            "no_worker",
+                            Code::NoWorker.as_str(),
                             "no worker is live to run databases (none has registered, or every \
                              one was lost): start one (`spg99 worker`, or `spg99 serve` with its \
                              local worker)",
@@ -155,7 +156,7 @@ pub(super) fn checkout(
                         )
                     } else {
                         busy(
-                            "no_capacity",
+                            Code::NoCapacity.as_str(),
                             format!(
                                 "no live worker has room for a {profile} writer; retry shortly"
                             ),
@@ -191,7 +192,7 @@ pub(super) fn renew(
     let (lease, db) = live_lease(state, cx, lease_id)?;
     if lease.epoch != db.lease_control_epoch {
         return Err(conflict(
-            "stale_epoch",
+            Code::StaleEpoch.as_str(),
             format!(
                 "this lease was granted under lease_control_epoch {}; the database moved \
                  to epoch {} (a handoff): release it and check out again",
@@ -201,7 +202,7 @@ pub(super) fn renew(
     }
     if lease_control_epoch != db.lease_control_epoch {
         return Err(conflict(
-            "stale_epoch",
+            Code::StaleEpoch.as_str(),
             format!(
                 "lease_control_epoch {lease_control_epoch} is not the database's current \
                  epoch {}: check out again",

@@ -3,6 +3,7 @@
 
 use spg99_events::Event;
 use spg99_projections::{DbState, State, Writer};
+use spg99_wire::Code;
 
 use super::autoscaler::load_change;
 use super::{after, scale_failed, Answer, Context, Load};
@@ -21,7 +22,7 @@ pub fn live_worker<'s>(
         .filter(|w| w.lost_at.is_none())
         .ok_or_else(|| {
             gone(
-                "worker_unknown",
+                Code::WorkerUnknown.as_str(),
                 format!(
                     "worker {worker_id:?} is not registered (or was declared lost): register again"
                 ),

@@ -315,10 +315,10 @@ pub async fn checkout(
             .await
         {
             // Frozen for a cutover: a caller that waits is held until it ends.
-            Err(CommitError::Rejected(Rejection::Busy {
-                code: "checkouts_frozen",
-                ..
-            })) if tokio::time::Instant::now() < deadline => {
+            Err(CommitError::Rejected(Rejection::Busy { code, .. }))
+                if code == wire::Code::CheckoutsFrozen.as_str()
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 let freeze_ends = |e: &Envelope| {
                     matches!(
                         e.event,
@@ -412,7 +412,7 @@ pub async fn release(
 fn lease_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| {
         ApiError::from(crate::decision::Rejection::Gone {
-            code: "lease_not_found",
+            code: wire::Code::LeaseNotFound.as_str(),
             message: "no such lease".into(),
         })
     })
@@ -443,7 +443,7 @@ pub async fn role(
         .filter(|t| !t.deleting)
         .ok_or_else(|| {
             ApiError::from(Rejection::Gone {
-                code: "role_not_found",
+                code: wire::Code::RoleNotFound.as_str(),
                 message: "no tenant has this pg_user".into(),
             })
         })?;

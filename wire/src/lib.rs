@@ -400,3 +400,16 @@ pub struct ErrorDetail {
     #[serde(default)]
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_reads_back_as_itself_and_an_unknown_one_as_none() {
+        for code in Code::ALL {
+            assert_eq!(Code::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(Code::parse("a_code_from_a_newer_control_plane"), None);
+    }
+}
