@@ -11,7 +11,8 @@
 //! - [`pgwire`]: the wire protocol's messages, bounded reads.
 //! - [`tls`]: the certificate (given or self-signed and kept), ALPN, channel binding data.
 //! - [`session`]: one connection, phase by phase, and the SQLSTATEs of its failures.
-//! - [`control`]: calls to the control plane, and the cache of roles (verifiers).
+//! - [`control`]: calls to the control plane (through the internal API's one client in
+//!   `spg99-wire`), and the cache of roles (verifiers).
 //! - [`leases`]: one lease per database, renewed, released, fenced by its epoch.
 //! - [`cancel`]: the Gateway's own cancel keys, forwarded to the right backend.
 

@@ -216,6 +216,15 @@ impl Browser {
         self.until_text(css, needle, |t| t.contains(needle))
     }
 
+    /// Waits until `script` (a function body) returns `true`.
+    pub fn until_js(&self, script: &str, what: &str) {
+        let began = Instant::now();
+        while self.js(script, vec![]) != serde_json::Value::Bool(true) {
+            assert!(began.elapsed() < PATIENCE, "never {what}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits until nothing matches `css`.
     pub fn until_gone(&self, css: &str) {
         let began = Instant::now();

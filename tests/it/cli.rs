@@ -306,13 +306,38 @@ fn events_follow_gets_each_change_and_resumes_by_itself_after_the_server_restart
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    let mut next = || -> Value {
-        let line = lines.next().expect("an event").unwrap();
+    let lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an event within 30 s")
+            .unwrap();
         serde_json::from_str(&line).unwrap()
     };
-    // Only changes from now on, as they happen.
-    std::thread::sleep(Duration::from_millis(300));
+    // Only changes from now on, as they happen: once the server counts the stream.
+    let subscribed = |s: &crate::helpers::Server| {
+        let text = s.get("/metrics", ROOT_TOKEN).body;
+        text.as_str()
+            .unwrap_or("")
+            .lines()
+            .any(|l| l == "spg99_event_stream_subscribers 1")
+    };
+    let began = Instant::now();
+    while !subscribed(&server) {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "never subscribed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(run(h, &["accounts", "create", "first"]).status.success());
     let e = next();
     assert_eq!(

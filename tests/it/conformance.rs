@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{tempdir, Events, Fixture, Server, Start, ROOT_TOKEN};
+use crate::helpers::{tempdir, Events, Fixture, Server, Start, LOG_REQUESTS, ROOT_TOKEN};
 
 /// One raw HTTP exchange: what the server wrote back until it closed or went quiet.
 fn raw(server: &Server, request: &[u8]) -> String {
@@ -170,7 +170,9 @@ fn only_json_itself_is_read_as_json() {
 #[test]
 fn what_the_http_parser_refuses_gets_the_error_body_and_no_error_line_in_the_log() {
     let tmp = tempdir();
-    let s = Start::new(&tmp.path().join("data")).spawn();
+    let s = Start::new(&tmp.path().join("data"))
+        .env("RUST_LOG", LOG_REQUESTS)
+        .spawn();
     let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
     let cases: Vec<Vec<u8>> = vec![
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n".to_vec(),
@@ -202,9 +204,7 @@ fn what_the_http_parser_refuses_gets_the_error_body_and_no_error_line_in_the_log
     let v: Value = serde_json::from_str(&slow.2).unwrap();
     assert_eq!(v["error"]["code"], "request_timeout");
 
-    assert_eq!(s.call("GET", "/healthz", None, None).status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    let log = s.stderr();
+    let log = s.log_as_of_now();
     assert!(
         !log.contains("ERROR") && !log.contains("WARN"),
         "a client's bad requests reached the log at a high level:\n{log}"
@@ -343,7 +343,11 @@ fn every_time_the_api_writes_is_rfc_3339() {
 #[test]
 fn operator_routes_carry_the_resource_version_and_time_travel_logs_no_warning() {
     let tmp = tempdir();
-    let f = Fixture::new(&tmp.path().join("data"));
+    let f = Fixture::with_server(
+        Start::new(&tmp.path().join("data"))
+            .env("RUST_LOG", LOG_REQUESTS)
+            .spawn(),
+    );
     let s = &f.server;
     let head = s.fingerprint().1;
     let verify = s.get("/v2/admin/verify", ROOT_TOKEN);
@@ -359,8 +363,7 @@ fn operator_routes_carry_the_resource_version_and_time_travel_logs_no_warning() 
             assert_eq!(r.status, 200, "{r:?}");
         }
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let log = s.stderr();
+    let log = s.log_as_of_now();
     assert!(!log.contains("WARN"), "time travel warned:\n{log}");
 }
 

@@ -4,7 +4,6 @@
 //! Screenshots of each view land in `target/console/` (the main ones are kept in docs/).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -61,6 +60,37 @@ fn go(b: &Browser, hash: &str) {
     b.js(
         "location.hash = arguments[0]; return null;",
         vec![json!(hash)],
+    );
+}
+
+/// Counts the API requests the page makes from now on (the event stream aside): `posts`
+/// sent, and `busy`, those whose answer is not yet read (and rendered: the count drops a task
+/// after the body is read). Installed once per page.
+fn count_requests(b: &Browser) {
+    b.js(
+        "if (window.spg99Requests) return null;
+         const counts = window.spg99Requests = { posts: 0, busy: 0 };
+         const real = window.fetch;
+         window.fetch = function (input, init) {
+           const url = String((input && input.url) || input);
+           if (url.includes('/v2/events')) return real.apply(this, arguments);
+           if (((init && init.method) || 'GET') === 'POST') counts.posts++;
+           counts.busy++;
+           const done = () => setTimeout(() => counts.busy--, 0);
+           return real.apply(this, arguments).then(
+             res => { res.clone().text().finally(done); return res; },
+             err => { done(); throw err; });
+         };
+         return null;",
+        vec![],
+    );
+}
+
+/// Waits until the page has no API request unanswered (see [`count_requests`]).
+fn until_idle(b: &Browser) {
+    b.until_js(
+        "return window.spg99Requests.busy === 0;",
+        "idle: no API request unanswered",
     );
 }
 
@@ -135,7 +165,8 @@ fn the_console_is_served_from_the_binary_with_strict_headers() {
 #[test]
 fn login_takes_the_accounts_email_and_a_live_token_and_says_what_is_wrong() {
     let tmp = tempdir();
-    let fx = fixture(Start::new(&tmp.path().join("data")).spawn());
+    // A manual clock, so that a key's expiry comes when the test says.
+    let fx = fixture(crate::lab::start(&tmp.path().join("data"), &[]).spawn());
     let s = &fx.server;
     let b = Browser::open(&shots(), 1280, 900);
     b.goto(&s.url("/console/"));
@@ -158,7 +189,12 @@ fn login_takes_the_accounts_email_and_a_live_token_and_says_what_is_wrong() {
         &fx.account,
         json!({"scope": "account", "expires_at": soon}),
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    let r = s.post(
+        "/internal/v1/clock/advance",
+        SERVICE_TOKEN,
+        json!({"seconds": 3600}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
     login(&b, s, EMAIL, &expiring);
     b.until_contains("#login-error", "has expired");
     b.screenshot("login-refused");
@@ -226,12 +262,18 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
 
     // A database, created with a double click: one database, no error.
     b.fill("#db-name", "app");
+    count_requests(&b);
     b.js(
         "const b = document.querySelector('#create-db'); b.click(); b.click(); return null;",
         vec![],
     );
     b.until_contains("[data-db='app'] [data-col='state']", "stopped");
-    std::thread::sleep(Duration::from_millis(500));
+    until_idle(&b);
+    assert_eq!(
+        b.js("return window.spg99Requests.posts;", vec![]),
+        json!(1),
+        "the second click sent nothing"
+    );
     let dbs = s.get("/v2/tenants/shop/dbs", &fx.account_key).body;
     assert_eq!(dbs["items"].as_array().unwrap().len(), 1, "{dbs}");
     assert!(
@@ -354,9 +396,10 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
         ("#/billing", "billing"),
         ("#/events", "audit-log"),
     ] {
+        count_requests(&b);
         go(&b, hash);
         b.until_text("main h1", "its heading", |t| !t.is_empty());
-        std::thread::sleep(Duration::from_millis(300));
+        until_idle(&b);
         b.screenshot(&format!("{name}-360"));
         let unlabelled = b.js(UNLABELLED, vec![]);
         assert_eq!(unlabelled, json!([]), "{hash}: controls without a name");

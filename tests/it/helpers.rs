@@ -27,6 +27,9 @@ pub fn pg_ports() -> String {
     format!("{low}-{}", low + 49)
 }
 
+/// A log filter at the default level that adds one line per request (with its id).
+pub const LOG_REQUESTS: &str = "info,spg99::http::request_id=debug";
+
 /// A running `spg99 serve`.
 pub struct Server {
     child: Option<Child>,
@@ -346,6 +349,24 @@ impl Server {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The server's log as of now: every line it wrote before it answered a request sent
+    /// now, marked with that request's id (a request's lines are written before its answer).
+    /// The server must log requests ([`LOG_REQUESTS`]).
+    pub fn log_as_of_now(&self) -> String {
+        static N: AtomicU16 = AtomicU16::new(0);
+        let mark = format!("log-mark-{}", N.fetch_add(1, Ordering::Relaxed));
+        let r = self
+            .try_call_with("GET", "/healthz", None, None, &[("X-Request-Id", &mark)])
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let log = self.stderr();
+        assert!(
+            log.contains(&mark),
+            "the marked request is not in the log: start the server with RUST_LOG={LOG_REQUESTS}"
+        );
+        log
     }
 
     /// SIGKILL: no chance to flush or clean up.

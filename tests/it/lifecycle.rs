@@ -417,7 +417,8 @@ fn deleting_a_running_database_with_leases_waits_for_its_writer_to_stop() {
     assert_eq!(lab.renew(&lease, epoch, 1).code(), "lease_not_found");
     assert_eq!(lab.checkout("app").code(), "db_deleting");
     assert_eq!(ops(&lab.instructions("w1")), vec![op("stop", 1)]);
-    std::thread::sleep(Duration::from_millis(300));
+    // A reconciler pass (which finishes deletions) leaves it: its writer still runs.
+    lab.advance(0.0);
     assert_eq!(
         lab.describe("app")["state"],
         "deleting",
@@ -673,10 +674,16 @@ fn a_worker_long_polls_until_its_instructions_change() {
 
     // A change while it waits ends the wait with the new list.
     std::thread::scope(|scope| {
-        let waiting = scope.spawn(|| poll(&format!("wait_ms=10000&known={version}")));
+        let began = std::time::Instant::now();
+        let waiting = scope.spawn(|| poll(&format!("wait_ms=25000&known={version}")));
+        // Most likely under way by then; if not, it finds the new list at once all the same.
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(lab.checkout("b").status, 202);
         let changed = waiting.join().unwrap();
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the change did not end the wait"
+        );
         assert_ne!(changed["version"], version.as_str());
         assert_eq!(changed["instructions"].as_array().unwrap().len(), 2);
     });

@@ -111,9 +111,28 @@ fn the_control_plane_s_metrics_parse_and_move_with_the_work_done() {
     // An event stream held open while scraping.
     let _stream = crate::helpers::Events::open(&fx.server, "/v2/events", Some(ROOT_TOKEN), None)
         .unwrap_or_else(|r| panic!("{r:?}"));
-    std::thread::sleep(Duration::from_millis(300));
 
-    let after = scrape(&fx.server);
+    // What is counted as it settles (a stream once it is open, a Gateway connection once it
+    // ends, a heartbeat once it is sent) is waited for; then every figure is exact.
+    let settled = |m: &HashMap<String, f64>| {
+        let moved = |series: &str| at(m, series) - at(&before, series);
+        at(m, "spg99_event_stream_subscribers") == 1.0
+            && moved("spg99_gateway_connections_total") == 2.0
+            && moved(r#"spg99_gateway_relayed_bytes_total{direction="database_to_client"}"#) > 0.0
+            && moved(r#"spg99_worker_heartbeats_total{result="ok"}"#) >= 1.0
+    };
+    let began = std::time::Instant::now();
+    let after = loop {
+        let m = scrape(&fx.server);
+        if settled(&m) {
+            break m;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "never settled: {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let moved = |series: &str| at(&after, series) - at(&before, series);
     assert_eq!(
         moved(r#"spg99_http_requests_total{method="POST",route="/v2/tenants",status="201"}"#),
@@ -214,13 +233,16 @@ fn a_gateway_and_a_worker_of_their_own_serve_their_metrics() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let first = parse(&get_text(&url));
-    std::thread::sleep(Duration::from_millis(300));
-    let later = parse(&get_text(&url));
     let ok = r#"spg99_worker_heartbeats_total{result="ok"}"#;
-    assert!(
-        at(&later, ok) > at(&first, ok),
-        "heartbeats counted as they go"
-    );
+    // Heartbeats are counted as they go: the count moves while the worker runs.
+    let began = std::time::Instant::now();
+    while at(&parse(&get_text(&url)), ok) <= at(&first, ok) {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "heartbeats not counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     match ureq::get(&format!("http://127.0.0.1:{port}/other")).call() {
         Err(ureq::Error::Status(404, _)) => {}
         other => panic!("{other:?}"),

@@ -95,10 +95,11 @@ impl CallError {
             .map(Duration::from_secs);
         let text = response.into_string().unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => (
-                Code::parse(&body.error.code),
-                format!("{}: {}", body.error.code, body.error.message),
-            ),
+            Ok(body) => match Code::parse(&body.error.code) {
+                Some(code) => (Some(code), body.error.message),
+                // A code this build does not act on stays in the message, for the logs.
+                None => (None, format!("{}: {}", body.error.code, body.error.message)),
+            },
             Err(_) => (None, text),
         };
         CallError::Refused {
@@ -114,6 +115,12 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(e) => write!(f, "control plane unreachable: {e}"),
+            CallError::Refused {
+                status,
+                code: Some(code),
+                message,
+                ..
+            } => write!(f, "refused ({status} {}): {message}", code.as_str()),
             CallError::Refused {
                 status, message, ..
             } => write!(f, "refused ({status}): {message}"),

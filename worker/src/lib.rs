@@ -5,8 +5,10 @@
 //! the `spg99-wire` crate's.
 //!
 //! ## Layout
-//! - [`agent`]: the protocol (register, long-polled instructions, heartbeats with loads,
-//!   reports) and the books of which writer is at which term.
+//! - [`agent`]: the protocol's loops (register, long-polled instructions, heartbeats with
+//!   loads, reports), calling the control plane through the internal API's one client
+//!   (`spg99_wire::client::Internal`); `agent/books.rs`, the pure state machine of which writer
+//!   is at which term and what each instruction still needs.
 //! - [`compute`]: the driver trait; [`postgres`] runs real PostgreSQL servers,
 //!   [`simulated`] pretends (delays, failures, synthetic load) for the lifecycle's tests.
 //! - this file: the flags and [`run`], [`spawn`].
