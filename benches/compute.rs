@@ -20,7 +20,7 @@
 //!   retried), and the longest gap between two commits.
 //!
 //! Run: `cargo bench --bench compute` (as root or as a user that can run PostgreSQL; PostgreSQL
-//! from `scripts/install-postgres.sh`). Prints markdown tables and writes
+//! from `scripts/install-engines.sh`). Prints markdown tables and writes
 //! `target/bench/compute.json`.
 
 mod support;

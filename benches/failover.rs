@@ -9,7 +9,7 @@
 //! after that. The lease is the default (`--leader-ttl-ms 3000`) unless
 //! `SPG99_LEADER_TTL_MS` says otherwise.
 //!
-//! Run: `cargo bench --bench failover` (PostgreSQL installed: scripts/install-postgres.sh).
+//! Run: `cargo bench --bench failover` (PostgreSQL installed: scripts/install-engines.sh).
 //! Prints a markdown table and writes `target/bench/failover.json`.
 
 mod support;

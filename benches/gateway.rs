@@ -19,7 +19,7 @@
 //!   (readiness polled every 2 ms) and its first TLS + SCRAM `SELECT 1`, the same number of times.
 //!
 //! Run: `cargo bench --bench gateway` (as root or as a user that can run PostgreSQL; PostgreSQL
-//! from `scripts/install-postgres.sh`). Prints markdown tables and writes
+//! from `scripts/install-engines.sh`). Prints markdown tables and writes
 //! `target/bench/gateway.json`.
 
 #[allow(dead_code)] // the tests' TLS client, of which the benchmark needs the plain connector

@@ -3,7 +3,8 @@
 # - strace, which the durability test uses to watch the server's fdatasync calls;
 # - chromium and chromium-driver (Debian's), the real browser the Console's tests drive;
 # - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document;
-# - PostgreSQL (Debian's package, its own cluster never started), which the workers run.
+# - PostgreSQL and pgBackRest (Debian's packages; PostgreSQL's own cluster never started),
+#   which the workers run and keep databases in the storage repository with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; t
     'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' >&2
 fi
 
-scripts/install-postgres.sh
+scripts/install-engines.sh
 
 # `failpoints`: the tests that inject defects (tests/it/defects.rs) need them built in.
 exec cargo test --workspace --features spg99/failpoints "$@"

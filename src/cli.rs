@@ -225,6 +225,22 @@ pub struct ServeArgs {
     /// found), `simulated`, or `none` (no local worker).
     #[arg(long, env = "SPG99_COMPUTE")]
     pub compute: Option<String>,
+    /// The storage repository every database is kept in, by pgBackRest: a directory (one
+    /// machine, or a filesystem every worker shares), an S3-compatible object store
+    /// (`s3://BUCKET/PREFIX?endpoint=https://HOST:PORT&region=R&ca=PEM-PATH`, its keys in
+    /// SPG99_STORAGE_ACCESS_KEY and SPG99_STORAGE_SECRET_KEY), or `none` (each database's data
+    /// stays on the worker that serves it). Handed to every worker when it registers.
+    /// Default: `storage` in the data directory.
+    #[arg(long, env = "SPG99_STORAGE")]
+    pub storage: Option<String>,
+    /// A writing database's WAL is archived at least this often (seconds): the most a running
+    /// database can lose with its worker's disk.
+    #[arg(long, env = "SPG99_ARCHIVE_TIMEOUT", default_value_t = 5)]
+    pub archive_timeout: u64,
+    /// How far back every point of a database's history can be restored: `7d`, `36h`, `90m`
+    /// (backups are kept by whole days: a part of a day keeps a whole one).
+    #[arg(long, env = "SPG99_HISTORY_WINDOW", default_value = "7d", value_parser = parse_window)]
+    pub history_window: std::time::Duration,
     /// Stop a database after this many seconds without connections.
     #[arg(long, env = "SPG99_IDLE_TIMEOUT", default_value_t = 300)]
     pub idle_timeout: u64,
@@ -267,4 +283,25 @@ pub struct ServeArgs {
     pub allow_plaintext: bool,
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+}
+
+/// A history window: a number and `d`, `h` or `m`; at least a minute.
+fn parse_window(raw: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{raw}`: expected a number and d, h or m, e.g. 7d or 36h");
+    let unit = raw.chars().last().ok_or_else(bad)?;
+    let n: u64 = raw[..raw.len() - unit.len_utf8()]
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    let secs = match unit {
+        'd' => n.checked_mul(86_400),
+        'h' => n.checked_mul(3_600),
+        'm' => n.checked_mul(60),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    if secs < 60 {
+        return Err(format!("`{raw}`: at least a minute"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }

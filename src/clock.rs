@@ -50,3 +50,22 @@ impl Clock for SystemClock {
         Timestamp::from_micros(chrono::Utc::now().timestamp_micros())
     }
 }
+
+/// RFC 3339, UTC, microsecond precision: how every time is shown. RFC 3339 has four-digit
+/// years only, so a time outside 0000-01-01 to 9999-12-31 (none that the API accepts or
+/// derives) is shown as the nearest end of that range rather than in another format.
+pub fn rfc3339(ts: Timestamp) -> String {
+    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
+    const FIRST: i64 = -62_167_219_200_000_000;
+    const LAST: i64 = 253_402_300_799_999_999;
+    chrono::DateTime::from_timestamp_micros(ts.as_micros().clamp(FIRST, LAST))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A time as RFC 3339 (any offset), to the microsecond; `None` for anything else.
+pub fn parse_rfc3339(raw: &str) -> Option<Timestamp> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .map(|t| Timestamp::from_micros(t.timestamp_micros()))
+}

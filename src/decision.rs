@@ -89,6 +89,9 @@ pub enum Rejection {
         field: &'static str,
         message: String,
     },
+    /// Well formed, but not something that can be done (422 with its own code).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     /// Not found, with a code more precise than `not_found` (an expired lease, an unknown
     /// worker), so that the caller knows what to do next.
     #[error("{message}")]

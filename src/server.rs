@@ -79,7 +79,7 @@ impl Config {
             None => {
                 tracing::warn!(
                     "PostgreSQL is not installed here: the local worker runs simulated compute \
-                     (nothing to connect to). Install it with scripts/install-postgres.sh (Debian: \
+                     (nothing to connect to). Install it with scripts/install-engines.sh (Debian: \
                      apt-get install postgresql) and start again for real databases."
                 );
                 Some(ComputeKind::Simulated)
@@ -96,6 +96,7 @@ impl Config {
             }
             None => Location::Sled(args.data_dir.clone()),
         };
+        let storage = storage(&args, &env)?;
         let secret_key = env("SPG99_SECRET_KEY");
         if matches!(log, Location::Postgres(_)) && secret_key.is_none() {
             return Err(StartError::Config(
@@ -118,6 +119,7 @@ impl Config {
                 worker_timeout: Duration::from_millis(args.worker_timeout_ms.max(1)),
                 heartbeat_interval: Duration::from_millis((args.worker_timeout_ms / 3).max(1)),
                 phase_deadline: Duration::from_secs(args.phase_deadline.max(1)),
+                storage,
                 ..Settings::default()
             },
             reconcile_interval: Duration::from_millis(args.reconcile_interval_ms.max(10)),
@@ -139,6 +141,47 @@ impl Config {
             leader_ttl: Duration::from_millis(args.leader_ttl_ms.max(100)),
         })
     }
+}
+
+/// The repository the workers keep databases in (`--storage`), checked as far as the control
+/// plane can: its form, and the keys of an object store being set. The default, a directory
+/// in the data directory, is one the `postgres` user can reach (or one of the service's own,
+/// as for the local worker's data).
+fn storage(
+    args: &ServeArgs,
+    env: &dyn Fn(&'static str) -> Option<String>,
+) -> Result<Option<spg99_wire::storage::Storage>, StartError> {
+    use spg99_wire::storage::Repository;
+    let repository = match args.storage.as_deref() {
+        Some("none") => return Ok(None),
+        Some(raw) => {
+            Repository::parse(raw).map_err(|e| StartError::Config(format!("--storage {e}")))?
+        }
+        None => Repository::Posix(
+            spg99_worker::postgres::reachable_storage(&args.data_dir.join("storage"))
+                .map_err(|e| StartError::Config(format!("the storage repository: {e}")))?,
+        ),
+    };
+    if matches!(repository, Repository::S3(_))
+        && (env("SPG99_STORAGE_ACCESS_KEY").is_none() || env("SPG99_STORAGE_SECRET_KEY").is_none())
+    {
+        return Err(StartError::Config(
+            "an S3 repository needs its keys: set SPG99_STORAGE_ACCESS_KEY and \
+             SPG99_STORAGE_SECRET_KEY (the same on every worker; they are never logged nor \
+             written anywhere)"
+                .into(),
+        ));
+    }
+    if args.archive_timeout == 0 {
+        return Err(StartError::Config(
+            "--archive-timeout: at least 1 second".into(),
+        ));
+    }
+    Ok(Some(spg99_wire::storage::Storage {
+        repository: repository.to_string(),
+        archive_timeout_secs: args.archive_timeout,
+        history_window_secs: args.history_window.as_secs(),
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +361,7 @@ impl Application {
             .into_iter()
             .flatten()
             .collect(),
+            archived: Default::default(),
         });
         let settings = front::Settings {
             workers: config.http_workers,

@@ -298,6 +298,64 @@ fn event_data(event: &Event) -> Value {
             writer_term,
             credentials,
         } => json!({ "db_id": db_id, "writer_term": writer_term, "credentials": credentials }),
+        Event::DbBackupRequested { db_id, writer_term } => {
+            json!({ "db_id": db_id, "writer_term": writer_term })
+        }
+        Event::DbBackupCompleted {
+            db_id,
+            timeline,
+            label,
+            started_at,
+            stopped_at,
+            oldest_at,
+            repository_bytes,
+        } => json!({
+            "db_id": db_id, "timeline": timeline, "label": label,
+            "started_at": rfc3339(*started_at), "last_backup_at": rfc3339(*stopped_at),
+            "history_start_at": rfc3339(*oldest_at), "storage_bytes": repository_bytes,
+        }),
+        Event::DbBackupFailed {
+            db_id,
+            reason,
+            retry_at,
+        } => json!({ "db_id": db_id, "reason": reason, "retry_at": rfc3339(*retry_at) }),
+        Event::DbStored {
+            db_id,
+            complete,
+            recoverable_until,
+            reason,
+        } => json!({
+            "db_id": db_id, "complete": complete,
+            "recoverable_until": recoverable_until.map(rfc3339), "reason": reason,
+        }),
+        Event::DbArchiveFailed { db_id, reason } => {
+            json!({ "db_id": db_id, "storage_warning": reason })
+        }
+        Event::DbArchiveRecovered { db_id } | Event::DbRestored { db_id } => {
+            json!({ "db_id": db_id })
+        }
+        Event::DbRestoreRequested {
+            db_id,
+            time,
+            lsn,
+            timeline,
+            kept_db_id,
+            kept_name,
+        } => json!({
+            "db_id": db_id, "state": "restoring", "at": time.map(rfc3339), "lsn": lsn,
+            "timeline": timeline, "kept_db_id": kept_db_id, "kept_name": kept_name,
+        }),
+        Event::DbRestoreStarted {
+            db_id,
+            worker_id,
+            profile,
+            writer_term,
+            deadline,
+        } => json!({
+            "db_id": db_id, "worker_id": worker_id, "profile": profile,
+            "writer_term": writer_term, "phase_deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbPurged { db_id, timeline } => json!({ "db_id": db_id, "timeline": timeline }),
     }
 }
 

@@ -329,6 +329,59 @@ mod tests {
                 writer_term: 2,
                 credentials: 1,
             },
+            Event::DbBackupRequested {
+                db_id: Uuid::from_u128(8),
+                writer_term: 2,
+            },
+            Event::DbBackupCompleted {
+                db_id: Uuid::from_u128(8),
+                timeline: "tl8".into(),
+                label: "20261204-120000F".into(),
+                started_at: Timestamp(1_763_000_000_000_000),
+                stopped_at: Timestamp(1_763_000_003_000_000),
+                oldest_at: Timestamp(1_762_000_000_000_000),
+                repository_bytes: 5 << 20,
+            },
+            Event::DbBackupFailed {
+                db_id: Uuid::from_u128(8),
+                reason: "repository unreachable".into(),
+                retry_at: Timestamp(1_763_000_060_000_000),
+            },
+            Event::DbStored {
+                db_id: Uuid::from_u128(8),
+                complete: true,
+                recoverable_until: Some(Timestamp(1_763_000_010_000_000)),
+                reason: None,
+            },
+            Event::DbArchiveFailed {
+                db_id: Uuid::from_u128(8),
+                reason: "no space".into(),
+            },
+            Event::DbArchiveRecovered {
+                db_id: Uuid::from_u128(8),
+            },
+            Event::DbRestoreRequested {
+                db_id: Uuid::from_u128(8),
+                time: Some(Timestamp(1_763_000_005_000_000)),
+                lsn: None,
+                timeline: "tl9".into(),
+                kept_db_id: Uuid::from_u128(9),
+                kept_name: "app_before_restore_1".into(),
+            },
+            Event::DbRestoreStarted {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w-1".into(),
+                profile: "c0.25".into(),
+                writer_term: 3,
+                deadline: Timestamp(1_763_000_065_000_000),
+            },
+            Event::DbRestored {
+                db_id: Uuid::from_u128(8),
+            },
+            Event::DbPurged {
+                db_id: Uuid::from_u128(8),
+                timeline: "tl8".into(),
+            },
         ]
     }
 
@@ -370,9 +423,19 @@ mod tests {
             Event::DbDataPlaced { .. } => 33,
             Event::DbDataDestroyed { .. } => 34,
             Event::DbRoleUpdated { .. } => 35,
+            Event::DbBackupRequested { .. } => 36,
+            Event::DbBackupCompleted { .. } => 37,
+            Event::DbBackupFailed { .. } => 38,
+            Event::DbStored { .. } => 39,
+            Event::DbArchiveFailed { .. } => 40,
+            Event::DbArchiveRecovered { .. } => 41,
+            Event::DbRestoreRequested { .. } => 42,
+            Event::DbRestoreStarted { .. } => 43,
+            Event::DbRestored { .. } => 44,
+            Event::DbPurged { .. } => 45,
         }
     }
-    const VARIANTS: usize = 36;
+    const VARIANTS: usize = 46;
 
     /// Every variant's sample, as the envelopes of seq 1, 2, ...
     pub(super) fn sample_envelopes() -> Vec<Envelope> {

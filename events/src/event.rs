@@ -240,6 +240,62 @@ pub enum Event {
         writer_term: u64,
         credentials: u64,
     },
+    /// A full backup of the serving writer (of `writer_term`) into the storage repository is
+    /// wanted: its first start there, or the backup policy.
+    DbBackupRequested { db_id: Uuid, writer_term: u64 },
+    /// A backup of the database's timeline reached the repository: every point from
+    /// `stopped_at` on can be restored from it; the oldest backup kept became consistent at
+    /// `oldest_at`; the timeline holds `repository_bytes` there.
+    DbBackupCompleted {
+        db_id: Uuid,
+        timeline: String,
+        label: String,
+        started_at: Timestamp,
+        stopped_at: Timestamp,
+        oldest_at: Timestamp,
+        repository_bytes: u64,
+    },
+    /// A backup did not complete; another is asked for from `retry_at`.
+    DbBackupFailed {
+        db_id: Uuid,
+        reason: String,
+        retry_at: Timestamp,
+    },
+    /// What a writer that stopped left in the repository: everything it wrote (`complete`),
+    /// up to `recoverable_until`; or not, and why (the worker's copy holds the rest).
+    DbStored {
+        db_id: Uuid,
+        complete: bool,
+        recoverable_until: Option<Timestamp>,
+        reason: Option<String>,
+    },
+    /// The serving writer's WAL archiving fails, or lags beyond twice the archive timeout.
+    DbArchiveFailed { db_id: Uuid, reason: String },
+    /// Its archiving caught up again.
+    DbArchiveRecovered { db_id: Uuid },
+    /// A restore was asked for: the database will serve its state as of `time` (or `lsn`;
+    /// neither: its newest) on the new timeline `timeline`, under the same name and id; the
+    /// state it has now is kept as a new database, `kept_db_id` called `kept_name`.
+    DbRestoreRequested {
+        db_id: Uuid,
+        time: Option<Timestamp>,
+        lsn: Option<String>,
+        timeline: String,
+        kept_db_id: Uuid,
+        kept_name: String,
+    },
+    /// The restore's writer is placed: it makes its data from the repository, then serves.
+    DbRestoreStarted {
+        db_id: Uuid,
+        worker_id: String,
+        profile: String,
+        writer_term: u64,
+        deadline: Timestamp,
+    },
+    /// The restored database serves.
+    DbRestored { db_id: Uuid },
+    /// The database's timeline was removed from the repository.
+    DbPurged { db_id: Uuid, timeline: String },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -304,6 +360,16 @@ impl Event {
         "db.data_placed",
         "db.data_destroyed",
         "db.role_updated",
+        "db.backup_requested",
+        "db.backup_completed",
+        "db.backup_failed",
+        "db.stored",
+        "db.archive_failed",
+        "db.archive_recovered",
+        "db.restore_requested",
+        "db.restore_started",
+        "db.restored",
+        "db.purged",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -345,6 +411,16 @@ impl Event {
             Event::DbDataPlaced { .. } => "db.data_placed",
             Event::DbDataDestroyed { .. } => "db.data_destroyed",
             Event::DbRoleUpdated { .. } => "db.role_updated",
+            Event::DbBackupRequested { .. } => "db.backup_requested",
+            Event::DbBackupCompleted { .. } => "db.backup_completed",
+            Event::DbBackupFailed { .. } => "db.backup_failed",
+            Event::DbStored { .. } => "db.stored",
+            Event::DbArchiveFailed { .. } => "db.archive_failed",
+            Event::DbArchiveRecovered { .. } => "db.archive_recovered",
+            Event::DbRestoreRequested { .. } => "db.restore_requested",
+            Event::DbRestoreStarted { .. } => "db.restore_started",
+            Event::DbRestored { .. } => "db.restored",
+            Event::DbPurged { .. } => "db.purged",
         }
     }
 }

@@ -25,8 +25,8 @@ use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
 pub use model::{
-    Account, ApiKey, Db, DbState, Handoff, IdempotentResponse, Lease, Retire, Scale, ScaleStage,
-    SmolStr, Tenant, Usage, Worker, Writer,
+    Account, ApiKey, Db, DbState, Handoff, IdempotentResponse, Lease, Restore, Retire, Scale,
+    ScaleStage, SmolStr, Storage, Tenant, Usage, Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -183,7 +183,7 @@ impl State {
             }
             Event::AccountDeleted { account_id } => {
                 for t in self.tenants_of(*account_id) {
-                    self.remove_tenant(t);
+                    self.remove_tenant(t, at);
                 }
                 retain(&mut self.api_keys, |k| k.account() != Some(*account_id));
                 self.accounts.remove(account_id);
@@ -270,7 +270,7 @@ impl State {
                 }
             }
             Event::TenantDeleteRequested { tenant_id } => self.mark_tenant_deleting(*tenant_id, at),
-            Event::TenantDeleted { tenant_id } => self.remove_tenant(*tenant_id),
+            Event::TenantDeleted { tenant_id } => self.remove_tenant(*tenant_id, at),
             Event::DbCreated {
                 db_id,
                 tenant_id,
@@ -308,11 +308,13 @@ impl State {
                         load_band_since: at,
                         running_since: None,
                         data_on: None,
+                        storage: None,
+                        restore: None,
                     }),
                 );
             }
             Event::DbDeleteRequested { db_id } => self.mark_db_deleting(*db_id, at),
-            Event::DbDeleted { db_id } => self.remove_db(*db_id),
+            Event::DbDeleted { db_id } => self.remove_db(*db_id, at),
             Event::IdempotentResponseRecorded {
                 key_id,
                 idempotency_key,
@@ -340,6 +342,7 @@ impl State {
                 profiles,
                 instance,
             } => {
+                let keeps_data = self.workers.get(worker_id).is_some_and(|w| w.keeps_data);
                 self.workers.insert(
                     worker_id.clone(),
                     Arc::new(Worker {
@@ -350,6 +353,7 @@ impl State {
                         instance: instance.clone(),
                         registered_at: at,
                         lost_at: None,
+                        keeps_data,
                     }),
                 );
             }
@@ -399,6 +403,7 @@ impl State {
                         w.backend_addr = Some(backend_addr.clone());
                     }
                     db.state = DbState::Running;
+                    db.restore = None;
                     db.phase_started_at = None;
                     db.phase_deadline_at = None;
                     db.failed_starts = 0;
@@ -421,6 +426,9 @@ impl State {
                     db.failure_reason = Some(reason.clone());
                     db.state = if *give_up {
                         DbState::Failed
+                    } else if db.restore.is_some() {
+                        // The restore is tried again (its new timeline has no data elsewhere).
+                        DbState::Restoring
                     } else {
                         DbState::Stopped
                     };
@@ -573,6 +581,9 @@ impl State {
             }
             Event::DbDataPlaced { db_id, worker_id } => {
                 self.stale_copies.remove(&(worker_id.clone(), *db_id));
+                if let Some(w) = edit(&mut self.workers, worker_id) {
+                    w.keeps_data = true;
+                }
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     if let Some(old) = db.data_on.replace(worker_id.clone()) {
                         if old != *worker_id {
@@ -599,6 +610,103 @@ impl State {
                     }
                 }
             }
+            Event::DbBackupRequested { db_id, writer_term } => {
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.in_repository = true;
+                    s.backup_wanted = Some(*writer_term);
+                }
+            }
+            Event::DbBackupCompleted {
+                db_id,
+                stopped_at,
+                oldest_at,
+                repository_bytes,
+                ..
+            } => {
+                self.bill_storage(*db_id, at);
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.in_repository = true;
+                    s.backup_wanted = None;
+                    s.backup_retry_at = None;
+                    s.last_backup_at = Some(*stopped_at);
+                    s.oldest_backup_at = Some(*oldest_at);
+                    s.bytes = *repository_bytes;
+                    s.recoverable_until = s.recoverable_until.max(Some(*stopped_at));
+                    s.warning = None;
+                }
+            }
+            Event::DbBackupFailed {
+                db_id,
+                reason,
+                retry_at,
+            } => {
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.backup_wanted = None;
+                    s.backup_retry_at = Some(*retry_at);
+                    s.warning = Some(format!("the last backup failed: {reason}"));
+                }
+            }
+            Event::DbStored {
+                db_id,
+                complete,
+                recoverable_until,
+                reason,
+            } => {
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.recoverable_until = s.recoverable_until.max(*recoverable_until);
+                    s.warning = (!complete).then(|| {
+                        reason
+                            .clone()
+                            .unwrap_or_else(|| "the last stop did not archive everything".into())
+                    });
+                }
+            }
+            Event::DbArchiveFailed { db_id, reason } => {
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.archive_failure = Some(reason.clone());
+                }
+            }
+            Event::DbArchiveRecovered { db_id } => {
+                if let Some(s) = self.storage_of(*db_id) {
+                    s.archive_failure = None;
+                }
+            }
+            Event::DbRestoreRequested {
+                db_id,
+                time,
+                lsn,
+                timeline,
+                kept_db_id,
+                kept_name,
+            } => self.start_restore(at, *db_id, time, lsn, timeline, *kept_db_id, kept_name),
+            Event::DbRestoreStarted {
+                db_id,
+                worker_id,
+                profile,
+                writer_term,
+                deadline,
+            } => {
+                let credentials = self.credentials_of(*db_id);
+                if let Some(db) = edit(&mut self.dbs, db_id) {
+                    db.writer = Some(Box::new(Writer {
+                        worker_id: worker_id.clone(),
+                        profile: profile.clone(),
+                        term: *writer_term,
+                        backend_addr: None,
+                        credentials,
+                    }));
+                    db.writer_term = *writer_term;
+                    db.phase_started_at = Some(at);
+                    db.phase_deadline_at = Some(*deadline);
+                }
+            }
+            Event::DbRestored { .. } => {}
+            Event::DbPurged { db_id, .. } => {
+                self.bill_storage(*db_id, at);
+                if let Some(s) = self.storage_of(*db_id) {
+                    *s = Storage::default();
+                }
+            }
         }
         if let Some(db) = env.db_id {
             self.reindex(db);
@@ -617,7 +725,9 @@ impl State {
     /// Keeps [`State::active`] in step with one database.
     fn reindex(&mut self, db_id: Uuid) {
         let active = self.dbs.get(&db_id).is_some_and(|d| {
-            d.writer.is_some() || d.scale.candidate.is_some() || d.state == DbState::Deleting
+            d.writer.is_some()
+                || d.scale.candidate.is_some()
+                || matches!(d.state, DbState::Deleting | DbState::Restoring)
         });
         if active {
             self.active.insert(db_id);
@@ -697,6 +807,109 @@ impl State {
         }
     }
 
+    /// The database's storage record, to change (made if it had none).
+    fn storage_of(&mut self, db_id: Uuid) -> Option<&mut Storage> {
+        let db = edit(&mut self.dbs, &db_id)?;
+        Some(db.storage.get_or_insert_with(Default::default))
+    }
+
+    /// Adds the database's size in the repository since it was last billed to the usage,
+    /// split at billing period boundaries.
+    fn bill_storage(&mut self, db_id: Uuid, at: Timestamp) {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
+            return;
+        };
+        let Some(s) = db.storage.as_mut() else {
+            return;
+        };
+        let (since, bytes) = (s.bytes_since.replace(at), s.bytes);
+        let (Some(since), true) = (since, bytes > 0) else {
+            return;
+        };
+        let Some(tenant) = self.tenants.get(&db.tenant) else {
+            return;
+        };
+        for (period, micros) in billing::split(since, at) {
+            let row = self
+                .usage
+                .entry((tenant.account, period, db_id))
+                .or_insert_with(|| Usage {
+                    tenant_id: tenant.id,
+                    tenant: tenant.name.clone(),
+                    db: db.name.to_string(),
+                    ..Usage::default()
+                });
+            row.storage_byte_micros += u128::from(bytes) * micros.max(0) as u128;
+        }
+    }
+
+    /// A restore begins: the state the database has now goes to a new database (the kept
+    /// copy: the same timeline, its copy, what the repository holds of it); the database
+    /// gets the new timeline with nothing in it yet, its writer (if any) is retired and its
+    /// leases fenced (a new epoch), and it waits in `restoring` for its restore's writer.
+    #[allow(clippy::too_many_arguments)]
+    fn start_restore(
+        &mut self,
+        at: Timestamp,
+        db_id: Uuid,
+        time: &Option<Timestamp>,
+        lsn: &Option<String>,
+        timeline: &str,
+        kept_db_id: Uuid,
+        kept_name: &str,
+    ) {
+        self.bill_storage(db_id, at);
+        self.drop_writer(db_id, at, true);
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
+            return;
+        };
+        let kept_name = SmolStr::new(kept_name);
+        let mut kept = Db {
+            id: kept_db_id,
+            name: kept_name.clone(),
+            created_at: at,
+            state: DbState::Stopped,
+            writer: None,
+            writer_term: 0,
+            failed_starts: 0,
+            failure_reason: None,
+            scale: Scale::default(),
+            freeze_new_checkouts: false,
+            lease_control_epoch: 1,
+            autoscale_cooldown_until: None,
+            leases: BTreeSet::new(),
+            idle_since: None,
+            cpu_milli: 0,
+            active_connections: 0,
+            load_band: LoadBand::Low,
+            load_band_since: at,
+            running_since: None,
+            restore: None,
+            ..db.clone()
+        };
+        if let Some(s) = kept.storage.as_mut() {
+            s.backup_wanted = None;
+            s.archive_failure = None;
+        }
+        let from_timeline = std::mem::replace(&mut db.timeline, timeline.to_owned());
+        db.data_on = None;
+        db.storage = None;
+        db.restore = Some(Box::new(Restore {
+            from_timeline,
+            time: *time,
+            lsn: lsn.clone(),
+            kept_db_id,
+        }));
+        db.state = DbState::Restoring;
+        db.lease_control_epoch += 1;
+        db.failed_starts = 0;
+        db.failure_reason = None;
+        let tenant = db.tenant;
+        self.dbs_by_name.insert((tenant, kept_name), kept_db_id);
+        self.dbs.insert(kept_db_id, Arc::new(kept));
+        self.reindex(kept_db_id);
+    }
+
     /// Adds the serving writer's run since `running_since` to the usage, split at billing
     /// period boundaries.
     fn bill(&mut self, db_id: Uuid, at: Timestamp) {
@@ -718,6 +931,7 @@ impl State {
                     tenant: tenant.name.clone(),
                     db: db.name.to_string(),
                     by_profile: BTreeMap::new(),
+                    storage_byte_micros: 0,
                 });
             *row.by_profile.entry(writer.profile.clone()).or_default() += micros;
         }
@@ -759,10 +973,10 @@ impl State {
         }
     }
 
-    fn remove_tenant(&mut self, tenant: Uuid) {
+    fn remove_tenant(&mut self, tenant: Uuid, at: Timestamp) {
         let dbs: Vec<Uuid> = self.dbs_of(tenant).map(|d| d.id).collect();
         for db in dbs {
-            self.remove_db(db);
+            self.remove_db(db, at);
         }
         if let Some(t) = self.tenants.remove(&tenant) {
             self.tenants_by_name.remove(&t.name);
@@ -771,7 +985,8 @@ impl State {
         retain(&mut self.api_keys, |k| k.tenant() != Some(tenant));
     }
 
-    fn remove_db(&mut self, db: Uuid) {
+    fn remove_db(&mut self, db: Uuid, at: Timestamp) {
+        self.bill_storage(db, at);
         self.active.remove(&db);
         if let Some(d) = self.dbs.remove(&db) {
             self.dbs_by_name.remove(&(d.tenant, d.name.clone()));

@@ -74,6 +74,9 @@ pub enum DbState {
     Stopping,
     Deleting,
     Failed,
+    /// Being restored to a point of its history: the old writer stops, a new one makes its
+    /// data from the repository and serves.
+    Restoring,
 }
 
 impl DbState {
@@ -85,6 +88,7 @@ impl DbState {
             DbState::Stopping => "stopping",
             DbState::Deleting => "deleting",
             DbState::Failed => "failed",
+            DbState::Restoring => "restoring",
         }
     }
 }
@@ -135,6 +139,74 @@ pub struct Db {
     /// there. `None` until a worker that keeps data has served it (simulated compute keeps
     /// none, so its databases start wherever there is room).
     pub data_on: Option<String>,
+    /// What the storage repository holds of it; `None` until a writer on a repository serves
+    /// it (boxed: a record without one pays a pointer).
+    pub storage: Option<Box<Storage>>,
+    /// The restore in progress (state `restoring`).
+    pub restore: Option<Box<Restore>>,
+}
+
+impl Db {
+    /// What the repository holds of it (nothing known: the default).
+    pub fn stored(&self) -> &Storage {
+        static NONE: Storage = Storage {
+            in_repository: false,
+            backup_wanted: None,
+            backup_retry_at: None,
+            last_backup_at: None,
+            oldest_backup_at: None,
+            bytes: 0,
+            bytes_since: None,
+            recoverable_until: None,
+            archive_failure: None,
+            warning: None,
+        };
+        self.storage.as_deref().unwrap_or(&NONE)
+    }
+
+    /// Whether a worker without its newest copy can make it from the repository: the
+    /// repository holds a backup of its timeline.
+    pub fn restorable(&self) -> bool {
+        self.stored().last_backup_at.is_some()
+    }
+}
+
+/// What the storage repository holds of a database's current timeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storage {
+    /// Its timeline may be there (a backup was asked for, so its stanza was made): deleting
+    /// the database removes it from there too.
+    pub in_repository: bool,
+    /// A backup of the writer of this term is wanted (listed to its worker until reported).
+    pub backup_wanted: Option<u64>,
+    /// After a failed backup, none is asked for again before this.
+    pub backup_retry_at: Option<Timestamp>,
+    /// When the newest backup became consistent.
+    pub last_backup_at: Option<Timestamp>,
+    /// When the oldest backup kept became consistent: the earliest restorable point.
+    pub oldest_backup_at: Option<Timestamp>,
+    /// The timeline's size in the repository, as last measured (a backup), and since when
+    /// it is billed at that size.
+    pub bytes: u64,
+    pub bytes_since: Option<Timestamp>,
+    /// The newest point the repository holds, as last reported (a stop, a backup).
+    pub recoverable_until: Option<Timestamp>,
+    /// Why archiving fails now (the serving writer's heartbeats say so).
+    pub archive_failure: Option<String>,
+    /// Why the repository may not hold everything: a stop that could not archive its last
+    /// WAL, a backup that failed. Cleared by the next complete stop or backup.
+    pub warning: Option<String>,
+}
+
+/// A restore in progress: the database's new timeline is made from `from_timeline` as of
+/// `time` (or `lsn`; neither: its newest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    pub from_timeline: String,
+    pub time: Option<Timestamp>,
+    pub lsn: Option<String>,
+    /// The database that keeps the state from before.
+    pub kept_db_id: Uuid,
 }
 
 /// The writer of a database on a worker.
@@ -275,6 +347,8 @@ pub struct Worker {
     pub registered_at: Timestamp,
     /// Declared lost: it holds nothing and gets no work until it registers again.
     pub lost_at: Option<Timestamp>,
+    /// It keeps databases' data on its own storage (one did: a `db.data_placed` named it).
+    pub keeps_data: bool,
 }
 
 /// A Gateway's route to a running database.
@@ -305,6 +379,8 @@ pub struct Usage {
     pub db: String,
     /// Microseconds of serving writer, by profile.
     pub by_profile: BTreeMap<String, i64>,
+    /// Byte-microseconds of the database in the storage repository.
+    pub storage_byte_micros: u128,
 }
 
 /// The first answer to an idempotent request, kept for retries.

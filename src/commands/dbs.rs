@@ -1,14 +1,16 @@
 //! Databases: creation and deletion (their lifecycle is [`crate::lifecycle`]'s).
 
-use spg99_events::Event;
+use spg99_events::{Event, Timestamp};
 use spg99_projections::{DbState, State};
 use uuid::Uuid;
 
 use super::caller;
 use crate::access::{self, Permission};
 use crate::catalog::Size;
+use crate::clock::rfc3339;
 use crate::decision::{conflict, CommandMeta, Draft, Rejection, Subject};
 use crate::domain::ResourceName;
+use crate::lifecycle::Context;
 
 pub(super) fn create(
     state: &State,
@@ -74,4 +76,131 @@ pub(super) fn delete(
         Subject::db(t, d.id),
         Event::DbDeleteRequested { db_id: d.id },
     )])
+}
+
+/// What a restore is asked to be.
+pub(super) struct Restore<'c> {
+    pub tenant: &'c ResourceName,
+    pub db: &'c ResourceName,
+    pub time: Option<Timestamp>,
+    pub lsn: Option<&'c str>,
+    pub timeline: &'c str,
+    pub kept_db_id: Uuid,
+}
+
+/// A restore in place: the database, stopped or running, serves its state as of a point
+/// the repository holds (from its oldest backup on), on a new timeline; what it holds now
+/// is kept as a new database of the tenant, `<name>_before_restore_<n>`.
+pub(super) fn restore(
+    state: &State,
+    cx: &Context<'_>,
+    meta: &CommandMeta,
+    r: Restore<'_>,
+) -> Result<Vec<Draft>, Rejection> {
+    let key = caller(state, meta)?;
+    let (t, d) = access::db(state, key, r.tenant.as_str(), r.db.as_str())?;
+    access::require(key, Permission::Delete)?;
+    let Some(storage) = &cx.settings.storage else {
+        return Err(conflict(
+            "no_repository",
+            "this platform runs without a storage repository (--storage none): databases have \
+             no history to restore",
+        ));
+    };
+    match d.state {
+        DbState::Stopped | DbState::Running if !d.scale.stage.in_progress() => {}
+        DbState::Deleting => {
+            return Err(conflict(
+                "db_deleting",
+                format!("database {:?} is being deleted", d.name.as_str()),
+            ))
+        }
+        DbState::Restoring => {
+            return Err(conflict(
+                "restore_in_progress",
+                format!("database {:?} is being restored already", d.name.as_str()),
+            ))
+        }
+        _ => {
+            return Err(conflict(
+                "db_busy",
+                format!(
+                    "database {:?} is {} (or moving to another profile): restore it once it runs \
+                     or stopped",
+                    d.name.as_str(),
+                    d.state.as_str()
+                ),
+            ))
+        }
+    }
+    let window = format!(
+        "the repository keeps every point of the last {}",
+        window_text(storage.history_window_secs)
+    );
+    let Some(oldest) = d.stored().oldest_backup_at else {
+        return Err(Rejection::Unprocessable {
+            code: "outside_history",
+            message: format!(
+                "database {:?} has no backup yet: its history starts at its first backup, \
+                 seconds after its first start ({window})",
+                d.name.as_str()
+            ),
+        });
+    };
+    if let Some(at) = r.time {
+        if at < oldest || at > cx.now {
+            return Err(Rejection::Unprocessable {
+                code: "outside_history",
+                message: format!(
+                    "{} is outside database {:?}'s history: it can be restored to any point from \
+                     {} to now ({}); {window}",
+                    rfc3339(at),
+                    d.name.as_str(),
+                    rfc3339(oldest),
+                    rfc3339(cx.now)
+                ),
+            });
+        }
+    }
+    if state.dbs.contains_key(&r.kept_db_id) {
+        return Err(conflict(
+            "db_id_taken",
+            "generated id already in use; retry",
+        ));
+    }
+    let kept_name = kept_name(state, t.id, d.name.as_str());
+    Ok(vec![Draft::new(
+        Subject::db(t, d.id),
+        Event::DbRestoreRequested {
+            db_id: d.id,
+            time: r.time,
+            lsn: r.lsn.map(str::to_owned),
+            timeline: r.timeline.to_owned(),
+            kept_db_id: r.kept_db_id,
+            kept_name,
+        },
+    )])
+}
+
+/// `<name>_before_restore_<n>`, the first `n` from 1 that the tenant has no database of
+/// (the name cut to fit the 63 characters of a name).
+fn kept_name(state: &State, tenant: Uuid, name: &str) -> String {
+    (1u32..)
+        .map(|n| {
+            let suffix = format!("_before_restore_{n}");
+            let room = ResourceName::MAX_LEN - suffix.len();
+            let base = name.get(..room.min(name.len())).unwrap_or(name);
+            format!("{base}{suffix}")
+        })
+        .find(|candidate| state.db_by_name(tenant, candidate).is_none())
+        .expect("a free name")
+}
+
+/// A history window as a person says it: `7 days`, `36 hours`, `90 minutes`.
+fn window_text(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{} minutes", s / 60),
+    }
 }

@@ -115,6 +115,17 @@ pub enum Command {
         tenant: ResourceName,
         db: ResourceName,
     },
+    /// Restore a database in place to a point of its history (`time`, or `lsn`; neither:
+    /// its newest), onto the new timeline `timeline`; what it holds now is kept as the new
+    /// database `kept_db_id`.
+    RestoreDb {
+        tenant: ResourceName,
+        db: ResourceName,
+        time: Option<Timestamp>,
+        lsn: Option<String>,
+        timeline: String,
+        kept_db_id: Uuid,
+    },
     /// Workers, the Gateway and the reconciler: see [`crate::lifecycle`].
     Lifecycle(Lifecycle),
 }
@@ -202,6 +213,26 @@ pub fn decide(
             timeline,
         } => dbs::create(state, meta, *db_id, tenant, name, size, timeline)?,
         Command::DeleteDb { tenant, db } => dbs::delete(state, meta, tenant, db)?,
+        Command::RestoreDb {
+            tenant,
+            db,
+            time,
+            lsn,
+            timeline,
+            kept_db_id,
+        } => dbs::restore(
+            state,
+            cx,
+            meta,
+            dbs::Restore {
+                tenant,
+                db,
+                time: *time,
+                lsn: lsn.as_deref(),
+                timeline,
+                kept_db_id: *kept_db_id,
+            },
+        )?,
         Command::Lifecycle(command) => return lifecycle::decide(state, cx, meta, command),
     };
     Ok((drafts, Answer::None))

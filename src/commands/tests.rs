@@ -13,7 +13,9 @@ use super::{decide, Command, ScopeRequest};
 use crate::catalog::Size;
 use crate::decision::{CommandMeta, Rejection};
 use crate::domain::{AccountName, Email, ResourceName};
-use crate::lifecycle::{Answer, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step};
+use crate::lifecycle::{
+    Answer, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step, WorkerReport,
+};
 
 /// The state the next command is decided against, and the lifecycle's soft state and time.
 struct World {
@@ -208,7 +210,7 @@ fn checkout(lease: Uuid) -> Command {
 }
 
 fn report(worker: &str, term: u64, outcome: Outcome) -> Command {
-    Command::Lifecycle(Lifecycle::Report {
+    Command::Lifecycle(Lifecycle::Report(Box::new(WorkerReport {
         worker_id: worker.into(),
         db_id: id(DB),
         writer_term: term,
@@ -217,7 +219,9 @@ fn report(worker: &str, term: u64, outcome: Outcome) -> Command {
         reason: None,
         keeps_data: false,
         credentials: None,
-    })
+        stored: None,
+        backup: None,
+    })))
 }
 
 fn reconcile(step: Step) -> Command {
@@ -238,7 +242,8 @@ fn code(then: Then) -> &'static str {
         Err(Rejection::Forbidden { code, .. })
         | Err(Rejection::Conflict { code, .. })
         | Err(Rejection::Gone { code, .. })
-        | Err(Rejection::Busy { code, .. }) => code,
+        | Err(Rejection::Busy { code, .. })
+        | Err(Rejection::Unprocessable { code, .. }) => code,
         Err(Rejection::NotFound { .. }) => "not_found",
         Err(Rejection::MissingPermission { .. }) => "missing_permission",
         Err(Rejection::Invalid { .. }) => "invalid_value",
@@ -588,6 +593,7 @@ fn a_sustained_high_load_moves_the_writer_a_profile_up() {
                 db_id: id(DB),
                 cpu_milli,
                 active_connections: 1,
+                archive: None,
             }],
         })
     };

@@ -181,6 +181,9 @@ impl From<Rejection> for ApiError {
                     .with_field(field)
             }
             Rejection::Gone { code, .. } => Self::new(StatusCode::NOT_FOUND, code, message),
+            Rejection::Unprocessable { code, .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
             Rejection::Busy {
                 code,
                 retry_after_secs,

@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{guard, web, HttpResponse, HttpResponseBuilder, ResponseError};
-use spg99_events::Timestamp;
 
 use crate::clock::Clock;
 use crate::committer::{CommitHandle, Shared};
@@ -50,6 +49,19 @@ pub struct AppState {
     pub role: Arc<crate::replica::Role>,
     /// The embedded Gateway's and worker's metrics, in the text format, for `/metrics`.
     pub more_metrics: Vec<fn() -> &'static prometheus_client::registry::Registry>,
+    /// When each running writer's WAL last reached the storage repository, as its worker's
+    /// last heartbeat said: shown as `recoverable_until`, never decided on (not in the log:
+    /// one event per archived segment would fill it; a replica that follows shows the last
+    /// recorded point instead).
+    pub archived: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, spg99_events::Timestamp>>,
+}
+
+impl AppState {
+    /// When the database's running writer last archived, if its heartbeats said.
+    pub fn archived_at(&self, db_id: uuid::Uuid) -> Option<spg99_events::Timestamp> {
+        let archived = self.archived.lock().unwrap_or_else(|p| p.into_inner());
+        archived.get(&db_id).copied()
+    }
 }
 
 /// `X-Resource-Version`: the `seq` of the last event a response reflects.
@@ -61,17 +73,7 @@ pub fn at_version(mut res: HttpResponseBuilder, seq: u64) -> HttpResponseBuilder
     res
 }
 
-/// RFC 3339, UTC, microsecond precision: how every time is shown. RFC 3339 has four-digit
-/// years only, so a time outside 0000-01-01 to 9999-12-31 (none that the API accepts or
-/// derives) is shown as the nearest end of that range rather than in another format.
-pub fn rfc3339(ts: Timestamp) -> String {
-    /// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z.
-    const FIRST: i64 = -62_167_219_200_000_000;
-    const LAST: i64 = 253_402_300_799_999_999;
-    chrono::DateTime::from_timestamp_micros(ts.as_micros().clamp(FIRST, LAST))
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
+pub use crate::clock::rfc3339;
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -176,6 +178,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .service(
                         Methods::at("/v2/tenants/{tenant}", "/credentials/reset")
                             .post(tenants::reset_credentials)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/restore")
+                            .post(dbs::restore)
                             .done(),
                     )
                     .service(

@@ -43,7 +43,7 @@ does not take get 405 with `Allow`. Errors are `{\"error\": {\"code\", \"message
         accounts::create, accounts::list, accounts::get, accounts::profile, accounts::contact, accounts::delete,
         keys::issue, keys::list, keys::me, keys::rotate, keys::revoke,
         tenants::create, tenants::list, tenants::get, tenants::credentials, tenants::reset_credentials, tenants::delete,
-        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::manual_lifecycle,
+        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::restore, dbs::manual_lifecycle,
         sizes::list, billing::summary, admin::state, admin::log, admin::verify, events::stream, events::ticket,
     ),
     modifiers(&BearerAuth)
@@ -247,8 +247,9 @@ fn complete(doc: &Value, method: &str, mut op: Value) -> Value {
     if let Some(rb) = op.get_mut("requestBody") {
         // ApiJson reads no body (and no Content-Type) as `{}`.
         let reference = &rb["content"]["application/json"]["schema"]["$ref"];
-        let requires_nothing = schema_of(doc, reference)
-            .is_some_and(|s| s["required"].as_array().is_none_or(|r| r.is_empty()));
+        let requires_nothing = schema_of(doc, reference).is_some_and(|s| {
+            s["required"].as_array().is_none_or(|r| r.is_empty()) && s.get("oneOf").is_none()
+        });
         if requires_nothing {
             rb["required"] = json!(false);
         }
@@ -343,4 +344,11 @@ fn tighten_schemas(doc: &mut Value) {
     ]);
     key["description"] =
         json!("`tenant` is required with scope `tenant` and refused with the others.");
+    // A restore's point: exactly one of a time and a WAL position, and nothing else.
+    let target = &mut schemas["RestoreTarget"]["oneOf"];
+    target[0]["properties"]["at"]["format"] = json!("date-time");
+    target[1]["properties"]["lsn"]["pattern"] = json!("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$");
+    for variant in target.as_array_mut().into_iter().flatten() {
+        variant["additionalProperties"] = json!(false);
+    }
 }

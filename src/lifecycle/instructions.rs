@@ -1,9 +1,11 @@
 //! What each worker must do now.
 
 use spg99_projections::{Db, DbState, Retire, ScaleStage, State};
+use spg99_wire::RestoreFrom;
 use uuid::Uuid;
 
 use super::{Instruction, Op};
+use crate::clock::rfc3339;
 
 /// What a worker must do now, derived from the state alone (level-triggered: an instruction
 /// is repeated until the report that settles it is recorded). The route adds each writer's
@@ -23,14 +25,30 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             pg_user: pg_user.filter(|_| serves),
             verifier: None,
             credentials: None,
+            restore: None,
         }
+    };
+    let bare = |op, db_id: Uuid, term, timeline: Option<String>| Instruction {
+        op,
+        db_id,
+        writer_term: term,
+        profile: None,
+        timeline,
+        database: None,
+        pg_user: None,
+        verifier: None,
+        credentials: None,
+        restore: None,
     };
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
     for db in state.active_dbs() {
         if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
             let current = state.tenants.get(&db.tenant).map_or(0, |t| t.credentials);
             match db.state {
-                DbState::Starting => out.push(instruction(Op::Start, db, w.term, Some(&w.profile))),
+                DbState::Starting | DbState::Restoring => out.push(Instruction {
+                    restore: restore_from(db, worker_id),
+                    ..instruction(Op::Start, db, w.term, Some(&w.profile))
+                }),
                 DbState::Stopping => out.push(instruction(Op::Stop, db, w.term, None)),
                 // A password reset reaches the running writers' roles.
                 DbState::Running if w.credentials < current => out.push(Instruction {
@@ -38,6 +56,9 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
                     ..instruction(Op::UpdateRole, db, w.term, None)
                 }),
                 _ => {}
+            }
+            if db.state == DbState::Running && db.stored().backup_wanted == Some(w.term) {
+                out.push(instruction(Op::Backup, db, w.term, None));
             }
         }
         if let Some(c) = db
@@ -60,6 +81,9 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         if gone && db.data_on.as_deref() == Some(worker_id) {
             out.push(instruction(Op::Destroy, db, 0, None));
         }
+        if gone && db.stored().in_repository && purger(state, db) == Some(worker_id) {
+            out.push(instruction(Op::Purge, db, 0, None));
+        }
     }
     let from = (worker_id.to_owned(), Uuid::nil(), 0);
     for ((w, db_id, term), how) in state.retiring.range(from..) {
@@ -71,34 +95,60 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             Retire::Abort => Op::Abort,
         };
         let timeline = state.dbs.get(db_id).map(|d| d.timeline.clone());
-        out.push(Instruction {
-            op,
-            db_id: *db_id,
-            writer_term: *term,
-            profile: None,
-            timeline,
-            database: None,
-            pg_user: None,
-            verifier: None,
-            credentials: None,
-        });
+        out.push(bare(op, *db_id, *term, timeline));
     }
     let from = (worker_id.to_owned(), Uuid::nil());
     for ((w, db_id), timeline) in state.stale_copies.range(from..) {
         if w != worker_id {
             break;
         }
-        out.push(Instruction {
-            op: Op::Destroy,
-            db_id: *db_id,
-            writer_term: 0,
-            profile: None,
-            timeline: Some(timeline.clone()),
-            database: None,
-            pg_user: None,
-            verifier: None,
-            credentials: None,
+        // Never under a writer this worker runs of that database (a start from the
+        // repository onto the stale copy refreshes it instead).
+        let writes_here = state.dbs.get(db_id).is_some_and(|d| {
+            d.writer.as_ref().is_some_and(|w| w.worker_id == worker_id)
+                || d.data_on.as_deref() == Some(worker_id)
         });
+        if !writes_here {
+            out.push(bare(Op::Destroy, *db_id, 0, Some(timeline.clone())));
+        }
     }
     out
+}
+
+/// Where a start on `worker_id` makes its data from, when not from the copy it holds: the
+/// point a restore asked for, or the repository's newest when the newest copy is on
+/// another worker (lost, or with no room) and the repository can give it.
+fn restore_from(db: &Db, worker_id: &str) -> Option<RestoreFrom> {
+    if let Some(r) = &db.restore {
+        return Some(RestoreFrom {
+            timeline: r.from_timeline.clone(),
+            time: r.time.map(rfc3339),
+            lsn: r.lsn.clone(),
+        });
+    }
+    let elsewhere = db.data_on.as_deref().is_some_and(|home| home != worker_id);
+    (elsewhere && db.restorable()).then(|| RestoreFrom {
+        timeline: db.timeline.clone(),
+        time: None,
+        lsn: None,
+    })
+}
+
+/// The worker that removes a deleted database's timeline from the repository: the one that
+/// held its data if it is live, else the live worker (keeping data) with the smallest id.
+pub(super) fn purger<'s>(state: &'s State, db: &Db) -> Option<&'s str> {
+    let live = |id: &str| {
+        state
+            .workers
+            .get(id)
+            .is_some_and(|w| w.lost_at.is_none() && w.keeps_data)
+    };
+    if let Some(home) = db.data_on.as_deref().filter(|h| live(h)) {
+        return state.workers.get(home).map(|w| w.id.as_str());
+    }
+    state
+        .workers
+        .values()
+        .find(|w| w.lost_at.is_none() && w.keeps_data)
+        .map(|w| w.id.as_str())
 }

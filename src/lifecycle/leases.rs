@@ -132,38 +132,24 @@ pub(super) fn checkout(
                     conflict("unknown_size", "the database's size is not in the catalog")
                 })?;
             let worker = match db.data_on.as_deref() {
-                // Its data lives on one worker's own storage: it starts there or not at all.
-                Some(home) => {
-                    place(state, cx, profile, Placement::Only(home)).ok_or_else(|| {
-                        busy(
+                // Its newest copy is on this worker: it resumes there when it can; elsewhere,
+                // from the repository, when the repository holds it.
+                Some(home) => match place(state, cx, profile, Placement::Only(home)) {
+                    Some(worker) => worker,
+                    None if db.restorable() => anywhere(state, cx, profile)?,
+                    None => {
+                        return Err(busy(
                             Code::DataUnavailable.as_str(),
                             format!(
-                            "the worker that holds database {db_name:?}'s data ({home}) is not \
-                             live or has no room for it; retry shortly"
-                        ),
-                            2,
-                        )
-                    })?
-                }
-                None => place(state, cx, profile, Placement::Anywhere).ok_or_else(|| {
-                    if state.workers.values().all(|w| w.lost_at.is_some()) {
-                        busy(
-                            Code::NoWorker.as_str(),
-                            "no worker is live to run databases (none has registered, or every \
-                             one was lost): start one (`spg99 worker`, or `spg99 serve` with its \
-                             local worker)",
-                            2,
-                        )
-                    } else {
-                        busy(
-                            Code::NoCapacity.as_str(),
-                            format!(
-                                "no live worker has room for a {profile} writer; retry shortly"
+                                "the worker that holds database {db_name:?}'s data ({home}) is \
+                                 not live or has no room for it, and the storage repository \
+                                 holds no backup of it yet; retry shortly"
                             ),
                             2,
-                        )
+                        ))
                     }
-                })?,
+                },
+                None => anywhere(state, cx, profile)?,
             };
             let drafts = vec![Draft::new(
                 Subject::db(t, db.id),
@@ -177,7 +163,9 @@ pub(super) fn checkout(
             )];
             Ok((drafts, pending(db, DbState::Starting)))
         }
-        DbState::Starting | DbState::Stopping => Ok((vec![], pending(db, db.state))),
+        DbState::Starting | DbState::Stopping | DbState::Restoring => {
+            Ok((vec![], pending(db, db.state)))
+        }
     }
 }
 
@@ -239,4 +227,28 @@ pub(super) fn release(
     )];
     drafts.extend(load_change(state, cx, db.id));
     Ok((drafts, Answer::Accepted(true)))
+}
+
+/// The live worker with the most room for a `profile` writer, or why there is none.
+pub(super) fn anywhere(
+    state: &State,
+    cx: &Context<'_>,
+    profile: &str,
+) -> Result<String, Rejection> {
+    place(state, cx, profile, Placement::Anywhere).ok_or_else(|| {
+        if state.workers.values().all(|w| w.lost_at.is_some()) {
+            busy(
+                Code::NoWorker.as_str(),
+                "no worker is live to run databases (none has registered, or every one was \
+                 lost): start one (`spg99 worker`, or `spg99 serve` with its local worker)",
+                2,
+            )
+        } else {
+            busy(
+                Code::NoCapacity.as_str(),
+                format!("no live worker has room for a {profile} writer; retry shortly"),
+                2,
+            )
+        }
+    })
 }

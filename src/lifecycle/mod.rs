@@ -68,6 +68,9 @@ pub struct Settings {
     /// Starts that may fail in a row before the database goes `failed`.
     pub max_failed_starts: u32,
     pub autoscaler: Autoscaler,
+    /// The storage repository databases are kept in (handed to workers as they register);
+    /// `None`: each database's data stays on the worker that serves it.
+    pub storage: Option<spg99_wire::storage::Storage>,
 }
 
 impl Default for Settings {
@@ -80,16 +83,64 @@ impl Default for Settings {
             phase_deadline: Duration::from_secs(60),
             max_failed_starts: 3,
             autoscaler: Autoscaler::default(),
+            storage: None,
         }
     }
 }
 
 /// What a database's writer reports about its load.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Load {
     pub db_id: Uuid,
     pub cpu_milli: u32,
     pub active_connections: u32,
+    /// With a repository: how the writer's archiving goes.
+    pub archive: Option<ArchiveLoad>,
+}
+
+/// A writer's archiving, as its heartbeat says (see [`spg99_wire::Archiving`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveLoad {
+    pub archived_at: Option<Timestamp>,
+    pub failure: Option<String>,
+    pub lag_secs: u64,
+}
+
+/// What a worker reports about an instruction.
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    pub worker_id: String,
+    pub db_id: Uuid,
+    pub writer_term: u64,
+    pub outcome: Outcome,
+    pub backend_addr: Option<String>,
+    pub reason: Option<String>,
+    /// The writer keeps the database's data on the worker's own storage.
+    pub keeps_data: bool,
+    /// `role_updated`: the tenant's credentials the role has now.
+    pub credentials: Option<u64>,
+    /// `stopped`: what the writer left in the storage repository.
+    pub stored: Option<StoredReport>,
+    /// `backed_up`: the backup.
+    pub backup: Option<BackupReport>,
+}
+
+/// What a stopped writer left in the repository (see [`spg99_wire::Stored`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReport {
+    pub complete: bool,
+    pub recoverable_until: Option<Timestamp>,
+    pub reason: Option<String>,
+}
+
+/// A backup in the repository (see [`spg99_wire::BackupTaken`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupReport {
+    pub label: String,
+    pub started_at: Timestamp,
+    pub stopped_at: Timestamp,
+    pub oldest_at: Timestamp,
+    pub repository_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,18 +156,7 @@ pub enum Lifecycle {
         worker_id: String,
         loads: Vec<Load>,
     },
-    Report {
-        worker_id: String,
-        db_id: Uuid,
-        writer_term: u64,
-        outcome: Outcome,
-        backend_addr: Option<String>,
-        reason: Option<String>,
-        /// The writer keeps the database's data on the worker's own storage.
-        keeps_data: bool,
-        /// `role_updated`: the tenant's credentials the role has now.
-        credentials: Option<u64>,
-    },
+    Report(Box<WorkerReport>),
     Checkout {
         pg_user: String,
         db: String,
@@ -232,32 +272,9 @@ pub fn decide(
             workers::heartbeat(state, cx, worker_id, loads)?,
             Answer::None,
         )),
-        (
-            _,
-            Lifecycle::Report {
-                worker_id,
-                db_id,
-                writer_term,
-                outcome,
-                backend_addr,
-                reason,
-                keeps_data,
-                credentials,
-            },
-        ) => {
-            live_worker(state, worker_id)?;
-            let drafts = reports::report(
-                state,
-                cx,
-                worker_id,
-                *db_id,
-                *writer_term,
-                *outcome,
-                backend_addr.as_deref(),
-                reason.as_deref(),
-                *keeps_data,
-                *credentials,
-            )?;
+        (_, Lifecycle::Report(r)) => {
+            live_worker(state, &r.worker_id)?;
+            let drafts = reports::report(state, cx, r)?;
             let accepted = !drafts.is_empty();
             Ok((drafts, Answer::Accepted(accepted)))
         }

@@ -9,8 +9,10 @@ use spg99_projections::{Db, DbState, ScaleStage, State};
 use uuid::Uuid;
 
 use super::autoscaler::autoscale;
+use super::leases::anywhere;
 use super::workers::lose_worker;
 use super::{after, scale_failed, Context};
+use crate::catalog;
 use crate::decision::{Draft, Subject};
 
 /// The reconciler's steps, in the order it runs them. Each sees the effects of the ones
@@ -22,16 +24,21 @@ pub enum Step {
     Deadlines,
     IdleStops,
     Autoscale,
+    /// With a repository: the backups the policy wants, and restores to place.
+    Backups,
+    Restores,
     FinishDeletions,
 }
 
 impl Step {
-    pub const ALL: [Step; 6] = [
+    pub const ALL: [Step; 8] = [
         Step::ExpireLeases,
         Step::LoseWorkers,
         Step::Deadlines,
         Step::IdleStops,
         Step::Autoscale,
+        Step::Backups,
+        Step::Restores,
         Step::FinishDeletions,
     ];
 }
@@ -110,7 +117,7 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                     continue;
                 }
                 let event = match db.state {
-                    DbState::Starting => Event::DbStartFailed {
+                    DbState::Starting | DbState::Restoring => Event::DbStartFailed {
                         db_id: db.id,
                         reason: format!("the worker did not start the writer within {limit} s"),
                         give_up: db.failed_starts + 1 >= settings.max_failed_starts,
@@ -156,9 +163,75 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                 }
             }
         }
+        Step::Backups => {
+            if settings.storage.is_some() {
+                drafts.extend(
+                    state
+                        .active_dbs()
+                        .filter_map(|db| backup_due(state, now, db)),
+                );
+            }
+        }
+        Step::Restores => {
+            for db in state.active_dbs() {
+                if let Some(draft) = place_restore(state, cx, db) {
+                    drafts.push(draft);
+                }
+            }
+        }
         Step::FinishDeletions => drafts = finish_deletions(state),
     }
     drafts
+}
+
+/// A running database keeping its data on a repository gets a full backup once a day (and,
+/// after one failed, again once its retry time came).
+const BACKUP_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// A `db.backup_requested` for `db` if the backup policy wants one now.
+fn backup_due(state: &State, now: Timestamp, db: &Db) -> Option<Draft> {
+    let writer = db.writer.as_ref()?;
+    let s = db.stored();
+    let keeps_data = db.data_on.as_deref() == Some(writer.worker_id.as_str());
+    let due = s
+        .last_backup_at
+        .is_none_or(|last| after(last, BACKUP_EVERY) <= now)
+        && s.backup_retry_at.is_none_or(|retry| retry <= now);
+    if db.state != DbState::Running || !keeps_data || s.backup_wanted.is_some() || !due {
+        return None;
+    }
+    let t = state.tenants.get(&db.tenant)?;
+    Some(Draft::new(
+        Subject::db(t, db.id),
+        Event::DbBackupRequested {
+            db_id: db.id,
+            writer_term: writer.term,
+        },
+    ))
+}
+
+/// A restore waiting for its writer gets one, once its old writer has stopped (its last WAL
+/// archived, so that the state kept aside is whole in the repository).
+fn place_restore(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
+    if db.state != DbState::Restoring || db.writer.is_some() {
+        return None;
+    }
+    if state.retiring.keys().any(|(_, d, _)| *d == db.id) {
+        return None;
+    }
+    let profile = *catalog::profiles_of(&db.size).first()?;
+    let worker = anywhere(state, cx, profile).ok()?;
+    let t = state.tenants.get(&db.tenant)?;
+    Some(Draft::new(
+        Subject::db(t, db.id),
+        Event::DbRestoreStarted {
+            db_id: db.id,
+            worker_id: worker,
+            profile: profile.to_owned(),
+            writer_term: db.writer_term + 1,
+            deadline: after(cx.now, cx.settings.phase_deadline),
+        },
+    ))
 }
 
 /// Databases in `deleting` whose writers are all confirmed gone are removed; then tenants in
@@ -179,7 +252,9 @@ fn finish_deletions(state: &State) -> Vec<Draft> {
         let Some(t) = state.tenants.get(&d.tenant) else {
             continue;
         };
-        if !held(d.id) && !data_kept(d) {
+        // And what the repository holds of it is removed first (by a live worker that keeps
+        // data; until one is live, the deletion waits).
+        if !held(d.id) && !data_kept(d) && !d.stored().in_repository {
             removed.insert(d.id);
             drafts.push(Draft::new(
                 Subject::db(t, d.id),

@@ -5,22 +5,23 @@ use spg99_events::Event;
 use spg99_projections::{DbState, ScaleStage, State, Writer};
 use uuid::Uuid;
 
-use super::{after, scale_failed, tenant_of, Context, Outcome};
+use std::time::Duration;
+
+use super::{after, scale_failed, tenant_of, Context, Outcome, WorkerReport};
 use crate::decision::{invalid, Draft, Rejection, Subject};
 
-#[allow(clippy::too_many_arguments)]
+/// A failed backup is asked for again after this long.
+const BACKUP_RETRY: Duration = Duration::from_secs(60);
+
 pub(super) fn report(
     state: &State,
     cx: &mut Context<'_>,
-    worker_id: &str,
-    db_id: Uuid,
-    term: u64,
-    outcome: Outcome,
-    backend_addr: Option<&str>,
-    reason: Option<&str>,
-    keeps_data: bool,
-    credentials: Option<u64>,
+    r: &WorkerReport,
 ) -> Result<Vec<Draft>, Rejection> {
+    let (worker_id, db_id, term, outcome) =
+        (r.worker_id.as_str(), r.db_id, r.writer_term, r.outcome);
+    let (backend_addr, reason) = (r.backend_addr.as_deref(), r.reason.as_deref());
+    let (keeps_data, credentials) = (r.keeps_data, r.credentials);
     if outcome == Outcome::Destroyed {
         return Ok(destroyed(state, worker_id, db_id).into_iter().collect());
     }
@@ -64,16 +65,33 @@ pub(super) fn report(
             )
         })
     };
+    let starting = matches!(db.state, DbState::Starting | DbState::Restoring);
     let event = match outcome {
-        Outcome::Started if writer && db.state == DbState::Starting => {
-            let started = Draft::new(
+        Outcome::Started if writer && starting => {
+            let mut drafts = vec![Draft::new(
                 subject.clone(),
                 Event::DbStarted {
                     db_id,
                     backend_addr: addr()?,
                 },
-            );
-            return Ok(std::iter::once(started).chain(placed()).collect());
+            )];
+            if db.state == DbState::Restoring {
+                drafts.push(Draft::new(subject.clone(), Event::DbRestored { db_id }));
+            }
+            drafts.extend(placed());
+            // The repository gets a backup of a timeline it has none of (a first start, a
+            // restore): until then, only this worker's copy holds the data.
+            let stores = cx.settings.storage.is_some() && keeps_data;
+            if stores && db.stored().last_backup_at.is_none() {
+                drafts.push(Draft::new(
+                    subject.clone(),
+                    Event::DbBackupRequested {
+                        db_id,
+                        writer_term: term,
+                    },
+                ));
+            }
+            return Ok(drafts);
         }
         // The serving writer stopped by itself (its server exited): the database is stopped,
         // and the next checkout starts it again.
@@ -84,7 +102,7 @@ pub(super) fn report(
                 retire: false,
             }
         }
-        Outcome::Failed if writer && db.state == DbState::Starting => Event::DbStartFailed {
+        Outcome::Failed if writer && starting => Event::DbStartFailed {
             db_id,
             reason: format!("the writer failed to start on {worker_id}: {}", why()),
             give_up: db.failed_starts + 1 >= cx.settings.max_failed_starts,
@@ -124,11 +142,55 @@ pub(super) fn report(
             );
             return Ok(std::iter::once(completed).chain(placed()).collect());
         }
-        Outcome::Stopped if writer && db.state == DbState::Stopping => Event::DbStopped {
-            db_id,
-            reason: "stopped after being idle".into(),
-            retire: false,
-        },
+        Outcome::Stopped if writer && db.state == DbState::Stopping => {
+            let stopped = Draft::new(
+                subject.clone(),
+                Event::DbStopped {
+                    db_id,
+                    reason: "stopped after being idle".into(),
+                    retire: false,
+                },
+            );
+            let stored = r.stored.as_ref().map(|s| {
+                Draft::new(
+                    subject.clone(),
+                    Event::DbStored {
+                        db_id,
+                        complete: s.complete,
+                        recoverable_until: s.recoverable_until,
+                        reason: s.reason.clone(),
+                    },
+                )
+            });
+            return Ok(std::iter::once(stopped).chain(stored).collect());
+        }
+        Outcome::BackedUp if writer && db.stored().backup_wanted == Some(term) => {
+            let Some(b) = &r.backup else {
+                return Err(invalid("backup", "required with this outcome"));
+            };
+            Event::DbBackupCompleted {
+                db_id,
+                timeline: db.timeline.clone(),
+                label: b.label.clone(),
+                started_at: b.started_at,
+                stopped_at: b.stopped_at,
+                oldest_at: b.oldest_at,
+                repository_bytes: b.repository_bytes,
+            }
+        }
+        Outcome::BackupFailed if writer && db.stored().backup_wanted == Some(term) => {
+            Event::DbBackupFailed {
+                db_id,
+                reason: why(),
+                retry_at: after(cx.now, BACKUP_RETRY),
+            }
+        }
+        Outcome::Purged if db.state == DbState::Deleting && db.stored().in_repository => {
+            Event::DbPurged {
+                db_id,
+                timeline: db.timeline.clone(),
+            }
+        }
         Outcome::RoleUpdated if writer && db.state == DbState::Running => {
             let had = db.writer.as_ref().map_or(0, |w| w.credentials);
             match credentials.filter(|c| *c > had && *c <= t.credentials) {

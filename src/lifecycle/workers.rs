@@ -123,9 +123,44 @@ pub(super) fn heartbeat(
                 .writer_load
                 .insert(load.db_id, (load.cpu_milli, load.active_connections));
             drafts.extend(load_change(state, cx, load.db_id));
+            drafts.extend(archive_change(state, cx, load));
         }
     }
     Ok(drafts)
+}
+
+/// A `db.archive_failed` when a serving writer's archiving starts failing or lags beyond
+/// twice the archive timeout; a `db.archive_recovered` once it succeeds again within the
+/// timeout. Transitions only: a heartbeat that changes nothing records nothing.
+fn archive_change(state: &State, cx: &Context<'_>, load: &Load) -> Option<Draft> {
+    let (archive, storage) = (load.archive.as_ref()?, cx.settings.storage.as_ref()?);
+    let db = state.dbs.get(&load.db_id)?;
+    let timeout = storage.archive_timeout_secs;
+    let trouble = archive
+        .failure
+        .as_ref()
+        .map(|f| format!("WAL archiving fails: {f}"))
+        .or_else(|| {
+            (archive.lag_secs > 2 * timeout).then(|| {
+                format!(
+                    "WAL archiving lags {} s behind (more than twice the archive timeout of {timeout} s)",
+                    archive.lag_secs
+                )
+            })
+        });
+    let failing = db.stored().archive_failure.is_some();
+    let event = match trouble {
+        Some(reason) if !failing => Event::DbArchiveFailed {
+            db_id: db.id,
+            reason,
+        },
+        None if failing && archive.lag_secs <= timeout => {
+            Event::DbArchiveRecovered { db_id: db.id }
+        }
+        _ => return None,
+    };
+    let t = state.tenants.get(&db.tenant)?;
+    Some(Draft::new(Subject::db(t, db.id), event))
 }
 
 /// Everything a lost worker held: writers stop (or their start fails), handoffs that

@@ -60,9 +60,61 @@ pub struct DbView {
     phase_deadline_at: Option<String>,
     /// Why the database is `failed`, or why its last start failed.
     failure_reason: Option<String>,
+    /// The database's size in the storage repository (its backups and archived WAL).
+    storage_bytes: u64,
+    /// The earliest point it can be restored to (its oldest backup kept); none before its
+    /// first backup.
+    history_start_at: Option<String>,
+    /// The newest point the repository holds: for a stopped database, its stop; for a
+    /// running one, its last archived WAL (within `--archive-timeout`).
+    recoverable_until: Option<String>,
+    last_backup_at: Option<String>,
+    /// Why the repository may not hold everything now (archiving failing or lagging, a stop
+    /// that could not archive its last WAL, a failed backup).
+    storage_warning: Option<String>,
+    /// The restore in progress (`restoring`).
+    restore: Option<RestoreView>,
+}
+
+/// A restore in progress.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RestoreView {
+    /// The point restored to (RFC 3339), or the LSN.
+    at: Option<String>,
+    lsn: Option<String>,
+    /// The database that keeps the state from before the restore.
+    kept_db_id: Uuid,
+    kept_db: Option<String>,
 }
 
 impl DbView {
+    /// The describe, its `recoverable_until` from what the repository holds as last
+    /// recorded (a stop, a backup); [`DbView::archived_at`] makes it a running writer's last
+    /// archive.
+    pub fn of(state: &State, t: &Tenant, d: &Db) -> Self {
+        let mut view = DbView::new(t, d);
+        if let (Some(v), Some(r)) = (view.restore.as_mut(), d.restore.as_ref()) {
+            v.kept_db = state.dbs.get(&r.kept_db_id).map(|k| k.name.to_string());
+        }
+        view
+    }
+
+    /// A running writer's WAL reached the repository at `at`, as its last heartbeat said.
+    pub fn archived_at(mut self, at: Option<spg99_events::Timestamp>) -> Self {
+        if let Some(at) = at.filter(|_| self.state == DbState::Running.as_str()) {
+            let at = rfc3339(at);
+            // Both in the same form: the later one sorts last.
+            if self
+                .recoverable_until
+                .as_ref()
+                .is_none_or(|known| *known < at)
+            {
+                self.recoverable_until = Some(at);
+            }
+        }
+        self
+    }
+
     pub fn new(t: &Tenant, d: &Db) -> Self {
         let serving = matches!(d.state, DbState::Running | DbState::Stopping);
         let wanted = matches!(d.state, DbState::Starting | DbState::Running);
@@ -100,6 +152,21 @@ impl DbView {
             backend_addr: writer.and_then(|w| w.backend_addr.clone()),
             phase_deadline_at: d.phase_deadline_at.map(rfc3339),
             failure_reason: d.failure_reason.clone(),
+            storage_bytes: d.stored().bytes,
+            history_start_at: d.stored().oldest_backup_at.map(rfc3339),
+            recoverable_until: d.stored().recoverable_until.map(rfc3339),
+            last_backup_at: d.stored().last_backup_at.map(rfc3339),
+            storage_warning: d
+                .stored()
+                .archive_failure
+                .clone()
+                .or_else(|| d.stored().warning.clone()),
+            restore: d.restore.as_ref().map(|r| RestoreView {
+                at: r.time.map(rfc3339),
+                lsn: r.lsn.clone(),
+                kept_db_id: r.kept_db_id,
+                kept_db: None,
+            }),
         }
     }
 }
@@ -114,7 +181,7 @@ fn render_db(
             .tenant_by_name(&tenant)
             .and_then(|t| state.db_by_name(t.id, &db).map(|d| (t, d)));
         match found {
-            Some((t, d)) => answer(status, &DbView::new(t, d)),
+            Some((t, d)) => answer(status, &DbView::of(state, t, d)),
             None => ApiError::not_found("database").rendered(),
         }
     }
@@ -186,7 +253,10 @@ pub async fn list(
     let items = state
         .dbs_of(t.id)
         .skip_while(|d| page.after.as_deref().is_some_and(|a| d.name.as_str() <= a))
-        .map(|d| (d.name.as_str(), DbView::new(t, d)));
+        .map(|d| {
+            let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+            (d.name.as_str(), view)
+        });
     let listed = page.collect(items);
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(listed))
 }
@@ -200,7 +270,8 @@ pub async fn get(
     let key = &caller.key;
     let state = app.shared.read();
     let (t, d) = access::db(&state, key, &path.0, &path.1)?;
-    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
+    let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(view))
 }
 
 #[utoipa::path(get, path = "/v2/dbs/{id}", tag = "databases", operation_id = "getDbById", params(("id" = Uuid, Path, description = "the `db_id`")), responses((status = 200, body = DbView), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
@@ -213,7 +284,8 @@ pub async fn get_by_id(
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("database"))?;
     let state = app.shared.read();
     let (t, d) = access::db_by_id(&state, key, id)?;
-    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(DbView::new(t, d)))
+    let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+    Ok(at_version(HttpResponse::Ok(), state.last_seq).json(view))
 }
 
 #[utoipa::path(delete, path = "/v2/tenants/{tenant}/dbs/{db}", tag = "databases", operation_id = "deleteDb", params(("tenant" = String, Path), ("db" = String, Path), Idempotent), responses((status = 202, description = "the database, `deleting`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
@@ -239,6 +311,89 @@ pub async fn delete(
         render,
     )
     .await
+}
+
+/// `POST /v2/tenants/{t}/dbs/{db}/restore`, as the API document describes it: one of `at`
+/// and `lsn`. Read as [`RestoreDb`], whose errors name the field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum RestoreTarget {
+    /// A time, RFC 3339, from `history_start_at` to now.
+    At { at: String },
+    /// A WAL position, `X/Y` (hexadecimal), as `pg_current_wal_lsn()` shows it.
+    Lsn { lsn: String },
+}
+
+/// `POST /v2/tenants/{t}/dbs/{db}/restore`: `at` (RFC 3339) or `lsn` (`X/Y`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreDb {
+    /// The point to restore to: RFC 3339, from `history_start_at` to now.
+    #[serde(default)]
+    at: Option<String>,
+    /// Or a WAL position, `X/Y` (hexadecimal), as `pg_current_wal_lsn()` shows it.
+    #[serde(default)]
+    lsn: Option<String>,
+}
+
+/// A restore in place: the database keeps its name, DSN and `db_id`, and serves its state as
+/// of `at` (or `lsn`) on a new timeline; the state it has now is kept as a new database of
+/// the tenant, named in the answer's `restore.kept_db`.
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/restore", tag = "databases", operation_id = "restoreDb", params(("tenant" = String, Path), ("db" = String, Path), Idempotent), request_body = RestoreTarget, responses((status = 202, description = "the database, `restoring`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "`db_busy`, `db_deleting`, `restore_in_progress`, `no_repository`", body = ErrorBody), (status = 422, description = "`outside_history` (the point is not in the repository), `invalid_value`", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn restore(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: ApiJson<RestoreDb>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = path_name("tenant", &path.0)?;
+    let db = path_name("database", &path.1)?;
+    let (time, lsn) = match (&body.value.at, &body.value.lsn) {
+        (Some(at), None) => {
+            let t = crate::clock::parse_rfc3339(at).ok_or_else(|| Invalid {
+                field: "at",
+                message: "an RFC 3339 time, e.g. 2026-12-04T18:15:00Z".into(),
+            })?;
+            (Some(t), None)
+        }
+        (None, Some(lsn)) => {
+            let hex =
+                |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+            if !lsn.split_once('/').is_some_and(|(a, b)| hex(a) && hex(b)) {
+                return Err(Invalid {
+                    field: "lsn",
+                    message: "a WAL position, X/Y in hexadecimal (as pg_current_wal_lsn() shows)"
+                        .into(),
+                }
+                .into());
+            }
+            (None, Some(lsn.to_ascii_uppercase()))
+        }
+        _ => {
+            return Err(Invalid {
+                field: "at",
+                message: "give the point to restore to: `at` (RFC 3339) or `lsn`, one of them"
+                    .into(),
+            }
+            .into())
+        }
+    };
+    let render = render_db(
+        tenant.as_str().to_owned(),
+        db.as_str().to_owned(),
+        StatusCode::ACCEPTED,
+    );
+    let command = Command::RestoreDb {
+        tenant,
+        db,
+        time,
+        lsn,
+        timeline: random_hex(16),
+        kept_db_id: Uuid::new_v4(),
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
 /// Manual start, stop and scale are refused: a database starts on its first connection and

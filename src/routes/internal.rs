@@ -78,6 +78,7 @@ pub async fn register(
         worker_id: r.id,
         heartbeat_interval_ms: app.settings.heartbeat_interval.as_millis() as u64,
         worker_timeout_ms: app.settings.worker_timeout.as_millis() as u64,
+        storage: app.settings.storage.clone(),
     }))
 }
 
@@ -161,9 +162,33 @@ pub async fn heartbeat(
                 db_id: l.db_id,
                 cpu_milli: cpu_milli("loads.cpu", l.cpu)?,
                 active_connections: l.active_connections,
+                archive: l
+                    .archive
+                    .as_ref()
+                    .map(|a| {
+                        Ok::<_, ApiError>(lifecycle::ArchiveLoad {
+                            archived_at: a
+                                .archived_at
+                                .as_deref()
+                                .map(|t| time("loads.archive.archived_at", t))
+                                .transpose()?,
+                            failure: a.failure.clone(),
+                            lag_secs: a.lag_secs,
+                        })
+                    })
+                    .transpose()?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    {
+        let mut archived = app.archived.lock().unwrap_or_else(|p| p.into_inner());
+        for l in &loads {
+            match l.archive.as_ref().and_then(|a| a.archived_at) {
+                Some(at) => archived.insert(l.db_id, at),
+                None => archived.remove(&l.db_id),
+            };
+        }
+    }
     let worker_id = path.into_inner();
     submit(
         &app,
@@ -261,10 +286,36 @@ pub async fn report(
     body: ApiJson<wire::Report>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.value;
+    let stored = r
+        .stored
+        .map(|s| {
+            Ok::<_, ApiError>(lifecycle::StoredReport {
+                complete: s.complete,
+                recoverable_until: s
+                    .recoverable_until
+                    .as_deref()
+                    .map(|t| time("stored.recoverable_until", t))
+                    .transpose()?,
+                reason: s.reason,
+            })
+        })
+        .transpose()?;
+    let backup = r
+        .backup
+        .map(|b| {
+            Ok::<_, ApiError>(lifecycle::BackupReport {
+                started_at: time("backup.started_at", &b.started_at)?,
+                stopped_at: time("backup.stopped_at", &b.stopped_at)?,
+                oldest_at: time("backup.oldest_at", &b.oldest_at)?,
+                label: b.label,
+                repository_bytes: b.repository_bytes,
+            })
+        })
+        .transpose()?;
     let done = submit(
         &app,
         &caller,
-        Lifecycle::Report {
+        Lifecycle::Report(Box::new(lifecycle::WorkerReport {
             worker_id: path.into_inner(),
             db_id: r.db_id,
             writer_term: r.writer_term,
@@ -273,11 +324,23 @@ pub async fn report(
             reason: r.reason,
             keeps_data: r.keeps_data,
             credentials: r.credentials,
-        },
+            stored,
+            backup,
+        })),
     )
     .await?;
     let accepted = done.answer == Answer::Accepted(true);
     Ok(HttpResponse::Ok().json(wire::ReportAnswer { accepted }))
+}
+
+/// A time a worker sent (RFC 3339), or 422 naming the field.
+fn time(field: &'static str, raw: &str) -> Result<spg99_events::Timestamp, ApiError> {
+    crate::clock::parse_rfc3339(raw).ok_or_else(|| {
+        ApiError::from(crate::domain::Invalid {
+            field,
+            message: format!("{raw:?} is not an RFC 3339 time"),
+        })
+    })
 }
 
 // ---- Gateway ----

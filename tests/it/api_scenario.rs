@@ -32,6 +32,12 @@ pub const DESCRIBE_FIELDS: &[&str] = &[
     "writer_term",
     "phase_deadline_at",
     "failure_reason",
+    "storage_bytes",
+    "history_start_at",
+    "recoverable_until",
+    "last_backup_at",
+    "storage_warning",
+    "restore",
 ];
 
 #[test]

@@ -236,6 +236,16 @@ fn cases() -> Vec<Case> {
             expect: [202, 202, 404, 202, 404, 403],
         },
         Case {
+            // Allowed (can_delete), it reaches the history check: d1 never ran, so it has no
+            // backup to restore from.
+            route: "POST /v2/tenants/{tenant}/dbs/{db}/restore",
+            call: |_, _| {
+                let body = json!({"at": "2026-01-01T00:00:00Z"});
+                ("POST", "/v2/tenants/t1/dbs/d1/restore".into(), Some(body))
+            },
+            expect: [422, 422, 404, 422, 404, 403],
+        },
+        Case {
             route: "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
             call: |_, _| ("POST", "/v2/tenants/t1/dbs/d1/start".into(), None),
             expect: [409, 409, 404, 409, 404, 409],
@@ -302,6 +312,7 @@ const ROUTES: &[&str] = &[
     "GET /v2/tenants/{tenant}/dbs",
     "GET /v2/tenants/{tenant}/dbs/{db}",
     "DELETE /v2/tenants/{tenant}/dbs/{db}",
+    "POST /v2/tenants/{tenant}/dbs/{db}/restore",
     "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
     "GET /v2/dbs/{id}",
     "GET /v2/sizes",

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 pub mod client;
 pub mod metrics;
+pub mod storage;
 
 /// The compute profiles: a writer's CPU and memory. The control plane places writers by
 /// profile and the autoscaler moves them between profiles; the worker runs each profile with
@@ -90,6 +91,10 @@ pub struct Registered {
     pub worker_id: String,
     pub heartbeat_interval_ms: u64,
     pub worker_timeout_ms: u64,
+    /// The storage repository every database is kept in; `None`: data stays on the worker
+    /// that serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<storage::Storage>,
 }
 
 /// `POST /internal/v1/workers/{id}/heartbeat`.
@@ -110,6 +115,24 @@ pub struct Load {
     /// Client sessions connected to the writer.
     #[serde(default)]
     pub active_connections: u32,
+    /// With a repository: the writer's WAL archiving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<Archiving>,
+}
+
+/// How a writer's WAL archiving goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archiving {
+    /// When the last WAL segment reached the repository (RFC 3339); none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<String>,
+    /// Why archiving fails, when its last attempt failed after its last success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// How long the oldest WAL not yet in the repository has waited (seconds).
+    #[serde(default)]
+    pub lag_secs: u64,
 }
 
 /// A worker's instructions (the answer to heartbeats and to instruction polls). `I` is
@@ -140,6 +163,10 @@ pub enum Op {
     Destroy,
     /// Give the serving writer's role the tenant's current verifier (a password reset).
     UpdateRole,
+    /// Take a full backup of the serving writer's data into the repository.
+    Backup,
+    /// Remove the database's data (`timeline`) from the repository.
+    Purge,
 }
 
 impl Op {
@@ -152,6 +179,8 @@ impl Op {
             Op::Abort => "abort",
             Op::Destroy => "destroy",
             Op::UpdateRole => "update_role",
+            Op::Backup => "backup",
+            Op::Purge => "purge",
         }
     }
 }
@@ -181,6 +210,23 @@ pub struct Instruction {
     /// `update_role`: which of the tenant's credentials the verifier is (reported back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<u64>,
+    /// `start`: make the data directory from the repository first (the newest data is
+    /// elsewhere, or a point in the past is wanted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// Where a start's data comes from in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// The timeline (stanza) whose backups and WAL are restored.
+    pub timeline: String,
+    /// The point to recover to (RFC 3339), or an LSN (`X/Y`); neither: the newest archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
 }
 
 /// What a worker reports about an instruction (or, `failed` for a serving writer, about a
@@ -196,6 +242,10 @@ pub enum Outcome {
     Destroyed,
     RoleUpdated,
     Failed,
+    BackedUp,
+    /// `backup` did not complete (the reason says why); the writer serves on.
+    BackupFailed,
+    Purged,
 }
 
 impl Outcome {
@@ -209,6 +259,9 @@ impl Outcome {
             Outcome::Destroyed => "destroyed",
             Outcome::RoleUpdated => "role_updated",
             Outcome::Failed => "failed",
+            Outcome::BackedUp => "backed_up",
+            Outcome::BackupFailed => "backup_failed",
+            Outcome::Purged => "purged",
         }
     }
 }
@@ -233,6 +286,41 @@ pub struct Report {
     /// `role_updated`: the credentials the role has now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<u64>,
+    /// `stopped` (with a repository): how much of what the writer wrote is in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<Box<Stored>>,
+    /// `backed_up`: the backup taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Box<BackupTaken>>,
+}
+
+/// What a stopped writer left in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    /// Everything it wrote is there (its last WAL was archived before it stopped).
+    pub complete: bool,
+    /// The newest point the repository holds (RFC 3339), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<String>,
+    /// Why it is not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A backup in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupTaken {
+    pub label: String,
+    /// When the backup began and when it became consistent (RFC 3339): a point at or after
+    /// `stopped_at` can be restored from it.
+    pub started_at: String,
+    pub stopped_at: String,
+    /// When the oldest backup the repository keeps of this timeline became consistent.
+    pub oldest_at: String,
+    /// The timeline's size in the repository: its backups and WAL.
+    pub repository_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 //! Calls for one database never overlap: the agent runs each instruction in its own thread,
 //! but a driver serializes the calls that touch the same database.
 
+use spg99_wire::storage::Storage;
+use spg99_wire::{Archiving, BackupTaken, RestoreFrom, Stored};
 use uuid::Uuid;
 
 /// A writer to start, prepare or promote: everything the instruction says about it.
@@ -20,6 +22,8 @@ pub struct WriterSpec {
     pub database: String,
     pub pg_user: String,
     pub verifier: String,
+    /// Make the data directory from the repository first.
+    pub restore: Option<RestoreFrom>,
 }
 
 /// A writer that serves.
@@ -38,6 +42,8 @@ pub struct Measured {
     /// Fraction of the profile's vCPUs in use.
     pub cpu: f64,
     pub sessions: u32,
+    /// With a repository: how its archiving goes.
+    pub archive: Option<Archiving>,
 }
 
 /// A serving writer that stopped by itself.
@@ -51,11 +57,28 @@ pub struct Exited {
 pub type Result<T> = std::result::Result<T, String>;
 
 pub trait Compute: Send + Sync + 'static {
+    /// Keeps data in `storage`'s repository from now on (`None`: in none); set at each
+    /// registration. An error: the repository cannot be used.
+    fn set_storage(&self, storage: Option<&Storage>) -> Result<()> {
+        let _ = storage;
+        Ok(())
+    }
     /// Starts the writer; `Ok` once it accepts connections.
     fn start(&self, writer: &WriterSpec) -> Result<Served>;
     /// Stops the writer of `term` (nothing if that term no longer runs here), keeping every
-    /// committed transaction.
-    fn stop(&self, db_id: Uuid, term: u64) -> Result<()>;
+    /// committed transaction; with a repository, its last WAL archived first (what it left
+    /// there).
+    fn stop(&self, db_id: Uuid, term: u64) -> Result<Option<Stored>>;
+    /// A full backup of the serving writer of `term` into the repository.
+    fn backup(&self, db_id: Uuid, term: u64) -> Result<BackupTaken> {
+        let _ = (db_id, term);
+        Err("this worker keeps no data in a repository".into())
+    }
+    /// Removes the timeline's data from the repository.
+    fn purge(&self, timeline: &str) -> Result<()> {
+        let _ = timeline;
+        Err("this worker keeps no data in a repository".into())
+    }
     /// Prepares a candidate writer for a handoff to `writer.profile`.
     fn prepare(&self, writer: &WriterSpec) -> Result<()>;
     /// Makes the prepared candidate the writer. On failure the old writer serves again.

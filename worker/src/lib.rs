@@ -18,6 +18,7 @@ pub mod compute;
 pub mod metrics;
 pub mod postgres;
 pub mod simulated;
+pub mod storage;
 
 use std::path::PathBuf;
 use std::sync::Arc;

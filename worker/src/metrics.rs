@@ -1,6 +1,7 @@
 //! The worker's metrics (docs/metrics.md): each instruction's work by operation (a start's
 //! time is a cold start on this host: a cluster made or resumed and PostgreSQL listening),
-//! reports by outcome, heartbeats, and the writers it serves. One process-wide set;
+//! reports by outcome, heartbeats, the writers it serves, and with a repository its storage
+//! work (backups, restores, a stop's final archive) and how archiving goes. One process-wide set;
 //! `spg99 worker --metrics-listen` serves it, `spg99 serve` adds the local worker's to its own
 //! `/metrics`.
 
@@ -39,6 +40,12 @@ pub struct Metrics {
     pub reports: Family<Outcome, Counter>,
     pub heartbeats: Family<Result, Counter>,
     pub writers: Gauge<i64, AtomicI64>,
+    /// With a repository: backups, restores and a stop's final archive, by operation.
+    pub storage: Family<Op, Histogram, fn() -> Histogram>,
+    /// Writers whose archiving fails, as of the last heartbeat.
+    pub archive_failing: Gauge<i64, AtomicI64>,
+    /// The longest any writer's WAL has waited for the repository (seconds).
+    pub archive_lag: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -50,6 +57,9 @@ impl Metrics {
             reports: Family::default(),
             heartbeats: Family::default(),
             writers: Gauge::default(),
+            storage: Family::new_with_constructor(durations),
+            archive_failing: Gauge::default(),
+            archive_lag: Gauge::default(),
         };
         let r = &mut registry;
         r.register_with_unit(
@@ -72,6 +82,23 @@ impl Metrics {
             "spg99_worker_writers",
             "Writers this worker serves, as of its last heartbeat",
             m.writers.clone(),
+        );
+        r.register_with_unit(
+            "spg99_worker_storage_duration",
+            "Time of the repository's work, by operation (backup, restore, final_archive: a stop's last WAL)",
+            Unit::Seconds,
+            m.storage.clone(),
+        );
+        r.register(
+            "spg99_worker_archive_failing",
+            "Writers whose WAL archiving fails, as of the last heartbeat",
+            m.archive_failing.clone(),
+        );
+        r.register_with_unit(
+            "spg99_worker_archive_lag",
+            "The longest time any writer's WAL has waited for the repository, as of the last heartbeat",
+            Unit::Seconds,
+            m.archive_lag.clone(),
         );
         Metrics { registry, ..m }
     }

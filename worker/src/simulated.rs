@@ -117,9 +117,9 @@ impl Compute for Simulated {
         Ok(self.served())
     }
 
-    fn stop(&self, _: Uuid, _: u64) -> Result<()> {
+    fn stop(&self, _: Uuid, _: u64) -> Result<Option<spg99_wire::Stored>> {
         thread::sleep(self.stop_delay);
-        Ok(())
+        Ok(None)
     }
 
     fn prepare(&self, _: &WriterSpec) -> Result<()> {
@@ -159,6 +159,7 @@ impl Compute for Simulated {
                 db_id,
                 cpu,
                 sessions: self.connections,
+                archive: None,
             })
             .collect();
         (measured, Vec::new())
@@ -222,6 +223,7 @@ mod tests {
             database: "app".into(),
             pg_user: "u".into(),
             verifier: "v".into(),
+            restore: None,
         };
         assert_eq!(sim.start(&w).unwrap_err(), "simulated start failure");
         assert_eq!(sim.prepare(&w).unwrap_err(), "simulated prepare failure");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
-use spg99_wire::{Instruction, Op, Outcome, Report};
+use spg99_wire::{BackupTaken, Instruction, Op, Outcome, Report, Stored};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -75,6 +75,8 @@ impl Key {
             reason: None,
             keeps_data: false,
             credentials: (outcome == Outcome::RoleUpdated).then_some(self.credentials),
+            stored: None,
+            backup: None,
         }
     }
 
@@ -119,6 +121,8 @@ pub(super) enum Plan {
     Abort,
     Destroy(String),
     UpdateRole(WriterSpec),
+    Backup,
+    Purge(String),
 }
 
 /// An instruction's work, run in its own thread.
@@ -138,7 +142,17 @@ pub(super) enum Action {
 }
 
 /// What the driver did with a piece of work.
-pub(super) type Done = Result<Option<Served>, String>;
+#[derive(Debug, Clone)]
+pub(super) enum Did {
+    Nothing,
+    /// A writer serves (a start, a promote).
+    Served(Served),
+    /// A writer stopped, leaving this in the repository.
+    Stopped(Option<Stored>),
+    BackedUp(BackupTaken),
+}
+
+pub(super) type Done = Result<Did, String>;
 
 /// The writer the instruction describes (empty where it says nothing: the driver refuses
 /// what it cannot run).
@@ -152,6 +166,7 @@ fn spec(instruction: &Instruction) -> WriterSpec {
         database: text(&instruction.database),
         pg_user: text(&instruction.pg_user),
         verifier: text(&instruction.verifier),
+        restore: instruction.restore.clone(),
     }
 }
 
@@ -278,6 +293,12 @@ impl State {
             (Op::Destroy, _, _) => Plan::Destroy(instruction.timeline.clone().unwrap_or_default()),
             (Op::UpdateRole, Some(Role::Serving), _) => Plan::UpdateRole(spec(instruction)),
             (Op::UpdateRole, _, _) => Plan::Conclude(key.failure("no serving writer at this term")),
+            (Op::Backup, Some(Role::Serving), _) => Plan::Backup,
+            (Op::Backup, _, _) => Plan::Conclude(Report {
+                reason: Some("no serving writer at this term".into()),
+                ..key.report(Outcome::BackupFailed)
+            }),
+            (Op::Purge, _, _) => Plan::Purge(instruction.timeline.clone().unwrap_or_default()),
         }
     }
 
@@ -310,7 +331,7 @@ impl State {
     /// After the driver's work: the outcome to report (`None` when a registration came
     /// between), and whether a writer it started is unwanted and must be stopped again.
     pub(super) fn finish(&mut self, work: &Work, done: Done) -> (Option<Report>, bool) {
-        let started = matches!(done, Ok(Some(_)));
+        let started = matches!(done, Ok(Did::Served(_)));
         if work.epoch != self.epoch {
             return (None, started);
         }
@@ -322,7 +343,7 @@ impl State {
             (Plan::Start(_), _) if role != Some(Role::Starting) => {
                 (key.failure("writer stopped before it started"), started)
             }
-            (Plan::Start(_), Ok(Some(served))) => {
+            (Plan::Start(_), Ok(Did::Served(served))) => {
                 let report = key.served(Outcome::Started, &served);
                 self.serve(writer, served);
                 (report, false)
@@ -337,7 +358,7 @@ impl State {
             (Plan::Promote(_), _) if role != Some(Role::Promoting) => {
                 (key.failure("candidate aborted while promoting"), false)
             }
-            (Plan::Promote(_), Ok(Some(served))) => {
+            (Plan::Promote(_), Ok(Did::Served(served))) => {
                 let report = key.served(Outcome::Promoted, &served);
                 self.serve(writer, served);
                 (report, false)
@@ -346,7 +367,7 @@ impl State {
                 self.writers.remove(&writer);
                 (key.failure(reason), false)
             }
-            (Plan::Start(_) | Plan::Promote(_), Ok(None)) => {
+            (Plan::Start(_) | Plan::Promote(_), Ok(_)) => {
                 self.writers.remove(&writer);
                 (key.failure("the writer did not say where it serves"), false)
             }
@@ -357,18 +378,44 @@ impl State {
                 self.tasks.remove(key);
                 return (None, false);
             }
-            (Plan::Stop | Plan::Abort | Plan::Destroy(_), Err(reason)) => {
+            (Plan::Stop | Plan::Abort | Plan::Destroy(_) | Plan::Purge(_), Err(reason)) => {
                 // Not settled: run again when listed again.
                 self.tasks.remove(key);
                 return (Some(key.failure(reason)), false);
             }
-            (Plan::Stop, Ok(_)) => {
+            (Plan::Stop, Ok(did)) => {
                 self.writers.remove(&writer);
-                (key.report(Outcome::Stopped), false)
+                let stored = match did {
+                    Did::Stopped(stored) => stored,
+                    _ => None,
+                };
+                let report = Report {
+                    stored: stored.map(Box::new),
+                    ..key.report(Outcome::Stopped)
+                };
+                (report, false)
             }
             (Plan::Abort, Ok(_)) => (key.report(Outcome::Aborted), false),
             (Plan::Destroy(_), Ok(_)) => (key.report(Outcome::Destroyed), false),
+            (Plan::Purge(_), Ok(_)) => (key.report(Outcome::Purged), false),
             (Plan::UpdateRole(_), Ok(_)) => (key.report(Outcome::RoleUpdated), false),
+            (Plan::Backup, Ok(Did::BackedUp(backup))) => {
+                let report = Report {
+                    backup: Some(Box::new(backup)),
+                    ..key.report(Outcome::BackedUp)
+                };
+                (report, false)
+            }
+            (Plan::Backup, done) => {
+                let reason = done
+                    .err()
+                    .unwrap_or_else(|| "the backup said nothing of itself".into());
+                let report = Report {
+                    reason: Some(reason),
+                    ..key.report(Outcome::BackupFailed)
+                };
+                (report, false)
+            }
         };
         self.tasks.insert(*key, Task::Reporting(report.clone()));
         (Some(report), undo)
@@ -472,6 +519,7 @@ mod tests {
             pg_user: Some("u_1".into()),
             verifier: Some("SCRAM-SHA-256$...".into()),
             credentials: None,
+            restore: None,
         }
     }
 
@@ -485,8 +533,8 @@ mod tests {
     /// What a driver that always succeeds answers to `plan`.
     fn success(plan: &Plan) -> Done {
         Ok(match plan {
-            Plan::Start(_) | Plan::Promote(_) => Some(served()),
-            _ => None,
+            Plan::Start(_) | Plan::Promote(_) => Did::Served(served()),
+            _ => Did::Nothing,
         })
     }
 
@@ -571,7 +619,7 @@ mod tests {
         let aborted = complete(&mut state, &ins(Op::Abort, db, 3), now);
         assert_eq!(aborted.outcome, Outcome::Aborted);
         assert!(state.writers.is_empty());
-        let (late, _) = state.finish(&prepare, Ok(None));
+        let (late, _) = state.finish(&prepare, Ok(Did::Nothing));
         assert_eq!(late.unwrap().outcome, Outcome::Failed);
         assert!(state.writers.is_empty());
     }
@@ -625,7 +673,10 @@ mod tests {
         complete(&mut state, &ins(Op::Start, db, 1), now);
         let pending = work(state.begin(&limits(), &ins(Op::Start, Uuid::new_v4(), 1), now));
         assert_eq!(state.reset(), 2);
-        assert_eq!(state.finish(&pending, Ok(Some(served()))), (None, true));
+        assert_eq!(
+            state.finish(&pending, Ok(Did::Served(served()))),
+            (None, true)
+        );
         assert!(state.writers.is_empty() && state.tasks.is_empty());
         // The same instruction listed again after registering is new work.
         assert!(matches!(
@@ -690,7 +741,7 @@ mod tests {
         };
         let w = work(state.begin(&limits(), &destroy, now));
         assert!(matches!(&w.plan, Plan::Destroy(t) if t == "t1"));
-        let (report, _) = state.finish(&w, Ok(None));
+        let (report, _) = state.finish(&w, Ok(Did::Nothing));
         assert_eq!(report.unwrap().outcome, Outcome::Destroyed);
     }
 

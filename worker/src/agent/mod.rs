@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::compute::Compute;
-use books::{Action, Done, Plan, State, Work};
+use books::{Action, Did, Done, Plan, State, Work};
 
 /// How long one instructions poll may wait on the control plane.
 const POLL_WAIT: Duration = Duration::from_millis(5000);
@@ -178,7 +178,7 @@ impl Agent {
 
     /// Registers, retrying while the control plane is unreachable or failing; then drops
     /// whatever was held before (the control plane counts on none of it any more).
-    fn register(&self) -> Result<(), CallError> {
+    fn register(&self) -> Result<(), String> {
         let mut backoff = Backoff::new();
         let registered = loop {
             match self.client.register(&self.registration) {
@@ -187,9 +187,14 @@ impl Agent {
                     warn!(error = %e, "cannot register yet; retrying");
                     backoff.sleep();
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.to_string()),
             }
         };
+        // A repository that cannot be used is said at once: no database may start here
+        // without one where the data could be kept.
+        self.compute
+            .set_storage(registered.storage.as_ref())
+            .map_err(|e| format!("the storage repository: {e}"))?;
         let suggested = match registered.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms),
@@ -226,7 +231,7 @@ impl Agent {
 
     /// Registers again after `worker_unknown` to a call made in `seen_epoch`, unless another
     /// loop did so meanwhile.
-    fn reregister(&self, seen_epoch: u64) -> Result<(), CallError> {
+    fn reregister(&self, seen_epoch: u64) -> Result<(), String> {
         let _one_at_a_time = self
             .registering
             .lock()
@@ -314,6 +319,12 @@ impl Agent {
             let loads = self.loads();
             let m = crate::metrics::get();
             m.writers.set(loads.len() as i64);
+            let archiving = loads.iter().filter_map(|l| l.archive.as_ref());
+            let (failing, lag) = archiving.fold((0, 0), |(f, lag), a| {
+                (f + i64::from(a.failure.is_some()), lag.max(a.lag_secs))
+            });
+            m.archive_failing.set(failing);
+            m.archive_lag.set(lag as i64);
             let result = |result| {
                 m.heartbeats
                     .get_or_create(&crate::metrics::Result { result })
@@ -354,6 +365,7 @@ impl Agent {
                 db_id: m.db_id,
                 cpu: m.cpu,
                 active_connections: m.sessions,
+                archive: m.archive,
             })
             .collect()
     }
@@ -415,14 +427,16 @@ impl Agent {
         let (db_id, term) = work.key.writer();
         let began = Instant::now();
         let done: Done = match &work.plan {
-            Plan::Conclude(_) => Ok(None),
-            Plan::Start(w) => c.start(w).map(Some),
-            Plan::Stop => c.stop(db_id, term).map(|()| None),
-            Plan::Prepare(w) => c.prepare(w).map(|()| None),
-            Plan::Promote(w) => c.promote(w).map(Some),
-            Plan::Abort => c.abort(db_id, term).map(|()| None),
-            Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| None),
-            Plan::UpdateRole(w) => c.update_role(w).map(|()| None),
+            Plan::Conclude(_) => Ok(Did::Nothing),
+            Plan::Start(w) => c.start(w).map(Did::Served),
+            Plan::Stop => c.stop(db_id, term).map(Did::Stopped),
+            Plan::Prepare(w) => c.prepare(w).map(|()| Did::Nothing),
+            Plan::Promote(w) => c.promote(w).map(Did::Served),
+            Plan::Abort => c.abort(db_id, term).map(|()| Did::Nothing),
+            Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| Did::Nothing),
+            Plan::UpdateRole(w) => c.update_role(w).map(|()| Did::Nothing),
+            Plan::Backup => c.backup(db_id, term).map(Did::BackedUp),
+            Plan::Purge(timeline) => c.purge(timeline).map(|()| Did::Nothing),
         };
         if !matches!(work.plan, Plan::Conclude(_)) {
             crate::metrics::get()

@@ -66,6 +66,7 @@ pub fn template(
         &dir,
         port,
         &settings,
+        &[],
         &storage.join("template.log"),
     )?;
     let setup = admin(run_dir, port).and_then(|mut c| {
@@ -399,8 +400,12 @@ pub fn admit(
                ELSE
                  EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', '{pg_user}', '{verifier}');
                END IF;
+               -- A cluster holds one database of its own: the template's ({SEED_DB}) at a
+               -- first start, or one that went by another name (a copy kept by a restore).
                IF NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') THEN
-                 EXECUTE format('ALTER DATABASE {SEED_DB} RENAME TO %I', '{database}');
+                 EXECUTE format('ALTER DATABASE %I RENAME TO %I',
+                   (SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY oid LIMIT 1),
+                   '{database}');
                END IF;
                EXECUTE format('ALTER DATABASE %I OWNER TO %I', '{database}', '{pg_user}');
                EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM PUBLIC', '{database}');

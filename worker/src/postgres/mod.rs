@@ -35,9 +35,12 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::compute::{Compute, Exited, Measured, Result, Served, WriterSpec};
+use crate::storage::{self, Engine, Target};
 use cluster::Spares;
 use monitor::Monitor;
 use process::{Owner, Server, StartError};
+use spg99_wire::storage::Storage;
+use spg99_wire::{BackupTaken, Stored};
 
 /// Ports tried in turn when others take them between their choice and the server's bind.
 const PORT_ATTEMPTS: usize = 8;
@@ -167,6 +170,8 @@ struct Running {
     pg_user: String,
     /// Its port, held for as long as it runs (an in-place restart keeps it).
     port: PortLease,
+    /// When its WAL last reached the repository, as far as the worker saw.
+    archived: Option<std::time::SystemTime>,
 }
 
 /// A port of the range, held by one server (or one about to start) until dropped.
@@ -200,6 +205,10 @@ pub struct Postgres {
     slots: Mutex<HashMap<Uuid, Arc<Mutex<Slot>>>>,
     /// The ports its servers hold.
     ports: Arc<Mutex<BTreeSet<u16>>>,
+    /// The repository (set at each registration), if the control plane gave one.
+    storage: std::sync::RwLock<Option<Arc<Engine>>>,
+    /// The timelines whose stanza this process made (or found) in the repository.
+    stanzas: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,6 +297,8 @@ impl Postgres {
             slots: Mutex::new(HashMap::new()),
             ports,
             config,
+            storage: Default::default(),
+            stanzas: Default::default(),
         };
         info!(
             storage = %driver.config.storage.display(),
@@ -295,6 +306,14 @@ impl Postgres {
             "PostgreSQL compute ready"
         );
         Ok(driver)
+    }
+
+    /// The repository, if any.
+    fn engine(&self) -> Option<Arc<Engine>> {
+        self.storage
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn slot(&self, db_id: Uuid) -> Arc<Mutex<Slot>> {
@@ -369,8 +388,32 @@ impl Postgres {
             ),
             ("cluster_name", format!("spg99-{timeline}")),
         ]);
+        let storage = self.engine();
+        let env = match &storage {
+            Some(engine) => {
+                // Its stanza exists before it archives anything (once per timeline and
+                // process: a few milliseconds).
+                if !lock(&self.stanzas).contains(timeline) {
+                    engine
+                        .stanza_create(timeline, &dir)
+                        .map_err(StartError::Failed)?;
+                    lock(&self.stanzas).insert(timeline.to_owned());
+                }
+                settings.extend(engine.archive_settings(timeline, &dir));
+                engine.env()
+            }
+            None => vec![],
+        };
         let log = self.logs.join(format!("{timeline}.log"));
-        Server::start(&self.config.bin, self.owner, &dir, port, &settings, &log)
+        Server::start(
+            &self.config.bin,
+            self.owner,
+            &dir,
+            port,
+            &settings,
+            &env,
+            &log,
+        )
     }
 
     /// The role and database of `writer` on the server at `port`.
@@ -412,6 +455,7 @@ impl Postgres {
             monitor,
             pg_user: pg_user.to_owned(),
             port,
+            archived: None,
         }
     }
 
@@ -427,6 +471,9 @@ impl Postgres {
         let p = profile(&writer.profile)?;
         cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
         let began = std::time::Instant::now();
+        if let Some(from) = &writer.restore {
+            self.restore(&writer.timeline, from)?;
+        }
         let (server, lease) = self
             .launch(&writer.timeline, p, self.lease_port()?)
             .map_err(|(e, _)| e)?;
@@ -521,13 +568,59 @@ impl Compute for Postgres {
         self.start_in(&mut slot, writer)
     }
 
-    fn stop(&self, db_id: Uuid, term: u64) -> Result<()> {
+    fn set_storage(&self, settings: Option<&Storage>) -> Result<()> {
+        let engine = match settings {
+            Some(s) => Some(Arc::new(Engine::new(&self.config.storage, self.owner, s)?)),
+            None => None,
+        };
+        *self.storage.write().unwrap_or_else(PoisonError::into_inner) = engine;
+        Ok(())
+    }
+
+    fn stop(&self, db_id: Uuid, term: u64) -> Result<Option<Stored>> {
         let slot = self.slot(db_id);
         let mut slot = lock(&slot);
-        if slot.running.as_ref().is_some_and(|r| r.term == term) {
-            let r = slot.running.take().expect("checked");
-            r.server.stop()?;
+        if slot.running.as_ref().is_none_or(|r| r.term != term) {
+            return Ok(None);
         }
+        let r = slot.running.take().expect("checked");
+        let stored = self.engine().map(|engine| self.archive_last(&r, &engine));
+        r.server.stop()?;
+        Ok(stored)
+    }
+
+    fn backup(&self, db_id: Uuid, term: u64) -> Result<BackupTaken> {
+        let engine = self
+            .engine()
+            .ok_or("this worker keeps no data in a repository")?;
+        // What the backup needs, read under the database's lock; the backup itself runs
+        // without it (a stop meanwhile ends the server, and so the backup, which then fails).
+        let (timeline, port) = {
+            let slot = self.slot(db_id);
+            let slot = lock(&slot);
+            let r = slot
+                .running
+                .as_ref()
+                .filter(|r| r.term == term)
+                .ok_or("the writer of this term does not run here")?;
+            (self.timeline_of(&slot)?, r.port.port)
+        };
+        let began = std::time::Instant::now();
+        let taken = engine.backup(&timeline, &self.data_dir(&timeline), &self.run_dir, port);
+        crate::metrics::get()
+            .storage
+            .get_or_create(&crate::metrics::Op { op: "backup" })
+            .observe(began.elapsed().as_secs_f64());
+        taken
+    }
+
+    fn purge(&self, timeline: &str) -> Result<()> {
+        timeline_ok(timeline)?;
+        let engine = self
+            .engine()
+            .ok_or("this worker keeps no data in a repository")?;
+        engine.purge(timeline, &self.data_dir(timeline))?;
+        lock(&self.stanzas).remove(timeline);
         Ok(())
     }
 
@@ -652,6 +745,7 @@ impl Compute for Postgres {
     fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>) {
         let mut measured = Vec::new();
         let mut exited = Vec::new();
+        let engine = self.engine();
         for &(db_id, term) in serving {
             let slot = self.slot(db_id);
             // A database busy with an operation reports its load next time.
@@ -672,10 +766,28 @@ impl Compute for Postgres {
             }
             let vcpu = profile(&r.profile).map_or(1.0, |p| f64::from(p.vcpu));
             let (cpu, sessions) = r.monitor.sample(vcpu);
+            let archive = engine.as_ref().map(|engine| {
+                let timeline = r
+                    .server
+                    .dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let (archiving, archived) = storage::archive::status(
+                    &r.server.dir,
+                    &engine.outcomes(&timeline),
+                    std::time::SystemTime::now(),
+                    r.archived,
+                );
+                r.archived = archived;
+                archiving
+            });
             measured.push(Measured {
                 db_id,
                 cpu,
                 sessions,
+                archive,
             });
         }
         (measured, exited)
@@ -701,6 +813,131 @@ impl Compute for Postgres {
 }
 
 impl Postgres {
+    /// Makes `timeline`'s data directory from the repository: `from` as of its target, onto
+    /// the copy already there (`--delta`: only what differs is fetched) or into an empty one.
+    fn restore(&self, timeline: &str, from: &spg99_wire::RestoreFrom) -> Result<()> {
+        timeline_ok(timeline)?;
+        timeline_ok(&from.timeline)?;
+        let engine = self
+            .engine()
+            .ok_or("the database is to be restored, and this worker has no repository")?;
+        let dir = self.data_dir(timeline);
+        let delta = dir.join("PG_VERSION").exists();
+        if !delta {
+            let _ = std::fs::remove_dir_all(&dir);
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(o) = self.owner {
+                o.chown(&dir)?;
+            }
+        }
+        let began = std::time::Instant::now();
+        let restored = engine.restore(&from.timeline, &Target::of(from), &dir, delta);
+        crate::metrics::get()
+            .storage
+            .get_or_create(&crate::metrics::Op { op: "restore" })
+            .observe(began.elapsed().as_secs_f64());
+        info!(
+            timeline,
+            from = %from.timeline,
+            delta,
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "data directory restored from the repository"
+        );
+        restored
+    }
+
+    /// Before a writer stops, with a repository: no new transaction, its sessions ended, its
+    /// current WAL segment switched and archived, so that the repository holds everything it
+    /// wrote ("stop means stored"). A server's clean shutdown would not archive its last,
+    /// partial segment. Bounded: past twice the archive timeout and ten seconds more the stop
+    /// goes on, said incomplete with the reason (the copy on this worker still holds it all).
+    fn archive_last(&self, r: &Running, engine: &Engine) -> Stored {
+        let incomplete = |reason: String| Stored {
+            complete: false,
+            recoverable_until: r
+                .archived
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| storage::rfc3339(d.as_secs() as i64)),
+            reason: Some(reason),
+        };
+        let mut client = match cluster::admin(&self.run_dir, r.port.port) {
+            Ok(c) => c,
+            Err(e) => return incomplete(e),
+        };
+        let sql = |e: postgres::Error| cluster::sql_error(&e);
+        // One statement at a time: ALTER SYSTEM cannot run in the implicit transaction of a
+        // multi-statement query.
+        // The tenant's sessions end (not the administration's: a backup may be under way).
+        let switched = client
+            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
+            .and_then(|()| {
+                client.batch_execute(
+                    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+                       JOIN pg_roles r ON r.oid = a.usesysid
+                      WHERE a.backend_type = 'client backend' AND NOT r.rolsuper",
+                )
+            })
+            .and_then(|()| client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]))
+            .map(|row| row.get::<_, String>(0))
+            .map_err(sql);
+        let segment = match switched {
+            Ok(segment) => segment,
+            Err(e) => return incomplete(format!("cannot switch the WAL: {e}")),
+        };
+        let began = std::time::Instant::now();
+        let patience =
+            std::time::Duration::from_secs(engine.settings.archive_timeout_secs * 2 + 10);
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(last_archived_wal, ''),
+                            coalesce(extract(epoch from last_archived_time)::bigint, 0),
+                            coalesce(last_failed_wal, '')
+                       FROM pg_stat_archiver",
+                    &[],
+                )
+                .map_err(sql);
+            let (archived, at, failed): (String, i64, String) = match row {
+                Ok(row) => (row.get(0), row.get(1), row.get(2)),
+                Err(e) => return incomplete(format!("cannot read the archiver: {e}")),
+            };
+            // Segment names order by timeline, then position.
+            if !archived.is_empty() && archived >= segment {
+                crate::metrics::get()
+                    .storage
+                    .get_or_create(&crate::metrics::Op {
+                        op: "final_archive",
+                    })
+                    .observe(began.elapsed().as_secs_f64());
+                return Stored {
+                    complete: true,
+                    recoverable_until: Some(storage::rfc3339(at)),
+                    reason: None,
+                };
+            }
+            if began.elapsed() > patience {
+                let last = if failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; the last push that failed was {failed}, see the worker's pgBackRest log"
+                    )
+                };
+                return incomplete(format!(
+                    "the last WAL ({segment}) did not reach the repository within {} s{last}; \
+                     the data is complete on this worker only",
+                    patience.as_secs()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The timeline a slot's running server serves (its data directory's name).
     fn timeline_of(&self, slot: &Slot) -> Result<String> {
         slot.running
@@ -720,7 +957,7 @@ mod tests {
     #[test]
     fn a_port_taken_after_it_was_chosen_moves_the_server_to_another() {
         use std::os::unix::fs::PermissionsExt;
-        let bin = find_bin(None).expect("PostgreSQL is installed (scripts/install-postgres.sh)");
+        let bin = find_bin(None).expect("PostgreSQL is installed (scripts/install-engines.sh)");
         let tmp = tempfile::tempdir().unwrap();
         // The postgres user must reach the storage (a temporary directory is 0700).
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

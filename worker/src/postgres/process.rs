@@ -155,6 +155,7 @@ impl Server {
         dir: &Path,
         port: u16,
         settings: &[(&str, String)],
+        env: &[(&str, String)],
         log: &Path,
     ) -> Result<Server, StartError> {
         let failed = StartError::Failed;
@@ -169,6 +170,7 @@ impl Server {
         for (name, value) in settings {
             cmd.arg("-c").arg(format!("{name}={value}"));
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let err = out
             .try_clone()
             .map_err(|e| failed(format!("cannot share the server log: {e}")))?;
@@ -350,7 +352,7 @@ pub fn stop_leftover(pid: u32) {
 pub fn scratch(dir: &Path) -> Result<Server, String> {
     use std::os::unix::fs::PermissionsExt;
     let bin = super::find_bin(None)
-        .ok_or("PostgreSQL's programs are not installed (scripts/install-postgres.sh)")?;
+        .ok_or("PostgreSQL's programs are not installed (scripts/install-engines.sh)")?;
     let owner = Owner::for_servers()?;
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
@@ -390,7 +392,15 @@ pub fn scratch(dir: &Path) -> Result<Server, String> {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             continue;
         }
-        match Server::start(&bin, owner, &data, port, &settings, &dir.join("pg.log")) {
+        match Server::start(
+            &bin,
+            owner,
+            &data,
+            port,
+            &settings,
+            &[],
+            &dir.join("pg.log"),
+        ) {
             Ok(server) => return Ok(server),
             Err(e @ StartError::PortTaken(_)) => last = e.into(),
             Err(e) => return Err(e.into()),
