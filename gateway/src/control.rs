@@ -154,8 +154,14 @@ impl Control {
         Ok(fetched)
     }
 
-    /// Follows the control plane's role changes and drops the cache at each; runs for ever.
-    pub async fn follow_role_changes(self: Arc<Self>) {
+    /// Follows the control plane's changes, for ever: the role cache is dropped at each role
+    /// change (and whenever the feed is lost), and `fence` is given the databases whose
+    /// leases were fenced.
+    pub async fn follow_changes<F, Fut>(self: Arc<Self>, fence: F)
+    where
+        F: Fn(Vec<uuid::Uuid>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut after: Option<u64> = None;
         loop {
             let since = after;
@@ -167,6 +173,9 @@ impl Control {
                 Ok(c) => {
                     if c.changed || since.is_none() {
                         self.roles().drop_all();
+                    }
+                    if !c.fenced.is_empty() {
+                        fence(c.fenced).await;
                     }
                     after = Some(c.seq);
                 }

@@ -330,6 +330,24 @@ impl Leases {
         self.end(held).await;
     }
 
+    /// Ends the leases on the databases `fenced` (a restore, a cutover, a deletion moved them
+    /// away from the writer their leases route to): their connections close, and the next
+    /// connection checks out afresh, at once rather than at the lease's next renewal.
+    pub async fn fence(&self, fenced: &[uuid::Uuid]) {
+        let slots: Vec<Arc<Slot>> = crate::lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            let mut current = slot.held.lock().await;
+            let hit = current
+                .as_ref()
+                .is_some_and(|h| fenced.contains(&crate::lock(&h.lease).db_id));
+            if let Some(h) = current.take_if(|_| hit) {
+                drop(current);
+                tracing::info!(db_id = %crate::lock(&h.lease).db_id, "the database's leases were fenced: closing its connections");
+                self.end(&h).await;
+            }
+        }
+    }
+
     /// Ends every lease this Gateway routes through (their connections close, the control
     /// plane hears each release): at shutdown, so that its databases need not wait a TTL.
     pub async fn end_all(&self) {

@@ -133,7 +133,11 @@ impl GatewayArgs {
 
 /// Accepts clients until the listener fails; each connection in a task of its own.
 async fn accept(listener: TcpListener, gw: Arc<Gateway>) {
-    tokio::spawn(gw.control.clone().follow_role_changes());
+    let leases = gw.leases.clone();
+    tokio::spawn(gw.control.clone().follow_changes(move |fenced| {
+        let leases = leases.clone();
+        async move { leases.fence(&fenced).await }
+    }));
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {

@@ -115,22 +115,24 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     out
 }
 
-/// Where a start on `worker_id` makes its data from, when not from the copy it holds: the
-/// point a restore asked for, or the repository's newest when the newest copy is on
-/// another worker (lost, or with no room) and the repository can give it.
+/// Where a start on `worker_id` makes its data from: the point a restore asked for; else,
+/// once the repository holds the database, its newest point, unless this worker holds the
+/// newest copy (then only if that copy is missing: a disk replaced). A copy here that is not
+/// the newest (the database moved meanwhile) is never served: the restore refreshes it.
 fn restore_from(db: &Db, worker_id: &str) -> Option<RestoreFrom> {
     if let Some(r) = &db.restore {
         return Some(RestoreFrom {
             timeline: r.from_timeline.clone(),
             time: r.time.map(rfc3339),
             lsn: r.lsn.clone(),
+            unless_here: false,
         });
     }
-    let elsewhere = db.data_on.as_deref().is_some_and(|home| home != worker_id);
-    (elsewhere && db.restorable()).then(|| RestoreFrom {
+    db.restorable().then(|| RestoreFrom {
         timeline: db.timeline.clone(),
         time: None,
         lsn: None,
+        unless_here: db.data_on.as_deref() == Some(worker_id),
     })
 }
 

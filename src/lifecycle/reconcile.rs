@@ -135,9 +135,12 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
         }
         Step::IdleStops => {
             for db in state.active_dbs() {
+                // Not while a backup is under way: a database stopped before its first backup
+                // completes could not be restored anywhere else.
                 let idle = db.state == DbState::Running
                     && db.leases.is_empty()
                     && !db.scale.stage.in_progress()
+                    && db.stored().backup_wanted.is_none()
                     && db
                         .idle_since
                         .is_some_and(|since| after(since, settings.idle_timeout) <= now);

@@ -544,13 +544,43 @@ fn changes_roles(event: &Event) -> bool {
     )
 }
 
+/// The database whose leases an event fences: none of them may route a new connection.
+fn fences(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::DbRestoreRequested { db_id, .. }
+        | Event::DbScaleCutoverStarted { db_id, .. }
+        | Event::DbDeleteRequested { db_id } => Some(*db_id),
+        _ => None,
+    }
+}
+
+/// What the Gateway must drop after some events: its cached roles, its fenced leases.
+#[derive(Default)]
+struct Changes {
+    roles: bool,
+    fenced: Vec<Uuid>,
+}
+
+impl Changes {
+    fn note(&mut self, event: &Event) {
+        self.roles |= changes_roles(event);
+        if let Some(db) = fences(event).filter(|db| !self.fenced.contains(db)) {
+            self.fenced.push(db);
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.roles || !self.fenced.is_empty()
+    }
+}
+
 /// How far back a change is looked for in the log; a Gateway further behind is told
 /// "changed" (and drops its whole cache).
 const CHANGES_LOOKBACK: u64 = 100_000;
 
 /// `GET /internal/v1/roles/changes?after=SEQ&wait_ms=` (the service token only): whether a
-/// role changed after `after`, waiting up to `wait_ms` for one; `{seq, changed}`, `seq` to
-/// pass as `after` next time.
+/// role changed after `after`, and the databases whose leases were fenced since, waiting up to
+/// `wait_ms` for either; `{seq, changed, fenced}`, `seq` to pass as `after` next time.
 pub async fn role_changes(
     app: web::Data<AppState>,
     _: Service,
@@ -558,35 +588,58 @@ pub async fn role_changes(
 ) -> Result<HttpResponse, ApiError> {
     let mut feed = app.shared.subscribe();
     let head = app.shared.head();
-    let answer = |seq: u64, changed: bool| {
-        HttpResponse::Ok().json(serde_json::json!({ "seq": seq, "changed": changed }))
+    let answer = |seq: u64, changes: Changes| {
+        HttpResponse::Ok().json(wire::RoleChanges {
+            seq,
+            changed: changes.roles,
+            fenced: changes.fenced,
+        })
+    };
+    let everything = || Changes {
+        roles: true,
+        fenced: vec![],
     };
     let Some(after) = query.after.filter(|a| *a <= head) else {
-        return Ok(answer(head, true));
+        return Ok(answer(head, everything()));
     };
     if head - after > CHANGES_LOOKBACK {
-        return Ok(answer(head, true));
+        return Ok(answer(head, everything()));
     }
     let log = app.log.clone();
-    let changed = web::block(move || {
-        log.read_from(after + 1)
+    let seen = web::block(move || {
+        let mut changes = Changes::default();
+        for e in log
+            .read_from(after + 1)
             .take_while(|e| e.as_ref().map_or(true, |e| e.seq <= head))
-            .any(|e| e.is_ok_and(|e| changes_roles(&e.event)))
+        {
+            match e {
+                Ok(e) => changes.note(&e.event),
+                Err(_) => return everything(),
+            }
+        }
+        changes
     })
     .await
-    .unwrap_or(true);
-    if changed {
-        return Ok(answer(head, true));
+    .unwrap_or_else(|_| everything());
+    if seen.any() {
+        return Ok(answer(head, seen));
     }
+    // Nothing yet: wait for the next batch that changes something.
     let deadline = tokio::time::Instant::now() + wait_of(query.wait_ms);
-    let changed = wait_for(&mut feed, deadline, |e| changes_roles(&e.event)).await;
-    // With no change, the head read above: batches still on their way through the feed are
-    // looked at by the next call. After a change, today's head (the caller drops its cache
-    // now, so what it fetches next is at least this recent).
-    Ok(answer(
-        if changed { app.shared.head() } else { head },
-        changed,
-    ))
+    loop {
+        let batch = match tokio::time::timeout_at(deadline, feed.recv()).await {
+            Err(_) => return Ok(answer(head, Changes::default())),
+            Ok(Ok(batch)) => batch,
+            // Fell behind the feed, or it closed: as good as a change (drop everything).
+            Ok(Err(_)) => return Ok(answer(app.shared.head(), everything())),
+        };
+        let mut changes = Changes::default();
+        batch.iter().for_each(|e| changes.note(&e.event));
+        if changes.any() {
+            let seq = batch.last().map_or(head, |e| e.seq);
+            return Ok(answer(seq.max(head), changes));
+        }
+    }
 }
 
 // ---- operations ----

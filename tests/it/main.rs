@@ -32,5 +32,6 @@ mod openapi;
 mod pgtls;
 mod replicas;
 mod restart;
+mod storage;
 mod tooling;
 mod worker_agent;

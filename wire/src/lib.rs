@@ -227,6 +227,10 @@ pub struct RestoreFrom {
     pub time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lsn: Option<String>,
+    /// The copy on this worker is the newest: use it when it is there (and restore only
+    /// when it is not: a disk replaced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unless_here: bool,
 }
 
 /// What a worker reports about an instruction (or, `failed` for a serving writer, about a
@@ -394,12 +398,16 @@ pub struct Role {
     pub verifier: String,
 }
 
-/// `GET /internal/v1/roles/changes?after=SEQ&wait_ms=`: whether a role changed after `after`;
-/// `seq` to pass as `after` next time.
+/// `GET /internal/v1/roles/changes?after=SEQ&wait_ms=`: whether a role changed after `after`,
+/// and the databases whose leases were fenced since (a restore, a cutover, a deletion: a
+/// Gateway ends its leases on them at once instead of at its next renewal); `seq` to pass as
+/// `after` next time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoleChanges {
     pub seq: u64,
     pub changed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced: Vec<Uuid>,
 }
 
 // ---- errors ----

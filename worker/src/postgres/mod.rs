@@ -472,7 +472,10 @@ impl Postgres {
         cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
         let began = std::time::Instant::now();
         if let Some(from) = &writer.restore {
-            self.restore(&writer.timeline, from)?;
+            let here = self.data_dir(&writer.timeline).join("PG_VERSION").exists();
+            if !(from.unless_here && here) {
+                self.restore(&writer.timeline, from)?;
+            }
         }
         let (server, lease) = self
             .launch(&writer.timeline, p, self.lease_port()?)
@@ -853,7 +856,7 @@ impl Postgres {
     /// Before a writer stops, with a repository: no new transaction, its sessions ended, its
     /// current WAL segment switched and archived, so that the repository holds everything it
     /// wrote ("stop means stored"). A server's clean shutdown would not archive its last,
-    /// partial segment. Bounded: past twice the archive timeout and ten seconds more the stop
+    /// partial segment. Bounded: past twice the archive timeout and thirty seconds more the stop
     /// goes on, said incomplete with the reason (the copy on this worker still holds it all).
     fn archive_last(&self, r: &Running, engine: &Engine) -> Stored {
         let incomplete = |reason: String| Stored {
@@ -891,7 +894,7 @@ impl Postgres {
         };
         let began = std::time::Instant::now();
         let patience =
-            std::time::Duration::from_secs(engine.settings.archive_timeout_secs * 2 + 10);
+            std::time::Duration::from_secs(engine.settings.archive_timeout_secs * 2 + 30);
         loop {
             let row = client
                 .query_one(

@@ -256,10 +256,13 @@ impl Engine {
             .and_then(|b| b.as_array())
             .filter(|b| !b.is_empty())
             .ok_or("pgbackrest info lists no backup")?;
+        // pgBackRest keeps whole seconds, and picks a backup for a point in time only if it
+        // stopped strictly before that point's second: a backup serves points from the
+        // second after its stop.
         let time = |b: &serde_json::Value, end: &str| {
             b["timestamp"][end]
                 .as_i64()
-                .map(rfc3339)
+                .map(|t| rfc3339(if end == "stop" { t + 1 } else { t }))
                 .ok_or_else(|| format!("pgbackrest info: no timestamp {end}"))
         };
         let newest = backups.last().expect("not empty");
