@@ -70,6 +70,10 @@ pub struct Metrics {
     queue: Gauge<i64, AtomicI64>,
     databases: Family<InState, Gauge<i64, AtomicI64>>,
     leases: Gauge<i64, AtomicI64>,
+    /// The databases' size in the storage repository, as last measured.
+    storage_bytes: Gauge<i64, AtomicI64>,
+    /// Databases whose repository may not hold everything (`storage_warning`).
+    storage_warnings: Gauge<i64, AtomicI64>,
     workers: Gauge<i64, AtomicI64>,
     leading: Gauge<i64, AtomicI64>,
     head: Gauge<i64, AtomicI64>,
@@ -99,6 +103,8 @@ impl Metrics {
             queue: Gauge::default(),
             databases: Family::default(),
             leases: Gauge::default(),
+            storage_bytes: Gauge::default(),
+            storage_warnings: Gauge::default(),
             workers: Gauge::default(),
             leading: Gauge::default(),
             head: Gauge::default(),
@@ -171,6 +177,17 @@ impl Metrics {
             m.databases.clone(),
         );
         r.register("spg99_leases", "Gateway leases held", m.leases.clone());
+        r.register_with_unit(
+            "spg99_storage",
+            "The databases' size in the storage repository (backups and WAL), as last measured",
+            Unit::Bytes,
+            m.storage_bytes.clone(),
+        );
+        r.register(
+            "spg99_storage_warnings",
+            "Databases whose storage repository may not hold everything (storage_warning set)",
+            m.storage_warnings.clone(),
+        );
         r.register(
             "spg99_workers",
             "Workers registered and not lost",
@@ -241,13 +258,20 @@ impl Metrics {
             DbState::Stopping,
             DbState::Deleting,
             DbState::Failed,
+            DbState::Restoring,
         ]
         .into_iter()
         .map(|s| (s.as_str(), 0))
         .collect();
+        let (mut bytes, mut warnings) = (0u64, 0i64);
         for d in state.dbs.values() {
             *counts.entry(d.state.as_str()).or_default() += 1;
+            let s = d.stored();
+            bytes = bytes.saturating_add(s.bytes);
+            warnings += i64::from(s.archive_failure.is_some() || s.warning.is_some());
         }
+        self.storage_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        self.storage_warnings.set(warnings);
         for (state, n) in counts {
             self.databases.get_or_create(&InState { state }).set(n);
         }

@@ -158,7 +158,7 @@ fn storage(
             Repository::parse(raw).map_err(|e| StartError::Config(format!("--storage {e}")))?
         }
         None => Repository::Posix(
-            spg99_worker::postgres::reachable_storage(&args.data_dir.join("storage"))
+            spg99_worker::postgres::reachable_repository(&args.data_dir.join("storage"))
                 .map_err(|e| StartError::Config(format!("the storage repository: {e}")))?,
         ),
     };

@@ -131,6 +131,20 @@ pub enum DbsCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Restores a database in place to a point of its history (`restoring`, then `running`):
+    /// the same name, DSN and id; what it holds now is kept as `<db>_before_restore_<n>`.
+    Restore {
+        tenant: String,
+        db: String,
+        /// The point: a time, RFC 3339 (from the describe's `history_start_at` to now).
+        #[arg(long, required_unless_present = "lsn", conflicts_with = "lsn")]
+        at: Option<String>,
+        /// Or a WAL position, `X/Y`.
+        #[arg(long)]
+        lsn: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
 }
 
 /// `--wait`: follow the event stream until what the command began has settled.
@@ -593,6 +607,33 @@ fn dbs(
             show_list(out, output, items, DB_COLUMNS)
         }
         DbsCommand::Get { tenant, db } => show(out, output, &api.get(&at(&tenant, &db))?),
+        DbsCommand::Restore {
+            tenant,
+            db,
+            at: time,
+            lsn,
+            wait,
+        } => {
+            let body = match (time, lsn) {
+                (Some(time), _) => json!({ "at": time }),
+                (None, lsn) => json!({ "lsn": lsn }),
+            };
+            let begun = api.call(
+                "POST",
+                &format!("{}/restore", at(&tenant, &db)),
+                Some(&body),
+            )?;
+            let d = match wait.wait {
+                true => {
+                    let filter = format!("db={}", enc(render::cell(&begun.body["db_id"]).as_str()));
+                    let restored =
+                        |d: &Value| matches!(d["state"].as_str(), Some("running" | "failed"));
+                    settle(api, &at(&tenant, &db), &filter, &begun, &wait, restored)?
+                }
+                false => begun.body,
+            };
+            show(out, output, &d)
+        }
         DbsCommand::Delete { tenant, db, wait } => {
             let begun = api.call("DELETE", &at(&tenant, &db), None)?;
             let d = match wait.wait {

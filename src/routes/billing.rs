@@ -1,9 +1,10 @@
-//! `GET /v2/billing/summary`: compute used by an account, from the log.
+//! `GET /v2/billing/summary`: compute and storage used by an account, from the log.
 //!
 //! A database is billed while a writer serves it (from `db.started` to `db.stopped`, and
-//! from a handoff's cutover on the new profile), per profile, per calendar month (UTC). The
-//! projections fold closed run intervals as the events arrive; the summary adds the open
-//! interval of each database running now, up to the time of the request.
+//! from a handoff's cutover on the new profile), per profile, per calendar month (UTC); and
+//! for its size in the storage repository, in GiB-hours, at the size each backup measured
+//! from then on. The projections fold closed intervals as the events arrive; the summary
+//! adds the open interval of each database, up to the time of the request.
 //!
 //! Account keys see their account; tenant keys see their tenant's databases; global keys name
 //! the account with `?account=`. `?period=YYYY-MM` picks another month (default: the
@@ -40,6 +41,8 @@ pub struct DbUsage {
     name: String,
     compute_seconds: f64,
     by_profile: BTreeMap<String, f64>,
+    /// Its size in the storage repository over the period, in GiB-hours.
+    storage_gib_hours: f64,
     /// A writer serves it now: its figures grow until it stops.
     running: bool,
 }
@@ -54,7 +57,13 @@ pub struct Summary {
     as_of: String,
     compute_seconds: f64,
     by_profile: BTreeMap<String, f64>,
+    storage_gib_hours: f64,
     databases: Vec<DbUsage>,
+}
+
+/// Byte-microseconds as GiB-hours.
+fn gib_hours(byte_micros: u128) -> f64 {
+    byte_micros as f64 / (1024.0 * 1024.0 * 1024.0) / 3.6e9
 }
 
 fn seconds(micros: i64) -> f64 {
@@ -111,15 +120,24 @@ pub async fn summary(
         return Err(ApiError::not_found("account"));
     }
     let mut dbs: BTreeMap<Uuid, DbUsage> = BTreeMap::new();
-    let mut add = |db_id: Uuid, tenant: &str, name: &str, profile: &str, micros: i64| {
+    let add = |dbs: &mut BTreeMap<Uuid, DbUsage>,
+               db_id: Uuid,
+               tenant: &str,
+               name: &str,
+               profile: Option<&str>,
+               micros: i64,
+               byte_micros: u128| {
         let row = dbs.entry(db_id).or_insert_with(|| DbUsage {
             db_id,
             tenant: tenant.to_owned(),
             name: name.to_owned(),
             ..DbUsage::default()
         });
-        *row.by_profile.entry(profile.to_owned()).or_default() += seconds(micros);
-        row.compute_seconds += seconds(micros);
+        if let Some(profile) = profile {
+            *row.by_profile.entry(profile.to_owned()).or_default() += seconds(micros);
+            row.compute_seconds += seconds(micros);
+        }
+        row.storage_gib_hours += gib_hours(byte_micros);
     };
     let from = (account, period, Uuid::nil());
     for ((_, _, db_id), usage) in state
@@ -131,8 +149,25 @@ pub async fn summary(
             continue;
         }
         for (profile, micros) in &usage.by_profile {
-            add(*db_id, &usage.tenant, &usage.db, profile, *micros);
+            add(
+                &mut dbs,
+                *db_id,
+                &usage.tenant,
+                &usage.db,
+                Some(profile),
+                *micros,
+                0,
+            );
         }
+        add(
+            &mut dbs,
+            *db_id,
+            &usage.tenant,
+            &usage.db,
+            None,
+            0,
+            usage.storage_byte_micros,
+        );
     }
     let mut running = Vec::new();
     for t in state
@@ -141,23 +176,42 @@ pub async fn summary(
         .filter(|t| t.account == account && only_tenant.is_none_or(|o| o == t.id))
     {
         for db in state.dbs_of(t.id) {
+            let s = db.stored();
+            if let (Some(since), true) = (s.bytes_since, s.bytes > 0) {
+                for (p, micros) in split(since, now.max(since)) {
+                    if p == period {
+                        let byte_micros = u128::from(s.bytes) * micros.max(0) as u128;
+                        add(&mut dbs, db.id, &t.name, &db.name, None, 0, byte_micros);
+                    }
+                }
+            }
             let (Some(since), Some(w)) = (db.running_since, db.writer.as_ref()) else {
                 continue;
             };
             running.push(db.id);
             for (p, micros) in split(since, now.max(since)) {
                 if p == period {
-                    add(db.id, &t.name, &db.name, &w.profile, micros);
+                    add(
+                        &mut dbs,
+                        db.id,
+                        &t.name,
+                        &db.name,
+                        Some(&w.profile),
+                        micros,
+                        0,
+                    );
                 }
             }
         }
     }
     let mut by_profile: BTreeMap<String, f64> = BTreeMap::new();
     let mut total = 0.0;
+    let mut storage = 0.0;
     let mut databases: Vec<DbUsage> = dbs.into_values().collect();
     for d in &mut databases {
         d.running = running.contains(&d.db_id);
         total += d.compute_seconds;
+        storage += d.storage_gib_hours;
         for (p, s) in &d.by_profile {
             *by_profile.entry(p.clone()).or_default() += s;
         }
@@ -170,6 +224,7 @@ pub async fn summary(
         as_of: rfc3339(Timestamp::from_micros(now.as_micros())),
         compute_seconds: total,
         by_profile,
+        storage_gib_hours: storage,
         databases,
     };
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(summary))

@@ -911,8 +911,12 @@ fn the_newcomers_path_works_from_a_directory_the_postgres_user_cannot_reach() {
             target.display()
         );
         assert!(target.join("logs").is_dir());
+        // The repository too: in a directory of the service's own, chosen the same way.
+        let repo = spg99_worker::postgres::reachable_repository(&data.join("storage")).unwrap();
+        assert!(repo.starts_with("/var/lib/spg99/"), "{}", repo.display());
         drop(fx);
         std::fs::remove_dir_all(&target).unwrap();
+        std::fs::remove_dir_all(&repo).unwrap();
     } else {
         assert!(
             link.is_err(),

@@ -19,6 +19,12 @@ pub struct Lab {
 /// A server with a manual clock and the service token set; `extra` adds settings.
 pub fn start<'a>(data_dir: &'a Path, extra: &[(&'a str, &str)]) -> Start<'a> {
     let mut s = Start::new(data_dir)
+        // The repository beside the data directory: the workers the tests start make the
+        // directories above it reachable for the postgres user.
+        .env(
+            "SPG99_STORAGE",
+            data_dir.with_extension("storage").display().to_string(),
+        )
         .env("SPG99_CLOCK", "manual")
         .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
         .env("SPG99_WORKER_TIMEOUT_MS", "3600000");

@@ -87,6 +87,17 @@ pub const UNREACHABLE_FALLBACK: &str = "/var/lib/spg99";
 /// `preferred` (when nothing is there yet) so that the data is found from where it was asked
 /// for. The same `preferred` gives the same place at every start.
 pub fn reachable_storage(preferred: &Path) -> Result<PathBuf> {
+    reachable(preferred, "compute", true)
+}
+
+/// The same choice for a storage repository's directory (`storage-<hash>`), made by the
+/// worker that first uses it: nothing is made here, and no link (a repository is found
+/// through the control plane's setting, not by its path).
+pub fn reachable_repository(preferred: &Path) -> Result<PathBuf> {
+    reachable(preferred, "storage", false)
+}
+
+fn reachable(preferred: &Path, kind: &str, make: bool) -> Result<PathBuf> {
     let Some(owner) = Owner::for_servers()? else {
         return Ok(preferred.to_owned());
     };
@@ -108,14 +119,19 @@ pub fn reachable_storage(preferred: &Path) -> Result<PathBuf> {
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let fallback = Path::new(UNREACHABLE_FALLBACK).join(format!(
-        "compute-{:016x}",
+        "{kind}-{:016x}",
         fnv1a(parent.join(&name).as_os_str().as_encoded_bytes())
     ));
-    std::fs::create_dir_all(&fallback).map_err(|e| format!("{}: {e}", fallback.display()))?;
+    std::fs::create_dir_all(UNREACHABLE_FALLBACK)
+        .map_err(|e| format!("{UNREACHABLE_FALLBACK}: {e}"))?;
     use std::os::unix::fs::PermissionsExt;
     // Searchable by the servers' user, listable by root alone.
     std::fs::set_permissions(UNREACHABLE_FALLBACK, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("{UNREACHABLE_FALLBACK}: {e}"))?;
+    if !make {
+        return Ok(fallback);
+    }
+    std::fs::create_dir_all(&fallback).map_err(|e| format!("{}: {e}", fallback.display()))?;
     owner.can_reach(&fallback).map_err(|e| {
         format!(
             "{e}; nor can it reach {}, where the data would go instead",
