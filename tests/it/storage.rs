@@ -145,7 +145,7 @@ impl Platform {
 
 /// A worker and its disk are gone: the process and its servers SIGKILLed, its storage
 /// directory deleted.
-fn destroy(worker: &mut Worker) {
+pub(crate) fn destroy(worker: &mut Worker) {
     worker.kill9();
     let storage = worker.storage.clone().unwrap();
     for (_, pid) in postgres_servers(&storage) {
@@ -156,7 +156,7 @@ fn destroy(worker: &mut Worker) {
     std::fs::remove_dir_all(&storage).unwrap();
 }
 
-fn backed_up(d: &Value) -> bool {
+pub(crate) fn backed_up(d: &Value) -> bool {
     d["last_backup_at"].is_string()
 }
 

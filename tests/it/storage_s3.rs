@@ -1,0 +1,80 @@
+//! Storage in an S3-compatible object store (SeaweedFS, started by the test, over HTTPS with
+//! an authority the test makes): a database backed up there moves to another worker when its
+//! first worker and disk are gone, restores to a point in time there, and leaves nothing
+//! behind once deleted.
+
+use serde_json::json;
+
+use crate::helpers::tempdir;
+use crate::lab::Worker;
+use crate::object_store::{ObjectStore, ACCESS_KEY, SECRET_KEY};
+use crate::storage::{backed_up, destroy, Platform};
+
+#[test]
+fn an_object_store_keeps_a_database_across_workers_and_restores_it_to_a_point_in_time() {
+    let tmp = tempdir();
+    let store = ObjectStore::start(&tmp.path().join("s3"));
+    let keys = [
+        ("SPG99_STORAGE_ACCESS_KEY", ACCESS_KEY.to_owned()),
+        ("SPG99_STORAGE_SECRET_KEY", SECRET_KEY.to_owned()),
+    ];
+    let p = Platform::start(tmp.path(), Some(&store.repository("platform")), &keys);
+    let mut workers = [
+        Worker::postgres_with(&p.fx.server, "w1", &tmp.path().join("w1"), &keys),
+        Worker::postgres_with(&p.fx.server, "w2", &tmp.path().join("w2"), &keys),
+    ];
+    p.create_db("app");
+    p.sql(
+        "app",
+        "CREATE TABLE orders AS SELECT i FROM generate_series(1, 1000) i",
+    );
+    let holder = p.describe("app")["worker_id"].as_str().unwrap().to_owned();
+
+    // Backed up and stopped: the backup and the WAL are objects in the bucket.
+    let d = p.until("app", 90, |d| backed_up(d) && d["state"] == "stopped");
+    assert!(d["storage_bytes"].as_u64().unwrap() > 0, "{d}");
+    let timeline = d["timeline"].as_str().unwrap().to_owned();
+    let under = |kind: &str, timeline: &str| store.keys(&format!("platform/{kind}/{timeline}/"));
+    assert!(!under("backup", &timeline).is_empty());
+    assert!(!under("archive", &timeline).is_empty());
+    assert!(
+        !tmp.path().join("repo").exists(),
+        "nothing kept outside the object store"
+    );
+
+    // Its worker and disk gone, the next connection starts it on the other worker.
+    let (gone, other) = if holder == "w1" { (0, "w2") } else { (1, "w1") };
+    destroy(&mut workers[gone]);
+    p.until_lost(&holder);
+    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1000");
+    assert_eq!(p.describe("app")["worker_id"], other);
+
+    // A restore to a point in time, from the object store.
+    let mut session = p.session("app");
+    session
+        .batch_execute("INSERT INTO orders SELECT i FROM generate_series(1001, 1500) i")
+        .unwrap();
+    let at: String = session
+        .query_one("SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
+        .unwrap()
+        .get(0);
+    session.batch_execute("DROP TABLE orders").unwrap();
+    let r = p.restore("app", json!({ "at": at }));
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1500");
+    let restored = p.describe("app");
+    assert_ne!(restored["timeline"], timeline.as_str(), "a new timeline");
+    let kept = r.body["restore"]["kept_db"].as_str().unwrap().to_owned();
+    assert_eq!(p.describe(&kept)["timeline"], timeline.as_str());
+
+    // Deleting the kept copy removes its timeline from the bucket.
+    p.fx.server
+        .delete(&format!("/v2/tenants/shop/dbs/{kept}"), &p.fx.account_key);
+    p.fx.server.wait_for_status(
+        &format!("/v2/tenants/shop/dbs/{kept}"),
+        &p.fx.account_key,
+        404,
+    );
+    assert!(under("backup", &timeline).is_empty());
+    assert!(under("archive", &timeline).is_empty());
+}
