@@ -433,7 +433,7 @@ pub fn snapshot(state: &State, filter: &Filter) -> (Vec<sse::Event>, u64) {
         }
         for d in state.dbs_of(t.id) {
             if filter.db.is_none_or(|id| id == d.id) {
-                let view = serde_json::to_value(DbView::new(t, d)).unwrap_or_default();
+                let view = serde_json::to_value(DbView::of(state, t, d)).unwrap_or_default();
                 frames.push(synthetic("snapshot.db", view));
             }
         }

@@ -109,7 +109,7 @@ pub fn state_json(state: &State, tenant: Option<&str>) -> Value {
         .collect();
     let dbs: Vec<Value> = tenants
         .iter()
-        .flat_map(|t| state.dbs_of(t.id).map(|d| json!(DbView::new(t, d))))
+        .flat_map(|t| state.dbs_of(t.id).map(|d| json!(DbView::of(state, t, d))))
         .collect();
     let mut out = json!({
         "seq": state.last_seq,

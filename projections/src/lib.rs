@@ -310,6 +310,7 @@ impl State {
                         data_on: None,
                         storage: None,
                         restore: None,
+                        last_restore: None,
                     }),
                 );
             }
@@ -403,7 +404,10 @@ impl State {
                         w.backend_addr = Some(backend_addr.clone());
                     }
                     db.state = DbState::Running;
-                    db.restore = None;
+                    if let Some(mut done) = db.restore.take() {
+                        done.restored_at = Some(at);
+                        db.last_restore = Some(done);
+                    }
                     db.phase_started_at = None;
                     db.phase_deadline_at = None;
                     db.failed_starts = 0;
@@ -885,6 +889,7 @@ impl State {
             load_band_since: at,
             running_since: None,
             restore: None,
+            last_restore: None,
             ..db.clone()
         };
         if let Some(s) = kept.storage.as_mut() {
@@ -899,6 +904,8 @@ impl State {
             time: *time,
             lsn: lsn.clone(),
             kept_db_id,
+            requested_at: at,
+            restored_at: None,
         }));
         db.state = DbState::Restoring;
         db.lease_control_epoch += 1;

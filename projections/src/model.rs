@@ -144,6 +144,8 @@ pub struct Db {
     pub storage: Option<Box<Storage>>,
     /// The restore in progress (state `restoring`).
     pub restore: Option<Box<Restore>>,
+    /// The last restore done.
+    pub last_restore: Option<Box<Restore>>,
 }
 
 impl Db {
@@ -198,8 +200,8 @@ pub struct Storage {
     pub warning: Option<String>,
 }
 
-/// A restore in progress: the database's new timeline is made from `from_timeline` as of
-/// `time` (or `lsn`; neither: its newest).
+/// A restore: the database's new timeline is made from `from_timeline` as of `time` (or
+/// `lsn`; neither: its newest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restore {
     pub from_timeline: String,
@@ -207,6 +209,9 @@ pub struct Restore {
     pub lsn: Option<String>,
     /// The database that keeps the state from before.
     pub kept_db_id: Uuid,
+    pub requested_at: Timestamp,
+    /// When its writer first served (the restore done).
+    pub restored_at: Option<Timestamp>,
 }
 
 /// The writer of a database on a worker.

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::Envelope;
-use spg99_projections::{Db, DbState, State, Tenant};
+use spg99_projections::{Db, DbState, Restore, State, Tenant};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -74,31 +74,38 @@ pub struct DbView {
     storage_warning: Option<String>,
     /// The restore in progress (`restoring`).
     restore: Option<RestoreView>,
+    /// The last restore done.
+    last_restore: Option<RestoreView>,
 }
 
-/// A restore in progress.
+/// A restore.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RestoreView {
     /// The point restored to (RFC 3339), or the LSN.
     at: Option<String>,
     lsn: Option<String>,
-    /// The database that keeps the state from before the restore.
+    /// The database that keeps the state from before the restore (its name while it exists).
     kept_db_id: Uuid,
     kept_db: Option<String>,
+    requested_at: String,
+    /// When the restored database first served.
+    restored_at: Option<String>,
+}
+
+impl RestoreView {
+    fn of(state: &State, r: &Restore) -> Self {
+        RestoreView {
+            at: r.time.map(rfc3339),
+            lsn: r.lsn.clone(),
+            kept_db_id: r.kept_db_id,
+            kept_db: state.dbs.get(&r.kept_db_id).map(|k| k.name.to_string()),
+            requested_at: rfc3339(r.requested_at),
+            restored_at: r.restored_at.map(rfc3339),
+        }
+    }
 }
 
 impl DbView {
-    /// The describe, its `recoverable_until` from what the repository holds as last
-    /// recorded (a stop, a backup); [`DbView::archived_at`] makes it a running writer's last
-    /// archive.
-    pub fn of(state: &State, t: &Tenant, d: &Db) -> Self {
-        let mut view = DbView::new(t, d);
-        if let (Some(v), Some(r)) = (view.restore.as_mut(), d.restore.as_ref()) {
-            v.kept_db = state.dbs.get(&r.kept_db_id).map(|k| k.name.to_string());
-        }
-        view
-    }
-
     /// A running writer's WAL reached the repository at `at`, as its last heartbeat said.
     pub fn archived_at(mut self, at: Option<spg99_events::Timestamp>) -> Self {
         if let Some(at) = at.filter(|_| self.state == DbState::Running.as_str()) {
@@ -115,7 +122,10 @@ impl DbView {
         self
     }
 
-    pub fn new(t: &Tenant, d: &Db) -> Self {
+    /// The describe, its `recoverable_until` from what the repository holds as last
+    /// recorded (a stop, a backup); [`DbView::archived_at`] makes it a running writer's last
+    /// archive.
+    pub fn of(state: &State, t: &Tenant, d: &Db) -> Self {
         let serving = matches!(d.state, DbState::Running | DbState::Stopping);
         let wanted = matches!(d.state, DbState::Starting | DbState::Running);
         let writer = d.writer.as_ref();
@@ -161,12 +171,8 @@ impl DbView {
                 .archive_failure
                 .clone()
                 .or_else(|| d.stored().warning.clone()),
-            restore: d.restore.as_ref().map(|r| RestoreView {
-                at: r.time.map(rfc3339),
-                lsn: r.lsn.clone(),
-                kept_db_id: r.kept_db_id,
-                kept_db: None,
-            }),
+            restore: d.restore.as_deref().map(|r| RestoreView::of(state, r)),
+            last_restore: d.last_restore.as_deref().map(|r| RestoreView::of(state, r)),
         }
     }
 }

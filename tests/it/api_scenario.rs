@@ -38,6 +38,7 @@ pub const DESCRIBE_FIELDS: &[&str] = &[
     "last_backup_at",
     "storage_warning",
     "restore",
+    "last_restore",
 ];
 
 #[test]

@@ -514,3 +514,106 @@ fn a_handoff_shows_its_stages_its_deadline_and_why_it_failed() {
     let errors = b.console_errors();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn a_person_restores_a_database_to_a_point_in_time_from_the_console() {
+    use crate::storage::{backed_up, Platform};
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[]);
+    let s = &p.fx.server;
+    s.post(
+        "/v2/account/contact",
+        &p.fx.account_key,
+        json!({"email": EMAIL}),
+    );
+    let _w1 = Worker::postgres(s, "w1", &tmp.path().join("w1"));
+    p.create_db("app");
+    let mut session = p.session("app");
+    session
+        .batch_execute("CREATE TABLE orders AS SELECT i FROM generate_series(1, 1000) i")
+        .unwrap();
+    let d = p.until("app", 60, backed_up);
+    // The point picked on the page (to the second): after the rows and the first backup,
+    // before the table is dropped.
+    let clock = |s: &mut postgres::Client| -> String {
+        s.query_one(
+            "SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let start = d["history_start_at"].as_str().unwrap()[..19].to_owned();
+    let mut point = clock(&mut session);
+    while point <= start {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        point = clock(&mut session);
+    }
+    while clock(&mut session) <= point {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    session.batch_execute("DROP TABLE orders").unwrap();
+
+    let b = Browser::open(&shots(), 1280, 1100);
+    login(&b, s, EMAIL, &p.fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    go(&b, "#/tenants/shop/dbs/app");
+    b.until_contains("#db-state", "running");
+    let size = b.until_text("#db-storage-bytes", "a size", |t| t.contains("iB"));
+    assert_ne!(size, "0 B");
+    b.until_contains("#db-history", " to ");
+    assert!(b.text("#db-last-backup").is_some_and(|t| t != "—"));
+    // Every state the page shows from now on.
+    b.js(
+        "window.spg99States = [];
+         new MutationObserver(() => {
+           const e = document.querySelector('#db-state');
+           const t = e && e.textContent;
+           if (t && window.spg99States[window.spg99States.length - 1] !== t) window.spg99States.push(t);
+         }).observe(document.body, { childList: true, subtree: true, characterData: true });
+         return null;",
+        vec![],
+    );
+
+    // The point typed in, the restore confirmed by typing the database's name.
+    b.js(
+        "const e = document.querySelector('#restore-at'); e.value = arguments[0];
+         e.dispatchEvent(new Event('input')); return null;",
+        vec![json!(point)],
+    );
+    b.click("#restore-db");
+    b.until_contains("#dialog-title", &format!("Restore app to {point}Z?"));
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#dialog-confirm').disabled;",
+            vec![]
+        ),
+        json!(true),
+        "confirmed before the name was typed"
+    );
+    b.fill("#dialog-typed", "app");
+    b.screenshot("restore-dialog");
+    b.click("#dialog-confirm");
+    b.until_contains("#db-restore", "app_before_restore_1");
+    b.screenshot("restoring");
+    // The open session ends; the next connection sees the table again.
+    let began = std::time::Instant::now();
+    while session.batch_execute("SELECT 1").is_ok() {
+        assert!(began.elapsed().as_secs() < 30, "the old session goes on");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1000");
+    b.until_contains("#db-last-restore", "app_before_restore_1");
+    b.until_contains("#db-state", "running");
+    let states = b.js("return window.spg99States;", vec![]);
+    assert!(
+        states.as_array().unwrap().iter().any(|s| s == "restoring"),
+        "{states}"
+    );
+    b.screenshot("restored");
+    // The kept copy is a link to the database that holds the state from before.
+    b.click("#db-last-restore a.kept-db");
+    b.until_contains("main h1", "app_before_restore_1");
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

@@ -277,6 +277,10 @@ fn a_restore_brings_back_a_dropped_table_and_keeps_the_state_before_it() {
     assert_eq!(after["state"], "running");
     assert_eq!(after["db_id"], before["db_id"], "the same database");
     assert_ne!(after["timeline"], before["timeline"], "on a new timeline");
+    assert!(after["restore"].is_null(), "{after}");
+    assert_eq!(after["last_restore"]["at"], at.as_str());
+    assert_eq!(after["last_restore"]["kept_db"], "app_before_restore_1");
+    assert!(after["last_restore"]["restored_at"].is_string(), "{after}");
     // The state from before is kept, with the table dropped.
     assert_eq!(
         p.sql(

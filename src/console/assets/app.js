@@ -115,7 +115,7 @@ function tick() {
   }
 }
 
-const STATE_TONE = { running: 'ok', starting: 'info', stopping: 'warn', stopped: null, deleting: 'warn', failed: 'bad', active: 'ok' };
+const STATE_TONE = { running: 'ok', starting: 'info', stopping: 'warn', stopped: null, deleting: 'warn', failed: 'bad', active: 'ok', restoring: 'info' };
 const STATE_WORDS = {
   stopped: 'No writer runs; the first connection through the Gateway starts it.',
   starting: 'A worker is starting the writer.',
@@ -123,6 +123,7 @@ const STATE_WORDS = {
   stopping: 'The writer is stopping after inactivity.',
   deleting: 'Being deleted: it disappears once its worker and leases are released.',
   failed: 'Failed: the reason is below.',
+  restoring: 'Being restored from the storage repository: new connections wait until it serves.',
 };
 const SCALE_WORDS = {
   STABLE: 'Nothing is moving.',
@@ -133,6 +134,16 @@ const SCALE_WORDS = {
 const stateBadge = (state) => badge(state, STATE_TONE[state]);
 const scaleBadge = (st) => badge(st, st === 'STABLE' ? null : st === 'FAILED' ? 'bad' : 'info');
 const seconds = (x) => `${x.toFixed(1)} s`;
+function bytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+// A time as the `datetime-local` control shows it, in UTC, to the second.
+const utcInput = (iso) => (iso ? iso.slice(0, 19) : '');
+// A time in UTC to the second, as the restore form takes it.
+const utc = (iso) => (iso ? h('time', { datetime: iso, title: iso }, `${iso.slice(0, 19).replace('T', ' ')} UTC`) : '—');
 
 function perms(p) {
   const on = Object.entries(p || {}).filter(([, v]) => v).map(([k]) => k);
@@ -708,6 +719,7 @@ class DbView extends View {
             ['Scale', `${d.current_scale} now, ${d.target_scale} wanted`],
             ['Frozen checkouts', yesNo(d.freeze_new_checkouts)],
           ]))),
+      this.storageCard(d),
       h('section', { class: 'card' }, h('details', {}, h('summary', {}, 'Describe as JSON'), h('pre', { class: 'mono' }, JSON.stringify(d, null, 2)))),
       this.dangerCard(d));
   }
@@ -725,6 +737,63 @@ class DbView extends View {
         ['psql', dsn ? h('span', { class: 'secret' }, h('code', { class: 'value' }, `psql "${dsn}"`), copyButton(`psql "${dsn}"`, 'the psql command', 'copy-psql')) : '—'],
       ]),
       h('div', { class: 'actions' }, toggle));
+  }
+
+  // What the storage repository holds of the database, and a restore to a point in it.
+  storageCard(d) {
+    const dbLink = (name) => (name ? h('a', { href: `#/tenants/${enc(this.tenant)}/dbs/${enc(name)}`, class: 'kept-db' }, name) : 'a database since deleted');
+    const point = (r) => (r.at ? utc(r.at) : h('code', {}, r.lsn || 'the newest point'));
+    let progress = null;
+    if (d.restore) {
+      const stage = d.worker_id ? `restoring on ${d.worker_id}` : 'waiting for a worker';
+      progress = ['Restore', h('span', { id: 'db-restore' }, badge(stage, 'info'), ' to ', point(d.restore),
+        '; the state before is kept as ', dbLink(d.restore.kept_db), '.')];
+    }
+    const last = d.last_restore ? ['Last restore', h('span', { id: 'db-last-restore' }, 'to ', point(d.last_restore),
+      ', done ', when(d.last_restore.restored_at), '; the state before is kept as ', dbLink(d.last_restore.kept_db), '.')] : null;
+    const history = d.history_start_at
+      ? h('span', { id: 'db-history' }, utc(d.history_start_at), ' to ', utc(d.recoverable_until))
+      : h('span', { id: 'db-history', class: 'hint' }, 'from its first backup, taken when it first starts');
+    return h('section', { class: 'card', 'aria-labelledby': 'storage-title', id: 'storage' },
+      h('h2', { id: 'storage-title' }, 'Storage and restore'),
+      dl([
+        ['In the repository', h('span', { id: 'db-storage-bytes' }, bytes(d.storage_bytes))],
+        ['Last backup', h('span', { id: 'db-last-backup' }, when(d.last_backup_at))],
+        ['History', history],
+        d.storage_warning ? ['Warning', h('span', { class: 'error', id: 'db-storage-warning' }, d.storage_warning)] : null,
+        progress,
+        last,
+      ]),
+      this.restoreForm(d));
+  }
+
+  restoreForm(d) {
+    if (!can('can_delete') || !d.history_start_at || ['deleting', 'restoring'].includes(d.state)) return null;
+    // The time typed survives the renders live changes cause.
+    const at = h('input', {
+      type: 'datetime-local', step: '1', id: 'restore-at', 'data-field': 'at',
+      min: utcInput(d.history_start_at), max: utcInput(d.recoverable_until),
+      value: this.restoreAt || utcInput(d.recoverable_until),
+    });
+    at.addEventListener('input', () => { this.restoreAt = at.value; });
+    const button = h('button', { type: 'submit', class: 'danger', id: 'restore-db' }, 'Restore…');
+    const form = h('form', { class: 'row', 'aria-label': 'Restore to a point in time' },
+      field('Point in time (UTC)', at, 'inside the history above'), button);
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      if (!at.value) { this.error = 'Pick the point in time to restore to.'; this.refresh(); return; }
+      const iso = `${at.value.length === 16 ? `${at.value}:00` : at.value}Z`;
+      this.act({
+        title: `Restore ${this.db} to ${iso}?`,
+        text: 'Its open connections are closed and new ones wait until it serves the restored state. '
+          + 'The name, DSN and database id stay; the state it has now is kept as a new database.',
+        confirm: 'Restore', danger: true, typed: this.db,
+      }, async (idem) => {
+        await api('POST', `${dbPath(this.tenant, this.db)}/restore`, { at: iso }, idem);
+        this.restoreAt = null;
+      });
+    });
+    return form;
   }
 
   dangerCard(d) {
@@ -917,7 +986,7 @@ class BillingView extends View {
     const dbs = b.databases.map((d) => ({ label: `${d.tenant}/${d.name}`, value: d.compute_seconds, d }));
     renderInto(this.body,
       h('section', { class: 'card', 'aria-labelledby': 'bill-title' },
-        h('h2', { id: 'bill-title' }, `${b.period}: ${seconds(b.compute_seconds)} of compute`),
+        h('h2', { id: 'bill-title' }, `${b.period}: ${seconds(b.compute_seconds)} of compute, ${b.storage_gib_hours.toFixed(3)} GiB-hours of storage`),
         h('p', { class: 'hint' }, 'Counted while a writer serves a database, per compute profile, up to ', when(b.as_of), '.')),
       h('div', { class: 'grid' },
         h('section', { class: 'card', 'aria-labelledby': 'by-profile' },
@@ -928,9 +997,10 @@ class BillingView extends View {
         h('section', { class: 'card', 'aria-labelledby': 'by-db' },
           h('h2', { id: 'by-db' }, 'By database'),
           dbs.length ? barChart('Compute seconds by database', dbs) : null,
-          table(['Database', { label: 'Compute seconds', num: true }, 'By profile', 'Now'],
+          table(['Database', { label: 'Compute seconds', num: true }, { label: 'Storage GiB-hours', num: true }, 'By profile', 'Now'],
             dbs.map(({ d }) => h('tr', {},
               h('td', {}, `${d.tenant}/${d.name}`), h('td', { class: 'num' }, seconds(d.compute_seconds)),
+              h('td', { class: 'num' }, d.storage_gib_hours.toFixed(3)),
               h('td', {}, Object.entries(d.by_profile).map(([p, v]) => `${p} ${seconds(v)}`).join(', ') || '—'),
               h('td', {}, d.running ? badge('running', 'ok') : '—'))), 'No database used compute in this period.'))));
   }
