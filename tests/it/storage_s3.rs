@@ -1,11 +1,12 @@
 //! Storage in an S3-compatible object store (SeaweedFS, started by the test, over HTTPS with
 //! an authority the test makes): a database backed up there moves to another worker when its
-//! first worker and disk are gone, restores to a point in time there, and leaves nothing
+//! first worker and disk are gone, restores to a point in time there (`spg99 dbs restore
+//! --wait`), and leaves nothing
 //! behind once deleted.
 
-use serde_json::json;
+use serde_json::Value;
 
-use crate::helpers::tempdir;
+use crate::helpers::{bin, tempdir};
 use crate::lab::Worker;
 use crate::object_store::{ObjectStore, ACCESS_KEY, SECRET_KEY};
 use crate::storage::{backed_up, destroy, Platform};
@@ -59,12 +60,29 @@ fn an_object_store_keeps_a_database_across_workers_and_restores_it_to_a_point_in
         .unwrap()
         .get(0);
     session.batch_execute("DROP TABLE orders").unwrap();
-    let r = p.restore("app", json!({ "at": at }));
-    assert_eq!(r.status, 202, "{r:?}");
-    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1500");
-    let restored = p.describe("app");
+    // Through the client, waiting until the restored database serves.
+    let out = std::process::Command::new(bin())
+        .args([
+            "dbs", "restore", "shop", "app", "--at", &at, "--wait", "-o", "json",
+        ])
+        .env("SPG99_CONFIG", tmp.path().join("client.json"))
+        .env("SPG99_URL", &p.fx.server.base)
+        .env("SPG99_TOKEN", &p.fx.account_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(restored["state"], "running", "{restored}");
     assert_ne!(restored["timeline"], timeline.as_str(), "a new timeline");
-    let kept = r.body["restore"]["kept_db"].as_str().unwrap().to_owned();
+    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1500");
+    let kept = restored["last_restore"]["kept_db"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(p.describe(&kept)["timeline"], timeline.as_str());
 
     // Deleting the kept copy removes its timeline from the bucket.
