@@ -1,8 +1,7 @@
 //! Storage in an S3-compatible object store (SeaweedFS, started by the test, over HTTPS with
 //! an authority the test makes): a database backed up there moves to another worker when its
 //! first worker and disk are gone, restores to a point in time there (`spg99 dbs restore
-//! --wait`), and leaves nothing
-//! behind once deleted.
+//! --wait`), and leaves nothing behind once deleted.
 
 use serde_json::Value;
 
