@@ -254,6 +254,11 @@ pub struct ServeArgs {
     /// this many seconds, or it fails.
     #[arg(long, env = "SPG99_PHASE_DEADLINE", default_value_t = 60)]
     pub phase_deadline: u64,
+    /// A start that first restores the database from the storage repository (onto a worker
+    /// without its newest copy, or to a point in time) must finish within this many seconds:
+    /// the copy takes as long as the database's size asks.
+    #[arg(long, env = "SPG99_RESTORE_DEADLINE", default_value_t = 1800)]
+    pub restore_deadline: u64,
     /// How often the reconciler runs, in milliseconds.
     #[arg(long, env = "SPG99_RECONCILE_INTERVAL_MS", default_value_t = 1_000)]
     pub reconcile_interval_ms: u64,

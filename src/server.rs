@@ -119,6 +119,7 @@ impl Config {
                 worker_timeout: Duration::from_millis(args.worker_timeout_ms.max(1)),
                 heartbeat_interval: Duration::from_millis((args.worker_timeout_ms / 3).max(1)),
                 phase_deadline: Duration::from_secs(args.phase_deadline.max(1)),
+                restore_deadline: Duration::from_secs(args.restore_deadline.max(1)),
                 storage,
                 ..Settings::default()
             },

@@ -14,7 +14,7 @@ use crate::catalog::Size;
 use crate::decision::{CommandMeta, Rejection};
 use crate::domain::{AccountName, Email, ResourceName};
 use crate::lifecycle::{
-    Answer, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step, WorkerReport,
+    Answer, BackupReport, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step, WorkerReport,
 };
 
 /// The state the next command is decided against, and the lifecycle's soft state and time.
@@ -210,7 +210,11 @@ fn checkout(lease: Uuid) -> Command {
 }
 
 fn report(worker: &str, term: u64, outcome: Outcome) -> Command {
-    Command::Lifecycle(Lifecycle::Report(Box::new(WorkerReport {
+    lifecycle_report(report_of(worker, term, outcome))
+}
+
+fn report_of(worker: &str, term: u64, outcome: Outcome) -> WorkerReport {
+    WorkerReport {
         worker_id: worker.into(),
         db_id: id(DB),
         writer_term: term,
@@ -221,7 +225,18 @@ fn report(worker: &str, term: u64, outcome: Outcome) -> Command {
         credentials: None,
         stored: None,
         backup: None,
-    })))
+    }
+}
+
+fn heartbeat(worker: &str) -> Command {
+    Command::Lifecycle(Lifecycle::Heartbeat {
+        worker_id: worker.into(),
+        loads: vec![],
+    })
+}
+
+fn lifecycle_report(r: WorkerReport) -> Command {
+    Command::Lifecycle(Lifecycle::Report(Box::new(r)))
 }
 
 fn reconcile(step: Step) -> Command {
@@ -564,14 +579,7 @@ fn a_start_past_its_deadline_fails_and_three_in_a_row_fail_the_database() {
         w.when(Actor::Service, checkout(id(100 + attempt))).unwrap();
         w.advance(w.settings.phase_deadline + Duration::from_secs(1));
         // The worker heartbeats on: only the start is late.
-        w.when(
-            Actor::Service,
-            Command::Lifecycle(Lifecycle::Heartbeat {
-                worker_id: "w1".into(),
-                loads: vec![],
-            }),
-        )
-        .unwrap();
+        w.when(Actor::Service, heartbeat("w1")).unwrap();
         assert_eq!(
             types(&w.when(Actor::System, reconcile(Step::Deadlines))),
             ["db.start_failed"]
@@ -579,6 +587,79 @@ fn a_start_past_its_deadline_fails_and_three_in_a_row_fail_the_database() {
     }
     assert_eq!(w.db().state, DbState::Failed);
     assert_eq!(code(w.when(Actor::Service, checkout(id(200)))), "db_failed");
+}
+
+#[test]
+fn a_start_that_restores_from_the_repository_gets_the_restore_deadline() {
+    let mut w = World::with_db().with_worker();
+    w.settings.storage = Some(spg99_wire::storage::Storage {
+        repository: "/repo".into(),
+        archive_timeout_secs: 5,
+        history_window_secs: 7 * 86_400,
+    });
+    w.when(Actor::Service, checkout(id(100))).unwrap();
+    let started = WorkerReport {
+        keeps_data: true,
+        ..report_of("w1", 1, Outcome::Started)
+    };
+    let w = w.given(Actor::Service, lifecycle_report(started));
+    assert_eq!(w.db().stored().backup_wanted, Some(1));
+    let at = w.now;
+    let backed_up = WorkerReport {
+        backup: Some(BackupReport {
+            label: "full".into(),
+            started_at: at,
+            stopped_at: at,
+            oldest_at: at,
+            repository_bytes: 1 << 20,
+        }),
+        ..report_of("w1", 1, Outcome::BackedUp)
+    };
+    let mut w = w.given(Actor::Service, lifecycle_report(backed_up));
+    assert!(w.db().restorable());
+
+    // w1 is lost; the next start is on w2, from the repository.
+    w.advance(w.settings.worker_timeout + Duration::from_secs(1));
+    let mut w = w.given(
+        Actor::Service,
+        Command::Lifecycle(Lifecycle::RegisterWorker {
+            id: "w2".into(),
+            address: "w2:6432".into(),
+            capacity: 8,
+            profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
+            instance: "i2".into(),
+        }),
+    );
+    w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
+    assert_eq!(w.db().state, DbState::Stopped);
+    w.when(Actor::Service, checkout(id(101))).unwrap();
+    assert_eq!(w.db().writer.as_ref().unwrap().worker_id, "w2");
+    let limit = |w: &World| w.db().phase_deadline_at.unwrap().as_micros() - w.now.as_micros();
+    assert_eq!(limit(&w), w.settings.restore_deadline.as_micros() as i64);
+
+    // Past the phase deadline, within the restore deadline: still starting.
+    w.advance(w.settings.phase_deadline + Duration::from_secs(1));
+    w.when(Actor::Service, heartbeat("w2")).unwrap();
+    assert!(types(&w.when(Actor::System, reconcile(Step::Deadlines))).is_empty());
+    assert_eq!(w.db().state, DbState::Starting);
+
+    // Started there, stopped, resumed there: the phase deadline again.
+    let mut w = w.given(
+        Actor::Service,
+        lifecycle_report(WorkerReport {
+            keeps_data: true,
+            ..report_of("w2", 2, Outcome::Started)
+        }),
+    );
+    assert_eq!(w.db().data_on.as_deref(), Some("w2"));
+    let term = w.db().writer_term;
+    w.advance(w.settings.idle_timeout + Duration::from_secs(1));
+    w.when(Actor::System, reconcile(Step::IdleStops)).unwrap();
+    let mut w = w.given(Actor::Service, report("w2", term, Outcome::Stopped));
+    assert_eq!(w.db().state, DbState::Stopped);
+    w.when(Actor::Service, heartbeat("w2")).unwrap();
+    w.when(Actor::Service, checkout(id(102))).unwrap();
+    assert_eq!(limit(&w), w.settings.phase_deadline.as_micros() as i64);
 }
 
 // ---- lifecycle: the autoscaler ----

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::autoscaler::load_change;
 use super::scheduler::{place, Placement};
-use super::{after, tenant_of, Answer, Context};
+use super::{after, start_limit, tenant_of, Answer, Context};
 use crate::catalog;
 use crate::decision::{busy, conflict, gone, Draft, Rejection, Subject};
 
@@ -151,6 +151,7 @@ pub(super) fn checkout(
                 },
                 None => anywhere(state, cx, profile)?,
             };
+            let deadline = after(cx.now, start_limit(cx.settings, db, &worker));
             let drafts = vec![Draft::new(
                 Subject::db(t, db.id),
                 Event::DbStartRequested {
@@ -158,7 +159,7 @@ pub(super) fn checkout(
                     worker_id: worker,
                     profile: profile.to_owned(),
                     writer_term: db.writer_term + 1,
-                    deadline: after(cx.now, cx.settings.phase_deadline),
+                    deadline,
                 },
             )];
             Ok((drafts, pending(db, DbState::Starting)))

@@ -65,6 +65,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Each phase (start, stop, prepare candidate, cutover) must finish within this.
     pub phase_deadline: Duration,
+    /// A start that restores from the repository must finish within this.
+    pub restore_deadline: Duration,
     /// Starts that may fail in a row before the database goes `failed`.
     pub max_failed_starts: u32,
     pub autoscaler: Autoscaler,
@@ -81,6 +83,7 @@ impl Default for Settings {
             worker_timeout: Duration::from_secs(15),
             heartbeat_interval: Duration::from_secs(5),
             phase_deadline: Duration::from_secs(60),
+            restore_deadline: Duration::from_secs(1800),
             max_failed_starts: 3,
             autoscaler: Autoscaler::default(),
             storage: None,
@@ -234,6 +237,18 @@ impl Runtime {
 
 pub(super) fn after(t: Timestamp, d: Duration) -> Timestamp {
     Timestamp::from_micros(t.as_micros().saturating_add(d.as_micros() as i64))
+}
+
+/// How long a start of `db` on `worker_id` may take: a start that first restores the
+/// database from the repository (a point in time asked for, or a worker without its newest
+/// copy) gets the restore deadline, as the copy takes as long as the database's size asks.
+pub(super) fn start_limit(settings: &Settings, db: &Db, worker_id: &str) -> Duration {
+    let restores =
+        db.restore.is_some() || (db.restorable() && db.data_on.as_deref() != Some(worker_id));
+    match restores {
+        true => settings.restore_deadline,
+        false => settings.phase_deadline,
+    }
 }
 
 /// Everything a lifecycle decision reads besides the state.

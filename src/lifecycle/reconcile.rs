@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::autoscaler::autoscale;
 use super::leases::anywhere;
 use super::workers::lose_worker;
-use super::{after, scale_failed, Context};
+use super::{after, scale_failed, start_limit, Context};
 use crate::catalog;
 use crate::decision::{Draft, Subject};
 
@@ -119,7 +119,15 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                 let event = match db.state {
                     DbState::Starting | DbState::Restoring => Event::DbStartFailed {
                         db_id: db.id,
-                        reason: format!("the worker did not start the writer within {limit} s"),
+                        reason: format!(
+                            "the worker did not start the writer within {} s",
+                            db.writer.as_ref().map_or(limit, |w| start_limit(
+                                settings,
+                                db,
+                                &w.worker_id
+                            )
+                            .as_secs())
+                        ),
                         give_up: db.failed_starts + 1 >= settings.max_failed_starts,
                         retire: true,
                     },
@@ -229,10 +237,10 @@ fn place_restore(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
         Subject::db(t, db.id),
         Event::DbRestoreStarted {
             db_id: db.id,
+            deadline: after(cx.now, start_limit(cx.settings, db, &worker)),
             worker_id: worker,
             profile: profile.to_owned(),
             writer_term: db.writer_term + 1,
-            deadline: after(cx.now, cx.settings.phase_deadline),
         },
     ))
 }
