@@ -72,6 +72,21 @@ pub(super) fn delete(
     if d.state == DbState::Deleting {
         return Ok(vec![]);
     }
+    // The state kept by a restore under way is what that restore reads from the repository.
+    let restoring = state
+        .dbs_of(t.id)
+        .find(|o| o.restore.as_ref().is_some_and(|r| r.kept_db_id == d.id));
+    if let Some(o) = restoring {
+        return Err(conflict(
+            "restore_in_progress",
+            format!(
+                "database {:?} is being restored from the state {:?} keeps: delete it once the \
+                 restore is done",
+                o.name.as_str(),
+                d.name.as_str()
+            ),
+        ));
+    }
     Ok(vec![Draft::new(
         Subject::db(t, d.id),
         Event::DbDeleteRequested { db_id: d.id },
@@ -168,12 +183,17 @@ pub(super) fn restore(
             "generated id already in use; retry",
         ));
     }
+    // A stopped database's state at any point after its stop is its newest: restored as
+    // that (a recovery to a time after the last commit in the WAL would end with an error).
+    let time = r.time.filter(|at| {
+        d.state != DbState::Stopped || d.stored().recoverable_until.is_none_or(|u| *at < u)
+    });
     let kept_name = kept_name(state, t.id, d.name.as_str());
     Ok(vec![Draft::new(
         Subject::db(t, d.id),
         Event::DbRestoreRequested {
             db_id: d.id,
-            time: r.time,
+            time,
             lsn: r.lsn.map(str::to_owned),
             timeline: r.timeline.to_owned(),
             kept_db_id: r.kept_db_id,

@@ -14,7 +14,8 @@ use crate::catalog::Size;
 use crate::decision::{CommandMeta, Rejection};
 use crate::domain::{AccountName, Email, ResourceName};
 use crate::lifecycle::{
-    Answer, BackupReport, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step, WorkerReport,
+    Answer, BackupReport, Context, Lifecycle, Load, Outcome, Runtime, Settings, Step, StoredReport,
+    WorkerReport,
 };
 
 /// The state the next command is decided against, and the lifecycle's soft state and time.
@@ -161,6 +162,38 @@ impl World {
         let (_, answer) = w.when(Actor::Service, checkout(lease)).unwrap();
         assert!(matches!(answer, Answer::Lease { .. }), "{answer:?}");
         (w, lease)
+    }
+
+    /// With a repository, `app` started on `w1` (keeping its data) and its first backup
+    /// taken.
+    fn backed_up() -> World {
+        let mut w = World::with_db().with_worker();
+        w.settings.storage = Some(spg99_wire::storage::Storage {
+            repository: "/repo".into(),
+            archive_timeout_secs: 5,
+            history_window_secs: 7 * 86_400,
+        });
+        w.when(Actor::Service, checkout(id(100))).unwrap();
+        let started = WorkerReport {
+            keeps_data: true,
+            ..report_of("w1", 1, Outcome::Started)
+        };
+        let w = w.given(Actor::Service, lifecycle_report(started));
+        assert_eq!(w.db().stored().backup_wanted, Some(1));
+        let at = w.now;
+        let backed_up = WorkerReport {
+            backup: Some(BackupReport {
+                label: "full".into(),
+                started_at: at,
+                stopped_at: at,
+                oldest_at: at,
+                repository_bytes: 1 << 20,
+            }),
+            ..report_of("w1", 1, Outcome::BackedUp)
+        };
+        let w = w.given(Actor::Service, lifecycle_report(backed_up));
+        assert!(w.db().restorable());
+        w
     }
 
     fn db(&self) -> &spg99_projections::Db {
@@ -589,34 +622,108 @@ fn a_start_past_its_deadline_fails_and_three_in_a_row_fail_the_database() {
     assert_eq!(code(w.when(Actor::Service, checkout(id(200)))), "db_failed");
 }
 
+fn restore_to(at: Option<Timestamp>) -> Command {
+    Command::RestoreDb {
+        tenant: name("shop"),
+        db: name("app"),
+        time: at,
+        lsn: None,
+        timeline: "t2".into(),
+        kept_db_id: id(KEPT),
+    }
+}
+
+const KEPT: u128 = 9;
+
+#[test]
+fn a_restore_outlives_a_lost_worker_and_its_kept_state_is_not_deleted_under_it() {
+    let mut w = World::backed_up();
+    let at = w.now;
+    w.advance(Duration::from_secs(10));
+    w.when(Actor::Service, heartbeat("w1")).unwrap();
+    let mut w = w.given(key(OWNER), restore_to(Some(at)));
+    assert_eq!(w.db().state, DbState::Restoring);
+    let kept = w.state.dbs.get(&id(KEPT)).unwrap().name.to_string();
+    assert_eq!(kept, "app_before_restore_1");
+    let delete_kept = Command::DeleteDb {
+        tenant: name("shop"),
+        db: name(&kept),
+    };
+    assert_eq!(
+        code(w.when(key(OWNER), delete_kept.clone())),
+        "restore_in_progress"
+    );
+
+    // The old writer stops; the restore's writer is placed on w1, which is then lost.
+    let mut w = w.given(Actor::Service, report("w1", 1, Outcome::Stopped));
+    w.when(Actor::System, reconcile(Step::Restores)).unwrap();
+    assert_eq!(w.db().writer.as_ref().unwrap().worker_id, "w1");
+    w.advance(w.settings.worker_timeout + Duration::from_secs(1));
+    w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
+    assert_eq!(w.db().state, DbState::Restoring, "the restore goes on");
+    assert!(w.db().restore.is_some());
+
+    // Once restored, the kept state can go.
+    let mut w = w.given(
+        Actor::Service,
+        Command::Lifecycle(Lifecycle::RegisterWorker {
+            id: "w1".into(),
+            address: "w1:6432".into(),
+            capacity: 8,
+            profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
+            instance: "i1b".into(),
+        }),
+    );
+    w.when(Actor::System, reconcile(Step::Restores)).unwrap();
+    let term = w.db().writer.as_ref().unwrap().term;
+    let w = w.given(Actor::Service, report("w1", term, Outcome::Started));
+    assert_eq!(w.db().state, DbState::Running);
+    w.given(key(OWNER), delete_kept);
+}
+
+#[test]
+fn a_restore_to_a_point_after_a_stopped_database_stopped_restores_its_newest_point() {
+    let mut w = World::backed_up();
+    let w1 = w.db().writer_term;
+    w.advance(w.settings.idle_timeout + Duration::from_secs(1));
+    w.when(Actor::Service, heartbeat("w1")).unwrap();
+    w.when(Actor::System, reconcile(Step::IdleStops)).unwrap();
+    let stopped_at = w.now;
+    let mut w = w.given(
+        Actor::Service,
+        lifecycle_report(WorkerReport {
+            stored: Some(StoredReport {
+                complete: true,
+                recoverable_until: Some(stopped_at),
+                reason: None,
+            }),
+            ..report_of("w1", w1, Outcome::Stopped)
+        }),
+    );
+    assert_eq!(w.db().state, DbState::Stopped);
+    w.advance(Duration::from_secs(60));
+    let later = w.now;
+    let w = w.given(key(OWNER), restore_to(Some(later)));
+    let r = w.db().restore.as_ref().unwrap();
+    assert_eq!((r.time, r.lsn.as_deref()), (None, None), "its newest point");
+}
+
+#[test]
+fn a_database_due_for_its_daily_backup_gets_it_before_its_idle_stop() {
+    let mut w = World::backed_up();
+    w.advance(Duration::from_secs(86_400) + w.settings.idle_timeout);
+    w.when(Actor::Service, heartbeat("w1")).unwrap();
+    let mut happened = Vec::new();
+    for step in Step::ALL {
+        happened.extend(types(&w.when(Actor::System, reconcile(step))));
+    }
+    assert_eq!(happened, ["db.backup_requested"]);
+    assert_eq!(w.db().state, DbState::Running);
+}
+
 #[test]
 fn a_start_that_restores_from_the_repository_gets_the_restore_deadline() {
-    let mut w = World::with_db().with_worker();
-    w.settings.storage = Some(spg99_wire::storage::Storage {
-        repository: "/repo".into(),
-        archive_timeout_secs: 5,
-        history_window_secs: 7 * 86_400,
-    });
-    w.when(Actor::Service, checkout(id(100))).unwrap();
-    let started = WorkerReport {
-        keeps_data: true,
-        ..report_of("w1", 1, Outcome::Started)
-    };
-    let w = w.given(Actor::Service, lifecycle_report(started));
-    assert_eq!(w.db().stored().backup_wanted, Some(1));
-    let at = w.now;
-    let backed_up = WorkerReport {
-        backup: Some(BackupReport {
-            label: "full".into(),
-            started_at: at,
-            stopped_at: at,
-            oldest_at: at,
-            repository_bytes: 1 << 20,
-        }),
-        ..report_of("w1", 1, Outcome::BackedUp)
-    };
-    let mut w = w.given(Actor::Service, lifecycle_report(backed_up));
-    assert!(w.db().restorable());
+    let mut w = World::backed_up();
 
     // w1 is lost; the next start is on w2, from the repository.
     w.advance(w.settings.worker_timeout + Duration::from_secs(1));

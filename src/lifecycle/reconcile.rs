@@ -22,10 +22,12 @@ pub enum Step {
     ExpireLeases,
     LoseWorkers,
     Deadlines,
+    /// With a repository: the backups the policy wants (before idle stops, which wait for
+    /// them: a database due for its backup gets it before it stops).
+    Backups,
     IdleStops,
     Autoscale,
-    /// With a repository: the backups the policy wants, and restores to place.
-    Backups,
+    /// With a repository: restores to place.
     Restores,
     FinishDeletions,
 }
@@ -35,9 +37,9 @@ impl Step {
         Step::ExpireLeases,
         Step::LoseWorkers,
         Step::Deadlines,
+        Step::Backups,
         Step::IdleStops,
         Step::Autoscale,
-        Step::Backups,
         Step::Restores,
         Step::FinishDeletions,
     ];

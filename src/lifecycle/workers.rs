@@ -195,7 +195,7 @@ pub(super) fn lose_worker(
         if writer_here {
             let why = format!("worker {worker_id} was lost ({reason})");
             let event = match db.state {
-                DbState::Starting => Event::DbStartFailed {
+                DbState::Starting | DbState::Restoring => Event::DbStartFailed {
                     db_id: db.id,
                     reason: why,
                     give_up: false,

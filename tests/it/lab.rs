@@ -316,6 +316,26 @@ impl Worker {
             .unwrap_or_default()
     }
 
+    /// SIGTERM, as an operator stops it: it stops its servers and exits (SIGKILL if it has
+    /// not within 10 s).
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        for _ in 0..400 {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     /// SIGKILL: its servers keep running, as after a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -339,21 +359,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        for _ in 0..400 {
-            if c.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+        self.terminate();
     }
 }
 

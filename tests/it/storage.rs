@@ -3,7 +3,7 @@
 //! PostgreSQL and pgBackRest, clients through the Gateway with psql and a driver.
 //!
 //! - A database outlives its worker's disk: stopped, with every row; running, with every row
-//!   older than the archive timeout.
+//!   older than the archive timeout; stopped by its worker's clean shutdown, with every row.
 //! - A restore to a point in time brings a dropped table back, keeps the state from before
 //!   as a database of its own, ends the old writer's sessions, and refuses a point outside
 //!   the history.
@@ -229,6 +229,32 @@ fn a_database_outlives_its_workers_disk_stopped_with_every_row_and_running_with_
 }
 
 #[test]
+fn a_workers_clean_shutdown_archives_the_last_wal_of_every_database_it_stops() {
+    let tmp = tempdir();
+    // Archived at least every minute: only the shutdown can have archived the last row.
+    let p = Platform::start(
+        tmp.path(),
+        None,
+        &[("SPG99_ARCHIVE_TIMEOUT", "60".to_owned())],
+    );
+    let mut w1 = Worker::postgres(&p.fx.server, "w1", &tmp.path().join("w1"));
+    p.create_db("app");
+    let mut session = p.session("app");
+    session
+        .batch_execute("CREATE TABLE t AS SELECT i FROM generate_series(1, 100) i")
+        .unwrap();
+    p.until("app", 60, backed_up);
+    session.batch_execute("INSERT INTO t VALUES (101)").unwrap();
+    drop(session);
+    w1.terminate();
+    std::fs::remove_dir_all(w1.storage.clone().unwrap()).unwrap();
+    let _w2 = Worker::postgres(&p.fx.server, "w2", &tmp.path().join("w2"));
+    p.until_lost("w1");
+    assert_eq!(p.sql("app", "SELECT count(*) FROM t"), "101");
+    assert_eq!(p.describe("app")["worker_id"], "w2");
+}
+
+#[test]
 fn a_restore_brings_back_a_dropped_table_and_keeps_the_state_before_it() {
     let tmp = tempdir();
     let p = Platform::start(tmp.path(), None, &[]);
@@ -310,6 +336,21 @@ fn a_restore_brings_back_a_dropped_table_and_keeps_the_state_before_it() {
             "{message}"
         );
     }
+
+    // A point with no commit after it in the WAL (nothing written since): the restore
+    // stops at the commit its old writer's stop makes, with everything up to the point.
+    let mut session = p.session("app");
+    let mut quiet = now(&mut session);
+    while quiet <= restored_start {
+        std::thread::sleep(Duration::from_millis(50));
+        quiet = now(&mut session);
+    }
+    drop(session);
+    let r = p.restore("app", json!({ "at": quiet }));
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.body["restore"]["kept_db"], "app_before_restore_2");
+    assert_eq!(p.sql("app", "SELECT count(*) FROM orders"), "1000");
+    assert_eq!(p.describe("app")["last_restore"]["at"], quiet.as_str());
 
     // Deleting the kept copy removes its timeline from the repository.
     let timeline = kept["timeline"].as_str().unwrap();

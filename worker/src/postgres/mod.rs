@@ -812,18 +812,32 @@ impl Compute for Postgres {
         (measured, exited)
     }
 
+    /// The worker's shutdown: every writer stops as a stop does, its last WAL archived first
+    /// when there is a repository (all of them side by side).
     fn stop_all(&self) {
         let slots: Vec<_> = lock(&self.slots).values().cloned().collect();
-        for slot in slots {
-            let mut slot = lock(&slot);
-            if let Some(r) = slot.running.take() {
-                if let Err(e) = r.server.stop() {
-                    warn!(error = %e, "stopping a writer");
-                }
+        let engine = self.engine();
+        std::thread::scope(|scope| {
+            for slot in &slots {
+                let engine = engine.clone();
+                scope.spawn(move || {
+                    let mut slot = lock(slot);
+                    if let Some(r) = slot.running.take() {
+                        if let Some(engine) = engine {
+                            let stored = self.archive_last(&r, &engine);
+                            if let Some(why) = stored.reason.filter(|_| !stored.complete) {
+                                warn!(reason = %why, "a writer stopped before its last WAL was archived");
+                            }
+                        }
+                        if let Err(e) = r.server.stop() {
+                            warn!(error = %e, "stopping a writer");
+                        }
+                    }
+                    slot.candidate = None;
+                    slot.previous = None;
+                });
             }
-            slot.candidate = None;
-            slot.previous = None;
-        }
+        });
     }
 
     fn keeps_data(&self) -> bool {
@@ -891,6 +905,8 @@ impl Postgres {
         // One statement at a time: ALTER SYSTEM cannot run in the implicit transaction of a
         // multi-statement query.
         // The tenant's sessions end (not the administration's: a backup may be under way).
+        // Then a transaction of its own commits: a restore to any point up to now stops at a
+        // commit after it (recovery to a time ends with an error if no commit follows it).
         let switched = client
             .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
             .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
@@ -899,6 +915,12 @@ impl Postgres {
                     "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
                        JOIN pg_roles r ON r.oid = a.usesysid
                       WHERE a.backend_type = 'client backend' AND NOT r.rolsuper",
+                )
+            })
+            .and_then(|()| {
+                client.batch_execute(
+                    "BEGIN; SET LOCAL transaction_read_only = off; \
+                     SELECT pg_current_xact_id(); COMMIT",
                 )
             })
             .and_then(|()| client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]))

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// How long a server may take to accept connections, and to shut down fast before it is
 /// told to stop at once.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same for a server that first recovers from the repository (`recovery.signal`): it
+/// accepts connections once it has replayed the WAL up to its target, which takes as long as
+/// there is WAL (the control plane's restore deadline bounds the whole start).
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1800);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(2);
 
@@ -198,6 +202,10 @@ impl Server {
     /// Polls `postmaster.pid`'s status line (what `pg_ctl -w` reads) until it says `ready`.
     fn wait_ready(&mut self) -> Result<(), StartError> {
         let pid_file = self.dir.join("postmaster.pid");
+        let limit = match self.dir.join("recovery.signal").exists() {
+            true => RECOVERY_TIMEOUT,
+            false => READY_TIMEOUT,
+        };
         let began = Instant::now();
         loop {
             if let Some(status) = self
@@ -222,10 +230,10 @@ impl Server {
                     return Ok(());
                 }
             }
-            if began.elapsed() > READY_TIMEOUT {
+            if began.elapsed() > limit {
                 return Err(StartError::Failed(format!(
                     "postgres did not accept connections within {} s: {}",
-                    READY_TIMEOUT.as_secs(),
+                    limit.as_secs(),
                     self.log_tail()
                 )));
             }
