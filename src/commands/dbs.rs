@@ -218,9 +218,25 @@ fn kept_name(state: &State, tenant: Uuid, name: &str) -> String {
 
 /// A history window as a person says it: `7 days`, `36 hours`, `90 minutes`.
 fn window_text(secs: u64) -> String {
-    match secs {
-        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
-        s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
-        s => format!("{} minutes", s / 60),
+    let (n, unit) = match secs {
+        s if s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s % 3_600 == 0 => (s / 3_600, "hour"),
+        s => (s / 60, "minute"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::window_text;
+
+    #[test]
+    fn a_window_reads_as_a_person_says_it() {
+        assert_eq!(window_text(7 * 86_400), "7 days");
+        assert_eq!(window_text(86_400), "1 day");
+        assert_eq!(window_text(3_600), "1 hour");
+        assert_eq!(window_text(36 * 3_600), "36 hours");
+        assert_eq!(window_text(90 * 60), "90 minutes");
+        assert_eq!(window_text(60), "1 minute");
     }
 }

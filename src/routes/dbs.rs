@@ -127,7 +127,10 @@ impl DbView {
     /// archive.
     pub fn of(state: &State, t: &Tenant, d: &Db) -> Self {
         let serving = matches!(d.state, DbState::Running | DbState::Stopping);
-        let wanted = matches!(d.state, DbState::Starting | DbState::Running);
+        let wanted = matches!(
+            d.state,
+            DbState::Starting | DbState::Running | DbState::Restoring
+        );
         let writer = d.writer.as_ref();
         let candidate = d.scale.candidate.as_ref();
         DbView {
