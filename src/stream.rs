@@ -165,6 +165,21 @@ fn event_data(event: &Event) -> Value {
             "db_id": db_id, "tenant_id": tenant_id, "name": name, "size": size,
             "timeline": timeline, "state": "stopped",
         }),
+        Event::DbBranched {
+            db_id,
+            tenant_id,
+            name,
+            size,
+            timeline,
+            parent_db_id,
+            at,
+            time,
+            ..
+        } => json!({
+            "db_id": db_id, "tenant_id": tenant_id, "name": name, "size": size,
+            "timeline": timeline, "state": "stopped", "parent_db_id": parent_db_id,
+            "parent_at": rfc3339(*at), "from_repository_at": time.map(rfc3339),
+        }),
         Event::DbDeleteRequested { db_id } | Event::DbDeleted { db_id } => {
             json!({ "db_id": db_id })
         }

@@ -382,6 +382,17 @@ mod tests {
                 db_id: Uuid::from_u128(8),
                 timeline: "tl8".into(),
             },
+            Event::DbBranched {
+                db_id: Uuid::from_u128(9),
+                tenant_id: Uuid::from_u128(7),
+                name: "app_dev".into(),
+                size: "L1".into(),
+                timeline: "tl9".into(),
+                parent_db_id: Uuid::from_u128(8),
+                parent_timeline: Some("tl8".into()),
+                at: Timestamp(9),
+                time: None,
+            },
         ]
     }
 
@@ -433,9 +444,10 @@ mod tests {
             Event::DbRestoreStarted { .. } => 43,
             Event::DbRestored { .. } => 44,
             Event::DbPurged { .. } => 45,
+            Event::DbBranched { .. } => 46,
         }
     }
-    const VARIANTS: usize = 46;
+    const VARIANTS: usize = 47;
 
     /// Every variant's sample, as the envelopes of seq 1, 2, ...
     pub(super) fn sample_envelopes() -> Vec<Envelope> {

@@ -296,6 +296,23 @@ pub enum Event {
     DbRestored { db_id: Uuid },
     /// The database's timeline was removed from the repository.
     DbPurged { db_id: Uuid, timeline: String },
+    /// A branch was created: a new database, stopped, with the data of `parent_db_id` (of the
+    /// same tenant) as of `at`. Its first start makes that data: from `parent_timeline` in
+    /// the repository as of `time` (a point in the past), or, with no `time`, as the parent
+    /// is at that start (a copy of the parent on its worker, else its newest point in the
+    /// repository). No `parent_timeline`: the parent never held data, and the branch starts
+    /// empty like it.
+    DbBranched {
+        db_id: Uuid,
+        tenant_id: Uuid,
+        name: String,
+        size: String,
+        timeline: String,
+        parent_db_id: Uuid,
+        parent_timeline: Option<String>,
+        at: Timestamp,
+        time: Option<Timestamp>,
+    },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -370,6 +387,7 @@ impl Event {
         "db.restore_started",
         "db.restored",
         "db.purged",
+        "db.branched",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -421,6 +439,7 @@ impl Event {
             Event::DbRestoreStarted { .. } => "db.restore_started",
             Event::DbRestored { .. } => "db.restored",
             Event::DbPurged { .. } => "db.purged",
+            Event::DbBranched { .. } => "db.branched",
         }
     }
 }

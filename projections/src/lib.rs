@@ -25,8 +25,8 @@ use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
 pub use model::{
-    Account, ApiKey, Db, DbState, Handoff, IdempotentResponse, Lease, Restore, Retire, Scale,
-    ScaleStage, SmolStr, Storage, Tenant, Usage, Worker, Writer,
+    Account, ApiKey, Branch, Db, DbState, Handoff, IdempotentResponse, Lease, Restore, Retire,
+    Scale, ScaleStage, SmolStr, Storage, Tenant, Usage, Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -277,42 +277,27 @@ impl State {
                 name,
                 size,
                 timeline,
+            } => self.add_db(Db::new(*db_id, *tenant_id, name, size, timeline, at)),
+            Event::DbBranched {
+                db_id,
+                tenant_id,
+                name,
+                size,
+                timeline,
+                parent_db_id,
+                parent_timeline,
+                at: point,
+                time,
             } => {
-                let name = SmolStr::new(name);
-                self.dbs_by_name.insert((*tenant_id, name.clone()), *db_id);
-                self.dbs.insert(
-                    *db_id,
-                    Arc::new(Db {
-                        id: *db_id,
-                        tenant: *tenant_id,
-                        name,
-                        size: SmolStr::new(size),
-                        timeline: timeline.clone(),
-                        created_at: at,
-                        state: DbState::Stopped,
-                        writer: None,
-                        writer_term: 0,
-                        phase_started_at: None,
-                        phase_deadline_at: None,
-                        failed_starts: 0,
-                        failure_reason: None,
-                        scale: Scale::default(),
-                        freeze_new_checkouts: false,
-                        lease_control_epoch: 1,
-                        autoscale_cooldown_until: None,
-                        leases: BTreeSet::new(),
-                        idle_since: None,
-                        cpu_milli: 0,
-                        active_connections: 0,
-                        load_band: LoadBand::Low,
-                        load_band_since: at,
-                        running_since: None,
-                        data_on: None,
-                        storage: None,
-                        restore: None,
-                        last_restore: None,
-                    }),
-                );
+                let mut db = Db::new(*db_id, *tenant_id, name, size, timeline, at);
+                db.branch = Some(Box::new(Branch {
+                    parent_db_id: *parent_db_id,
+                    parent_timeline: parent_timeline.clone(),
+                    at: *point,
+                    time: *time,
+                    made_at: parent_timeline.is_none().then_some(at),
+                }));
+                self.add_db(db);
             }
             Event::DbDeleteRequested { db_id } => self.mark_db_deleting(*db_id, at),
             Event::DbDeleted { db_id } => self.remove_db(*db_id, at),
@@ -404,6 +389,9 @@ impl State {
                         w.backend_addr = Some(backend_addr.clone());
                     }
                     db.state = DbState::Running;
+                    if let Some(b) = db.branch.as_mut().filter(|b| b.made_at.is_none()) {
+                        b.made_at = Some(at);
+                    }
                     if let Some(mut done) = db.restore.take() {
                         done.restored_at = Some(at);
                         db.last_restore = Some(done);
@@ -557,6 +545,10 @@ impl State {
                         self.retire(*old, *db_id, Retire::Stop);
                     }
                     if let Some(db) = edit(&mut self.dbs, db_id) {
+                        // A backup asked of the old writer will not come.
+                        if let Some(s) = db.storage.as_mut() {
+                            s.backup_wanted = None;
+                        }
                         db.scale = Scale::default();
                         db.freeze_new_checkouts = false;
                         db.autoscale_cooldown_until = Some(*cooldown_until);
@@ -618,6 +610,7 @@ impl State {
                 if let Some(s) = self.storage_of(*db_id) {
                     s.in_repository = true;
                     s.backup_wanted = Some(*writer_term);
+                    s.backups_asked += 1;
                 }
             }
             Event::DbBackupCompleted {
@@ -756,6 +749,9 @@ impl State {
             return;
         };
         let writer = db.writer.take();
+        if let Some(s) = db.storage.as_mut() {
+            s.backup_wanted = None;
+        }
         db.phase_started_at = None;
         db.phase_deadline_at = None;
         db.idle_since = None;
@@ -890,6 +886,7 @@ impl State {
             running_since: None,
             restore: None,
             last_restore: None,
+            branch: None,
             ..db.clone()
         };
         if let Some(s) = kept.storage.as_mut() {
@@ -990,6 +987,11 @@ impl State {
             self.tenants_by_pg_user.remove(&t.pg_user);
         }
         retain(&mut self.api_keys, |k| k.tenant() != Some(tenant));
+    }
+
+    fn add_db(&mut self, db: Db) {
+        self.dbs_by_name.insert((db.tenant, db.name.clone()), db.id);
+        self.dbs.insert(db.id, Arc::new(db));
     }
 
     fn remove_db(&mut self, db: Uuid, at: Timestamp) {

@@ -146,14 +146,64 @@ pub struct Db {
     pub restore: Option<Box<Restore>>,
     /// The last restore done.
     pub last_restore: Option<Box<Restore>>,
+    /// What it is a branch of (`None`: no branch).
+    pub branch: Option<Box<Branch>>,
 }
 
 impl Db {
+    /// A database just created, stopped, with no data yet.
+    pub fn new(
+        id: Uuid,
+        tenant: Uuid,
+        name: &str,
+        size: &str,
+        timeline: &str,
+        at: Timestamp,
+    ) -> Db {
+        Db {
+            id,
+            tenant,
+            name: SmolStr::new(name),
+            size: SmolStr::new(size),
+            timeline: timeline.to_owned(),
+            created_at: at,
+            state: DbState::Stopped,
+            writer: None,
+            writer_term: 0,
+            phase_started_at: None,
+            phase_deadline_at: None,
+            failed_starts: 0,
+            failure_reason: None,
+            scale: Scale::default(),
+            freeze_new_checkouts: false,
+            lease_control_epoch: 1,
+            autoscale_cooldown_until: None,
+            leases: BTreeSet::new(),
+            idle_since: None,
+            cpu_milli: 0,
+            active_connections: 0,
+            load_band: LoadBand::Low,
+            load_band_since: at,
+            running_since: None,
+            data_on: None,
+            storage: None,
+            restore: None,
+            last_restore: None,
+            branch: None,
+        }
+    }
+
+    /// A branch whose data its first start has not made yet: what it is made from.
+    pub fn unmade_branch(&self) -> Option<&Branch> {
+        self.branch.as_deref().filter(|b| b.made_at.is_none())
+    }
+
     /// What the repository holds of it (nothing known: the default).
     pub fn stored(&self) -> &Storage {
         static NONE: Storage = Storage {
             in_repository: false,
             backup_wanted: None,
+            backups_asked: 0,
             backup_retry_at: None,
             last_backup_at: None,
             oldest_backup_at: None,
@@ -180,7 +230,10 @@ pub struct Storage {
     /// the database removes it from there too.
     pub in_repository: bool,
     /// A backup of the writer of this term is wanted (listed to its worker until reported).
+    /// Void once that writer no longer serves: the policy asks again of the next one.
     pub backup_wanted: Option<u64>,
+    /// How many backups were asked for (each one's number tells it from the others).
+    pub backups_asked: u64,
     /// After a failed backup, none is asked for again before this.
     pub backup_retry_at: Option<Timestamp>,
     /// When the newest backup became consistent.
@@ -212,6 +265,21 @@ pub struct Restore {
     pub requested_at: Timestamp,
     /// When its writer first served (the restore done).
     pub restored_at: Option<Timestamp>,
+}
+
+/// What a branch is made from: its parent's data as of `at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub parent_db_id: Uuid,
+    /// The parent's timeline when branched (`None`: it held no data).
+    pub parent_timeline: Option<String>,
+    /// The point the branch has the parent's data as of (the request, if none was given).
+    pub at: Timestamp,
+    /// The point its first start restores from the repository (a point in the past); `None`:
+    /// the parent's data as it is at that start.
+    pub time: Option<Timestamp>,
+    /// When its first start made its data (and it served).
+    pub made_at: Option<Timestamp>,
 }
 
 /// The writer of a database on a worker.

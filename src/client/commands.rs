@@ -110,13 +110,21 @@ pub enum TenantsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DbsCommand {
-    /// Creates a database (`stopped`: it starts on its first connection).
+    /// Creates a database (`stopped`: it starts on its first connection); with `--parent`,
+    /// a branch of another database of the tenant, with its data now or as of `--at`.
     Create {
         tenant: String,
         name: String,
         /// A size of the catalog (`GET /v2/sizes`): L1 (the smallest) unless given.
         #[arg(long, default_value = "L1")]
         size: String,
+        /// Make a branch of this database (`--wait`: until the branch serves).
+        #[arg(long)]
+        parent: Option<String>,
+        /// The branch's point of the parent's history: a time, RFC 3339 (from the parent's
+        /// `history_start_at` to now); none: now.
+        #[arg(long, requires = "parent")]
+        at: Option<String>,
         #[command(flatten)]
         wait: Wait,
     },
@@ -301,6 +309,7 @@ const DB_COLUMNS: &[&str] = &[
     "scale_state",
     "worker_id",
     "active_connections",
+    "parent",
 ];
 
 pub fn run(command: Command, args: &ClientArgs) -> Result<(), ClientError> {
@@ -588,9 +597,17 @@ fn dbs(
             tenant,
             name,
             size,
+            parent,
+            at: point,
             wait,
         } => {
-            let body = json!({ "name": name, "size": size });
+            let mut body = json!({ "name": name, "size": size });
+            if let Some(parent) = parent {
+                body["parent"] = json!(parent);
+            }
+            if let Some(point) = point {
+                body["at"] = json!(point);
+            }
             let path = format!("/v2/tenants/{}/dbs", enc(&tenant));
             let begun = api.call("POST", &path, Some(&body))?;
             let d = match wait.wait {

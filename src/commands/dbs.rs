@@ -1,28 +1,36 @@
 //! Databases: creation and deletion (their lifecycle is [`crate::lifecycle`]'s).
 
 use spg99_events::{Event, Timestamp};
-use spg99_projections::{DbState, State};
+use spg99_projections::{DbState, State, Tenant};
 use uuid::Uuid;
 
 use super::caller;
 use crate::access::{self, Permission};
-use crate::catalog::Size;
+use crate::catalog::{self, Size};
 use crate::clock::rfc3339;
 use crate::decision::{conflict, CommandMeta, Draft, Rejection, Subject};
 use crate::domain::ResourceName;
-use crate::lifecycle::Context;
+use crate::lifecycle::{branch_worker, Context};
+
+/// What a creation is asked to be: a new database, or, with `parent`, a branch of one.
+pub(super) struct Create<'c> {
+    pub db_id: Uuid,
+    pub tenant: &'c ResourceName,
+    pub name: &'c ResourceName,
+    pub size: &'c Size,
+    pub timeline: &'c str,
+    pub parent: Option<&'c ResourceName>,
+    pub at: Option<Timestamp>,
+}
 
 pub(super) fn create(
     state: &State,
+    cx: &Context<'_>,
     meta: &CommandMeta,
-    db_id: Uuid,
-    tenant: &ResourceName,
-    name: &ResourceName,
-    size: &Size,
-    timeline: &str,
+    c: Create<'_>,
 ) -> Result<Vec<Draft>, Rejection> {
     let key = caller(state, meta)?;
-    let t = access::tenant(state, key, tenant.as_str())?;
+    let t = access::tenant(state, key, c.tenant.as_str())?;
     access::require(key, Permission::CreateDb)?;
     if t.deleting {
         return Err(conflict(
@@ -30,32 +38,133 @@ pub(super) fn create(
             format!("tenant {:?} is being deleted", t.name),
         ));
     }
-    if state.db_by_name(t.id, name.as_str()).is_some() {
+    let name = c.name.as_str();
+    if state.db_by_name(t.id, name).is_some() {
         return Err(conflict(
             "db_exists",
-            format!(
-                "tenant {:?} already has a database named {:?}",
-                t.name,
-                name.as_str()
-            ),
+            format!("tenant {:?} already has a database named {name:?}", t.name),
         ));
     }
-    if state.dbs.contains_key(&db_id) {
+    if state.dbs.contains_key(&c.db_id) {
         return Err(conflict(
             "db_id_taken",
             "generated id already in use; retry",
         ));
     }
-    Ok(vec![Draft::new(
-        Subject::db(t, db_id),
-        Event::DbCreated {
-            db_id,
-            tenant_id: t.id,
-            name: name.as_str().to_owned(),
-            size: size.name().to_owned(),
-            timeline: timeline.to_owned(),
-        },
-    )])
+    let Some(parent) = c.parent else {
+        if c.at.is_some() {
+            return Err(Rejection::Unprocessable {
+                code: "at_without_parent",
+                message: "`at` is the point of a branch's parent: give `parent` too".into(),
+            });
+        }
+        return Ok(vec![Draft::new(
+            Subject::db(t, c.db_id),
+            Event::DbCreated {
+                db_id: c.db_id,
+                tenant_id: t.id,
+                name: name.to_owned(),
+                size: c.size.name().to_owned(),
+                timeline: c.timeline.to_owned(),
+            },
+        )]);
+    };
+    branch(state, cx, t, parent, c)
+}
+
+/// A branch of `parent`: created, and its first start placed where its data is made.
+fn branch(
+    state: &State,
+    cx: &Context<'_>,
+    t: &Tenant,
+    parent: &ResourceName,
+    c: Create<'_>,
+) -> Result<Vec<Draft>, Rejection> {
+    let p = state
+        .db_by_name(t.id, parent.as_str())
+        .ok_or(Rejection::NotFound {
+            what: "parent database",
+        })?;
+    if p.state == DbState::Deleting {
+        return Err(conflict(
+            "db_deleting",
+            format!("database {:?} is being deleted", p.name.as_str()),
+        ));
+    }
+    let has_data = p.data_on.is_some() || p.restorable() || p.state != DbState::Stopped;
+    if let Some(at) = c.at {
+        let storage = cx.settings.storage.as_ref().ok_or_else(|| {
+            conflict(
+                "no_repository",
+                "this platform runs without a storage repository (--storage none): a branch \
+                 can only be made of a database as it is now",
+            )
+        })?;
+        let window = format!(
+            "the repository keeps every point of the last {}",
+            window_text(storage.history_window_secs)
+        );
+        let oldest = p.stored().oldest_backup_at;
+        if oldest.is_none_or(|o| at < o) || at > cx.now {
+            let from = match oldest {
+                Some(o) => format!("from {} to now ({})", rfc3339(o), rfc3339(cx.now)),
+                None => "from its first backup, seconds after its first start,".into(),
+            };
+            return Err(Rejection::Unprocessable {
+                code: "outside_history",
+                message: format!(
+                    "{} is outside database {:?}'s history: it can be branched at any point {from} \
+                     or now; {window}",
+                    rfc3339(at),
+                    p.name.as_str()
+                ),
+            });
+        }
+    }
+    // A stopped parent's state at any point after its stop is its newest (a recovery to a
+    // time after the last commit in the WAL would end with an error).
+    let time = c.at.filter(|at| {
+        p.state != DbState::Stopped || p.stored().recoverable_until.is_none_or(|u| *at < u)
+    });
+    let profile = catalog::profiles_of(c.size.name())
+        .first()
+        .copied()
+        .ok_or_else(|| conflict("unknown_size", "the size is not in the catalog"))?;
+    let branched = Event::DbBranched {
+        db_id: c.db_id,
+        tenant_id: t.id,
+        name: c.name.as_str().to_owned(),
+        size: c.size.name().to_owned(),
+        timeline: c.timeline.to_owned(),
+        parent_db_id: p.id,
+        parent_timeline: has_data.then(|| p.timeline.clone()),
+        at: c.at.unwrap_or(cx.now),
+        time,
+    };
+    let subject = || Subject::db(t, c.db_id);
+    if !has_data {
+        // Nothing to copy: the branch starts empty, like its parent, on its first connection.
+        return Ok(vec![Draft::new(subject(), branched)]);
+    }
+    let worker = branch_worker(state, cx, p, profile)?;
+    let deadline = Timestamp::from_micros(
+        cx.now
+            .as_micros()
+            .saturating_add(cx.settings.restore_deadline.as_micros() as i64),
+    );
+    Ok(vec![
+        Draft::new(subject(), branched),
+        Draft::new(
+            subject(),
+            Event::DbStartRequested {
+                db_id: c.db_id,
+                worker_id: worker,
+                profile: profile.to_owned(),
+                writer_term: 1,
+                deadline,
+            },
+        ),
+    ])
 }
 
 /// Asks for a database's deletion (its writers stop, then the reconciler finishes it);
@@ -82,6 +191,22 @@ pub(super) fn delete(
             format!(
                 "database {:?} is being restored from the state {:?} keeps: delete it once the \
                  restore is done",
+                o.name.as_str(),
+                d.name.as_str()
+            ),
+        ));
+    }
+    // Likewise the data a branch's first start is making its own.
+    let branching = state
+        .dbs_of(t.id)
+        .filter(|o| !matches!(o.state, DbState::Failed | DbState::Deleting))
+        .find(|o| o.unmade_branch().is_some_and(|b| b.parent_db_id == d.id));
+    if let Some(o) = branching {
+        return Err(conflict(
+            "branch_in_progress",
+            format!(
+                "branch {:?} is being made from database {:?}'s data: delete it once the \
+                 branch has started",
                 o.name.as_str(),
                 d.name.as_str()
             ),

@@ -104,12 +104,15 @@ pub enum Command {
         tenant: ResourceName,
         cascade: bool,
     },
+    /// Create a database; with `parent`, a branch of that database as of `at` (none: now).
     CreateDb {
         db_id: Uuid,
         tenant: ResourceName,
         name: ResourceName,
         size: Size,
         timeline: String,
+        parent: Option<ResourceName>,
+        at: Option<Timestamp>,
     },
     DeleteDb {
         tenant: ResourceName,
@@ -211,7 +214,22 @@ pub fn decide(
             name,
             size,
             timeline,
-        } => dbs::create(state, meta, *db_id, tenant, name, size, timeline)?,
+            parent,
+            at,
+        } => dbs::create(
+            state,
+            cx,
+            meta,
+            dbs::Create {
+                db_id: *db_id,
+                tenant,
+                name,
+                size,
+                timeline,
+                parent: parent.as_ref(),
+                at: *at,
+            },
+        )?,
         Command::DeleteDb { tenant, db } => dbs::delete(state, meta, tenant, db)?,
         Command::RestoreDb {
             tenant,

@@ -231,6 +231,8 @@ fn create_db(db: u128, db_name: &str) -> Command {
         name: name(db_name),
         size: Size::parse("size", "L1").unwrap(),
         timeline: format!("tl{db}"),
+        parent: None,
+        at: None,
     }
 }
 
@@ -455,6 +457,8 @@ fn a_tenant_key_sees_its_tenant_only_and_creates_no_tenant() {
         name: name("x"),
         size: Size::parse("size", "L1").unwrap(),
         timeline: "tl7".into(),
+        parent: None,
+        at: None,
     };
     assert_eq!(code(w.when(key("shop-key"), elsewhere)), "not_found");
     assert_eq!(
@@ -719,6 +723,53 @@ fn a_database_due_for_its_daily_backup_gets_it_before_its_idle_stop() {
     }
     assert_eq!(happened, ["db.backup_requested"]);
     assert_eq!(w.db().state, DbState::Running);
+}
+
+#[test]
+fn a_second_backup_of_a_writer_is_other_work_and_one_its_writer_never_took_is_asked_again() {
+    let mut w = World::backed_up();
+    w.advance(Duration::from_secs(86_400));
+    w.when(Actor::Service, heartbeat("w1")).unwrap();
+    w.when(Actor::System, reconcile(Step::Backups)).unwrap();
+    let listed = crate::lifecycle::instructions(&w.state, "w1");
+    let backup = listed
+        .iter()
+        .find(|i| i.op == crate::lifecycle::Op::Backup)
+        .expect("the daily backup is listed");
+    assert_eq!(
+        (backup.writer_term, backup.request),
+        (1, Some(2)),
+        "the same writer's second backup"
+    );
+
+    // Its worker is lost before it reports: the writer that serves next is asked instead.
+    w.advance(w.settings.worker_timeout + Duration::from_secs(1));
+    let mut w = w.given(
+        Actor::Service,
+        Command::Lifecycle(Lifecycle::RegisterWorker {
+            id: "w2".into(),
+            address: "w2:6432".into(),
+            capacity: 8,
+            profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
+            instance: "i2".into(),
+        }),
+    );
+    w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
+    assert_eq!(w.db().stored().backup_wanted, None);
+    w.when(Actor::Service, checkout(id(101))).unwrap();
+    let mut w = w.given(
+        Actor::Service,
+        lifecycle_report(WorkerReport {
+            keeps_data: true,
+            ..report_of("w2", 2, Outcome::Started)
+        }),
+    );
+    w.when(Actor::Service, heartbeat("w2")).unwrap();
+    assert_eq!(
+        types(&w.when(Actor::System, reconcile(Step::Backups))),
+        ["db.backup_requested"]
+    );
+    assert_eq!(w.db().stored().backup_wanted, Some(2));
 }
 
 #[test]

@@ -319,6 +319,8 @@ fn tighten_schemas(doc: &mut Value) {
     for (schema, field, rule) in [
         ("CreateTenant", "name", &resource),
         ("CreateDb", "name", &resource),
+        ("CreateDb", "parent", &resource),
+        ("CreateDb", "at", &json!({"format": "date-time"})),
         ("IssueKey", "tenant", &resource),
         ("CreateAccount", "name", &label),
         ("CreateAccount", "email", &email),
@@ -336,6 +338,11 @@ fn tighten_schemas(doc: &mut Value) {
     schemas["CreateDb"]["properties"]["size"]["enum"] = json!(sizes);
     // `start_immediately: true` is refused: a database starts on its first connection.
     schemas["CreateDb"]["properties"]["start_immediately"]["enum"] = json!([false, null]);
+    // A branch's point needs the branch's parent.
+    schemas["CreateDb"]["if"] =
+        json!({"required": ["at"], "properties": {"at": {"type": "string"}}});
+    schemas["CreateDb"]["then"] =
+        json!({"required": ["parent"], "properties": {"parent": {"type": "string"}}});
     let key = &mut schemas["IssueKey"];
     key["properties"]["scope"]["enum"] = json!(["global", "account", "tenant"]);
     key["oneOf"] = json!([

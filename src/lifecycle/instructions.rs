@@ -25,6 +25,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             pg_user: pg_user.filter(|_| serves),
             verifier: None,
             credentials: None,
+            request: None,
             restore: None,
         }
     };
@@ -38,6 +39,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         pg_user: None,
         verifier: None,
         credentials: None,
+        request: None,
         restore: None,
     };
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
@@ -46,7 +48,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             let current = state.tenants.get(&db.tenant).map_or(0, |t| t.credentials);
             match db.state {
                 DbState::Starting | DbState::Restoring => out.push(Instruction {
-                    restore: restore_from(db, worker_id),
+                    restore: restore_from(state, db, worker_id),
                     ..instruction(Op::Start, db, w.term, Some(&w.profile))
                 }),
                 DbState::Stopping => out.push(instruction(Op::Stop, db, w.term, None)),
@@ -58,7 +60,10 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
                 _ => {}
             }
             if db.state == DbState::Running && db.stored().backup_wanted == Some(w.term) {
-                out.push(instruction(Op::Backup, db, w.term, None));
+                out.push(Instruction {
+                    request: Some(db.stored().backups_asked),
+                    ..instruction(Op::Backup, db, w.term, None)
+                });
             }
         }
         if let Some(c) = db
@@ -119,13 +124,31 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
 /// once the repository holds the database, its newest point, unless this worker holds the
 /// newest copy (then only if that copy is missing: a disk replaced). A copy here that is not
 /// the newest (the database moved meanwhile) is never served: the restore refreshes it.
-fn restore_from(db: &Db, worker_id: &str) -> Option<RestoreFrom> {
+fn restore_from(state: &State, db: &Db, worker_id: &str) -> Option<RestoreFrom> {
     if let Some(r) = &db.restore {
         return Some(RestoreFrom {
             timeline: r.from_timeline.clone(),
             time: r.time.map(rfc3339),
             lsn: r.lsn.clone(),
             unless_here: false,
+            parent: None,
+        });
+    }
+    if let Some(b) = db.unmade_branch() {
+        // The parent's data, from the newest copy of it when that is on this worker.
+        let parent = state.dbs.get(&b.parent_db_id).filter(|p| {
+            p.timeline.as_str() == b.parent_timeline.as_deref().unwrap_or_default()
+                && match &p.writer {
+                    Some(w) => w.worker_id == worker_id && p.state == DbState::Running,
+                    None => p.data_on.as_deref() == Some(worker_id),
+                }
+        });
+        return b.parent_timeline.as_ref().map(|timeline| RestoreFrom {
+            timeline: timeline.clone(),
+            time: b.time.map(rfc3339),
+            lsn: None,
+            unless_here: false,
+            parent: parent.map(|p| p.id),
         });
     }
     db.restorable().then(|| RestoreFrom {
@@ -133,6 +156,7 @@ fn restore_from(db: &Db, worker_id: &str) -> Option<RestoreFrom> {
         time: None,
         lsn: None,
         unless_here: db.data_on.as_deref() == Some(worker_id),
+        parent: None,
     })
 }
 

@@ -48,7 +48,7 @@ use crate::decision::{forbidden, CommandMeta, Draft, Rejection, Subject};
 pub use autoscaler::{Autoscaler, HYSTERESIS_MILLI};
 pub use instructions::instructions;
 pub use reconcile::Step;
-pub use scheduler::occupancy;
+pub use scheduler::{branch_worker, occupancy};
 pub use spg99_wire::{Instruction, Op, Outcome};
 pub use workers::live_worker;
 
@@ -243,8 +243,9 @@ pub(super) fn after(t: Timestamp, d: Duration) -> Timestamp {
 /// database from the repository (a point in time asked for, or a worker without its newest
 /// copy) gets the restore deadline, as the copy takes as long as the database's size asks.
 pub(super) fn start_limit(settings: &Settings, db: &Db, worker_id: &str) -> Duration {
-    let restores =
-        db.restore.is_some() || (db.restorable() && db.data_on.as_deref() != Some(worker_id));
+    let restores = db.restore.is_some()
+        || db.unmade_branch().is_some()
+        || (db.restorable() && db.data_on.as_deref() != Some(worker_id));
     match restores {
         true => settings.restore_deadline,
         false => settings.phase_deadline,

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use spg99_projections::State;
+use spg99_projections::{Db, DbState, State};
+use spg99_wire::Code;
 
 use super::{after, Context};
+use crate::decision::{busy, conflict, Rejection};
 
 /// How many writers each worker holds: serving or starting, candidates, and writers it still
 /// has to shut down. Capacity is counted against this.
@@ -66,4 +68,63 @@ pub(super) fn place(
         })
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)))
         .map(|(_, id)| id.clone())
+}
+
+/// Where a new branch of `parent` makes its data at its first start, for a `profile`
+/// writer: on the worker of the parent's serving writer (a copy through the backup API, or,
+/// for a point in the past, a restore once that worker has archived the parent's WAL up to
+/// now); else on the worker holding the stopped parent's newest copy (a copy of it), if
+/// it has room; else anywhere, from the repository.
+pub fn branch_worker(
+    state: &State,
+    cx: &Context<'_>,
+    parent: &Db,
+    profile: &str,
+) -> Result<String, Rejection> {
+    let name = parent.name.as_str();
+    match parent.state {
+        DbState::Running if !parent.scale.stage.in_progress() => {
+            let home = parent
+                .writer
+                .as_ref()
+                .map(|w| w.worker_id.as_str())
+                .unwrap_or_default();
+            place(state, cx, profile, Placement::Only(home)).ok_or_else(|| {
+                busy(
+                    Code::NoCapacity.as_str(),
+                    format!(
+                        "the worker that runs database {name:?} ({home}) has no room for its \
+                         branch now; retry shortly"
+                    ),
+                    2,
+                )
+            })
+        }
+        DbState::Stopped => {
+            let home = parent.data_on.as_deref();
+            if let Some(w) = home.and_then(|h| place(state, cx, profile, Placement::Only(h))) {
+                return Ok(w);
+            }
+            match home {
+                Some(home) if !parent.restorable() => Err(busy(
+                    Code::DataUnavailable.as_str(),
+                    format!(
+                        "the worker that holds database {name:?}'s data ({home}) is not live or \
+                         has no room for a branch, and the storage repository holds no backup \
+                         of it yet; retry shortly"
+                    ),
+                    2,
+                )),
+                _ => super::leases::anywhere(state, cx, profile),
+            }
+        }
+        _ => Err(conflict(
+            "db_busy",
+            format!(
+                "database {name:?} is {} (or moving to another profile): branch it once it runs \
+                 or stopped",
+                parent.state.as_str()
+            ),
+        )),
+    }
 }

@@ -76,6 +76,13 @@ pub struct DbView {
     restore: Option<RestoreView>,
     /// The last restore done.
     last_restore: Option<RestoreView>,
+    /// A branch's parent (its name while it exists, its id always), and the point of the
+    /// parent's history the branch has the data of.
+    parent: Option<String>,
+    parent_db_id: Option<Uuid>,
+    parent_at: Option<String>,
+    /// A branch whose data is made (its first start done); `false` until then.
+    branch_made: Option<bool>,
 }
 
 /// A restore.
@@ -133,6 +140,7 @@ impl DbView {
         );
         let writer = d.writer.as_ref();
         let candidate = d.scale.candidate.as_ref();
+        let branch = d.branch.as_deref();
         DbView {
             db_id: d.id,
             name: d.name.to_string(),
@@ -176,6 +184,12 @@ impl DbView {
                 .or_else(|| d.stored().warning.clone()),
             restore: d.restore.as_deref().map(|r| RestoreView::of(state, r)),
             last_restore: d.last_restore.as_deref().map(|r| RestoreView::of(state, r)),
+            parent: branch
+                .and_then(|b| state.dbs.get(&b.parent_db_id))
+                .map(|p| p.name.to_string()),
+            parent_db_id: branch.map(|b| b.parent_db_id),
+            parent_at: branch.map(|b| rfc3339(b.at)),
+            branch_made: branch.map(|b| b.made_at.is_some()),
         }
     }
 }
@@ -207,6 +221,24 @@ pub struct CreateDb {
     #[serde(default)]
     #[allow(dead_code)]
     initial_scale: Option<serde_json::Value>,
+    /// Make a branch of this database of the tenant: the new database has its data.
+    #[serde(default)]
+    parent: Option<String>,
+    /// The point of the parent's history the branch has the data of (RFC 3339, within the
+    /// parent's history window); none: now.
+    #[serde(default)]
+    at: Option<String>,
+}
+
+/// A point in time given as RFC 3339.
+fn time_field(field: &'static str, raw: &str) -> Result<spg99_events::Timestamp, ApiError> {
+    crate::clock::parse_rfc3339(raw).ok_or_else(|| {
+        Invalid {
+            field,
+            message: "an RFC 3339 time, e.g. 2026-12-04T18:15:00Z".into(),
+        }
+        .into()
+    })
 }
 
 /// A path segment that must be a resource name; anything else cannot exist.
@@ -214,7 +246,7 @@ fn path_name(what: &'static str, raw: &str) -> Result<ResourceName, ApiError> {
     ResourceName::parse(what, raw).map_err(|_| ApiError::not_found(what))
 }
 
-#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "createDb", params(("tenant" = String, Path), Idempotent), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "createDb", params(("tenant" = String, Path), Idempotent), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`; a branch (`parent`), `starting` on the worker where its data is made", body = DbView), (status = 403, body = ErrorBody), (status = 404, description = "the tenant, or the `parent`, is not found", body = ErrorBody), (status = 409, description = "`db_exists`, `tenant_deleting`; for a branch `db_busy`, `db_deleting`, `no_repository` (an `at` without a repository)", body = ErrorBody), (status = 422, description = "`invalid_value`, `at_without_parent`, `outside_history` (an `at` outside the parent's history)", body = ErrorBody), (status = 503, description = "a branch: `no_capacity`, `no_worker`, `data_unavailable`", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -238,12 +270,20 @@ pub async fn create(
         name.as_str().to_owned(),
         StatusCode::CREATED,
     );
+    let parent = b
+        .parent
+        .as_deref()
+        .map(|p| ResourceName::parse("parent", p))
+        .transpose()?;
+    let at = b.at.as_deref().map(|at| time_field("at", at)).transpose()?;
     let command = Command::CreateDb {
         db_id: Uuid::new_v4(),
         tenant,
         name,
         size,
         timeline: random_hex(16),
+        parent,
+        at,
     };
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
@@ -360,13 +400,7 @@ pub async fn restore(
     let tenant = path_name("tenant", &path.0)?;
     let db = path_name("database", &path.1)?;
     let (time, lsn) = match (&body.value.at, &body.value.lsn) {
-        (Some(at), None) => {
-            let t = crate::clock::parse_rfc3339(at).ok_or_else(|| Invalid {
-                field: "at",
-                message: "an RFC 3339 time, e.g. 2026-12-04T18:15:00Z".into(),
-            })?;
-            (Some(t), None)
-        }
+        (Some(at), None) => (Some(time_field("at", at)?), None),
         (None, Some(lsn)) => {
             let hex =
                 |p: &str| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit());

@@ -39,6 +39,10 @@ pub const DESCRIBE_FIELDS: &[&str] = &[
     "storage_warning",
     "restore",
     "last_restore",
+    "parent",
+    "parent_db_id",
+    "parent_at",
+    "branch_made",
 ];
 
 #[test]

@@ -4,6 +4,7 @@ mod api_rules;
 mod api_scenario;
 mod authz_matrix;
 mod bootstrap;
+mod branches;
 mod browser;
 mod chaos;
 mod cli;

@@ -210,6 +210,10 @@ pub struct Instruction {
     /// `update_role`: which of the tenant's credentials the verifier is (reported back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<u64>,
+    /// `backup`: which backup of the database it is (the how-many-th asked for): a second
+    /// backup of the same writer is other work than the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u64>,
     /// `start`: make the data directory from the repository first (the newest data is
     /// elsewhere, or a point in the past is wanted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +235,12 @@ pub struct RestoreFrom {
     /// when it is not: a disk replaced).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unless_here: bool,
+    /// A branch's first start, on the worker holding the newest copy of its parent (this
+    /// database, whose data `timeline` is): with no point, a copy of that data (through the
+    /// backup API while the parent serves) instead of a restore; with a point, the parent's
+    /// WAL up to now archived first (it serves here), then the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Uuid>,
 }
 
 /// What a worker reports about an instruction (or, `failed` for a serving writer, about a

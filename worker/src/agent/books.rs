@@ -50,6 +50,8 @@ pub(super) struct Key {
     pub op: Op,
     /// `update_role`: the credentials asked for (a second reset is other work).
     credentials: u64,
+    /// `backup`: which backup (a second one of the same writer is other work).
+    request: u64,
 }
 
 impl Key {
@@ -59,6 +61,7 @@ impl Key {
             term: instruction.writer_term,
             op: instruction.op,
             credentials: instruction.credentials.unwrap_or(0),
+            request: instruction.request.unwrap_or(0),
         }
     }
 
@@ -481,6 +484,7 @@ impl State {
                 term,
                 op: Op::Start,
                 credentials: 0,
+                request: 0,
             };
             self.exits.push(key.failure(reason));
         }
@@ -519,6 +523,7 @@ mod tests {
             pg_user: Some("u_1".into()),
             verifier: Some("SCRAM-SHA-256$...".into()),
             credentials: None,
+            request: None,
             restore: None,
         }
     }
@@ -787,6 +792,7 @@ mod tests {
             term: 9,
             op: Op::Start,
             credentials: 0,
+            request: 0,
         };
         assert_eq!(
             serde_json::to_value(key.served(Outcome::Started, &served())).unwrap(),

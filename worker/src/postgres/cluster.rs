@@ -123,6 +123,56 @@ pub fn place(from: &Path, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Copies the directory `from` to `dir` (which must not exist) with `cp -a --reflink=auto`:
+/// owners and modes kept, blocks shared where the filesystem can (XFS with reflinks,
+/// btrfs), copied elsewhere. The entries of `from` named in `skip` are left out.
+pub fn copy_dir(from: &Path, dir: &Path, skip: &[&str]) -> Result<(), String> {
+    let meta = std::fs::metadata(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
+        let name = entry.file_name();
+        if !skip.iter().any(|s| name == std::ffi::OsStr::new(s)) {
+            sources.push(entry.path());
+        }
+    }
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .args(&sources)
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cp: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Writes `text` to `path`, owned by `owner`.
+pub fn write_owned(path: &Path, text: &str, owner: Option<Owner>) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(o) = owner {
+        o.chown(path)?;
+    }
+    Ok(())
+}
+
 fn copy_tree(from: &Path, to: &Path, owner: Option<Owner>) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(to)?;

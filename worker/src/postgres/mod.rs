@@ -489,7 +489,9 @@ impl Postgres {
         let began = std::time::Instant::now();
         if let Some(from) = &writer.restore {
             let here = self.data_dir(&writer.timeline).join("PG_VERSION").exists();
-            if !(from.unless_here && here) {
+            if let Some(parent) = from.parent {
+                self.branch(&writer.timeline, parent, from)?;
+            } else if !(from.unless_here && here) {
                 self.restore(&writer.timeline, from)?;
             }
         }
@@ -883,6 +885,105 @@ impl Postgres {
         restored
     }
 
+    /// Makes a branch's data directory `timeline` from its parent (`parent`), whose newest
+    /// copy is on this worker (`from.timeline`): with no point, a copy of it (reflinks where
+    /// the filesystem shares blocks: the cost does not grow with its size), through the backup
+    /// API while it serves, directly while it is stopped (its operations wait meanwhile);
+    /// with a point, the parent's WAL up to now archived first (it serves here), then a
+    /// restore from the repository.
+    fn branch(&self, timeline: &str, parent: Uuid, from: &spg99_wire::RestoreFrom) -> Result<()> {
+        timeline_ok(timeline)?;
+        timeline_ok(&from.timeline)?;
+        let slot = self.slot(parent);
+        let slot = lock(&slot);
+        let running = slot
+            .running
+            .as_ref()
+            .filter(|_| self.timeline_of(&slot).ok().as_deref() == Some(from.timeline.as_str()));
+        let repository = spg99_wire::RestoreFrom {
+            parent: None,
+            ..from.clone()
+        };
+        if from.time.is_some() || from.lsn.is_some() {
+            if let Some(r) = running {
+                let engine = self
+                    .engine()
+                    .ok_or("a branch at a point in time needs a repository")?;
+                let mut client = cluster::admin(&self.run_dir, r.port.port)?;
+                archive_now(&mut client, &engine)?;
+            }
+            drop(slot);
+            return self.restore(timeline, &repository);
+        }
+        let source = self.data_dir(&from.timeline);
+        if running.is_none() && !source.join("PG_VERSION").exists() {
+            drop(slot);
+            return self.restore(timeline, &repository);
+        }
+        let dir = self.data_dir(timeline);
+        let _ = std::fs::remove_dir_all(&dir);
+        let began = std::time::Instant::now();
+        let made = match running {
+            Some(r) => self.copy_serving(&source, &dir, r.port.port),
+            None => cluster::copy_dir(&source, &dir, &[]),
+        };
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("cannot copy the parent's data: {e}"));
+        }
+        crate::metrics::get()
+            .storage
+            .get_or_create(&crate::metrics::Op { op: "branch_copy" })
+            .observe(began.elapsed().as_secs_f64());
+        info!(
+            timeline,
+            from = %from.timeline,
+            serving = running.is_some(),
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "branch copied from its parent"
+        );
+        Ok(())
+    }
+
+    /// A copy of the serving server's data directory `source` (on `port`) into `dir` through
+    /// the backup API, in one session: `pg_backup_start`, the files copied (the WAL last),
+    /// `pg_backup_stop`, its `backup_label` written, then the WAL again, which reaches past
+    /// the backup's end. The copy's server replays it at its start and is consistent.
+    fn copy_serving(&self, source: &Path, dir: &Path, port: u16) -> Result<()> {
+        let sql = |e: postgres::Error| cluster::sql_error(&e);
+        let mut client = cluster::admin(&self.run_dir, port)?;
+        client
+            .batch_execute("SELECT pg_backup_start('spg99 branch', true)")
+            .map_err(sql)?;
+        let copied = cluster::copy_dir(
+            source,
+            dir,
+            &["pg_wal", "postmaster.pid", "postmaster.opts"],
+        );
+        let stopped = client
+            .query_one(
+                "SELECT labelfile, spcmapfile FROM pg_backup_stop(false)",
+                &[],
+            )
+            .map_err(sql);
+        copied?;
+        let row = stopped?;
+        let (label, map): (String, String) = (row.get(0), row.get(1));
+        cluster::write_owned(&dir.join("backup_label"), &label, self.owner)?;
+        if !map.is_empty() {
+            cluster::write_owned(&dir.join("tablespace_map"), &map, self.owner)?;
+        }
+        cluster::copy_dir(&source.join("pg_wal"), &dir.join("pg_wal"), &[])?;
+        // What the parent has still to archive is its own.
+        let status = dir.join("pg_wal").join("archive_status");
+        if let Ok(entries) = std::fs::read_dir(&status) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
     /// Before a writer stops, with a repository: no new transaction, its sessions ended, its
     /// current WAL segment switched and archived, so that the repository holds everything it
     /// wrote ("stop means stored"). A server's clean shutdown would not archive its last,
@@ -905,9 +1006,7 @@ impl Postgres {
         // One statement at a time: ALTER SYSTEM cannot run in the implicit transaction of a
         // multi-statement query.
         // The tenant's sessions end (not the administration's: a backup may be under way).
-        // Then a transaction of its own commits: a restore to any point up to now stops at a
-        // commit after it (recovery to a time ends with an error if no commit follows it).
-        let switched = client
+        let quiet = client
             .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
             .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
             .and_then(|()| {
@@ -917,65 +1016,17 @@ impl Postgres {
                       WHERE a.backend_type = 'client backend' AND NOT r.rolsuper",
                 )
             })
-            .and_then(|()| {
-                client.batch_execute(
-                    "BEGIN; SET LOCAL transaction_read_only = off; \
-                     SELECT pg_current_xact_id(); COMMIT",
-                )
-            })
-            .and_then(|()| client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]))
-            .map(|row| row.get::<_, String>(0))
             .map_err(sql);
-        let segment = match switched {
-            Ok(segment) => segment,
-            Err(e) => return incomplete(format!("cannot switch the WAL: {e}")),
-        };
-        let began = std::time::Instant::now();
-        let patience =
-            std::time::Duration::from_secs(engine.settings.archive_timeout_secs * 2 + 30);
-        loop {
-            let row = client
-                .query_one(
-                    "SELECT coalesce(last_archived_wal, ''),
-                            coalesce(extract(epoch from last_archived_time)::bigint, 0),
-                            coalesce(last_failed_wal, '')
-                       FROM pg_stat_archiver",
-                    &[],
-                )
-                .map_err(sql);
-            let (archived, at, failed): (String, i64, String) = match row {
-                Ok(row) => (row.get(0), row.get(1), row.get(2)),
-                Err(e) => return incomplete(format!("cannot read the archiver: {e}")),
-            };
-            // Segment names order by timeline, then position.
-            if !archived.is_empty() && archived >= segment {
-                crate::metrics::get()
-                    .storage
-                    .get_or_create(&crate::metrics::Op {
-                        op: "final_archive",
-                    })
-                    .observe(began.elapsed().as_secs_f64());
-                return Stored {
-                    complete: true,
-                    recoverable_until: Some(storage::rfc3339(at)),
-                    reason: None,
-                };
-            }
-            if began.elapsed() > patience {
-                let last = if failed.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; the last push that failed was {failed}, see the worker's pgBackRest log"
-                    )
-                };
-                return incomplete(format!(
-                    "the last WAL ({segment}) did not reach the repository within {} s{last}; \
-                     the data is complete on this worker only",
-                    patience.as_secs()
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Err(e) = quiet {
+            return incomplete(format!("cannot switch the WAL: {e}"));
+        }
+        match archive_now(&mut client, engine) {
+            Ok(at) => Stored {
+                complete: true,
+                recoverable_until: Some(storage::rfc3339(at)),
+                reason: None,
+            },
+            Err(e) => incomplete(e),
         }
     }
 
@@ -985,6 +1036,60 @@ impl Postgres {
             .as_ref()
             .and_then(|r| r.server.dir.file_name()?.to_str().map(str::to_owned))
             .ok_or_else(|| "no writer of this database runs here".to_owned())
+    }
+}
+
+/// Makes the repository hold everything the server of `client` committed up to now: a
+/// transaction of its own commits (a restore to any point up to now stops at a commit after
+/// it: recovery to a time ends with an error if no commit follows it), its WAL segment is
+/// switched, and the archiver is waited for. Bounded: twice the archive timeout and thirty
+/// seconds more. Returns when the last segment reached the repository (seconds since the
+/// epoch).
+fn archive_now(client: &mut postgres::Client, engine: &Engine) -> Result<i64> {
+    let sql = |e: postgres::Error| cluster::sql_error(&e);
+    let segment: String = client
+        .batch_execute(
+            "BEGIN; SET LOCAL transaction_read_only = off; SELECT pg_current_xact_id(); COMMIT",
+        )
+        .and_then(|()| client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[]))
+        .map(|row| row.get(0))
+        .map_err(|e| format!("cannot switch the WAL: {}", sql(e)))?;
+    let began = std::time::Instant::now();
+    let patience = std::time::Duration::from_secs(engine.settings.archive_timeout_secs * 2 + 30);
+    loop {
+        let row = client
+            .query_one(
+                "SELECT coalesce(last_archived_wal, ''),
+                        coalesce(extract(epoch from last_archived_time)::bigint, 0),
+                        coalesce(last_failed_wal, '')
+                   FROM pg_stat_archiver",
+                &[],
+            )
+            .map_err(|e| format!("cannot read the archiver: {}", sql(e)))?;
+        let (archived, at, failed): (String, i64, String) = (row.get(0), row.get(1), row.get(2));
+        // Segment names order by timeline, then position.
+        if !archived.is_empty() && archived >= segment {
+            crate::metrics::get()
+                .storage
+                .get_or_create(&crate::metrics::Op {
+                    op: "final_archive",
+                })
+                .observe(began.elapsed().as_secs_f64());
+            return Ok(at);
+        }
+        if began.elapsed() > patience {
+            let last = if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; the last push that failed was {failed}, see the worker's pgBackRest log")
+            };
+            return Err(format!(
+                "the last WAL ({segment}) did not reach the repository within {} s{last}; \
+                 the data is complete on this worker only",
+                patience.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

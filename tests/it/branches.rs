@@ -1,0 +1,354 @@
+//! Branches, through the real binaries: a control plane with a storage repository, workers
+//! running real PostgreSQL (one on an XFS filesystem with reflinks, loop-mounted by the test
+//! when it runs as root), clients through the Gateway.
+//!
+//! - A branch of a running database under writes has every row acknowledged before the
+//!   request, answers within seconds, is a copy that shares the parent's blocks, and neither
+//!   side sees the other's writes; `pg_amcheck` finds it clean.
+//! - A branch at a past time has exactly what was committed before it; a branch of a branch;
+//!   the parent deleted, its branches keep working.
+//! - A branch of a stopped database whose worker is gone is made on another worker, from
+//!   the repository.
+//! - Bad input: an unknown parent, a parent of another tenant, a point outside the history,
+//!   a point without a parent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{tempdir, Reply};
+use crate::lab::Worker;
+use crate::storage::{backed_up, destroy, Platform};
+
+/// An XFS filesystem with reflinks, loop-mounted at `dir` for as long as it lives (as root;
+/// elsewhere `dir` is a plain directory and copies are whole).
+struct Reflinks {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Reflinks {
+    fn at(dir: &Path) -> Reflinks {
+        std::fs::create_dir_all(dir).unwrap();
+        // `/proc/self` belongs to the process's effective user.
+        let root =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+        if root {
+            let image = dir.with_extension("img");
+            let run = |cmd: &mut Command| {
+                let out = cmd.output().unwrap();
+                assert!(out.status.success(), "{cmd:?}: {out:?}");
+            };
+            run(Command::new("truncate").arg("-s").arg("3G").arg(&image));
+            run(Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image));
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(dir));
+        }
+        Reflinks {
+            dir: dir.to_path_buf(),
+            mounted: root,
+        }
+    }
+
+    /// Bytes used on the filesystem.
+    fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=used", "-B1"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Reflinks {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn branch(p: &Platform, name: &str, body: Value) -> Reply {
+    let mut body = body;
+    body["name"] = json!(name);
+    body["size"] = json!("L1");
+    p.fx.server
+        .post("/v2/tenants/shop/dbs", &p.fx.account_key, body)
+}
+
+fn count(p: &Platform, db: &str, sql: &str) -> i64 {
+    p.sql(db, sql).parse().unwrap()
+}
+
+/// `pg_amcheck` of every table and index of the database `db`, on its server (reached over
+/// the worker's socket as `postgres`).
+fn amcheck(worker_storage: &Path, d: &Value) {
+    let port = d["backend_addr"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let bin = spg99_worker::postgres::find_bin(None).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join("pg_amcheck"))
+        .arg("-h")
+        .arg(worker_storage.join("run"))
+        .args([
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "--install-missing",
+            "--heapallindexed",
+        ])
+        .arg(d["name"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_branch_of_a_running_database_under_writes_has_every_acknowledged_row_and_its_own_future() {
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
+    let disk = Reflinks::at(&tmp.path().join("w1"));
+    let _w1 = Worker::postgres(&p.fx.server, "w1", &disk.dir);
+    p.create_db("app");
+    // About 100 MiB of rows, so that a copy that does not share blocks shows.
+    p.sql(
+        "app",
+        "CREATE TABLE t (i bigint PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT -i, repeat('x', 200) FROM generate_series(1, 400000) i",
+    );
+    let app = p.until("app", 60, backed_up);
+
+    // A writer: one row per transaction, each acknowledged one counted.
+    let acked = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let mut session = p.session("app");
+        std::thread::spawn(move || {
+            let mut i = 0i64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                session
+                    .execute("INSERT INTO t VALUES ($1, 'w')", &[&i])
+                    .unwrap();
+                acked.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    while acked.load(Ordering::SeqCst) < 200 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let used = disk.used();
+    let before = acked.load(Ordering::SeqCst);
+    let asked = Instant::now();
+    let r = branch(&p, "dev", json!({"parent": "app"}));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["state"], "starting", "{r:?}");
+    assert_eq!(r.body["parent"], "app");
+    assert_eq!(r.body["parent_db_id"], app["db_id"]);
+    assert_eq!(r.body["branch_made"], false);
+    let dev = p.until("dev", 60, |d| d["state"] == "running");
+    let took = asked.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(took < Duration::from_secs(30), "made in {took:?}");
+    assert_eq!(dev["branch_made"], true, "{dev}");
+    assert_eq!(dev["worker_id"], "w1", "made where the parent runs");
+    assert!(dev["parent_at"].is_string(), "{dev}");
+
+    // Every row acknowledged before the request; what came after, maybe.
+    assert_eq!(
+        count(
+            &p,
+            "dev",
+            &format!("SELECT count(*) FROM t WHERE i BETWEEN 1 AND {before}")
+        ),
+        before
+    );
+    assert_eq!(
+        count(&p, "dev", "SELECT count(*) FROM t WHERE i < 0"),
+        400_000
+    );
+    if disk.mounted {
+        let grown = disk.used().saturating_sub(used);
+        assert!(
+            grown < 60 << 20,
+            "a reflink copy shares the parent's ~100 MiB: the disk grew by {grown} bytes"
+        );
+    }
+
+    // Two databases from here on.
+    p.sql("dev", "INSERT INTO t VALUES (0, 'dev only')");
+    p.sql("app", "INSERT INTO t VALUES (1000000000, 'app only')");
+    assert_eq!(count(&p, "app", "SELECT count(*) FROM t WHERE i = 0"), 0);
+    assert_eq!(
+        count(&p, "dev", "SELECT count(*) FROM t WHERE i = 1000000000"),
+        0
+    );
+    amcheck(&disk.dir, &p.describe("dev"));
+    let dev_id = dev["db_id"].as_str().unwrap();
+    assert!(p.types(dev_id).iter().any(|t| t == "db.branched"));
+    // Its own stanza in the repository, never its parent's.
+    p.until("dev", 60, backed_up);
+    assert!(p
+        .repo
+        .join("backup")
+        .join(dev["timeline"].as_str().unwrap())
+        .is_dir());
+}
+
+#[test]
+fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives_its_parent() {
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[]);
+    let _w1 = Worker::postgres(&p.fx.server, "w1", &tmp.path().join("w1"));
+    p.create_db("app");
+    let mut session = p.session("app");
+    session
+        .batch_execute("CREATE TABLE t AS SELECT i FROM generate_series(1, 100) i")
+        .unwrap();
+    let start = p.until("app", 60, backed_up)["history_start_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A point of the history: after its start (the second after the first backup ended).
+    let point = loop {
+        let now: String = session
+            .query_one(
+                "SELECT to_char(clock_timestamp() at time zone 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if now > start {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    session
+        .batch_execute("INSERT INTO t SELECT i FROM generate_series(101, 200) i")
+        .unwrap();
+
+    // Bad input first: nothing is made.
+    let unknown = branch(&p, "x", json!({"parent": "nope"}));
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    let early = branch(
+        &p,
+        "x",
+        json!({"parent": "app", "at": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(early.status, 422, "{early:?}");
+    assert_eq!(early.body["error"]["code"], "outside_history", "{early:?}");
+    let alone = branch(&p, "x", json!({"at": point}));
+    assert_eq!(alone.status, 422, "{alone:?}");
+    assert_eq!(
+        alone.body["error"]["code"], "at_without_parent",
+        "{alone:?}"
+    );
+    let garbled = branch(&p, "x", json!({"parent": "app", "at": "yesterday"}));
+    assert_eq!(garbled.status, 422, "{garbled:?}");
+    let other = p.fx.server.create_tenant(&p.fx.account_key, "other");
+    assert_eq!(other.status, 201);
+    let foreign = p.fx.server.post(
+        "/v2/tenants/other/dbs",
+        &p.fx.account_key,
+        json!({"name": "x", "size": "L1", "parent": "app"}),
+    );
+    assert_eq!(foreign.status, 404, "{foreign:?}");
+    assert_eq!(
+        p.fx.server
+            .get("/v2/tenants/shop/dbs/x", &p.fx.account_key)
+            .status,
+        404
+    );
+
+    // The parent serves on with its writes; the branch has the state of the point.
+    let r = branch(&p, "past", json!({"parent": "app", "at": point}));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.body["parent_at"]
+        .as_str()
+        .unwrap()
+        .starts_with(&point[..19]));
+    p.until("past", 120, |d| d["state"] == "running");
+    assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 100);
+    session.batch_execute("INSERT INTO t VALUES (201)").unwrap();
+    assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 100);
+
+    // A branch of the branch, now.
+    p.sql("past", "INSERT INTO t VALUES (-1)");
+    assert_eq!(branch(&p, "past2", json!({"parent": "past"})).status, 201);
+    p.until("past2", 120, |d| d["state"] == "running");
+    assert_eq!(count(&p, "past2", "SELECT count(*) FROM t"), 101);
+
+    // The parent deleted: its branches keep their data, and their describe its id.
+    drop(session);
+    let gone =
+        p.fx.server
+            .delete("/v2/tenants/shop/dbs/app", &p.fx.account_key);
+    assert_eq!(gone.status, 202, "{gone:?}");
+    p.until("past", 60, |d| {
+        d["parent"].is_null() && d["state"] == "stopped"
+    });
+    assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 101);
+    let past = p.describe("past");
+    assert!(past["parent_db_id"].is_string(), "{past}");
+}
+
+#[test]
+fn a_branch_of_a_stopped_database_whose_worker_is_gone_is_made_from_the_repository() {
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[]);
+    let mut w1 = Worker::postgres(&p.fx.server, "w1", &tmp.path().join("w1"));
+    p.create_db("app");
+    p.sql(
+        "app",
+        "CREATE TABLE t AS SELECT i FROM generate_series(1, 300) i",
+    );
+    p.until("app", 60, |d| backed_up(d) && d["state"] == "stopped");
+    // A stopped parent whose data is on a live worker: copied there, the parent not started.
+    assert_eq!(branch(&p, "copy", json!({"parent": "app"})).status, 201);
+    let copy = p.until("copy", 60, |d| d["state"] == "running");
+    assert_eq!(copy["worker_id"], "w1");
+    assert_eq!(p.describe("app")["state"], "stopped");
+    assert_eq!(count(&p, "copy", "SELECT count(*) FROM t"), 300);
+
+    let _w2 = Worker::postgres(&p.fx.server, "w2", &tmp.path().join("w2"));
+    destroy(&mut w1);
+    p.until_lost("w1");
+    assert_eq!(branch(&p, "moved", json!({"parent": "app"})).status, 201);
+    let moved = p.until("moved", 120, |d| {
+        matches!(d["state"].as_str(), Some("running" | "failed"))
+    });
+    assert_eq!(moved["state"], "running", "{moved}");
+    assert_eq!(moved["worker_id"], "w2");
+    assert_eq!(count(&p, "moved", "SELECT count(*) FROM t"), 300);
+    assert_eq!(p.describe("app")["state"], "stopped");
+}
