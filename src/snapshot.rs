@@ -32,8 +32,8 @@ const MAGIC: &[u8; 8] = b"SPG99SNP";
 /// older shape is skipped (and the log replayed) rather than misread. 2: the lifecycle
 /// (workers, leases, writers, handoffs, usage). 3: tenants' verifiers, where each database's
 /// data lives, and stale copies. 4: which credentials a tenant and each writer's role have.
-/// 5: storage and restores. 6: the last restore done. 7: branches.
-const VERSION: u8 = 7;
+/// 5: storage and restores. 6: the last restore done. 7: branches. 8: resets.
+const VERSION: u8 = 8;
 const KEEP: usize = 2;
 pub const DIR: &str = "snapshots";
 

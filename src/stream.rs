@@ -180,6 +180,16 @@ fn event_data(event: &Event) -> Value {
             "timeline": timeline, "state": "stopped", "parent_db_id": parent_db_id,
             "parent_at": rfc3339(*at), "from_repository_at": time.map(rfc3339),
         }),
+        Event::DbReset {
+            db_id,
+            timeline,
+            kept_db_id,
+            kept_name,
+            ..
+        } => json!({
+            "db_id": db_id, "state": "restoring", "timeline": timeline,
+            "kept_db_id": kept_db_id, "kept_name": kept_name,
+        }),
         Event::DbDeleteRequested { db_id } | Event::DbDeleted { db_id } => {
             json!({ "db_id": db_id })
         }

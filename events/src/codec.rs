@@ -393,6 +393,13 @@ mod tests {
                 at: Timestamp(9),
                 time: None,
             },
+            Event::DbReset {
+                db_id: Uuid::from_u128(9),
+                timeline: "tl10".into(),
+                parent_timeline: "tl8".into(),
+                kept_db_id: Uuid::from_u128(11),
+                kept_name: "app_dev_before_reset_1".into(),
+            },
         ]
     }
 
@@ -445,9 +452,10 @@ mod tests {
             Event::DbRestored { .. } => 44,
             Event::DbPurged { .. } => 45,
             Event::DbBranched { .. } => 46,
+            Event::DbReset { .. } => 47,
         }
     }
-    const VARIANTS: usize = 47;
+    const VARIANTS: usize = 48;
 
     /// Every variant's sample, as the envelopes of seq 1, 2, ...
     pub(super) fn sample_envelopes() -> Vec<Envelope> {

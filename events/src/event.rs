@@ -313,6 +313,17 @@ pub enum Event {
         at: Timestamp,
         time: Option<Timestamp>,
     },
+    /// A branch's reset: it takes its parent's data as it is now, on the new timeline
+    /// `timeline`, under the same name and id (a restore whose source is the parent's
+    /// `parent_timeline`); the state it has now is kept as a new database, `kept_db_id` called
+    /// `kept_name`.
+    DbReset {
+        db_id: Uuid,
+        timeline: String,
+        parent_timeline: String,
+        kept_db_id: Uuid,
+        kept_name: String,
+    },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -388,6 +399,7 @@ impl Event {
         "db.restored",
         "db.purged",
         "db.branched",
+        "db.reset",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -440,6 +452,7 @@ impl Event {
             Event::DbRestored { .. } => "db.restored",
             Event::DbPurged { .. } => "db.purged",
             Event::DbBranched { .. } => "db.branched",
+            Event::DbReset { .. } => "db.reset",
         }
     }
 }

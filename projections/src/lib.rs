@@ -676,6 +676,27 @@ impl State {
                 kept_db_id,
                 kept_name,
             } => self.start_restore(at, *db_id, time, lsn, timeline, *kept_db_id, kept_name),
+            Event::DbReset {
+                db_id,
+                timeline,
+                parent_timeline,
+                kept_db_id,
+                kept_name,
+            } => {
+                self.start_restore(at, *db_id, &None, &None, timeline, *kept_db_id, kept_name);
+                if let Some(db) = edit(&mut self.dbs, db_id) {
+                    let parent = db.branch.as_ref().map(|b| b.parent_db_id);
+                    if let Some(r) = db.restore.as_mut() {
+                        r.from_timeline = parent_timeline.clone();
+                        r.parent = parent;
+                    }
+                    if let Some(b) = db.branch.as_mut() {
+                        b.parent_timeline = Some(parent_timeline.clone());
+                        b.at = at;
+                        b.time = None;
+                    }
+                }
+            }
             Event::DbRestoreStarted {
                 db_id,
                 worker_id,
@@ -898,6 +919,7 @@ impl State {
         db.storage = None;
         db.restore = Some(Box::new(Restore {
             from_timeline,
+            parent: None,
             time: *time,
             lsn: lsn.clone(),
             kept_db_id,

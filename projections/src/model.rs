@@ -258,6 +258,9 @@ pub struct Storage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restore {
     pub from_timeline: String,
+    /// A branch's reset: the parent whose data `from_timeline` is (copied from its worker
+    /// when its newest copy is there).
+    pub parent: Option<Uuid>,
     pub time: Option<Timestamp>,
     pub lsn: Option<String>,
     /// The database that keeps the state from before.

@@ -139,6 +139,23 @@ pub enum DbsCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// A database's schema against another's (its parent unless `--against`): a unified
+    /// diff, `pg_dump --schema-only` normalised.
+    Diff {
+        tenant: String,
+        db: String,
+        /// The database to compare against: its parent unless given.
+        #[arg(long)]
+        against: Option<String>,
+    },
+    /// Resets a branch to its parent's data as it is now, in place (`restoring`, then
+    /// `running`); what it holds now is kept as `<db>_before_reset_<n>`.
+    Reset {
+        tenant: String,
+        db: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Restores a database in place to a point of its history (`restoring`, then `running`):
     /// the same name, DSN and id; what it holds now is kept as `<db>_before_restore_<n>`.
     Restore {
@@ -646,6 +663,50 @@ fn dbs(
                     let restored =
                         |d: &Value| matches!(d["state"].as_str(), Some("running" | "failed"));
                     settle(api, &at(&tenant, &db), &filter, &begun, &wait, restored)?
+                }
+                false => begun.body,
+            };
+            show(out, output, &d)
+        }
+        DbsCommand::Diff {
+            tenant,
+            db,
+            against,
+        } => {
+            let against = match against {
+                Some(a) => a,
+                None => api.get(&at(&tenant, &db))?["parent"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        ClientError::Usage(format!(
+                            "{db} is no branch (or its parent is gone): give --against"
+                        ))
+                    })?,
+            };
+            let r = api.get(&format!(
+                "{}/schema-diff?against={}",
+                at(&tenant, &db),
+                enc(&against)
+            ))?;
+            match output {
+                Output::Json => show(out, output, &r),
+                Output::Table if r["identical"] == true => {
+                    writeln!(out, "{db} has the same schema as {against}").map_err(io)
+                }
+                Output::Table => out
+                    .write_all(r["diff"].as_str().unwrap_or_default().as_bytes())
+                    .map_err(io),
+            }
+        }
+        DbsCommand::Reset { tenant, db, wait } => {
+            let begun = api.call("POST", &format!("{}/reset", at(&tenant, &db)), None)?;
+            let d = match wait.wait {
+                true => {
+                    let filter = format!("db={}", enc(render::cell(&begun.body["db_id"]).as_str()));
+                    let reset =
+                        |d: &Value| matches!(d["state"].as_str(), Some("running" | "failed"));
+                    settle(api, &at(&tenant, &db), &filter, &begun, &wait, reset)?
                 }
                 false => begun.body,
             };

@@ -200,7 +200,10 @@ pub(super) fn delete(
     let branching = state
         .dbs_of(t.id)
         .filter(|o| !matches!(o.state, DbState::Failed | DbState::Deleting))
-        .find(|o| o.unmade_branch().is_some_and(|b| b.parent_db_id == d.id));
+        .find(|o| {
+            o.unmade_branch().is_some_and(|b| b.parent_db_id == d.id)
+                || o.restore.as_ref().is_some_and(|r| r.parent == Some(d.id))
+        });
     if let Some(o) = branching {
         return Err(conflict(
             "branch_in_progress",
@@ -313,7 +316,7 @@ pub(super) fn restore(
     let time = r.time.filter(|at| {
         d.state != DbState::Stopped || d.stored().recoverable_until.is_none_or(|u| *at < u)
     });
-    let kept_name = kept_name(state, t.id, d.name.as_str());
+    let kept_name = kept_name(state, t.id, d.name.as_str(), "restore");
     Ok(vec![Draft::new(
         Subject::db(t, d.id),
         Event::DbRestoreRequested {
@@ -327,12 +330,79 @@ pub(super) fn restore(
     )])
 }
 
-/// `<name>_before_restore_<n>`, the first `n` from 1 that the tenant has no database of
-/// (the name cut to fit the 63 characters of a name).
-fn kept_name(state: &State, tenant: Uuid, name: &str) -> String {
+/// A branch's reset: it takes its parent's data as it is now, in place (a restore whose
+/// source is the parent); what it holds now is kept as `<name>_before_reset_<n>`.
+pub(super) fn reset(
+    state: &State,
+    meta: &CommandMeta,
+    tenant: &ResourceName,
+    db: &ResourceName,
+    timeline: &str,
+    kept_db_id: Uuid,
+) -> Result<Vec<Draft>, Rejection> {
+    let key = caller(state, meta)?;
+    let (t, d) = access::db(state, key, tenant.as_str(), db.as_str())?;
+    access::require(key, Permission::Delete)?;
+    let name = d.name.as_str();
+    let Some(branch) = d.branch.as_deref() else {
+        return Err(conflict(
+            "not_a_branch",
+            format!("database {name:?} is no branch: it has no parent to take data from"),
+        ));
+    };
+    let Some(parent) = state.dbs.get(&branch.parent_db_id) else {
+        return Err(conflict(
+            "parent_gone",
+            format!("database {name:?}'s parent was deleted: there is nothing to reset it to"),
+        ));
+    };
+    let settled = |s| matches!(s, DbState::Stopped | DbState::Running);
+    for (which, x) in [("database", d), ("its parent", parent)] {
+        if !settled(x.state) || x.scale.stage.in_progress() || x.unmade_branch().is_some() {
+            return Err(conflict(
+                "db_busy",
+                format!(
+                    "{which} {:?} is {} (or moving to another profile, or being made): reset \
+                     once both run or stopped",
+                    x.name.as_str(),
+                    x.state.as_str()
+                ),
+            ));
+        }
+    }
+    if parent.data_on.is_none() && !parent.restorable() && parent.state == DbState::Stopped {
+        return Err(conflict(
+            "parent_empty",
+            format!(
+                "database {name:?}'s parent {:?} never held data: there is nothing to reset to",
+                parent.name.as_str()
+            ),
+        ));
+    }
+    if state.dbs.contains_key(&kept_db_id) {
+        return Err(conflict(
+            "db_id_taken",
+            "generated id already in use; retry",
+        ));
+    }
+    Ok(vec![Draft::new(
+        Subject::db(t, d.id),
+        Event::DbReset {
+            db_id: d.id,
+            timeline: timeline.to_owned(),
+            parent_timeline: parent.timeline.clone(),
+            kept_db_id,
+            kept_name: kept_name(state, t.id, name, "reset"),
+        },
+    )])
+}
+
+/// `<name>_before_<what>_<n>`, the first `n` from 1 that the tenant has no database of (the
+/// name cut to fit the 63 characters of a name).
+fn kept_name(state: &State, tenant: Uuid, name: &str, what: &str) -> String {
     (1u32..)
         .map(|n| {
-            let suffix = format!("_before_restore_{n}");
+            let suffix = format!("_before_{what}_{n}");
             let room = ResourceName::MAX_LEN - suffix.len();
             let base = name.get(..room.min(name.len())).unwrap_or(name);
             format!("{base}{suffix}")

@@ -129,6 +129,14 @@ pub enum Command {
         timeline: String,
         kept_db_id: Uuid,
     },
+    /// Reset a branch to its parent's data as it is now, onto the new timeline `timeline`;
+    /// what it holds now is kept as the new database `kept_db_id`.
+    ResetDb {
+        tenant: ResourceName,
+        db: ResourceName,
+        timeline: String,
+        kept_db_id: Uuid,
+    },
     /// Workers, the Gateway and the reconciler: see [`crate::lifecycle`].
     Lifecycle(Lifecycle),
 }
@@ -231,6 +239,12 @@ pub fn decide(
             },
         )?,
         Command::DeleteDb { tenant, db } => dbs::delete(state, meta, tenant, db)?,
+        Command::ResetDb {
+            tenant,
+            db,
+            timeline,
+            kept_db_id,
+        } => dbs::reset(state, meta, tenant, db, timeline, *kept_db_id)?,
         Command::RestoreDb {
             tenant,
             db,

@@ -77,7 +77,9 @@ pub use crate::clock::rfc3339;
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use routes::{accounts, admin, billing, dbs, events, health, internal, keys, sizes, tenants};
+    use routes::{
+        accounts, admin, billing, dbs, events, health, internal, keys, schema_diff, sizes, tenants,
+    };
     cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
         ApiError::bad_request("invalid_query", format!("query string: {e}")).into()
     }))
@@ -183,6 +185,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .service(
                         Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/restore")
                             .post(dbs::restore)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/schema-diff")
+                            .get(schema_diff::schema_diff)
+                            .done(),
+                    )
+                    .service(
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/reset")
+                            .post(dbs::reset)
                             .done(),
                     )
                     .service(

@@ -27,7 +27,7 @@ use utoipa::{IntoParams, Modify, OpenApi};
 
 use crate::domain::{AccountName, Email, ResourceName};
 use crate::http::page::CURSOR_PATTERN;
-use crate::routes::{accounts, admin, billing, dbs, events, keys, sizes, tenants};
+use crate::routes::{accounts, admin, billing, dbs, events, keys, schema_diff, sizes, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,7 +43,7 @@ does not take get 405 with `Allow`. Errors are `{\"error\": {\"code\", \"message
         accounts::create, accounts::list, accounts::get, accounts::profile, accounts::contact, accounts::delete,
         keys::issue, keys::list, keys::me, keys::rotate, keys::revoke,
         tenants::create, tenants::list, tenants::get, tenants::credentials, tenants::reset_credentials, tenants::delete,
-        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::restore, dbs::manual_lifecycle,
+        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::restore, dbs::reset, schema_diff::schema_diff, dbs::manual_lifecycle,
         sizes::list, billing::summary, admin::state, admin::log, admin::verify, events::stream, events::ticket,
     ),
     modifiers(&BearerAuth)
@@ -261,7 +261,7 @@ fn complete(doc: &Value, method: &str, mut op: Value) -> Value {
             p["name"].as_str().unwrap_or(""),
         );
         let rule = match (place, name) {
-            ("path", "tenant" | "db") => {
+            ("path", "tenant" | "db") | ("query", "against") => {
                 json!({"type": "string", "pattern": ResourceName::PATTERN})
             }
             // The event stream checks its tenant filter; the operators' routes filter by any.

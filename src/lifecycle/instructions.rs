@@ -125,30 +125,37 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
 /// newest copy (then only if that copy is missing: a disk replaced). A copy here that is not
 /// the newest (the database moved meanwhile) is never served: the restore refreshes it.
 fn restore_from(state: &State, db: &Db, worker_id: &str) -> Option<RestoreFrom> {
+    // A parent's data (a branch's, a reset's), from the newest copy of it when that is on
+    // this worker.
+    let parent_here = |parent: Uuid, timeline: &str| {
+        state
+            .dbs
+            .get(&parent)
+            .filter(|p| {
+                p.timeline == timeline
+                    && match &p.writer {
+                        Some(w) => w.worker_id == worker_id && p.state == DbState::Running,
+                        None => p.data_on.as_deref() == Some(worker_id),
+                    }
+            })
+            .map(|p| p.id)
+    };
     if let Some(r) = &db.restore {
         return Some(RestoreFrom {
             timeline: r.from_timeline.clone(),
             time: r.time.map(rfc3339),
             lsn: r.lsn.clone(),
             unless_here: false,
-            parent: None,
+            parent: r.parent.and_then(|p| parent_here(p, &r.from_timeline)),
         });
     }
     if let Some(b) = db.unmade_branch() {
-        // The parent's data, from the newest copy of it when that is on this worker.
-        let parent = state.dbs.get(&b.parent_db_id).filter(|p| {
-            p.timeline.as_str() == b.parent_timeline.as_deref().unwrap_or_default()
-                && match &p.writer {
-                    Some(w) => w.worker_id == worker_id && p.state == DbState::Running,
-                    None => p.data_on.as_deref() == Some(worker_id),
-                }
-        });
         return b.parent_timeline.as_ref().map(|timeline| RestoreFrom {
             timeline: timeline.clone(),
             time: b.time.map(rfc3339),
             lsn: None,
             unless_here: false,
-            parent: parent.map(|p| p.id),
+            parent: parent_here(b.parent_db_id, timeline),
         });
     }
     db.restorable().then(|| RestoreFrom {

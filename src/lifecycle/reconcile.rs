@@ -233,7 +233,12 @@ fn place_restore(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
         return None;
     }
     let profile = *catalog::profiles_of(&db.size).first()?;
-    let worker = anywhere(state, cx, profile).ok()?;
+    // A reset goes where its parent's data is (or waits while the parent starts or stops).
+    let parent = db.restore.as_ref().and_then(|r| r.parent);
+    let worker = match parent.and_then(|p| state.dbs.get(&p)) {
+        Some(p) => super::branch_worker(state, cx, p, profile).ok()?,
+        None => anywhere(state, cx, profile).ok()?,
+    };
     let t = state.tenants.get(&db.tenant)?;
     Some(Draft::new(
         Subject::db(t, db.id),

@@ -22,6 +22,7 @@ use crate::catalog::Size;
 use crate::commands::Command;
 use crate::domain::{Invalid, ResourceName};
 use crate::http::error::ErrorBody;
+use crate::http::json::Empty;
 use crate::http::mutation::{answer, execute};
 use crate::http::openapi::Idempotent;
 use crate::http::page::{Listed, PageQuery};
@@ -433,6 +434,33 @@ pub async fn restore(
         db,
         time,
         lsn,
+        timeline: random_hex(16),
+        kept_db_id: Uuid::new_v4(),
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
+}
+
+/// A branch's reset: it takes its parent's data as it is now, in place (same name, DSN and
+/// `db_id`, a new timeline); the state it has now is kept as a new database of the tenant,
+/// named in the answer's `restore.kept_db`.
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/reset", tag = "databases", operation_id = "resetBranch", params(("tenant" = String, Path), ("db" = String, Path), Idempotent), request_body(content = Empty, description = "optional"), responses((status = 202, description = "the branch, `restoring`", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "`not_a_branch`, `parent_gone`, `parent_empty`, `db_busy`", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn reset(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: ApiJson<Empty>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = path_name("tenant", &path.0)?;
+    let db = path_name("database", &path.1)?;
+    let render = render_db(
+        tenant.as_str().to_owned(),
+        db.as_str().to_owned(),
+        StatusCode::ACCEPTED,
+    );
+    let command = Command::ResetDb {
+        tenant,
+        db,
         timeline: random_hex(16),
         kept_db_id: Uuid::new_v4(),
     };

@@ -12,5 +12,6 @@ pub mod events;
 pub mod health;
 pub mod internal;
 pub mod keys;
+pub mod schema_diff;
 pub mod sizes;
 pub mod tenants;

@@ -246,6 +246,24 @@ fn cases() -> Vec<Case> {
             expect: [422, 422, 404, 422, 404, 403],
         },
         Case {
+            // Allowed (any key in scope), it names a database that does not exist.
+            route: "GET /v2/tenants/{tenant}/dbs/{db}/schema-diff",
+            call: |_, _| {
+                (
+                    "GET",
+                    "/v2/tenants/t1/dbs/d1/schema-diff?against=nope".into(),
+                    None,
+                )
+            },
+            expect: [404, 404, 404, 404, 404, 404],
+        },
+        Case {
+            // Allowed (can_delete), it reaches the check that d1 is a branch.
+            route: "POST /v2/tenants/{tenant}/dbs/{db}/reset",
+            call: |_, _| ("POST", "/v2/tenants/t1/dbs/d1/reset".into(), None),
+            expect: [409, 409, 404, 409, 404, 403],
+        },
+        Case {
             route: "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
             call: |_, _| ("POST", "/v2/tenants/t1/dbs/d1/start".into(), None),
             expect: [409, 409, 404, 409, 404, 409],
@@ -313,6 +331,8 @@ const ROUTES: &[&str] = &[
     "GET /v2/tenants/{tenant}/dbs/{db}",
     "DELETE /v2/tenants/{tenant}/dbs/{db}",
     "POST /v2/tenants/{tenant}/dbs/{db}/restore",
+    "POST /v2/tenants/{tenant}/dbs/{db}/reset",
+    "GET /v2/tenants/{tenant}/dbs/{db}/schema-diff",
     "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
     "GET /v2/dbs/{id}",
     "GET /v2/sizes",

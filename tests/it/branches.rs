@@ -212,6 +212,32 @@ fn a_branch_of_a_running_database_under_writes_has_every_acknowledged_row_and_it
         count(&p, "dev", "SELECT count(*) FROM t WHERE i = 1000000000"),
         0
     );
+
+    // A migration on the branch, reviewed against its parent.
+    let diff = |db: &str, against: &str| {
+        p.fx.server.get(
+            &format!("/v2/tenants/shop/dbs/{db}/schema-diff?against={against}"),
+            &p.fx.account_key,
+        )
+    };
+    let same = diff("dev", "app");
+    assert_eq!(same.status, 200, "{same:?}");
+    assert_eq!(same.body["identical"], true, "{same:?}");
+    p.sql(
+        "dev",
+        "ALTER TABLE t ADD COLUMN note text; CREATE INDEX t_note ON t (note)",
+    );
+    let changed = diff("dev", "app");
+    assert_eq!(changed.body["identical"], false, "{changed:?}");
+    let text = changed.body["diff"].as_str().unwrap();
+    assert!(text.starts_with("--- app\n+++ dev\n"), "{text}");
+    assert!(text.contains("\n+    note text"), "{text}");
+    assert!(
+        text.contains("\n+CREATE INDEX t_note ON public.t USING btree (note);"),
+        "{text}"
+    );
+    assert_eq!(diff("dev", "nope").status, 404);
+    assert_eq!(diff("dev", "Bad!").status, 422);
     amcheck(&disk.dir, &p.describe("dev"));
     let dev_id = dev["db_id"].as_str().unwrap();
     assert!(p.types(dev_id).iter().any(|t| t == "db.branched"));
@@ -308,6 +334,41 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
     p.until("past2", 120, |d| d["state"] == "running");
     assert_eq!(count(&p, "past2", "SELECT count(*) FROM t"), 101);
 
+    // A reset: the branch takes its parent's data as it is now; what it had is kept aside.
+    let not_a_branch = p.fx.server.post(
+        "/v2/tenants/shop/dbs/app/reset",
+        &p.fx.account_key,
+        json!({}),
+    );
+    assert_eq!(not_a_branch.status, 409, "{not_a_branch:?}");
+    assert_eq!(not_a_branch.body["error"]["code"], "not_a_branch");
+    p.sql("past2", "INSERT INTO t VALUES (-2)");
+    p.sql("past", "INSERT INTO t VALUES (-3)");
+    let reset = p.fx.server.post(
+        "/v2/tenants/shop/dbs/past2/reset",
+        &p.fx.account_key,
+        json!({}),
+    );
+    assert_eq!(reset.status, 202, "{reset:?}");
+    let kept = reset.body["restore"]["kept_db"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(kept, "past2_before_reset_1");
+    p.until("past2", 120, |d| d["state"] == "running");
+    assert_eq!(
+        count(&p, "past2", "SELECT count(*) FROM t WHERE i < 0"),
+        2,
+        "-1 and -3"
+    );
+    assert_eq!(count(&p, "past2", "SELECT count(*) FROM t WHERE i = -3"), 1);
+    assert_eq!(
+        count(&p, &kept, "SELECT count(*) FROM t WHERE i < 0"),
+        2,
+        "-1 and -2"
+    );
+    assert_eq!(count(&p, &kept, "SELECT count(*) FROM t WHERE i = -2"), 1);
+
     // The parent deleted: its branches keep their data, and their describe its id.
     drop(session);
     let gone =
@@ -317,7 +378,7 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
     p.until("past", 60, |d| {
         d["parent"].is_null() && d["state"] == "stopped"
     });
-    assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 101);
+    assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 102);
     let past = p.describe("past");
     assert!(past["parent_db_id"].is_string(), "{past}");
 }
@@ -343,12 +404,36 @@ fn a_branch_of_a_stopped_database_whose_worker_is_gone_is_made_from_the_reposito
     let _w2 = Worker::postgres(&p.fx.server, "w2", &tmp.path().join("w2"));
     destroy(&mut w1);
     p.until_lost("w1");
-    assert_eq!(branch(&p, "moved", json!({"parent": "app"})).status, 201);
-    let moved = p.until("moved", 120, |d| {
-        matches!(d["state"].as_str(), Some("running" | "failed"))
-    });
+    // Through the client, waiting until the branch serves; then its schema against its parent.
+    let client = |args: &[&str]| {
+        let out = Command::new(crate::helpers::bin())
+            .args(args)
+            .env("SPG99_CONFIG", tmp.path().join("client.json"))
+            .env("SPG99_URL", &p.fx.server.base)
+            .env("SPG99_TOKEN", &p.fx.account_key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = client(&[
+        "dbs", "create", "shop", "moved", "--parent", "app", "--wait", "-o", "json",
+    ]);
+    let moved: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(moved["state"], "running", "{moved}");
+    assert_eq!(moved["parent"], "app", "{moved}");
+    assert_eq!(
+        p.describe("app")["state"],
+        "stopped",
+        "made without starting its parent"
+    );
+    p.sql("moved", "CREATE TABLE extra (x int)");
+    let diff = client(&["dbs", "diff", "shop", "moved"]);
+    assert!(diff.contains("+CREATE TABLE public.extra ("), "{diff}");
     assert_eq!(moved["worker_id"], "w2");
     assert_eq!(count(&p, "moved", "SELECT count(*) FROM t"), 300);
-    assert_eq!(p.describe("app")["state"], "stopped");
 }

@@ -617,3 +617,82 @@ fn a_person_restores_a_database_to_a_point_in_time_from_the_console() {
     let errors = b.console_errors();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn a_person_branches_a_database_sees_the_tree_and_resets_the_branch_from_the_console() {
+    use crate::storage::{backed_up, Platform};
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
+    let s = &p.fx.server;
+    s.post(
+        "/v2/account/contact",
+        &p.fx.account_key,
+        json!({"email": EMAIL}),
+    );
+    let _w1 = Worker::postgres(s, "w1", &tmp.path().join("w1"));
+    p.create_db("app");
+    p.sql(
+        "app",
+        "CREATE TABLE orders AS SELECT i FROM generate_series(1, 1000) i",
+    );
+    p.until("app", 60, backed_up);
+
+    let b = Browser::open(&shots(), 1280, 1400);
+    login(&b, s, EMAIL, &p.fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    go(&b, "#/tenants/shop/dbs/app");
+    b.until_contains("#db-state", "running");
+    b.until_contains("#db-branches", "none");
+
+    // A branch of now: the page moves to it, which serves the parent's rows.
+    b.fill("#branch-name", "dev");
+    b.click("#branch-db");
+    b.until_contains("main h1", "dev");
+    b.until_contains("#db-parent", "app");
+    b.until_contains("#db-state", "running");
+    b.screenshot("branch");
+    assert_eq!(p.sql("dev", "SELECT count(*) FROM orders"), "1000");
+
+    // The tenant's databases as a tree: the branch under its parent.
+    go(&b, "#/tenants/shop");
+    b.until_contains("tr[data-db=\"dev\"]", "branch at");
+    let order = b.js(
+        "return [...document.querySelectorAll('tr[data-db]')].map((r) => r.dataset.db + ':' + r.dataset.depth);",
+        vec![],
+    );
+    assert_eq!(order, json!(["app:0", "dev:1"]), "{order}");
+    b.screenshot("branch-tree");
+
+    // A migration on the branch, compared with its parent on the page.
+    p.sql("dev", "ALTER TABLE orders ADD COLUMN note text");
+    go(&b, "#/tenants/shop/dbs/dev");
+    b.click("#schema-diff");
+    b.until_contains("#schema-diff-out", "+    note text");
+    b.screenshot("schema-diff");
+
+    // The parent changes; the branch is reset to it, confirmed by typing its name.
+    p.sql("app", "INSERT INTO orders VALUES (1001)");
+    p.sql("dev", "INSERT INTO orders VALUES (-1)");
+    go(&b, "#/tenants/shop/dbs/dev");
+    b.until_contains("#reset-branch", "Reset to app");
+    b.click("#reset-branch");
+    b.until_contains("#dialog-title", "Reset dev to app?");
+    b.fill("#dialog-typed", "dev");
+    b.click("#dialog-confirm");
+    b.until_contains("#db-last-restore", "dev_before_reset_1");
+    b.until_contains("#db-state", "running");
+    assert_eq!(p.sql("dev", "SELECT count(*) FROM orders"), "1001");
+    b.click("#schema-diff");
+    b.until_contains("#schema-diff-out", "The same schema as app.");
+    assert_eq!(
+        p.sql(
+            "dev_before_reset_1",
+            "SELECT count(*) FROM orders WHERE i = -1"
+        ),
+        "1"
+    );
+    go(&b, "#/tenants/shop/dbs/app");
+    b.until_contains("#db-branches", "dev");
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

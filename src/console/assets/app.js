@@ -585,8 +585,10 @@ class TenantView extends View {
       h('section', { class: 'card', 'aria-labelledby': 'dbs-title' },
         h('h2', { id: 'dbs-title' }, `Databases (${dbs.length})`),
         table(['Database', 'State', 'Size', 'Profile', 'Worker', { label: 'Connections', num: true }, 'Handoff'],
-          dbs.map((d) => h('tr', { 'data-db': d.name },
-            h('td', {}, h('a', { href: `#/tenants/${enc(this.tenant)}/dbs/${enc(d.name)}`, 'data-fid': `d-${d.name}` }, d.name)),
+          branchTree(dbs).map(([d, depth]) => h('tr', { 'data-db': d.name, 'data-depth': String(depth) },
+            h('td', {}, depth ? h('span', { class: 'branch-mark' }, `${'\u00a0\u00a0\u00a0'.repeat(depth - 1)}└ `) : null,
+              h('a', { href: `#/tenants/${enc(this.tenant)}/dbs/${enc(d.name)}`, 'data-fid': `d-${d.name}` }, d.name),
+              d.parent_db_id ? h('span', { class: 'hint' }, ` branch${d.parent_at ? ` at ${utc(d.parent_at)}` : ''}`) : null),
             h('td', { 'data-col': 'state' }, stateBadge(d.state)),
             h('td', {}, d.size),
             h('td', {}, profileText(d)),
@@ -658,6 +660,27 @@ class TenantView extends View {
   }
 }
 
+// The databases in the order of their branch tree: each branch under its parent (depth 1,
+// 2, ...), the rest (and branches whose parent is gone) at the top level, by name.
+function branchTree(dbs) {
+  const ids = new Set(dbs.map((d) => d.db_id));
+  const children = new Map();
+  for (const d of dbs) {
+    const parent = d.parent_db_id && ids.has(d.parent_db_id) ? d.parent_db_id : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(d);
+  }
+  const out = [];
+  const walk = (parent, depth) => {
+    for (const d of children.get(parent) || []) {
+      out.push([d, depth]);
+      walk(d.db_id, depth + 1);
+    }
+  };
+  walk(null, 0);
+  return out;
+}
+
 function profileText(d) {
   if (!d.current_profile && !d.target_profile) return '—';
   if (d.target_profile && d.target_profile !== d.current_profile) return `${d.current_profile || '—'} → ${d.target_profile}`;
@@ -679,6 +702,7 @@ class DbView extends View {
 
   async load() {
     const d = (await api('GET', dbPath(this.tenant, this.db))).data;
+    const dbs = await all(`${tenantPath(this.tenant)}/dbs`);
     const creds = this.shown ? (await api('GET', `${tenantPath(this.tenant)}/credentials`)).data : null;
     renderInto(this.h1, this.db, ' ', stateBadge(d.state));
     const yesNo = (b) => (b ? 'yes' : 'no');
@@ -720,6 +744,7 @@ class DbView extends View {
             ['Frozen checkouts', yesNo(d.freeze_new_checkouts)],
           ]))),
       this.storageCard(d),
+      this.branchesCard(d, dbs),
       h('section', { class: 'card' }, h('details', {}, h('summary', {}, 'Describe as JSON'), h('pre', { class: 'mono' }, JSON.stringify(d, null, 2)))),
       this.dangerCard(d));
   }
@@ -794,6 +819,87 @@ class DbView extends View {
       });
     });
     return form;
+  }
+
+  // What the database is a branch of, its own branches, a new branch (now or at a point of
+  // its history), and a branch's reset to its parent's data.
+  branchesCard(d, dbs) {
+    const link = (x) => h('a', { href: `#/tenants/${enc(this.tenant)}/dbs/${enc(x.name)}`, class: 'branch-link' }, x.name);
+    const parent = d.parent_db_id ? dbs.find((x) => x.db_id === d.parent_db_id) : null;
+    const own = dbs.filter((x) => x.parent_db_id === d.db_id);
+    const rows = [
+      d.parent_db_id ? ['Branch of', h('span', { id: 'db-parent' }, parent ? link(parent) : 'a database since deleted',
+        ' as of ', utc(d.parent_at), d.branch_made ? '' : h('span', { class: 'hint' }, ' (being made)'))] : null,
+      ['Branches', own.length ? h('span', { id: 'db-branches' }, ...own.flatMap((x, i) => [i ? ', ' : '', link(x), ' ', stateBadge(x.state)]))
+        : h('span', { id: 'db-branches', class: 'hint' }, 'none')],
+    ];
+    return h('section', { class: 'card', 'aria-labelledby': 'branches-title', id: 'branches' },
+      h('h2', { id: 'branches-title' }, 'Branches'),
+      dl(rows),
+      this.branchForm(d),
+      h('div', { class: 'actions' }, this.diffButton(d, parent), this.resetButton(d, parent)),
+      this.schemaDiff && this.schemaDiff.against === (parent && parent.name) ? this.diffView(this.schemaDiff) : null);
+  }
+
+  // The branch's schema against its parent's: what a migration made on it changes.
+  diffButton(d, parent) {
+    if (!parent) return null;
+    const button = h('button', { type: 'button', class: 'quiet', id: 'schema-diff' }, `Compare schema with ${parent.name}`);
+    button.addEventListener('click', async () => {
+      button.disabled = true;
+      try {
+        this.schemaDiff = (await api('GET', `${dbPath(this.tenant, this.db)}/schema-diff?against=${enc(parent.name)}`)).data;
+      } catch (err) {
+        this.error = errorText(err);
+      }
+      this.refresh();
+    });
+    return button;
+  }
+
+  diffView(r) {
+    if (r.identical) return h('p', { id: 'schema-diff-out', class: 'hint' }, `The same schema as ${r.against}.`);
+    return h('pre', { id: 'schema-diff-out', class: 'mono diff' },
+      ...r.diff.split('\n').map((line) => h('span', {
+        class: line.startsWith('+') && !line.startsWith('+++') ? 'add' : line.startsWith('-') && !line.startsWith('---') ? 'del' : null,
+      }, `${line}\n`)));
+  }
+
+  branchForm(d) {
+    if (!can('can_create_db') || ['deleting', 'failed'].includes(d.state)) return null;
+    // What is typed survives the renders live changes cause.
+    const name = h('input', { type: 'text', id: 'branch-name', 'data-field': 'name', autocomplete: 'off', required: true, value: this.branchName || '' });
+    name.addEventListener('input', () => { this.branchName = name.value; });
+    const at = h('input', {
+      type: 'datetime-local', step: '1', id: 'branch-at', 'data-field': 'at',
+      min: d.history_start_at ? utcInput(d.history_start_at) : null, value: this.branchAt || '',
+    });
+    at.addEventListener('input', () => { this.branchAt = at.value; });
+    const form = h('form', { class: 'row', 'aria-label': 'New branch' },
+      field('Branch name', name),
+      d.history_start_at ? field('As of (UTC)', at, 'empty: now') : null,
+      h('button', { type: 'submit', id: 'branch-db' }, 'Create branch'));
+    return mutation(form, async (idem) => {
+      const body = { name: name.value.trim(), size: d.size, parent: this.db };
+      if (at.value) body.at = `${at.value.length === 16 ? `${at.value}:00` : at.value}Z`;
+      await api('POST', `${tenantPath(this.tenant)}/dbs`, body, idem);
+      this.branchName = null;
+      this.branchAt = null;
+      location.hash = `#/tenants/${enc(this.tenant)}/dbs/${enc(body.name)}`;
+    });
+  }
+
+  resetButton(d, parent) {
+    if (!can('can_delete') || !parent || !['running', 'stopped'].includes(d.state)) return null;
+    const button = h('button', { type: 'button', class: 'danger', id: 'reset-branch' }, `Reset to ${parent.name}…`);
+    button.addEventListener('click', () => { this.schemaDiff = null; });
+    button.addEventListener('click', () => this.act({
+      title: `Reset ${this.db} to ${parent.name}?`,
+      text: `It takes ${parent.name}'s data as it is now. Its open connections are closed; the name, DSN and database id stay; `
+        + 'the state it has now is kept as a new database.',
+      confirm: 'Reset', danger: true, typed: this.db,
+    }, (idem) => api('POST', `${dbPath(this.tenant, this.db)}/reset`, {}, idem)));
+    return button;
   }
 
   dangerCard(d) {
