@@ -74,6 +74,8 @@ pub struct Metrics {
     storage_bytes: Gauge<i64, AtomicI64>,
     /// Databases whose repository may not hold everything (`storage_warning`).
     storage_warnings: Gauge<i64, AtomicI64>,
+    /// Databases that are branches of another.
+    branches: Gauge<i64, AtomicI64>,
     workers: Gauge<i64, AtomicI64>,
     leading: Gauge<i64, AtomicI64>,
     head: Gauge<i64, AtomicI64>,
@@ -105,6 +107,7 @@ impl Metrics {
             leases: Gauge::default(),
             storage_bytes: Gauge::default(),
             storage_warnings: Gauge::default(),
+            branches: Gauge::default(),
             workers: Gauge::default(),
             leading: Gauge::default(),
             head: Gauge::default(),
@@ -189,6 +192,11 @@ impl Metrics {
             m.storage_warnings.clone(),
         );
         r.register(
+            "spg99_branches",
+            "Databases that are branches of another (their parent may be gone)",
+            m.branches.clone(),
+        );
+        r.register(
             "spg99_workers",
             "Workers registered and not lost",
             m.workers.clone(),
@@ -263,15 +271,17 @@ impl Metrics {
         .into_iter()
         .map(|s| (s.as_str(), 0))
         .collect();
-        let (mut bytes, mut warnings) = (0u64, 0i64);
+        let (mut bytes, mut warnings, mut branches) = (0u64, 0i64, 0i64);
         for d in state.dbs.values() {
             *counts.entry(d.state.as_str()).or_default() += 1;
+            branches += i64::from(d.branch.is_some());
             let s = d.stored();
             bytes = bytes.saturating_add(s.bytes);
             warnings += i64::from(s.archive_failure.is_some() || s.warning.is_some());
         }
         self.storage_bytes.set(bytes.min(i64::MAX as u64) as i64);
         self.storage_warnings.set(warnings);
+        self.branches.set(branches);
         for (state, n) in counts {
             self.databases.get_or_create(&InState { state }).set(n);
         }

@@ -251,7 +251,6 @@ pub(super) fn restore(
         ));
     };
     match d.state {
-        DbState::Stopped | DbState::Running if !d.scale.stage.in_progress() => {}
         DbState::Deleting => {
             return Err(conflict(
                 "db_deleting",
@@ -264,17 +263,7 @@ pub(super) fn restore(
                 format!("database {:?} is being restored already", d.name.as_str()),
             ))
         }
-        _ => {
-            return Err(conflict(
-                "db_busy",
-                format!(
-                    "database {:?} is {} (or moving to another profile): restore it once it runs \
-                     or stopped",
-                    d.name.as_str(),
-                    d.state.as_str()
-                ),
-            ))
-        }
+        _ => {}
     }
     let window = format!(
         "the repository keeps every point of the last {}",
@@ -304,6 +293,20 @@ pub(super) fn restore(
                 ),
             });
         }
+    }
+    // A point outside the history is refused whatever the database is doing; one inside
+    // waits for the database to run or stop.
+    let settled = matches!(d.state, DbState::Stopped | DbState::Running);
+    if !settled || d.scale.stage.in_progress() {
+        return Err(conflict(
+            "db_busy",
+            format!(
+                "database {:?} is {} (or moving to another profile): restore it once it runs or \
+                 stopped",
+                d.name.as_str(),
+                d.state.as_str()
+            ),
+        ));
     }
     if state.dbs.contains_key(&r.kept_db_id) {
         return Err(conflict(

@@ -241,6 +241,17 @@ fn a_branch_of_a_running_database_under_writes_has_every_acknowledged_row_and_it
     amcheck(&disk.dir, &p.describe("dev"));
     let dev_id = dev["db_id"].as_str().unwrap();
     assert!(p.types(dev_id).iter().any(|t| t == "db.branched"));
+    let metrics =
+        p.fx.server
+            .get("/metrics", crate::lab::SERVICE_TOKEN)
+            .body
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(
+        metrics.lines().any(|l| l == "spg99_branches 1"),
+        "{metrics}"
+    );
     // Its own stanza in the repository, never its parent's.
     p.until("dev", 60, backed_up);
     assert!(p
@@ -248,6 +259,21 @@ fn a_branch_of_a_running_database_under_writes_has_every_acknowledged_row_and_it
         .join("backup")
         .join(dev["timeline"].as_str().unwrap())
         .is_dir());
+
+    // The parent's own history holds the parent's writes only: restored to now, it has
+    // its row and not the branch's.
+    let now = p.sql(
+        "app",
+        "SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    let r = p.restore("app", json!({ "at": now }));
+    assert_eq!(r.status, 202, "{r:?}");
+    p.until("app", 120, |d| d["state"] == "running");
+    assert_eq!(
+        count(&p, "app", "SELECT count(*) FROM t WHERE i = 1000000000"),
+        1
+    );
+    assert_eq!(count(&p, "app", "SELECT count(*) FROM t WHERE i = 0"), 0);
 }
 
 #[test]
@@ -324,14 +350,17 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
         .unwrap()
         .starts_with(&point[..19]));
     p.until("past", 120, |d| d["state"] == "running");
+    // Held open from here on: `past` keeps running (branched and reset from while it serves).
+    let mut past = p.session("past");
     assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 100);
     session.batch_execute("INSERT INTO t VALUES (201)").unwrap();
     assert_eq!(count(&p, "past", "SELECT count(*) FROM t"), 100);
 
     // A branch of the branch, now.
-    p.sql("past", "INSERT INTO t VALUES (-1)");
+    past.batch_execute("INSERT INTO t VALUES (-1)").unwrap();
     assert_eq!(branch(&p, "past2", json!({"parent": "past"})).status, 201);
     p.until("past2", 120, |d| d["state"] == "running");
+    let mut past2 = p.session("past2");
     assert_eq!(count(&p, "past2", "SELECT count(*) FROM t"), 101);
 
     // A reset: the branch takes its parent's data as it is now; what it had is kept aside.
@@ -342,8 +371,8 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
     );
     assert_eq!(not_a_branch.status, 409, "{not_a_branch:?}");
     assert_eq!(not_a_branch.body["error"]["code"], "not_a_branch");
-    p.sql("past2", "INSERT INTO t VALUES (-2)");
-    p.sql("past", "INSERT INTO t VALUES (-3)");
+    past2.batch_execute("INSERT INTO t VALUES (-2)").unwrap();
+    past.batch_execute("INSERT INTO t VALUES (-3)").unwrap();
     let reset = p.fx.server.post(
         "/v2/tenants/shop/dbs/past2/reset",
         &p.fx.account_key,
@@ -370,7 +399,11 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
     assert_eq!(count(&p, &kept, "SELECT count(*) FROM t WHERE i = -2"), 1);
 
     // The parent deleted: its branches keep their data, and their describe its id.
-    drop(session);
+    assert!(
+        past2.batch_execute("SELECT 1").is_err(),
+        "the reset ended the branch's sessions"
+    );
+    drop((session, past, past2));
     let gone =
         p.fx.server
             .delete("/v2/tenants/shop/dbs/app", &p.fx.account_key);
