@@ -81,6 +81,12 @@ pub fn get(path: &str, token: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A DELETE with a bearer token.
+pub fn delete(path: &str, token: &str) -> Vec<u8> {
+    format!("DELETE {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n")
+        .into_bytes()
+}
+
 /// A JSON POST with a bearer token.
 pub fn post(path: &str, token: &str, body: &str) -> Vec<u8> {
     format!(

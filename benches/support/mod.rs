@@ -7,6 +7,7 @@ pub mod appends;
 pub mod bare;
 pub mod http;
 pub mod load;
+pub mod platform;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -127,11 +128,23 @@ pub fn spawn_spg99(dir: &Path) -> (Child, String) {
 /// `spg99 worker --id w1` with `args` for the control plane at `addr`, with the service token
 /// `service`; returns once the control plane lists it live.
 pub async fn spawn_worker(addr: &str, service: &str, args: &[&str]) -> Child {
+    spawn_worker_as(addr, service, "w1", args, &[]).await
+}
+
+/// The same as worker `id`, with `env` in its environment.
+pub async fn spawn_worker_as(
+    addr: &str,
+    service: &str,
+    id: &str,
+    args: &[&str],
+    env: &[(&'static str, String)],
+) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spg99"))
         .args(["worker", "--control-plane", &format!("http://{addr}")])
-        .args(["--id", "w1"])
+        .args(["--id", id])
         .args(args)
         .env("SPG99_SERVICE_TOKEN", service)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -145,7 +158,7 @@ pub async fn spawn_worker(addr: &str, service: &str, args: &[&str]) -> Child {
             .as_array()
             .unwrap()
             .iter()
-            .any(|w| w["worker_id"] == "w1" && w["lost_at"].is_null());
+            .any(|w| w["worker_id"] == id && w["lost_at"].is_null());
         if listed {
             return child;
         }

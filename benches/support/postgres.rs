@@ -18,6 +18,8 @@ pub struct Bare {
     pub opts: Vec<String>,
     pub owner: Option<Owner>,
     pub pg_bin: PathBuf,
+    /// Extra environment of the server (what its `restore_command` needs).
+    pub env: Vec<(&'static str, String)>,
     server: Option<Child>,
 }
 
@@ -32,6 +34,11 @@ impl Bare {
             .unwrap();
         assert!(ok.success());
         let _ = std::fs::remove_file(dir.join("spg99-template.ready"));
+        Bare::at(dir, settings)
+    }
+
+    /// The data directory `dir` as it is (not started); `settings` become `-c name=value`.
+    pub fn at(dir: &Path, settings: &[(&str, String)]) -> Bare {
         let mut opts: Vec<String> = vec![
             "-p".into(),
             PORT.to_string(),
@@ -49,6 +56,7 @@ impl Bare {
             opts,
             owner: Owner::for_servers().unwrap(),
             pg_bin: spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed"),
+            env: Vec::new(),
             server: None,
         }
     }
@@ -65,6 +73,7 @@ impl Bare {
             .arg("-D")
             .arg(&self.dir)
             .args(&self.opts)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -82,7 +91,7 @@ impl Bare {
                 "postgres exited at start"
             );
             assert!(
-                began.elapsed() < Duration::from_secs(30),
+                began.elapsed() < Duration::from_secs(300),
                 "postgres never got ready"
             );
             std::thread::sleep(Duration::from_millis(2));
