@@ -80,6 +80,8 @@ async fn branch(p: &Platform, parent: &str, name: &str) -> u64 {
     // Its first backup done, then gone: the next round starts on a quiet worker.
     p.until(name, |d| d["last_backup_at"].is_string()).await;
     p.release(&lease).await;
+    // A new connection: the server closes one idle for a few seconds.
+    let mut conn = Conn::open(&p.addr).await;
     let status = conn
         .call(&delete(&format!("/v2/tenants/shop/dbs/{name}"), ROOT))
         .await;

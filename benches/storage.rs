@@ -86,6 +86,14 @@ async fn by_hand(conf: &Path, timeline: &str, dir: &Path, env: &[(&'static str, 
     use spg99_worker::postgres::process::{command, Owner};
     let owner = Owner::for_servers().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    {
+        // Made for the servers' user, which pgBackRest runs as.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(dir).unwrap();
+        if let Some(o) = owner {
+            o.chown(dir).unwrap();
+        }
+    }
     let t = Instant::now();
     let out = command(Path::new("pgbackrest"), owner)
         .arg(format!("--config={}", conf.display()))
@@ -188,7 +196,10 @@ fn main() {
         .build()
         .unwrap();
     let mut json = Vec::new();
+    // `SPG99_BENCH_PARTS`: `writes` (pgbench, stops, resumes), `restores`; both by default.
+    let parts = std::env::var("SPG99_BENCH_PARTS").unwrap_or_else(|_| "writes,restores".into());
     rt.block_on(async {
+        if parts.contains("writes") {
         // ---- pgbench with archiving and without a repository, interleaved
         let on = Platform::start(
             &tmp.path().join("on"),
@@ -278,6 +289,10 @@ fn main() {
         }
         drop(on);
         drop(off);
+        }
+        if !parts.contains("restores") {
+            return;
+        }
 
         // ---- restores of a large database onto an empty worker
         let mut all = vec![

@@ -75,9 +75,16 @@ impl Bare {
             .args(&self.opts)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Its log, read only if it exits at start (a full pipe is drained by that reader).
+        let stderr = child.stderr.take().unwrap();
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+            text
+        });
         let began = Instant::now();
         loop {
             let ready = std::fs::read_to_string(self.dir.join("postmaster.pid"))
@@ -86,10 +93,12 @@ impl Bare {
             if ready {
                 break;
             }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "postgres exited at start"
-            );
+            if child.try_wait().unwrap().is_some() {
+                panic!(
+                    "postgres exited at start: {}",
+                    log.join().unwrap_or_default()
+                );
+            }
             assert!(
                 began.elapsed() < Duration::from_secs(300),
                 "postgres never got ready"

@@ -1,7 +1,7 @@
 //! Databases: creation and deletion (their lifecycle is [`crate::lifecycle`]'s).
 
 use spg99_events::{Event, Timestamp};
-use spg99_projections::{DbState, State, Tenant};
+use spg99_projections::{Db, DbState, State, Tenant};
 use uuid::Uuid;
 
 use super::caller;
@@ -92,40 +92,10 @@ fn branch(
         ));
     }
     let has_data = p.data_on.is_some() || p.restorable() || p.state != DbState::Stopped;
-    if let Some(at) = c.at {
-        let storage = cx.settings.storage.as_ref().ok_or_else(|| {
-            conflict(
-                "no_repository",
-                "this platform runs without a storage repository (--storage none): a branch \
-                 can only be made of a database as it is now",
-            )
-        })?;
-        let window = format!(
-            "the repository keeps every point of the last {}",
-            window_text(storage.history_window_secs)
-        );
-        let oldest = p.stored().oldest_backup_at;
-        if oldest.is_none_or(|o| at < o) || at > cx.now {
-            let from = match oldest {
-                Some(o) => format!("from {} to now ({})", rfc3339(o), rfc3339(cx.now)),
-                None => "from its first backup, seconds after its first start,".into(),
-            };
-            return Err(Rejection::Unprocessable {
-                code: "outside_history",
-                message: format!(
-                    "{} is outside database {:?}'s history: it can be branched at any point {from} \
-                     or now; {window}",
-                    rfc3339(at),
-                    p.name.as_str()
-                ),
-            });
-        }
-    }
-    // A stopped parent's state at any point after its stop is its newest (a recovery to a
-    // time after the last commit in the WAL would end with an error).
-    let time = c.at.filter(|at| {
-        p.state != DbState::Stopped || p.stored().recoverable_until.is_none_or(|u| *at < u)
-    });
+    let time = match c.at {
+        Some(at) => history_point(p, cx, Some(at), "branched at")?,
+        None => None,
+    };
     let profile = catalog::profiles_of(c.size.name())
         .first()
         .copied()
@@ -243,13 +213,6 @@ pub(super) fn restore(
     let key = caller(state, meta)?;
     let (t, d) = access::db(state, key, r.tenant.as_str(), r.db.as_str())?;
     access::require(key, Permission::Delete)?;
-    let Some(storage) = &cx.settings.storage else {
-        return Err(conflict(
-            "no_repository",
-            "this platform runs without a storage repository (--storage none): databases have \
-             no history to restore",
-        ));
-    };
     match d.state {
         DbState::Deleting => {
             return Err(conflict(
@@ -265,35 +228,7 @@ pub(super) fn restore(
         }
         _ => {}
     }
-    let window = format!(
-        "the repository keeps every point of the last {}",
-        window_text(storage.history_window_secs)
-    );
-    let Some(oldest) = d.stored().oldest_backup_at else {
-        return Err(Rejection::Unprocessable {
-            code: "outside_history",
-            message: format!(
-                "database {:?} has no backup yet: its history starts at its first backup, \
-                 seconds after its first start ({window})",
-                d.name.as_str()
-            ),
-        });
-    };
-    if let Some(at) = r.time {
-        if at < oldest || at > cx.now {
-            return Err(Rejection::Unprocessable {
-                code: "outside_history",
-                message: format!(
-                    "{} is outside database {:?}'s history: it can be restored to any point from \
-                     {} to now ({}); {window}",
-                    rfc3339(at),
-                    d.name.as_str(),
-                    rfc3339(oldest),
-                    rfc3339(cx.now)
-                ),
-            });
-        }
-    }
+    let time = history_point(d, cx, r.time, "restored to")?;
     // A point outside the history is refused whatever the database is doing; one inside
     // waits for the database to run or stop.
     let settled = matches!(d.state, DbState::Stopped | DbState::Running);
@@ -314,11 +249,6 @@ pub(super) fn restore(
             "generated id already in use; retry",
         ));
     }
-    // A stopped database's state at any point after its stop is its newest: restored as
-    // that (a recovery to a time after the last commit in the WAL would end with an error).
-    let time = r.time.filter(|at| {
-        d.state != DbState::Stopped || d.stored().recoverable_until.is_none_or(|u| *at < u)
-    });
     let kept_name = kept_name(state, t.id, d.name.as_str(), "restore");
     Ok(vec![Draft::new(
         Subject::db(t, d.id),
@@ -331,6 +261,57 @@ pub(super) fn restore(
             kept_name,
         },
     )])
+}
+
+/// The point `at` of `d`'s history that a restore or a branch (`verb`: "restored to",
+/// "branched at") asks for (none: an LSN, checked on the worker), once the repository holds a
+/// backup of it: refused (422 `outside_history`) outside what the repository holds. A
+/// stopped database's state at any point after its stop is its newest, asked for as that
+/// (`None`): a recovery to a time after the last commit in the WAL would end with an error.
+fn history_point(
+    d: &Db,
+    cx: &Context<'_>,
+    at: Option<Timestamp>,
+    verb: &str,
+) -> Result<Option<Timestamp>, Rejection> {
+    let Some(storage) = &cx.settings.storage else {
+        return Err(conflict(
+            "no_repository",
+            format!(
+                "this platform runs without a storage repository (--storage none): databases \
+                 have no history to be {verb}"
+            ),
+        ));
+    };
+    let window = format!(
+        "the repository keeps every point of the last {}",
+        window_text(storage.history_window_secs)
+    );
+    let name = d.name.as_str();
+    let Some(oldest) = d.stored().oldest_backup_at else {
+        return Err(Rejection::Unprocessable {
+            code: "outside_history",
+            message: format!(
+                "database {name:?} has no backup yet: its history starts at its first backup, \
+                 seconds after its first start ({window})"
+            ),
+        });
+    };
+    if let Some(at) = at.filter(|at| *at < oldest || *at > cx.now) {
+        return Err(Rejection::Unprocessable {
+            code: "outside_history",
+            message: format!(
+                "{} is outside database {name:?}'s history: it can be {verb} any point from {} \
+                 to now ({}); {window}",
+                rfc3339(at),
+                rfc3339(oldest),
+                rfc3339(cx.now)
+            ),
+        });
+    }
+    Ok(at.filter(|at| {
+        d.state != DbState::Stopped || d.stored().recoverable_until.is_none_or(|u| *at < u)
+    }))
 }
 
 /// A branch's reset: it takes its parent's data as it is now, in place (a restore whose

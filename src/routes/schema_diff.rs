@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::access;
-use crate::credentials;
 use crate::domain::ResourceName;
 use crate::http::error::ErrorBody;
 use crate::http::{at_version, ApiError, AppState, Caller};
@@ -54,14 +53,7 @@ pub async fn schema_diff(
         let state = app.shared.read();
         let (t, d) = access::db(&state, &caller.key, &path.0, &path.1)?;
         access::db(&state, &caller.key, &path.0, against.as_str())?;
-        let password =
-            credentials::open_password(&app.secrets, t.id, &t.pg_password).map_err(|_| {
-                ApiError::new(
-                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "secret_unavailable",
-                    "the credentials cannot be read with this server's secret key",
-                )
-            })?;
+        let password = super::tenants::password(&app.secrets, t)?;
         (
             t.pg_user.clone(),
             password,

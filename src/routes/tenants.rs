@@ -71,17 +71,21 @@ pub struct Credentials {
     dsn_template: String,
 }
 
+/// The tenant's password, opened with this server's secret key.
+pub fn password(secrets: &SecretBox, t: &Tenant) -> Result<String, ApiError> {
+    credentials::open_password(secrets, t.id, &t.pg_password).map_err(|e| {
+        tracing::error!(tenant = %t.name, error = %e, "tenant password does not open");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "secret_unavailable",
+            "the credentials cannot be read with this server's secret key",
+        )
+    })
+}
+
 impl Credentials {
     fn new(secrets: &SecretBox, gateway_host: &str, t: &Tenant) -> Result<Self, ApiError> {
-        let pg_password =
-            credentials::open_password(secrets, t.id, &t.pg_password).map_err(|e| {
-                tracing::error!(tenant = %t.name, error = %e, "tenant password does not open");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "secret_unavailable",
-                    "the credentials cannot be read with this server's secret key",
-                )
-            })?;
+        let pg_password = password(secrets, t)?;
         Ok(Credentials {
             tenant: t.name.clone(),
             pg_user: t.pg_user.clone(),

@@ -195,11 +195,11 @@ fn weed() -> PathBuf {
     })
 }
 
-/// A block of free ports in 29900-29999 (below the ephemeral range, above the workers' and
-/// the benchmarks' ranges).
+/// A block of free ports in 29910-29999 (below the ephemeral range, above the workers' and
+/// the benchmarks' ranges and their bare PostgreSQL's 29900).
 fn free_block() -> u16 {
-    (29900..29999 - PORTS)
+    (29910..29999 - PORTS)
         .step_by(PORTS as usize)
         .find(|base| (0..PORTS).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .expect("a free block of ports in 29900-29999")
+        .expect("a free block of ports in 29910-29999")
 }
