@@ -24,46 +24,19 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)]
+#[path = "../tests/it/reflinks.rs"]
+mod reflinks;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use reflinks::Reflinks;
 use support::http::{delete, post, Conn};
 use support::platform::{tps, Platform};
 use support::postgres::{Bare, PORT};
 use support::{Row, ROOT};
-
-/// An XFS filesystem with reflinks, loop-mounted at `dir` while it lives.
-struct Xfs {
-    dir: PathBuf,
-}
-
-impl Xfs {
-    fn mount(dir: &Path, image: &Path, size: &str) -> Xfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let run = |cmd: &mut Command| {
-            let out = cmd.output().unwrap();
-            assert!(out.status.success(), "{cmd:?}: {out:?}");
-        };
-        run(Command::new("truncate").arg("-s").arg(size).arg(image));
-        run(Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(image));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(image)
-            .arg(dir));
-        Xfs {
-            dir: dir.to_owned(),
-        }
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 /// A branch of `parent` made, answering `SELECT 1`: µs from the request.
 async fn branch(p: &Platform, parent: &str, name: &str) -> u64 {
@@ -115,18 +88,7 @@ async fn raw_copy(source: &Path, dir: &Path) -> u64 {
     for f in ["postmaster.pid", "postmaster.opts"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let mut bare = Bare::at(dir, &[]);
-    bare.start();
-    bare.superuser()
-        .await
-        .query_one("SELECT 1", &[])
-        .await
-        .unwrap();
-    let took = t.elapsed().as_micros() as u64;
-    bare.stop();
-    drop(bare);
-    std::fs::remove_dir_all(dir).unwrap();
-    took
+    Bare::at(dir, &[]).first_row(t).await
 }
 
 /// pgbench against the bare server `bare` (started), database `bench`: what it printed.
@@ -165,11 +127,8 @@ fn main() {
         std::fs::set_permissions(tmp.path().join("p"), mode).unwrap();
     }
     // The worker's storage (`<platform>/w1`) on XFS with reflinks.
-    let xfs = Xfs::mount(
-        &tmp.path().join("p").join("w1"),
-        &tmp.path().join("xfs.img"),
-        "12G",
-    );
+    let xfs = Reflinks::at(&tmp.path().join("p").join("w1"), "12G");
+    assert!(xfs.mounted, "the benchmark runs as root, to mount XFS");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut json = Vec::new();
     rt.block_on(async {

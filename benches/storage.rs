@@ -107,17 +107,7 @@ async fn by_hand(conf: &Path, timeline: &str, dir: &Path, env: &[(&'static str, 
     // As the worker runs it: no connection before the recovery ends.
     let mut bare = Bare::at(dir, &[("hot_standby", "off".into())]);
     bare.env = env.to_vec();
-    bare.start();
-    bare.superuser()
-        .await
-        .query_one("SELECT 1", &[])
-        .await
-        .unwrap();
-    let took = t.elapsed().as_micros() as u64;
-    bare.stop();
-    drop(bare);
-    std::fs::remove_dir_all(dir).unwrap();
-    took
+    bare.first_row(t).await
 }
 
 struct Restores {

@@ -122,6 +122,21 @@ impl Bare {
         client
     }
 
+    /// Starts it and reads the first row of `SELECT 1` over its socket: µs from `began`. Then
+    /// it is stopped and its directory removed.
+    pub async fn first_row(mut self, began: Instant) -> u64 {
+        self.start();
+        self.superuser()
+            .await
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap();
+        let took = began.elapsed().as_micros() as u64;
+        self.stop();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        took
+    }
+
     /// A fast shutdown, waited for.
     pub fn stop(&mut self) {
         let Some(mut child) = self.server.take() else {

@@ -16,7 +16,6 @@
 pub mod billing;
 pub mod model;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +31,23 @@ pub use model::{
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
 /// measured in event time so that replay prunes exactly as the live state did.
 pub const IDEMPOTENCY_TTL_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+/// The usage row of `db` in `period`, made with the names as they are now.
+fn usage_row<'u>(
+    usage: &'u mut Map<(Uuid, u32, Uuid), Usage>,
+    tenant: &Tenant,
+    period: u32,
+    db: &Db,
+) -> &'u mut Usage {
+    usage
+        .entry((tenant.account, period, db.id))
+        .or_insert_with(|| Usage {
+            tenant_id: tenant.id,
+            tenant: tenant.name.clone(),
+            db: db.name.to_string(),
+            ..Usage::default()
+        })
+}
 
 /// An ordered map with structural sharing: a clone costs O(1), and a change to either copy
 /// copies only the nodes on the way to what changed (16 entries per node).
@@ -851,16 +867,8 @@ impl State {
             return;
         };
         for (period, micros) in billing::split(since, at) {
-            let row = self
-                .usage
-                .entry((tenant.account, period, db_id))
-                .or_insert_with(|| Usage {
-                    tenant_id: tenant.id,
-                    tenant: tenant.name.clone(),
-                    db: db.name.to_string(),
-                    ..Usage::default()
-                });
-            row.storage_byte_micros += u128::from(bytes) * micros.max(0) as u128;
+            usage_row(&mut self.usage, tenant, period, db).storage_byte_micros +=
+                u128::from(bytes) * micros.max(0) as u128;
         }
     }
 
@@ -885,30 +893,18 @@ impl State {
             return;
         };
         let kept_name = SmolStr::new(kept_name);
+        // A new database with the data (its copy, what the repository holds) of this one.
         let mut kept = Db {
-            id: kept_db_id,
-            name: kept_name.clone(),
-            created_at: at,
-            state: DbState::Stopped,
-            writer: None,
-            writer_term: 0,
-            failed_starts: 0,
-            failure_reason: None,
-            scale: Scale::default(),
-            freeze_new_checkouts: false,
-            lease_control_epoch: 1,
-            autoscale_cooldown_until: None,
-            leases: BTreeSet::new(),
-            idle_since: None,
-            cpu_milli: 0,
-            active_connections: 0,
-            load_band: LoadBand::Low,
-            load_band_since: at,
-            running_since: None,
-            restore: None,
-            last_restore: None,
-            branch: None,
-            ..db.clone()
+            data_on: db.data_on.clone(),
+            storage: db.storage.clone(),
+            ..Db::new(
+                kept_db_id,
+                db.tenant,
+                &kept_name,
+                &db.size,
+                &db.timeline,
+                at,
+            )
         };
         if let Some(s) = kept.storage.as_mut() {
             s.backup_wanted = None;
@@ -949,16 +945,7 @@ impl State {
             return;
         };
         for (period, micros) in billing::split(since, at) {
-            let row = self
-                .usage
-                .entry((tenant.account, period, db_id))
-                .or_insert_with(|| Usage {
-                    tenant_id: tenant.id,
-                    tenant: tenant.name.clone(),
-                    db: db.name.to_string(),
-                    by_profile: BTreeMap::new(),
-                    storage_byte_micros: 0,
-                });
+            let row = usage_row(&mut self.usage, tenant, period, db);
             *row.by_profile.entry(writer.profile.clone()).or_default() += micros;
         }
     }

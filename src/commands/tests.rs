@@ -140,16 +140,7 @@ impl World {
 
     /// With a live worker `w1` running every profile.
     fn with_worker(self) -> World {
-        self.given(
-            Actor::Service,
-            Command::Lifecycle(Lifecycle::RegisterWorker {
-                id: "w1".into(),
-                address: "w1:6432".into(),
-                capacity: 8,
-                profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
-                instance: "i1".into(),
-            }),
-        )
+        self.given(Actor::Service, register("w1"))
     }
 
     /// With `app` running on `w1` at term 1, with one lease: (the lease).
@@ -234,6 +225,17 @@ fn create_db(db: u128, db_name: &str) -> Command {
         parent: None,
         at: None,
     }
+}
+
+/// The registration of worker `id` (`w1`, `w2`...) with room for 8 writers of every profile.
+fn register(id: &str) -> Command {
+    Command::Lifecycle(Lifecycle::RegisterWorker {
+        id: id.into(),
+        address: format!("{id}:6432"),
+        capacity: 8,
+        profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
+        instance: format!("i{}", &id[1..]),
+    })
 }
 
 fn checkout(lease: Uuid) -> Command {
@@ -744,16 +746,7 @@ fn a_second_backup_of_a_writer_is_other_work_and_one_its_writer_never_took_is_as
 
     // Its worker is lost before it reports: the writer that serves next is asked instead.
     w.advance(w.settings.worker_timeout + Duration::from_secs(1));
-    let mut w = w.given(
-        Actor::Service,
-        Command::Lifecycle(Lifecycle::RegisterWorker {
-            id: "w2".into(),
-            address: "w2:6432".into(),
-            capacity: 8,
-            profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
-            instance: "i2".into(),
-        }),
-    );
+    let mut w = w.given(Actor::Service, register("w2"));
     w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
     assert_eq!(w.db().stored().backup_wanted, None);
     w.when(Actor::Service, checkout(id(101))).unwrap();
@@ -778,16 +771,7 @@ fn a_start_that_restores_from_the_repository_gets_the_restore_deadline() {
 
     // w1 is lost; the next start is on w2, from the repository.
     w.advance(w.settings.worker_timeout + Duration::from_secs(1));
-    let mut w = w.given(
-        Actor::Service,
-        Command::Lifecycle(Lifecycle::RegisterWorker {
-            id: "w2".into(),
-            address: "w2:6432".into(),
-            capacity: 8,
-            profiles: ["c0.25", "c0.5", "c1", "c2"].map(String::from).to_vec(),
-            instance: "i2".into(),
-        }),
-    );
+    let mut w = w.given(Actor::Service, register("w2"));
     w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
     assert_eq!(w.db().state, DbState::Stopped);
     w.when(Actor::Service, checkout(id(101))).unwrap();

@@ -12,7 +12,7 @@
 //! - Bad input: an unknown parent, a parent of another tenant, a point outside the history,
 //!   a point without a parent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,66 +22,8 @@ use serde_json::{json, Value};
 
 use crate::helpers::{tempdir, Reply};
 use crate::lab::Worker;
-use crate::storage::{backed_up, destroy, Platform};
-
-/// An XFS filesystem with reflinks, loop-mounted at `dir` for as long as it lives (as root;
-/// elsewhere `dir` is a plain directory and copies are whole).
-struct Reflinks {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Reflinks {
-    fn at(dir: &Path) -> Reflinks {
-        std::fs::create_dir_all(dir).unwrap();
-        // `/proc/self` belongs to the process's effective user.
-        let root =
-            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-        if root {
-            let image = dir.with_extension("img");
-            let run = |cmd: &mut Command| {
-                let out = cmd.output().unwrap();
-                assert!(out.status.success(), "{cmd:?}: {out:?}");
-            };
-            run(Command::new("truncate").arg("-s").arg("3G").arg(&image));
-            run(Command::new("mkfs.xfs")
-                .args(["-q", "-m", "reflink=1"])
-                .arg(&image));
-            run(Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(dir));
-        }
-        Reflinks {
-            dir: dir.to_path_buf(),
-            mounted: root,
-        }
-    }
-
-    /// Bytes used on the filesystem.
-    fn used(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=used", "-B1"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Reflinks {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
+use crate::reflinks::Reflinks;
+use crate::storage::{backed_up, destroy, point_after, Platform};
 
 fn branch(p: &Platform, name: &str, body: Value) -> Reply {
     let mut body = body;
@@ -134,7 +76,7 @@ fn amcheck(worker_storage: &Path, d: &Value) {
 fn a_branch_of_a_running_database_under_writes_has_every_acknowledged_row_and_its_own_future() {
     let tmp = tempdir();
     let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
-    let disk = Reflinks::at(&tmp.path().join("w1"));
+    let disk = Reflinks::at(&tmp.path().join("w1"), "3G");
     let _w1 = Worker::postgres(&p.fx.server, "w1", &disk.dir);
     p.create_db("app");
     // About 100 MiB of rows, so that a copy that does not share blocks shows.
@@ -291,20 +233,7 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
         .unwrap()
         .to_owned();
     // A point of the history: after its start (the second after the first backup ended).
-    let point = loop {
-        let now: String = session
-            .query_one(
-                "SELECT to_char(clock_timestamp() at time zone 'UTC', \
-                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if now > start {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let point = point_after(&mut session, &start);
     session
         .batch_execute("INSERT INTO t SELECT i FROM generate_series(101, 200) i")
         .unwrap();

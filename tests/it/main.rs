@@ -32,6 +32,7 @@ mod metrics;
 mod object_store;
 mod openapi;
 mod pgtls;
+mod reflinks;
 mod replicas;
 mod restart;
 mod storage;

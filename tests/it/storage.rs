@@ -156,6 +156,28 @@ pub(crate) fn destroy(worker: &mut Worker) {
     std::fs::remove_dir_all(&storage).unwrap();
 }
 
+/// The server's clock now, RFC 3339 in UTC to the microsecond, as restores and branches take
+/// a point.
+pub(crate) fn server_now(s: &mut postgres::Client) -> String {
+    s.query_one(
+        "SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The server's clock once it is past `start` (RFC 3339, UTC).
+pub(crate) fn point_after(s: &mut postgres::Client, start: &str) -> String {
+    loop {
+        let now = server_now(s);
+        if now.as_str() > start {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub(crate) fn backed_up(d: &Value) -> bool {
     d["last_backup_at"].is_string()
 }
@@ -194,10 +216,7 @@ fn a_database_outlives_its_workers_disk_stopped_with_every_row_and_running_with_
     session
         .batch_execute("CREATE TABLE t AS SELECT i FROM generate_series(1, 500) i")
         .unwrap();
-    let written: String = session
-        .query_one("SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-        .unwrap()
-        .get(0);
+    let written = server_now(&mut session);
     let live_holder = p.describe("live")["worker_id"].as_str().unwrap().to_owned();
     assert_eq!(
         live_holder, holder,
@@ -270,16 +289,7 @@ fn a_restore_brings_back_a_dropped_table_and_keeps_the_state_before_it() {
         .to_owned();
     // The point to go back to: after the rows were committed and the history began (the
     // first backup serves points from the second after it), before the mistake.
-    let now = |s: &mut postgres::Client| -> String {
-        s.query_one("SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-            .unwrap()
-            .get(0)
-    };
-    let mut at = now(&mut session);
-    while at <= history_start {
-        std::thread::sleep(Duration::from_millis(50));
-        at = now(&mut session);
-    }
+    let at = point_after(&mut session, &history_start);
     session.batch_execute("DROP TABLE orders").unwrap();
     let before = p.describe("app");
 
@@ -340,11 +350,7 @@ fn a_restore_brings_back_a_dropped_table_and_keeps_the_state_before_it() {
     // A point with no commit after it in the WAL (nothing written since): the restore
     // stops at the commit its old writer's stop makes, with everything up to the point.
     let mut session = p.session("app");
-    let mut quiet = now(&mut session);
-    while quiet <= restored_start {
-        std::thread::sleep(Duration::from_millis(50));
-        quiet = now(&mut session);
-    }
+    let quiet = point_after(&mut session, &restored_start);
     drop(session);
     let r = p.restore("app", json!({ "at": quiet }));
     assert_eq!(r.status, 202, "{r:?}");
@@ -406,10 +412,7 @@ fn archiving_that_fails_is_said_and_catches_up_with_no_gap() {
         .query_one("SELECT count(*) FROM t", &[])
         .unwrap()
         .get(0);
-    let during: String = session
-        .query_one("SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-        .unwrap()
-        .get(0);
+    let during = server_now(&mut session);
     session
         .execute("INSERT INTO t (i) VALUES (0)", &[])
         .unwrap();

@@ -54,10 +54,7 @@ fn an_object_store_keeps_a_database_across_workers_and_restores_it_to_a_point_in
     session
         .batch_execute("INSERT INTO orders SELECT i FROM generate_series(1001, 1500) i")
         .unwrap();
-    let at: String = session
-        .query_one("SELECT to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", &[])
-        .unwrap()
-        .get(0);
+    let at = crate::storage::server_now(&mut session);
     session.batch_execute("DROP TABLE orders").unwrap();
     // Through the client, waiting until the restored database serves.
     let out = std::process::Command::new(bin())
