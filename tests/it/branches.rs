@@ -313,6 +313,8 @@ fn a_branch_at_a_past_time_has_exactly_what_was_committed_before_it_and_outlives
         .unwrap()
         .to_owned();
     assert_eq!(kept, "past2_before_reset_1");
+    let reset_id = reset.body["db_id"].as_str().unwrap();
+    assert!(p.types(reset_id).iter().any(|t| t == "db.reset"));
     p.until("past2", 120, |d| d["state"] == "running");
     assert_eq!(
         count(&p, "past2", "SELECT count(*) FROM t WHERE i < 0"),
