@@ -28,8 +28,9 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// is answered at once and closed.
 pub const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// A parsed JSON body, with the bytes it came from (for idempotency). An empty body with no
-/// `Content-Type` reads as `{}`, so that routes whose fields are all optional need none.
+/// A parsed JSON body, with the bytes it came from (for idempotency). An empty body reads as
+/// `{}` (with or without a JSON `Content-Type`, as `curl -X POST -H 'Content-Type:
+/// application/json'` sends it), so that routes whose fields are all optional need none.
 pub struct ApiJson<T> {
     pub value: T,
     pub raw: Bytes,
@@ -170,7 +171,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
                     )
                     .closing()
                 })??;
-            if raw.is_empty() && json.is_none() {
+            if raw.is_empty() && json != Some(false) {
                 return parse(b"{}").map(|value| ApiJson { value, raw });
             }
             if json.is_none() {

@@ -129,6 +129,8 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "invalid_value",
         ),
         ("application/json", br#"{}"#.to_vec(), 422, "invalid_value"),
+        // An empty JSON body reads as `{}` (here: its name is missing).
+        ("application/json", Vec::new(), 422, "invalid_value"),
         (
             "application/json",
             br#"{"name":"   "}"#.to_vec(),
