@@ -164,6 +164,29 @@ pub fn copy_dir(from: &Path, dir: &Path, skip: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Copies the WAL a backup that started in segment `start` needs from `from` (a serving
+/// server's `pg_wal`) to `to`: the timelines' history files and the segments from `start` on,
+/// which the caller keeps from being recycled meanwhile (older ones may vanish while they are
+/// listed, and are not needed). `archive_status` is made empty: what the server has yet to
+/// archive is its own.
+pub fn copy_wal(from: &Path, to: &Path, start: &str) -> Result<(), String> {
+    let needed = |n: &str| n.ends_with(".history") || (n.len() == start.len() && n >= start);
+    let skip: Vec<String> = std::fs::read_dir(from)
+        .map_err(|e| format!("{}: {e}", from.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !needed(n))
+        .collect();
+    let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+    copy_dir(from, to, &skip)?;
+    let status = to.join("archive_status");
+    std::fs::create_dir(&status).map_err(|e| format!("{}: {e}", status.display()))?;
+    let meta = std::fs::metadata(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&status, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| format!("{}: {e}", status.display()))
+}
+
 /// Writes `text` to `path`, owned by `owner`.
 pub fn write_owned(path: &Path, text: &str, owner: Option<Owner>) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -946,14 +946,20 @@ impl Postgres {
     }
 
     /// A copy of the serving server's data directory `source` (on `port`) into `dir` through
-    /// the backup API, in one session: `pg_backup_start`, the files copied (the WAL last),
-    /// `pg_backup_stop`, its `backup_label` written, then the WAL again, which reaches past
-    /// the backup's end. The copy's server replays it at its start and is consistent.
+    /// the backup API, in one session: `pg_backup_start`, the files copied but the WAL,
+    /// `pg_backup_stop`, its `backup_label` written, then the WAL from the backup's start,
+    /// which reaches past its end. The copy's server replays it at its start and is
+    /// consistent. A temporary replication slot of the session keeps that WAL from being
+    /// recycled by a checkpoint until it is copied.
     fn copy_serving(&self, source: &Path, dir: &Path, port: u16) -> Result<()> {
         let sql = |e: postgres::Error| cluster::sql_error(&e);
         let mut client = cluster::admin(&self.run_dir, port)?;
         client
-            .batch_execute("SELECT pg_backup_start('spg99 branch', true)")
+            .batch_execute(
+                "SELECT pg_create_physical_replication_slot('spg99_branch_' || pg_backend_pid(), \
+                 true, true); \
+                 SELECT pg_backup_start('spg99 branch', true)",
+            )
             .map_err(sql)?;
         let copied = cluster::copy_dir(
             source,
@@ -973,14 +979,15 @@ impl Postgres {
         if !map.is_empty() {
             cluster::write_owned(&dir.join("tablespace_map"), &map, self.owner)?;
         }
-        cluster::copy_dir(&source.join("pg_wal"), &dir.join("pg_wal"), &[])?;
-        // What the parent has still to archive is its own.
-        let status = dir.join("pg_wal").join("archive_status");
-        if let Ok(entries) = std::fs::read_dir(&status) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        // "START WAL LOCATION: 0/4000028 (file 000000010000000000000004)"
+        let start = label
+            .lines()
+            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+            .and_then(|l| l.split("(file ").nth(1))
+            .map(|f| f.trim_end_matches(')').to_owned())
+            .ok_or("the backup label names no start WAL file")?;
+        cluster::copy_wal(&source.join("pg_wal"), &dir.join("pg_wal"), &start)?;
+        drop(client);
         Ok(())
     }
 
