@@ -796,8 +796,9 @@ class DbView extends View {
     if (!can('can_delete') || !d.history_start_at || ['deleting', 'restoring'].includes(d.state)) return null;
     // The time typed survives the renders live changes cause.
     const at = h('input', {
+      // No min or max: the API judges the point (a running database's newest point moves
+      // on between renders), and says why one is refused.
       type: 'datetime-local', step: '1', id: 'restore-at', 'data-field': 'at',
-      min: utcInput(d.history_start_at), max: utcInput(d.recoverable_until),
       value: this.restoreAt || utcInput(d.recoverable_until),
     });
     at.addEventListener('input', () => { this.restoreAt = at.value; });
@@ -872,7 +873,7 @@ class DbView extends View {
     name.addEventListener('input', () => { this.branchName = name.value; });
     const at = h('input', {
       type: 'datetime-local', step: '1', id: 'branch-at', 'data-field': 'at',
-      min: d.history_start_at ? utcInput(d.history_start_at) : null, value: this.branchAt || '',
+      value: this.branchAt || '',
     });
     at.addEventListener('input', () => { this.branchAt = at.value; });
     const form = h('form', { class: 'row', 'aria-label': 'New branch' },
