@@ -39,20 +39,25 @@ impl Reflinks {
         }
     }
 
-    /// Bytes used on the filesystem.
-    pub fn used(&self) -> u64 {
-        let out = Command::new("df")
-            .args(["--output=used", "-B1"])
-            .arg(&self.dir)
+    /// How many of `file`'s bytes share their blocks with another file (a reflink copy's
+    /// not yet written over), and its size, from its extent map (`filefrag`).
+    pub fn shared(file: &Path) -> (u64, u64) {
+        let out = Command::new("filefrag")
+            .args(["-v", "-b1"])
+            .arg(file)
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        assert!(out.status.success(), "filefrag {file:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let shared = text
             .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+            .filter(|l| l.trim_end().ends_with("shared") || l.contains("shared,"))
+            .map(|l| {
+                // ext: logical: physical: length: [expected:] flags
+                l.split(':').nth(3).unwrap().trim().parse::<u64>().unwrap()
+            })
+            .sum();
+        (shared, std::fs::metadata(file).unwrap().len())
     }
 }
 
