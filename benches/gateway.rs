@@ -148,6 +148,7 @@ async fn start(dir: &Path) -> Platform {
         .env("SPG99_CLOCK", "manual")
         .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
         .env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("SPG99_POOLER_LISTEN", "127.0.0.1:0")
         .env("SPG99_COMPUTE", "postgres")
         .env("SPG99_PORT_RANGE", "29000-29899");
     let (server, addrs) =

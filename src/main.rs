@@ -71,11 +71,13 @@ fn main() {
             client,
             tenant,
             db,
+            pooled,
             psql_args,
         } => client_command(
             Command::Connect {
                 tenant,
                 db,
+                pooled,
                 psql_args,
             },
             &client,
@@ -113,6 +115,9 @@ fn serve(config: Config) -> i32 {
         };
         if let Some(gateway) = app.gateway_addr() {
             println!("spg99 gateway listening on {gateway}");
+        }
+        if let Some(pooler) = app.pooler_addr() {
+            println!("spg99 gateway pooler listening on {pooler}");
         }
         println!("spg99 listening on {}", app.url());
         match app.run_until_stopped().await {

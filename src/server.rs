@@ -41,6 +41,10 @@ pub struct Config {
     pub gateway_listen: Option<String>,
     /// The host put in `dsn_template`; `None`: the embedded Gateway's address.
     pub gateway_host: Option<String>,
+    /// The embedded Gateway's pooler's address; `None`: no pooler.
+    pub pooler_listen: Option<String>,
+    /// The host put in `pooled_dsn_template`; `None`: the embedded pooler's address.
+    pub pooler_host: Option<String>,
     /// The embedded worker's compute (`postgres`, `simulated`); `None`: no local worker.
     pub compute: Option<spg99_worker::ComputeKind>,
     pub lifecycle: Settings,
@@ -112,6 +116,8 @@ impl Config {
             listen: args.listen,
             gateway_listen: Some(args.gateway_listen).filter(|g| g != "none"),
             gateway_host: args.gateway_host,
+            pooler_listen: Some(args.pooler_listen).filter(|p| p != "none"),
+            pooler_host: args.pooler_host,
             compute,
             lifecycle: Settings {
                 idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -333,10 +339,20 @@ impl Application {
             Some(listen) => Some(embedded_gateway(&config, listen, &control_plane, &local)?),
             None => None,
         };
-        let gateway_host = match (&config.gateway_host, &gateway) {
-            (Some(host), _) => host.clone(),
-            (None, Some(g)) => g.addr.to_string(),
-            (None, None) => "localhost:5432".into(),
+        let hosts = crate::routes::tenants::Hosts {
+            gateway: match (&config.gateway_host, &gateway) {
+                (Some(host), _) => host.clone(),
+                (None, Some(g)) => g.addr.to_string(),
+                (None, None) => "localhost:5432".into(),
+            },
+            pooler: match (
+                &config.pooler_host,
+                gateway.as_ref().and_then(|g| g.pooler_addr),
+            ) {
+                (Some(host), _) => host.clone(),
+                (None, Some(addr)) => addr.to_string(),
+                (None, None) => "localhost:6432".into(),
+            },
         };
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),
@@ -347,7 +363,7 @@ impl Application {
             tickets: Default::default(),
             limits: crate::limits::Limits::new(&config.limits),
             snapshots_dir,
-            gateway_host,
+            hosts,
             settings,
             local_service: local.secret_hash(),
             role,
@@ -412,6 +428,11 @@ impl Application {
     /// The embedded Gateway's address, if it runs one.
     pub fn gateway_addr(&self) -> Option<SocketAddr> {
         self.gateway.as_ref().map(|g| g.addr)
+    }
+
+    /// The embedded Gateway's pooler's address, if it runs one.
+    pub fn pooler_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(|g| g.pooler_addr)
     }
 
     /// Serves until SIGINT/SIGTERM (or until the local worker turns out unable to start: an
@@ -492,12 +513,15 @@ fn embedded_gateway(
     token: &Token,
 ) -> Result<spg99_gateway::Running, StartError> {
     let tls_dir = config.data_dir.join("gateway-tls");
+    let pooler = config.pooler_listen.as_deref().unwrap_or("none");
     let args = [
         "gateway",
         "--control-plane",
         control_plane,
         "--listen",
         listen,
+        "--pooler-listen",
+        pooler,
         "--tls-dir",
         utf8(&tls_dir)?,
         "--token",
@@ -506,7 +530,7 @@ fn embedded_gateway(
     let args = embedded::<spg99_gateway::GatewayArgs>(&args)?;
     spg99_gateway::spawn(&args).map_err(|e| {
         StartError::Config(format!(
-            "{e} (choose another address with --gateway-listen, or `none` for no Gateway)"
+            "{e} (choose other addresses with --gateway-listen and --pooler-listen, or `none` for none)"
         ))
     })
 }

@@ -46,6 +46,22 @@ impl Held {
     pub fn backend_addr(&self) -> String {
         crate::lock(&self.lease).backend_addr.clone()
     }
+
+    /// The database's id and its writer's compute profile.
+    pub fn db(&self) -> (uuid::Uuid, String) {
+        let l = crate::lock(&self.lease);
+        (l.db_id, l.profile.clone())
+    }
+
+    /// Becomes `true` when its connections must close.
+    pub fn subscribe_closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    /// Whether its connections must close (its writer was retired, or the lease is gone).
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
 }
 
 type Key = (String, String);

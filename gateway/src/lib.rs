@@ -7,21 +7,35 @@
 //! and relays bytes both ways. It holds no state of its own but leases and cancel keys, and
 //! speaks to the control plane only through the internal API (`spg99-wire`).
 //!
-//! ## Layout
+//! A second front door, the pooler (`--pooler-listen`), shares a pool of backend connections
+//! per database among its clients, transaction by transaction.
+//!
+//! ## Layout, by phase
 //! - [`pgwire`]: the wire protocol's messages, bounded reads.
 //! - [`tls`]: the certificate (given or self-signed and kept), ALPN, channel binding data.
-//! - [`session`]: one connection, phase by phase, and the SQLSTATEs of its failures.
+//! - [`session`]: one connection's handshake and authentication, and the SQLSTATEs of their
+//!   failures; then one of the relays.
+//! - [`backend`]: the route (the database's lease) and the login to its PostgreSQL.
+//! - [`relay`]: the session port's relay, a backend per client.
+//! - [`pooled`]: the pooler's relay, a backend per transaction, prepared statements carried.
+//! - [`pool`]: the pooler's backend connections per database.
+//! - [`sql`]: what the pooler reads of a client's SQL.
 //! - [`control`]: calls to the control plane (through the internal API's one client in
 //!   `spg99-wire`), and the cache of roles (verifiers).
 //! - [`leases`]: one lease per database, renewed, released, fenced by its epoch.
 //! - [`cancel`]: the Gateway's own cancel keys, forwarded to the right backend.
 
+pub mod backend;
 pub mod cancel;
 pub mod control;
 pub mod leases;
 pub mod metrics;
 pub mod pgwire;
+pub mod pool;
+pub mod pooled;
+pub mod relay;
 pub mod session;
+pub mod sql;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -33,7 +47,7 @@ use clap::Args;
 use sha2::Digest;
 use tokio::net::TcpListener;
 
-use session::Gateway;
+use session::{Gateway, Port};
 
 /// `spg99 gateway`: the flags.
 #[derive(Debug, Clone, Args)]
@@ -48,6 +62,21 @@ pub struct GatewayArgs {
     /// Where clients connect.
     #[arg(long, env = "SPG99_GATEWAY_LISTEN", default_value = "127.0.0.1:5432")]
     pub listen: String,
+    /// Where pooled clients connect (transaction pooling); `none`: no pooler.
+    #[arg(long, env = "SPG99_POOLER_LISTEN", default_value = "127.0.0.1:6432")]
+    pub pooler_listen: String,
+    /// How long a pooled client waits for a backend when every one of its database's pool is
+    /// busy (seconds); then 53300.
+    #[arg(long, env = "SPG99_POOL_TIMEOUT", default_value_t = 30)]
+    pub pool_timeout: u64,
+    /// How long a pooled client may keep a transaction open without sending anything
+    /// (seconds); then 25P03, and its transaction is rolled back.
+    #[arg(
+        long,
+        env = "SPG99_POOL_IDLE_IN_TRANSACTION_TIMEOUT",
+        default_value_t = 60
+    )]
+    pub pool_idle_in_transaction_timeout: u64,
     /// The certificate (PEM) clients see; without it, a self-signed one made once and kept.
     #[arg(long, env = "SPG99_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -66,8 +95,9 @@ pub struct GatewayArgs {
     /// How long a connection may wait for its database to start (seconds); then 57P03.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout: u64,
-    /// Client connections at most; beyond, 53300.
-    #[arg(long, default_value_t = 10_000)]
+    /// Client connections at most, both ports together; beyond, 53300. Each takes a file
+    /// descriptor (a session port's two): the process's limit must be above it.
+    #[arg(long, env = "SPG99_GATEWAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
     /// How long a client may take for each step of its handshake (seconds).
     #[arg(long, default_value_t = 10)]
@@ -127,21 +157,32 @@ impl GatewayArgs {
                 self.auth_failures_per_user,
                 self.auth_failures_per_address,
             ),
+            pools: pool::Pools::new(
+                Duration::from_secs(self.pool_timeout.max(1)),
+                Duration::from_secs(self.pool_idle_in_transaction_timeout.max(1)),
+            ),
         }))
     }
 }
 
 /// Accepts clients until the listener fails; each connection in a task of its own.
-async fn accept(listener: TcpListener, gw: Arc<Gateway>) {
+async fn accept(listener: TcpListener, pooler: Option<TcpListener>, gw: Arc<Gateway>) {
     let leases = gw.leases.clone();
     tokio::spawn(gw.control.clone().follow_changes(move |fenced| {
         let leases = leases.clone();
         async move { leases.fence(&fenced).await }
     }));
+    if let Some(pooler) = pooler {
+        tokio::spawn(accept_on(pooler, gw.clone(), Port::Pooled));
+    }
+    accept_on(listener, gw, Port::Session).await
+}
+
+async fn accept_on(listener: TcpListener, gw: Arc<Gateway>, port: Port) {
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
-                tokio::spawn(session::serve(gw.clone(), tcp));
+                tokio::spawn(session::serve(gw.clone(), tcp, port));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -154,6 +195,8 @@ async fn accept(listener: TcpListener, gw: Arc<Gateway>) {
 /// A Gateway running inside another process (`spg99 serve`'s), on a runtime of its own.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The pooler's address, if it has one.
+    pub pooler_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -210,24 +253,36 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
     let bound = {
         // Entered, not blocked on: the caller may be driving a runtime of its own.
         let _in = runtime.enter();
+        let pooler = Some(args.pooler_listen.as_str()).filter(|p| *p != "none");
         bind(&args.listen)
+            .map_err(|e| format!("the Gateway cannot listen on {}: {e}", args.listen))
+            .and_then(|l| match pooler {
+                None => Ok((l, None)),
+                Some(p) => bind(p)
+                    .map(|pl| (l, Some(pl)))
+                    .map_err(|e| format!("the Gateway's pooler cannot listen on {p}: {e}")),
+            })
     };
-    let listener = match bound {
+    let (listener, pooler) = match bound {
         Ok(l) => l,
         Err(e) => {
             // Not dropped where it would block: the caller may be inside a runtime.
             runtime.shutdown_background();
-            return Err(format!("the Gateway cannot listen on {}: {e}", args.listen));
+            return Err(e);
         }
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let pooler_addr = match &pooler {
+        Some(p) => Some(p.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("spg99-gateway".into())
         .spawn(move || {
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = accept(listener, gw.clone()) => {}
+                    _ = accept(listener, pooler, gw.clone()) => {}
                     _ = stopped => {}
                 }
                 // Bounded: a control plane gone first (as in `spg99 serve`) leaves them to
@@ -240,6 +295,7 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
         .map_err(|e| e.to_string())?;
     Ok(Running {
         addr,
+        pooler_addr,
         stop: Some(stop),
         thread: Some(thread),
     })
@@ -255,6 +311,9 @@ pub fn run(args: GatewayArgs) -> i32 {
         }
     };
     println!("spg99 gateway listening on {}", running.addr);
+    if let Some(p) = running.pooler_addr {
+        println!("spg99 gateway pooler listening on {p}");
+    }
     if let Some(listen) = &args.metrics_listen {
         match spg99_wire::metrics::serve(listen, metrics::registry()) {
             Ok(addr) => println!("spg99 gateway metrics on http://{addr}/metrics"),

@@ -23,8 +23,20 @@ pub struct Refusal {
     pub sqlstate: String,
 }
 
+/// A database's pool on this Gateway (by id: no tenant's names in labels), and what is counted:
+/// `clients`, `waiting`, `backends_in_use`, `backends_idle`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub db_id: String,
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub pool: Family<PoolLabel, Gauge<i64, AtomicI64>>,
+    pub pool_waits: Counter,
+    pub statements_prepared: Counter,
+    pub pinned: Counter,
     pub connections: Counter,
     pub open: Gauge<i64, AtomicI64>,
     pub auth_failures: Counter,
@@ -38,6 +50,10 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
+            pool: Family::default(),
+            pool_waits: Counter::default(),
+            statements_prepared: Counter::default(),
+            pinned: Counter::default(),
             connections: Counter::default(),
             open: Gauge::default(),
             auth_failures: Counter::default(),
@@ -78,6 +94,28 @@ impl Metrics {
             Unit::Seconds,
             m.checkout_wait.clone(),
         );
+        r.register(
+            "spg99_gateway_pool",
+            "The pooler, per database: clients connected, clients waiting for a backend, \
+             backends in use and idle",
+            m.pool.clone(),
+        );
+        r.register(
+            "spg99_gateway_pool_waits",
+            "Times a pooled client found every backend of its database busy and waited",
+            m.pool_waits.clone(),
+        );
+        r.register(
+            "spg99_gateway_statements_prepared",
+            "Statements the pooler prepared on a backend for a client (its own Parse, or again \
+             on another backend)",
+            m.statements_prepared.clone(),
+        );
+        r.register(
+            "spg99_gateway_pool_pinned",
+            "Pooled clients kept on one backend for the rest of their session (session state)",
+            m.pinned.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -85,6 +123,14 @@ impl Metrics {
 pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// Bytes relayed by a connection that ended.
+pub fn relayed(client_to_database: u64, database_to_client: u64) {
+    let bytes = &get().bytes;
+    let count = |direction| bytes.get_or_create(&Direction { direction });
+    count("client_to_database").inc_by(client_to_database);
+    count("database_to_client").inc_by(database_to_client);
 }
 
 /// Every metric, for a scrape.

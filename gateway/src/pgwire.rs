@@ -124,6 +124,56 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Re
     Ok(Message { tag, body })
 }
 
+/// Messages read from a stream as they come: what was read and not yet handled is kept, so
+/// that waiting for more can be given up at any point (in a `select!`) without losing a byte.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Frames {
+    /// Reads what `r` has (at least one byte, or 0 at its end). Cancel-safe.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        } else if self.at > 1 << 16 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        self.buf.reserve(1 << 14);
+        r.read_buf(&mut self.buf).await
+    }
+
+    /// The next whole message read, if there is one; an error for one longer than `max`.
+    pub fn next(&mut self, max: usize) -> io::Result<Option<Message>> {
+        let rest = &self.buf[self.at..];
+        if rest.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        if len < 4 || len - 4 > max {
+            return Err(invalid("message length out of bounds"));
+        }
+        if rest.len() < 1 + len {
+            self.buf.reserve(1 + len - rest.len());
+            return Ok(None);
+        }
+        let m = Message {
+            tag: rest[0],
+            body: rest[5..1 + len].to_vec(),
+        };
+        self.at += 1 + len;
+        Ok(Some(m))
+    }
+
+    /// Whether nothing read is left.
+    pub fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+}
+
 /// Writes messages built into a buffer.
 #[derive(Debug, Default)]
 pub struct Out(pub Vec<u8>);
@@ -185,10 +235,15 @@ impl Out {
 
     /// ErrorResponse, FATAL, with `code` (SQLSTATE) and `message`.
     pub fn error(&mut self, code: &str, message: &str) -> &mut Self {
+        self.error_of("FATAL", code, message)
+    }
+
+    /// ErrorResponse of `severity` (`ERROR`: the connection goes on).
+    pub fn error_of(&mut self, severity: &str, code: &str, message: &str) -> &mut Self {
         let mut body = Vec::new();
         for (field, value) in [
-            (b'S', "FATAL"),
-            (b'V', "FATAL"),
+            (b'S', severity),
+            (b'V', severity),
             (b'C', code),
             (b'M', message),
         ] {
@@ -239,6 +294,11 @@ impl Out {
 
     pub fn raw(&mut self, m: &Message) -> &mut Self {
         self.message(m.tag, &m.body)
+    }
+
+    /// A message of `tag` with `body`.
+    pub fn put(&mut self, tag: u8, body: &[u8]) -> &mut Self {
+        self.message(tag, body)
     }
 
     pub async fn send<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {

@@ -1,8 +1,9 @@
 //! One client connection, in phases (as Neon's proxy has them): the handshake (TLS by
 //! SSLRequest or PostgreSQL 17's direct TLS, GSSENC declined, cancels forwarded, protocol
 //! versions negotiated), authentication (SCRAM-SHA-256, or -PLUS over TLS, against the
-//! tenant's verifier), the route (the database's lease), the backend (a login with the
-//! ClientKey the client's proof revealed), then the relay, bytes both ways untouched.
+//! tenant's verifier), then the relay of the port the client came in by: the session port's
+//! ([`crate::relay`]: the route and a backend of its own, bytes both ways untouched) or the
+//! pooler's ([`crate::pooled`]: a backend of its database's pool per transaction).
 //!
 //! What the client hears on failure is an ErrorResponse with PostgreSQL's SQLSTATE: `28000`
 //! (TLS required, no user), `28P01` (a wrong password or an unknown user, alike), `3D000` (no
@@ -15,16 +16,16 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use spg99_scram::{Channel, Client, Keys, Server, Verifier, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+use spg99_scram::{Channel, Keys, Server, Verifier, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cancel::{Cancels, Target};
+use crate::cancel::Cancels;
 use crate::control::Control;
-use crate::leases::{Leases, NoRoute};
-use crate::pgwire::{self, Message, Out, Startup, MAX_AUTH, MAX_BACKEND};
+use crate::leases::Leases;
+use crate::pgwire::{self, Message, Out, Startup, MAX_AUTH};
 use crate::tls::{Tls, ALPN};
 
 /// Everything a connection needs.
@@ -42,6 +43,7 @@ pub struct Gateway {
     /// How long the client may take for each step of its handshake.
     pub handshake_timeout: Duration,
     pub failures: Failures,
+    pub pools: crate::pool::Pools,
 }
 
 /// Failed password attempts per user and per client address, in one-minute windows. As for
@@ -103,10 +105,12 @@ impl Failures {
     }
 }
 
-/// How a connection ended before the relay: with an error for the client, or silently.
-enum End {
+/// How a connection ended: with an error for the client, or silently.
+pub(crate) enum End {
     /// Tell the client, then close.
     Error(&'static str, String),
+    /// The backend's own refusal of a login (too many clients, say), for the client.
+    Backend(Message),
     /// Close without a word (a cancel, a client gone, garbage before any protocol).
     Quiet,
 }
@@ -117,12 +121,12 @@ impl From<io::Error> for End {
     }
 }
 
-fn error(code: &'static str, message: impl Into<String>) -> End {
+pub(crate) fn error(code: &'static str, message: impl Into<String>) -> End {
     End::Error(code, message.into())
 }
 
 /// A byte stream to the client: TCP, or TLS over it.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 struct Counted<'a>(&'a AtomicUsize);
@@ -134,22 +138,31 @@ impl Drop for Counted<'_> {
     }
 }
 
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     use base64::Engine;
     let mut b = [0u8; 18];
     getrandom::fill(&mut b).expect("the operating system's random generator is unavailable");
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// Which front door a client came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// A backend connection of its own for the whole session.
+    Session,
+    /// A backend from the database's pool for each transaction.
+    Pooled,
+}
+
 /// Serves one client connection to its end.
-pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream) {
+pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream, port: Port) {
     let _ = tcp.set_nodelay(true);
     gw.open.fetch_add(1, Ordering::AcqRel);
     let m = crate::metrics::get();
     m.connections.inc();
     m.open.inc();
     let _counted = Counted(&gw.open);
-    let _ = handshake(&gw, tcp).await;
+    let _ = handshake(&gw, tcp, port).await;
 }
 
 async fn timed<T>(
@@ -162,7 +175,7 @@ async fn timed<T>(
 }
 
 /// TLS (direct, or after an SSLRequest) or plaintext, then the startup message.
-async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
+async fn handshake(gw: &Gateway, mut tcp: TcpStream, port: Port) -> io::Result<()> {
     let addr = tcp.peer_addr().ok().map(|a| a.ip());
     let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.config.clone());
     let mut first = [0u8; 1];
@@ -183,7 +196,7 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
                     return Ok(());
                 }
                 Startup::Start { minor, params } if gw.allow_plaintext => {
-                    return session(gw, tcp, Channel::Plain, addr, minor, params).await;
+                    return session(gw, tcp, port, Channel::Plain, addr, minor, params).await;
                 }
                 Startup::Start { .. } => {
                     Out::default()
@@ -212,7 +225,9 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
             gw.cancels.cancel(pid, secret).await;
             Ok(())
         }
-        Startup::Start { minor, params } => session(gw, tls, channel, addr, minor, params).await,
+        Startup::Start { minor, params } => {
+            session(gw, tls, port, channel, addr, minor, params).await
+        }
         Startup::Ssl | Startup::GssEnc => {
             Out::default()
                 .error("08P01", "an encryption request inside TLS")
@@ -225,13 +240,22 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream) -> io::Result<()> {
 async fn session<S: Stream>(
     gw: &Gateway,
     mut client: S,
+    port: Port,
     channel: Channel,
     addr: Option<IpAddr>,
     minor: u16,
     params: Vec<(String, String)>,
 ) -> io::Result<()> {
-    match authenticate_and_route(gw, &mut client, &channel, addr, minor, &params).await {
+    let routed = match authenticate(gw, &mut client, &channel, addr, minor, &params).await {
+        Ok(login) => match port {
+            Port::Session => crate::relay::serve(gw, &mut client, login).await,
+            Port::Pooled => crate::pooled::serve(gw, &mut client, login).await,
+        },
+        Err(e) => Err(e),
+    };
+    match routed {
         Ok(()) => Ok(()),
+        Err(End::Backend(m)) => Out::default().raw(&m).send(&mut client).await,
         Err(End::Error(code, message)) => {
             crate::metrics::get()
                 .refused
@@ -245,14 +269,14 @@ async fn session<S: Stream>(
     }
 }
 
-async fn authenticate_and_route<S: Stream>(
+async fn authenticate<S: Stream>(
     gw: &Gateway,
     client: &mut S,
     channel: &Channel,
     addr: Option<IpAddr>,
     minor: u16,
     params: &[(String, String)],
-) -> Result<(), End> {
+) -> Result<Login, End> {
     let param = |k: &str| {
         params
             .iter()
@@ -303,14 +327,7 @@ async fn authenticate_and_route<S: Stream>(
     };
     Out::default().auth_sasl(mechanisms).send(client).await?;
     // Every way a proof can fail counts as a failed password.
-    let bad = || {
-        gw.failures.failed(user, addr);
-        crate::metrics::get().auth_failures.inc();
-        error(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
-        )
-    };
+    let bad = || bad_password(gw, user, addr);
     let first = timed(gw, pgwire::read_message(client, MAX_AUTH)).await?;
     let (mechanism, client_first) = match first.tag {
         b'p' => pgwire::sasl_initial(&first.body)
@@ -345,13 +362,6 @@ async fn authenticate_and_route<S: Stream>(
         .send(client)
         .await?;
 
-    // The route, then the backend. A backend that cannot be reached (a writer just retired by
-    // a cutover, or still starting) sends the connection back for a fresh route, until the
-    // connect timeout; the client only waits longer.
-    let keys = Keys {
-        client_key,
-        server_key,
-    };
     let forwarded: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| {
@@ -359,249 +369,34 @@ async fn authenticate_and_route<S: Stream>(
         })
         .cloned()
         .collect();
-    let deadline = Instant::now() + gw.leases.connect_timeout();
-    let mut pause = Duration::from_millis(25);
-    let (ticket, mut backend, ready, backend_addr) = loop {
-        let ticket = gw
-            .leases
-            .acquire(user, database, deadline)
-            .await
-            .map_err(|e| match e {
-                NoRoute::UnknownUser => bad(),
-                NoRoute::UnknownDb => {
-                    error("3D000", format!("database \"{database}\" does not exist"))
-                }
-                NoRoute::Unavailable(why) => error("57P03", why),
-                NoRoute::ControlPlane(e) => {
-                    tracing::warn!(error = %e, "the control plane cannot be reached");
-                    error(
-                        "57P03",
-                        "the platform cannot start the database right now; retry",
-                    )
-                }
-            })?;
-        let backend_addr = ticket.held.backend_addr();
-        let login = connect_backend(&backend_addr, user, database, &forwarded, &keys);
-        let login = tokio::time::timeout_at(deadline.into(), login)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Backend::Retry {
-                    why: "no answer in time".into(),
-                    moved: true,
-                    password: false,
-                })
-            });
-        match login {
-            Ok((backend, ready)) => break (ticket, backend, ready, backend_addr),
-            Err(Backend::Refused(m)) => {
-                // The backend's own refusal (too many clients, say): the client hears it.
-                Out::default().raw(&m).send(client).await?;
-                return Err(End::Quiet);
-            }
-            Err(Backend::Retry {
-                why,
-                moved,
-                password,
-            }) => {
-                // The proof was checked against a cached verifier: a fresh one that differs
-                // means the password changed since (a reset), and the client's is the old one.
-                if password {
-                    gw.control.forget_role(user);
-                    if let Ok(Some(fresh)) = gw.control.role(user).await {
-                        if fresh.server_key != server_key {
-                            return Err(bad());
-                        }
-                    }
-                }
-                if Instant::now() + pause >= deadline {
-                    return Err(error(
-                        "08006",
-                        format!("the database's server cannot be reached: {why}"),
-                    ));
-                }
-                tracing::debug!(db = database, backend = %backend_addr, why = %why, "backend not reachable; routing again");
-                if moved {
-                    gw.leases.forget(&ticket.key, &ticket.held).await;
-                }
-                drop(ticket);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        }
-    };
-    let registration = gw.cancels.register(Target {
-        backend_addr,
-        pid: ready.pid,
-        secret: ready.secret,
-    });
-    // What the backend said after authenticating (its parameters), the Gateway's cancel key,
-    // then the backend's ReadyForQuery: the last word before the relay.
-    let mut out = ready.said;
-    out.backend_key(registration.pid, registration.secret)
-        .raw(&Message {
-            tag: b'Z',
-            body: ready.status.to_vec(),
-        })
-        .send(client)
-        .await?;
-
-    let mut closed = ticket.closed.clone();
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(client, &mut backend) => {
-            if let Ok((up, down)) = copied {
-                let bytes = &crate::metrics::get().bytes;
-                let count = |direction| bytes.get_or_create(&crate::metrics::Direction { direction });
-                count("client_to_database").inc_by(up);
-                count("database_to_client").inc_by(down);
-            }
-        }
-        _ = closed.wait_for(|c| *c) => {}
-    }
-    drop(registration);
-    drop(ticket);
-    Err(End::Quiet)
+    Ok(Login {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        keys: Keys {
+            client_key,
+            server_key,
+        },
+        forwarded,
+        addr,
+    })
 }
 
-/// A backend logged in to, up to its ReadyForQuery.
-struct Ready {
-    pid: u32,
-    secret: u32,
-    status: [u8; 1],
-    /// Its ParameterStatus and notice messages, for the client.
-    said: Out,
+/// A client that proved who it is: where it goes, and the key that logs it in there.
+pub(crate) struct Login {
+    pub user: String,
+    pub database: String,
+    pub keys: Keys,
+    /// Its startup parameters for the backend (`application_name`, `options`, ...).
+    pub forwarded: Vec<(String, String)>,
+    pub addr: Option<IpAddr>,
 }
 
-/// Why a backend login failed.
-enum Backend {
-    /// The backend refused the login itself (its ErrorResponse, for the client).
-    Refused(Message),
-    /// Worth another try: unreachable, shutting down or starting up (`moved`: route afresh,
-    /// the writer may have changed), or refusing the password the Gateway accepted
-    /// (`password`): its role has not had an update yet, or the Gateway's cached verifier is
-    /// older than the backend's.
-    Retry {
-        why: String,
-        moved: bool,
-        password: bool,
-    },
-}
-
-/// SQLSTATEs of a backend that is going away or not there yet.
-const GOING_OR_COMING: [&str; 3] = ["57P01", "57P02", "57P03"];
-
-/// Logs in to the backend as `user` with `keys`.
-async fn connect_backend(
-    addr: &str,
-    user: &str,
-    database: &str,
-    forwarded: &[(String, String)],
-    keys: &Keys,
-) -> Result<(TcpStream, Ready), Backend> {
-    let lost = |why: String| Backend::Retry {
-        why,
-        moved: true,
-        password: false,
-    };
-    let mut backend = TcpStream::connect(addr)
-        .await
-        .map_err(|e| lost(e.to_string()))?;
-    let _ = backend.set_nodelay(true);
-    let mut params = vec![
-        ("user".to_owned(), user.to_owned()),
-        ("database".to_owned(), database.to_owned()),
-    ];
-    params.extend_from_slice(forwarded);
-    Out::default()
-        .startup(&params)
-        .send(&mut backend)
-        .await
-        .map_err(|e| lost(e.to_string()))?;
-    let mut scram: Option<Client> = None;
-    let mut ready = Ready {
-        pid: 0,
-        secret: 0,
-        status: [b'I'],
-        said: Out::default(),
-    };
-    loop {
-        let m = pgwire::read_message(&mut backend, MAX_BACKEND)
-            .await
-            .map_err(|e| lost(e.to_string()))?;
-        match m.tag {
-            b'R' => {
-                let kind = m
-                    .body
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
-                let data = std::str::from_utf8(m.body.get(4..).unwrap_or_default()).unwrap_or("");
-                let mut out = Out::default();
-                match kind {
-                    Some(0) => continue,
-                    Some(10) if data.split('\0').any(|mech| mech == SCRAM_SHA_256) => {
-                        let (c, first) = Client::start(keys.clone(), &nonce());
-                        scram = Some(c);
-                        out.sasl(Some(SCRAM_SHA_256), &first);
-                    }
-                    Some(11) => {
-                        let c = scram
-                            .as_mut()
-                            .ok_or_else(|| lost("SASL out of order".into()))?;
-                        let answer = c.respond(data).map_err(|e| lost(e.to_string()))?;
-                        out.sasl(None, &answer);
-                    }
-                    Some(12) => {
-                        let c = scram
-                            .take()
-                            .ok_or_else(|| lost("SASL out of order".into()))?;
-                        c.finish(data)
-                            .map_err(|e| lost(format!("it is not the server it claims: {e}")))?;
-                        continue;
-                    }
-                    _ => {
-                        return Err(lost(
-                            "it asks for an authentication the Gateway does not do".into(),
-                        ))
-                    }
-                }
-                out.send(&mut backend)
-                    .await
-                    .map_err(|e| lost(e.to_string()))?;
-            }
-            b'K' if m.body.len() == 8 => {
-                ready.pid = u32::from_be_bytes(m.body[..4].try_into().unwrap());
-                ready.secret = u32::from_be_bytes(m.body[4..].try_into().unwrap());
-            }
-            b'Z' => {
-                ready.status = [m.body.first().copied().unwrap_or(b'I')];
-                return Ok((backend, ready));
-            }
-            b'E' => {
-                let fields = pgwire::fields(&m.body);
-                let code = fields
-                    .iter()
-                    .find(|(f, _)| *f == b'C')
-                    .map(|(_, c)| c.as_str())
-                    .unwrap_or("");
-                let message = fields
-                    .iter()
-                    .find(|(f, _)| *f == b'M')
-                    .map(|(_, c)| c.clone())
-                    .unwrap_or_default();
-                return Err(match code {
-                    c if GOING_OR_COMING.contains(&c) => lost(message),
-                    "28P01" => Backend::Retry {
-                        why: message,
-                        moved: false,
-                        password: true,
-                    },
-                    _ => Backend::Refused(m),
-                });
-            }
-            b'S' | b'N' => {
-                ready.said.raw(&m);
-            }
-            b'v' => {}
-            _ => return Err(lost(format!("unexpected message '{}'", m.tag as char))),
-        }
-    }
+/// A wrong password (or an unknown user): counted against the user and the address.
+pub(crate) fn bad_password(gw: &Gateway, user: &str, addr: Option<IpAddr>) -> End {
+    gw.failures.failed(user, addr);
+    crate::metrics::get().auth_failures.inc();
+    error(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    )
 }

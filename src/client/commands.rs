@@ -217,6 +217,7 @@ pub enum Command {
     Connect {
         tenant: String,
         db: String,
+        pooled: bool,
         psql_args: Vec<String>,
     },
 }
@@ -385,8 +386,9 @@ pub fn run(command: Command, args: &ClientArgs) -> Result<(), ClientError> {
         Command::Connect {
             tenant,
             db,
+            pooled,
             psql_args,
-        } => psql(&api, &tenant, &db, &psql_args),
+        } => psql(&api, &tenant, &db, pooled, &psql_args),
     }
 }
 
@@ -909,15 +911,26 @@ fn billing(out: &mut impl Write, s: &Value) -> std::io::Result<()> {
     render::list(out, &dbs, &["tenant", "name", "compute_seconds"])
 }
 
-/// Runs `psql` on the database's DSN, in place of this process.
-fn psql(api: &Api, tenant: &str, db: &str, extra: &[String]) -> Result<(), ClientError> {
+/// Runs `psql` on the database's DSN (or its pooled one), in place of this process.
+fn psql(
+    api: &Api,
+    tenant: &str,
+    db: &str,
+    pooled: bool,
+    extra: &[String],
+) -> Result<(), ClientError> {
     use std::os::unix::process::CommandExt;
     let creds = api.get(&format!("/v2/tenants/{}/credentials", enc(tenant)))?;
     // The database must exist (a clear 404 here rather than psql's error later).
     api.get(&format!("/v2/tenants/{}/dbs/{}", enc(tenant), enc(db)))?;
-    let template = creds["dsn_template"]
+    let field = if pooled {
+        "pooled_dsn_template"
+    } else {
+        "dsn_template"
+    };
+    let template = creds[field]
         .as_str()
-        .ok_or_else(|| ClientError::Transport("credentials without a dsn_template".into()))?;
+        .ok_or_else(|| ClientError::Transport(format!("credentials without a {field}")))?;
     let dsn = template.replace("<db-name>", &enc(db));
     let err = std::process::Command::new("psql")
         .arg(dsn)

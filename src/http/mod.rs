@@ -40,8 +40,9 @@ pub struct AppState {
     /// Where this log's snapshots live: the data directory, or a directory in it of the
     /// log's own (see `Log::local_dir`).
     pub snapshots_dir: std::path::PathBuf,
-    /// Host (and port) of the Gateway, for `dsn_template`.
-    pub gateway_host: String,
+    /// Hosts (and ports) of the Gateway's session port and pooler, for `dsn_template` and
+    /// `pooled_dsn_template`.
+    pub hosts: crate::routes::tenants::Hosts,
     pub settings: Arc<crate::lifecycle::Settings>,
     /// The hash of this process's own service token (its embedded Gateway's and worker's).
     pub local_service: spg99_events::SecretHash,

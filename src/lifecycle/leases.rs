@@ -121,6 +121,7 @@ pub(super) fn checkout(
                     lease_id,
                     lease_ttl_ms: ttl_ms,
                     lease_control_epoch: db.lease_control_epoch,
+                    profile: writer.profile.clone(),
                 },
             ))
         }

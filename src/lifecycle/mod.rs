@@ -191,6 +191,7 @@ pub enum Answer {
         lease_id: Uuid,
         lease_ttl_ms: u64,
         lease_control_epoch: u64,
+        profile: String,
     },
     /// Not running yet.
     Pending {

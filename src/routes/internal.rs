@@ -403,6 +403,7 @@ pub async fn checkout(
                 lease_id,
                 lease_ttl_ms,
                 lease_control_epoch,
+                profile,
             } => {
                 return Ok(HttpResponse::Ok().json(wire::Lease {
                     db_id,
@@ -411,6 +412,7 @@ pub async fn checkout(
                     lease_id,
                     lease_ttl_ms,
                     lease_control_epoch,
+                    profile,
                 }))
             }
             Answer::Pending { db_id, state } => {

@@ -61,7 +61,7 @@ pub async fn schema_diff(
             state.last_seq,
         )
     };
-    let dump = |name: String| dump(&app.gateway_host, &user, &password, name);
+    let dump = |name: String| dump(&app.hosts.gateway, &user, &password, name);
     let (theirs, ours) = tokio::join!(dump(against.as_str().to_owned()), dump(db.clone()));
     let (theirs, ours) = (theirs?, ours?);
     let diff = similar::TextDiff::from_lines(&theirs, &ours)

@@ -57,10 +57,27 @@ impl TenantView {
     }
 }
 
-/// `postgres://<pg_user>:<pg_password>@<gateway-host>/<db-name>?sslmode=require`, with
-/// `<db-name>` left for the client to fill in.
-pub fn dsn_template(pg_user: &str, pg_password: &str, gateway_host: &str) -> String {
-    format!("postgres://{pg_user}:{pg_password}@{gateway_host}/<db-name>?sslmode=require")
+/// `postgres://<pg_user>:<pg_password>@<host>/<db-name>?sslmode=require`, with `<db-name>`
+/// left for the client to fill in.
+pub fn dsn_template(pg_user: &str, pg_password: &str, host: &str) -> String {
+    format!("postgres://{pg_user}:{pg_password}@{host}/<db-name>?sslmode=require")
+}
+
+/// Where clients reach the Gateway: its session port and its pooler.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    pub gateway: String,
+    pub pooler: String,
+}
+
+impl Hosts {
+    /// `dsn_template` and `pooled_dsn_template`.
+    fn templates(&self, pg_user: &str, pg_password: &str) -> (String, String) {
+        (
+            dsn_template(pg_user, pg_password, &self.gateway),
+            dsn_template(pg_user, pg_password, &self.pooler),
+        )
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,6 +86,8 @@ pub struct Credentials {
     pg_user: String,
     pg_password: String,
     dsn_template: String,
+    /// The same through the Gateway's transaction pooler: for many short-lived clients.
+    pooled_dsn_template: String,
 }
 
 /// The tenant's password, opened with this server's secret key.
@@ -84,12 +103,14 @@ pub fn password(secrets: &SecretBox, t: &Tenant) -> Result<String, ApiError> {
 }
 
 impl Credentials {
-    fn new(secrets: &SecretBox, gateway_host: &str, t: &Tenant) -> Result<Self, ApiError> {
+    fn new(secrets: &SecretBox, hosts: &Hosts, t: &Tenant) -> Result<Self, ApiError> {
         let pg_password = password(secrets, t)?;
+        let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &pg_password);
         Ok(Credentials {
             tenant: t.name.clone(),
             pg_user: t.pg_user.clone(),
-            dsn_template: dsn_template(&t.pg_user, &pg_password, gateway_host),
+            dsn_template,
+            pooled_dsn_template,
             pg_password,
         })
     }
@@ -102,6 +123,8 @@ pub struct TenantCreated {
     tenant: TenantView,
     pg_password: String,
     dsn_template: String,
+    /// The same through the Gateway's transaction pooler: for many short-lived clients.
+    pooled_dsn_template: String,
 }
 
 /// Seals a new password and its SCRAM verifier on a blocking thread: the verifier's 4096
@@ -150,18 +173,19 @@ pub async fn create(
         pg_password,
         verifier,
     };
-    let gateway_host = app.gateway_host.clone();
+    let hosts = app.hosts.clone();
     let render = move |state: &State, _: &[Envelope]| -> Rendered {
         let Some(t) = state.tenants.get(&tenant_id) else {
             return ApiError::not_found("tenant").rendered();
         };
-        let dsn_template = dsn_template(&t.pg_user, &password, &gateway_host);
+        let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &password);
         answer(
             StatusCode::CREATED,
             &TenantCreated {
                 tenant: TenantView::new(state, t),
                 pg_password: password,
                 dsn_template,
+                pooled_dsn_template,
             },
         )
     };
@@ -210,7 +234,7 @@ pub async fn credentials(
     let key = &caller.key;
     let state = app.shared.read();
     let t = access::tenant(&state, key, &path)?;
-    let creds = Credentials::new(&app.secrets, &app.gateway_host, t)?;
+    let creds = Credentials::new(&app.secrets, &app.hosts, t)?;
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(creds))
 }
 
@@ -242,18 +266,22 @@ pub async fn reset_credentials(
         pg_password,
         verifier,
     };
-    let gateway_host = app.gateway_host.clone();
+    let hosts = app.hosts.clone();
     let render = move |state: &State, _: &[Envelope]| -> Rendered {
         match state.tenant_by_name(&name).filter(|t| t.id == tenant_id) {
-            Some(t) => answer(
-                StatusCode::OK,
-                &Credentials {
-                    tenant: t.name.clone(),
-                    pg_user: t.pg_user.clone(),
-                    dsn_template: dsn_template(&t.pg_user, &password, &gateway_host),
-                    pg_password: password,
-                },
-            ),
+            Some(t) => {
+                let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &password);
+                answer(
+                    StatusCode::OK,
+                    &Credentials {
+                        tenant: t.name.clone(),
+                        pg_user: t.pg_user.clone(),
+                        dsn_template,
+                        pooled_dsn_template,
+                        pg_password: password,
+                    },
+                )
+            }
             None => ApiError::not_found("tenant").rendered(),
         }
     };

@@ -123,7 +123,9 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
     assert_eq!(creds["pg_password"], password.as_str());
     let o = run(h, &["tenants", "credentials", "shop"]);
     assert!(
-        text(&o).contains(&format!("pg_password:   {password}")),
+        text(&o)
+            .lines()
+            .any(|l| l.starts_with("pg_password:") && l.ends_with(&format!(" {password}"))),
         "{}",
         text(&o)
     );
@@ -149,6 +151,21 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
     let o = run(
         h,
         &["connect", "shop", "main", "--", "-XAtc", "select 40 + 2"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(text(&o).trim(), "42");
+    // And through the pooler.
+    let o = run(
+        h,
+        &[
+            "connect",
+            "--pooled",
+            "shop",
+            "main",
+            "--",
+            "-XAtc",
+            "select 6 * 7",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(text(&o).trim(), "42");

@@ -259,6 +259,10 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
     let password = creds["pg_password"].as_str().unwrap();
     b.until_contains("#pg-password-line", password);
     b.until_contains("#dsn-template", creds["dsn_template"].as_str().unwrap());
+    b.until_contains(
+        "#pooled-dsn-template",
+        creds["pooled_dsn_template"].as_str().unwrap(),
+    );
 
     // A database, created with a double click: one database, no error.
     b.fill("#db-name", "app");
@@ -312,6 +316,11 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
     b.click("#reveal");
     b.until_contains("#dsn", "/app?sslmode=require");
     b.until_contains("#dsn", password);
+    let pooled = creds["pooled_dsn_template"]
+        .as_str()
+        .unwrap()
+        .replace("<db-name>", "app");
+    b.until_contains("#pooled-dsn", &pooled);
     b.screenshot("database");
 
     // Keys: issue one from the page, see its token once, revoke it.

@@ -19,7 +19,7 @@ use crate::lab::{Gateway, Worker, SERVICE_TOKEN};
 use crate::pgtls::{self, Tls};
 
 /// `spg99 serve` on its embedded default: control plane, Gateway, local PostgreSQL worker.
-fn platform(data_dir: &Path, extra: &[(&str, &str)]) -> Fixture {
+pub(crate) fn platform(data_dir: &Path, extra: &[(&str, &str)]) -> Fixture {
     let mut s = Start::new(data_dir)
         .gateway()
         .compute("postgres")
@@ -31,25 +31,32 @@ fn platform(data_dir: &Path, extra: &[(&str, &str)]) -> Fixture {
 }
 
 /// What a tenant's owner saves from the create answer.
-struct Tenant {
-    user: String,
-    password: String,
-    dsn_template: String,
+pub(crate) struct Tenant {
+    pub user: String,
+    pub password: String,
+    pub dsn_template: String,
+    pub pooled_dsn_template: String,
 }
 
 impl Tenant {
-    fn create(fx: &Fixture, name: &str) -> Tenant {
+    pub fn create(fx: &Fixture, name: &str) -> Tenant {
         let r = fx.server.create_tenant(&fx.account_key, name);
         let field = |k: &str| r.body[k].as_str().unwrap().to_owned();
         Tenant {
             user: field("pg_user"),
             password: field("pg_password"),
             dsn_template: field("dsn_template"),
+            pooled_dsn_template: field("pooled_dsn_template"),
         }
     }
 
-    fn dsn(&self, db: &str) -> String {
+    pub fn dsn(&self, db: &str) -> String {
         self.dsn_template.replace("<db-name>", db)
+    }
+
+    /// Through the pooler.
+    pub fn pooled_dsn(&self, db: &str) -> String {
+        self.pooled_dsn_template.replace("<db-name>", db)
     }
 }
 
@@ -94,7 +101,7 @@ pub(crate) fn config(gw: &str, user: &str, password: &str, db: &str) -> postgres
     c
 }
 
-fn connect(c: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
+pub(crate) fn connect(c: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
     c.connect(Tls::new())
 }
 
@@ -109,7 +116,7 @@ fn refusal(r: Result<postgres::Client, postgres::Error>) -> (String, String) {
     }
 }
 
-fn describe(fx: &Fixture, tenant: &str, db: &str) -> Value {
+pub(crate) fn describe(fx: &Fixture, tenant: &str, db: &str) -> Value {
     let r = fx
         .server
         .get(&format!("/v2/tenants/{tenant}/dbs/{db}"), &fx.account_key);
@@ -118,7 +125,13 @@ fn describe(fx: &Fixture, tenant: &str, db: &str) -> Value {
 }
 
 /// Polls describe until `done`, at most `secs`.
-fn until(fx: &Fixture, tenant: &str, db: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn until(
+    fx: &Fixture,
+    tenant: &str,
+    db: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     crate::helpers::until_value(secs, || describe(fx, tenant, db), done)
 }
 
@@ -708,6 +721,8 @@ fn a_gateway_address_in_use_stops_the_start_with_a_clear_error() {
             "http://127.0.0.1:9",
             "--listen",
             &addr,
+            "--pooler-listen",
+            "127.0.0.1:0",
         ])
         .arg("--tls-dir")
         .arg(tmp.path().join("tls"))

@@ -36,6 +36,8 @@ pub struct Server {
     pub base: String,
     /// The embedded Gateway's address, when it runs one.
     pub gateway: Option<String>,
+    /// Its pooler's address, if it runs one.
+    pub pooler: Option<String>,
     /// Lines the server printed to stdout before it was ready.
     pub stdout: Vec<String>,
     pub stderr_path: PathBuf,
@@ -60,6 +62,7 @@ impl<'a> Start<'a> {
             env: vec![
                 ("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned()),
                 ("SPG99_GATEWAY_LISTEN", "none".to_owned()),
+                ("SPG99_POOLER_LISTEN", "127.0.0.1:0".to_owned()),
                 ("SPG99_COMPUTE", "none".to_owned()),
                 // The abuse limits are tested in limits.rs; elsewhere a test's own bursts of
                 // refused tokens and requests must not meet them.
@@ -168,6 +171,7 @@ impl<'a> Start<'a> {
         });
         let mut lines = Vec::new();
         let mut gateway = None;
+        let mut pooler = None;
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
@@ -175,12 +179,16 @@ impl<'a> Start<'a> {
                     if let Some(g) = line.strip_prefix("spg99 gateway listening on ") {
                         gateway = Some(g.to_owned());
                     }
+                    if let Some(p) = line.strip_prefix("spg99 gateway pooler listening on ") {
+                        pooler = Some(p.to_owned());
+                    }
                     lines.push(line);
                     if let Some(base) = addr {
                         return Server {
                             child: Some(child),
                             base,
                             gateway,
+                            pooler,
                             stdout: lines,
                             stderr_path,
                             agent: ureq::AgentBuilder::new()

@@ -379,7 +379,8 @@ impl Gateway {
         let log = dir.join("gateway.log");
         let mut child = Command::new(bin())
             .args(["gateway", "--control-plane", &server.base])
-            .args(["--listen", "127.0.0.1:0", "--tls-dir"])
+            .args(["--listen", "127.0.0.1:0", "--pooler-listen", "127.0.0.1:0"])
+            .arg("--tls-dir")
             .arg(dir.join("tls"))
             .args(extra)
             .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
@@ -390,8 +391,11 @@ impl Gateway {
             .spawn()
             .expect("spawn spg99 gateway");
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
+        // The rest (its pooler's address) is read too: a closed pipe would fail its prints.
+        std::thread::spawn(move || for _ in stdout.lines() {});
         let Some(addr) = line.trim().strip_prefix("spg99 gateway listening on ") else {
             let _ = child.kill();
             panic!(

@@ -32,6 +32,7 @@ mod metrics;
 mod object_store;
 mod openapi;
 mod pgtls;
+mod pooler;
 mod reflinks;
 mod replicas;
 mod restart;

@@ -63,6 +63,19 @@ pub mod profiles {
         },
     ];
 
+    impl Profile {
+        /// PostgreSQL's `max_connections` on this profile: one per 10 MiB, at least 104.
+        pub fn max_connections(&self) -> u32 {
+            (self.memory_mib / 10).max(104)
+        }
+
+        /// Backend connections one Gateway's pooler keeps to a database on this profile at
+        /// most: three quarters of `max_connections`, the rest for the session port.
+        pub fn pool_size(&self) -> u32 {
+            self.max_connections() * 3 / 4
+        }
+    }
+
     pub fn profile(name: &str) -> Option<&'static Profile> {
         PROFILES.iter().find(|p| p.name == name)
     }
@@ -365,6 +378,9 @@ pub struct Lease {
     pub lease_id: Uuid,
     pub lease_ttl_ms: u64,
     pub lease_control_epoch: u64,
+    /// The writer's compute profile: what the Gateway sizes the database's pool by.
+    #[serde(default)]
+    pub profile: String,
 }
 
 /// 202 to a checkout: not running yet.

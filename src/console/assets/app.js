@@ -615,6 +615,7 @@ class TenantView extends View {
         ['User', h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pg-user' }, tenant.pg_user), copyButton(tenant.pg_user, 'the user', 'copy-user'))],
         ['Password', c ? h('span', { id: 'pg-password-line' }, secretLine(c.pg_password, 'the password', true, 'copy-password')) : h('span', { class: 'secret' }, h('code', { class: 'value' }, '••••••••••••'))],
         ['DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'dsn-template' }, c.dsn_template), copyButton(c.dsn_template, 'the DSN template', 'copy-dsn')) : h('span', { class: 'hint' }, 'shown with the password; replace <db-name> with a database')],
+        ['Pooled DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pooled-dsn-template' }, c.pooled_dsn_template), copyButton(c.pooled_dsn_template, 'the pooled DSN template', 'copy-pooled-dsn')) : h('span', { class: 'hint' }, 'transaction pooling, for many short-lived clients; shown with the password')],
       ]),
       h('div', { class: 'actions' }, toggle, can('can_create_tenant') ? reset : null));
   }
@@ -753,6 +754,7 @@ class DbView extends View {
     const toggle = h('button', { type: 'button', class: 'quiet', 'aria-expanded': String(this.shown), 'data-fid': 'reveal', id: 'reveal' }, this.shown ? 'Hide password' : 'Reveal password');
     toggle.addEventListener('click', () => { this.shown = !this.shown; this.refresh(); });
     const dsn = creds ? creds.dsn_template.replace('<db-name>', enc(d.name)) : null;
+    const pooled = creds ? creds.pooled_dsn_template.replace('<db-name>', enc(d.name)) : null;
     return h('section', { class: 'card', 'aria-labelledby': 'connect-title' },
       h('h2', { id: 'connect-title' }, 'Connect'),
       h('p', { class: 'hint' }, 'The database starts on the first connection and stops after a while without any.'),
@@ -760,6 +762,8 @@ class DbView extends View {
         ['DSN', dsn ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'dsn' }, dsn), copyButton(dsn, 'the DSN', 'copy-dsn'))
           : h('code', { class: 'value' }, `postgres://…:••••@…/${d.name}?sslmode=require`)],
         ['psql', dsn ? h('span', { class: 'secret' }, h('code', { class: 'value' }, `psql "${dsn}"`), copyButton(`psql "${dsn}"`, 'the psql command', 'copy-psql')) : '—'],
+        ['Pooled DSN', pooled ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pooled-dsn' }, pooled), copyButton(pooled, 'the pooled DSN', 'copy-pooled-dsn'))
+          : h('span', { class: 'hint' }, 'transaction pooling: thousands of short-lived clients share the database\'s pool')],
       ]),
       h('div', { class: 'actions' }, toggle));
   }

@@ -29,7 +29,7 @@ pub fn for_profile(profile: &Profile) -> Vec<(&'static str, String)> {
         ("effective_cache_size", mb(mib * 3 / 4)),
         ("work_mem", mb((mib / 256).max(4))),
         ("maintenance_work_mem", mb((mib / 16).min(2048))),
-        ("max_connections", (mib / 10).max(104).to_string()),
+        ("max_connections", profile.max_connections().to_string()),
         ("max_worker_processes", (parallel + 8).to_string()),
         ("max_parallel_workers", parallel.to_string()),
         (
