@@ -168,6 +168,37 @@ impl Frames {
         Ok(Some(m))
     }
 
+    /// The next whole message read, in place (its tag, length and body), if there is one; an
+    /// error for one longer than `max`. What it returns stays readable until
+    /// [`Frames::consume`].
+    pub fn next_raw(&mut self, max: usize) -> io::Result<Option<&[u8]>> {
+        let rest = &self.buf[self.at..];
+        if rest.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        if len < 4 || len - 4 > max {
+            return Err(invalid("message length out of bounds"));
+        }
+        if rest.len() < 1 + len {
+            return Ok(None);
+        }
+        let at = self.at;
+        self.at += 1 + len;
+        Ok(Some(&self.buf[at..at + 1 + len]))
+    }
+
+    /// Makes room for the rest of a message read only in part.
+    pub fn consume(&mut self) {
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        } else if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+    }
+
     /// Whether nothing read is left.
     pub fn is_empty(&self) -> bool {
         self.at == self.buf.len()

@@ -14,6 +14,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -36,6 +39,8 @@ pub struct Conn {
     /// What was read from it and not yet handled.
     pub frames: Frames,
     pub held: Arc<Held>,
+    /// Becomes `true` when `held`'s connections must close.
+    pub closed: tokio::sync::watch::Receiver<bool>,
     pub settings: Settings,
     pub backend_addr: String,
     pub pid: u32,
@@ -59,6 +64,7 @@ impl Conn {
         Conn {
             stream,
             frames: Frames::default(),
+            closed: held.subscribe_closed(),
             held,
             settings,
             backend_addr,
@@ -102,10 +108,10 @@ impl Conn {
         (name, evicted)
     }
 
-    /// Whether it can serve a client of `settings` on `held` without a word more: same
-    /// parameters, a live lease, and nothing unread or closed on its side.
-    fn fits(&self, settings: &Settings, held: &Arc<Held>) -> bool {
-        self.settings == *settings && Arc::ptr_eq(&self.held, held) && self.quiet()
+    /// Whether it can serve a client of `settings` on the lease `held`: the same parameters
+    /// and the same lease.
+    fn matches(&self, settings: &Settings, held: &Arc<Held>) -> bool {
+        Arc::ptr_eq(&self.held, held) && self.settings == *settings
     }
 
     /// Nothing to read and not closed: an idle backend that says something (its server shut
@@ -137,6 +143,8 @@ pub enum Taken {
 #[derive(Default)]
 struct State {
     size: usize,
+    /// The lease the size was taken from (its address).
+    sized_by: usize,
     /// Backends open (idle, busy, or being opened).
     open: usize,
     idle: Vec<Conn>,
@@ -145,7 +153,15 @@ struct State {
     /// messages), for the clients that connect with them.
     greetings: HashMap<Settings, Arc<Vec<u8>>>,
     clients: usize,
-    db_id: Option<String>,
+    gauges: Option<Gauges>,
+}
+
+/// The pool's gauges, once its database's id is known.
+struct Gauges {
+    clients: Gauge<i64, AtomicI64>,
+    waiting: Gauge<i64, AtomicI64>,
+    idle: Gauge<i64, AtomicI64>,
+    in_use: Gauge<i64, AtomicI64>,
 }
 
 pub struct Pool {
@@ -198,29 +214,36 @@ impl Pool {
     ) -> Result<Taken, Busy> {
         let rx = {
             let mut st = crate::lock(&self.state);
-            let (db_id, profile) = held.db();
-            st.db_id = Some(db_id.to_string());
-            if let Some(p) = spg99_wire::profiles::profile(&profile) {
-                st.size = p.pool_size() as usize;
-            } else if st.size == 0 {
-                st.size = spg99_wire::profiles::PROFILES[0].pool_size() as usize;
+            if st.sized_by != Arc::as_ptr(held) as usize {
+                st.sized_by = Arc::as_ptr(held) as usize;
+                let (db_id, profile) = held.db();
+                st.gauges
+                    .get_or_insert_with(|| Gauges::new(&db_id.to_string()));
+                st.size = spg99_wire::profiles::profile(&profile)
+                    .unwrap_or(&spg99_wire::profiles::PROFILES[0])
+                    .pool_size() as usize;
             }
-            // Backends that no longer fit anyone (a retired writer's, a terminated one) go.
-            let before = st.idle.len();
-            st.idle.retain(|c| c.quiet() && !c.held.is_closed());
-            st.open -= before - st.idle.len();
-            let taken = if let Some(i) = st.idle.iter().rposition(|c| c.fits(settings, held)) {
-                Some(Taken::Conn(st.idle.swap_remove(i)))
-            } else if st.open < st.size {
-                st.open += 1;
-                Some(Taken::Open)
-            } else if !st.idle.is_empty() {
-                // Another client's parameters: closed, its room taken.
-                st.idle.remove(0);
-                Some(Taken::Open)
-            } else {
-                None
-            };
+            // The most recently used backend that fits; one found closed or talking (its server
+            // shut down, say) is dropped on the way.
+            let mut taken = None;
+            while let Some(i) = st.idle.iter().rposition(|c| c.matches(settings, held)) {
+                let c = st.idle.swap_remove(i);
+                if c.quiet() {
+                    taken = Some(Taken::Conn(c));
+                    break;
+                }
+                st.open -= 1;
+            }
+            if taken.is_none() {
+                if st.open < st.size {
+                    st.open += 1;
+                    taken = Some(Taken::Open);
+                } else if !st.idle.is_empty() {
+                    // Another client's parameters, or a retired writer's: closed, its room taken.
+                    st.idle.remove(0);
+                    taken = Some(Taken::Open);
+                }
+            }
             if let Some(t) = taken {
                 report(&st);
                 return Ok(t);
@@ -246,7 +269,7 @@ impl Pool {
         let size = st.size;
         drop(st);
         match granted {
-            Some(Grant::Conn(c)) if c.fits(settings, held) => Ok(Taken::Conn(c)),
+            Some(Grant::Conn(c)) if c.matches(settings, held) && c.quiet() => Ok(Taken::Conn(c)),
             // Not this client's kind: closed, its room taken.
             Some(Grant::Conn(_) | Grant::Open) => Ok(Taken::Open),
             None => Err(Busy { size }),
@@ -295,32 +318,35 @@ impl Pool {
         st.open -= 1;
         report(&st);
     }
+}
 
-    /// A backend taken from the pool and not yet given back or lost.
-    pub fn busy(&self) -> usize {
-        let st = crate::lock(&self.state);
-        st.open - st.idle.len()
+impl Gauges {
+    fn new(db_id: &str) -> Gauges {
+        let m = crate::metrics::get();
+        let gauge = |state: &'static str| {
+            m.pool
+                .get_or_create(&crate::metrics::PoolLabel {
+                    db_id: db_id.to_owned(),
+                    state,
+                })
+                .clone()
+        };
+        Gauges {
+            clients: gauge("clients"),
+            waiting: gauge("waiting"),
+            idle: gauge("backends_idle"),
+            in_use: gauge("backends_in_use"),
+        }
     }
 }
 
 /// The pool's gauges.
 fn report(st: &State) {
-    let Some(db_id) = &st.db_id else { return };
-    let m = crate::metrics::get();
-    let db = |state: &'static str| crate::metrics::PoolLabel {
-        db_id: db_id.clone(),
-        state,
-    };
-    m.pool.get_or_create(&db("clients")).set(st.clients as i64);
-    m.pool
-        .get_or_create(&db("waiting"))
-        .set(st.waiters.len() as i64);
-    m.pool
-        .get_or_create(&db("backends_idle"))
-        .set(st.idle.len() as i64);
-    m.pool
-        .get_or_create(&db("backends_in_use"))
-        .set((st.open - st.idle.len()) as i64);
+    let Some(g) = &st.gauges else { return };
+    g.clients.set(st.clients as i64);
+    g.waiting.set(st.waiters.len() as i64);
+    g.idle.set(st.idle.len() as i64);
+    g.in_use.set((st.open - st.idle.len()) as i64);
 }
 
 /// Every database's pool on this Gateway.

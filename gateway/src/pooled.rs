@@ -287,12 +287,17 @@ impl<'a, S: Stream> Relay<'a, S> {
             let event = match self.conn.as_mut() {
                 None => Event::Client(self.frames.fill(&mut self.client_in).await),
                 Some(conn) => {
-                    let mut closed = conn.held.subscribe_closed();
+                    let idle_in_transaction = async {
+                        match in_transaction {
+                            true => tokio::time::sleep(idle_limit).await,
+                            false => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         n = self.frames.fill(&mut self.client_in) => Event::Client(n),
                         n = conn.frames.fill(&mut conn.stream) => Event::Backend(n),
-                        _ = closed.wait_for(|c| *c) => Event::Backend(Ok(0)),
-                        _ = tokio::time::sleep(idle_limit), if in_transaction => Event::IdleInTransaction,
+                        _ = conn.closed.wait_for(|c| *c) => Event::Backend(Ok(0)),
+                        _ = idle_in_transaction => Event::IdleInTransaction,
                     }
                 }
             };
@@ -310,17 +315,22 @@ impl<'a, S: Stream> Relay<'a, S> {
                     }
                 }
                 Event::Backend(Ok(0) | Err(_)) => self.backend_lost().await?,
-                Event::Backend(Ok(_)) => loop {
-                    let conn = self.conn.as_mut().unwrap();
-                    match conn.frames.next(MAX_BACKEND_MESSAGE) {
-                        Ok(Some(m)) => self.backend_said(m),
-                        Ok(None) => break,
-                        Err(_) => {
-                            self.backend_lost().await?;
-                            break;
+                Event::Backend(Ok(_)) => {
+                    // Handled where they were read, without a copy of each.
+                    let mut frames = std::mem::take(&mut self.conn.as_mut().unwrap().frames);
+                    let read = loop {
+                        match frames.next_raw(MAX_BACKEND_MESSAGE) {
+                            Ok(Some(raw)) => self.backend_said(raw),
+                            Ok(None) => break true,
+                            Err(_) => break false,
                         }
+                    };
+                    frames.consume();
+                    self.conn.as_mut().unwrap().frames = frames;
+                    if !read {
+                        self.backend_lost().await?;
                     }
-                },
+                }
                 Event::IdleInTransaction => {
                     return Err(error(
                         "25P03",
@@ -376,7 +386,7 @@ impl<'a, S: Stream> Relay<'a, S> {
                 b'P' => cstr(&m.body).and_then(|(_, def)| query_text(def)),
                 _ => None,
             };
-            let end = text.and_then(sql::transaction_end);
+            let end = text.and_then(|t| sql::transaction_end(&sql::read(t)));
             if end == Some(sql::TransactionEnd::Rollback) {
                 // What it asks is done: answered by a backend with no transaction.
                 self.lost = false;
@@ -505,7 +515,7 @@ impl<'a, S: Stream> Relay<'a, S> {
         let Some((name, def)) = cstr(&m.body) else {
             return self.forward(&m, Kind::Parse);
         };
-        if let Some(why) = query_text(def).and_then(sql::session_state) {
+        if let Some(why) = query_text(def).and_then(|t| sql::session_state(&sql::read(t))) {
             self.pin(why);
         }
         if name.is_empty() {
@@ -601,9 +611,9 @@ impl<'a, S: Stream> Relay<'a, S> {
     }
 
     fn query(&mut self, m: Message) {
-        let text = query_text(&m.body).unwrap_or("");
+        let text = sql::read(query_text(&m.body).unwrap_or(""));
         if self.status != b'E' {
-            if let Some(d) = sql::deallocate(text) {
+            if let Some(d) = sql::deallocate(&text) {
                 let (tag, undo) = match d {
                     sql::Deallocate::All => {
                         let all = std::mem::take(&mut self.statements);
@@ -623,10 +633,10 @@ impl<'a, S: Stream> Relay<'a, S> {
                 return self.own(done.0, true, undo);
             }
         }
-        if let Some(why) = sql::session_state(text) {
+        if let Some(why) = sql::session_state(&text) {
             self.pin(why);
         }
-        if let Some(end) = sql::transaction_end(text) {
+        if let Some(end) = sql::transaction_end(&text) {
             self.to_backend.raw(&m);
             self.expect.push_back(Expect::Backend {
                 kind: Kind::Query,
@@ -636,7 +646,7 @@ impl<'a, S: Stream> Relay<'a, S> {
             });
             return;
         }
-        if sql::discards_all(text) {
+        if sql::discards_all(&text) {
             // Every statement of the session goes, the backend's and the client's.
             self.statements.clear();
             if let Some(conn) = self.conn.as_mut() {
@@ -646,43 +656,45 @@ impl<'a, S: Stream> Relay<'a, S> {
         self.forward(&m, Kind::Query);
     }
 
-    /// One message of the backend's.
-    fn backend_said(&mut self, m: Message) {
-        match m.tag {
+    /// One message of the backend's: `raw`, its tag, length and body.
+    fn backend_said(&mut self, raw: &[u8]) {
+        let (tag, body) = (raw[0], &raw[5..]);
+        match tag {
             b'S' => {
-                self.to_client.raw(&m);
+                self.to_client.0.extend_from_slice(raw);
                 self.pin("a setting reported changed");
                 return;
             }
             b'N' | b'A' => {
-                self.to_client.raw(&m);
+                self.to_client.0.extend_from_slice(raw);
                 return;
             }
             _ => {}
         }
-        // A backend's FATAL (its server shutting down, say) ends the backend, not the pooled
-        // client's connection: the client hears an ERROR, or, between its requests, the next
-        // request hears that its transaction is gone.
-        let m = if m.tag == b'E' { to_error(m) } else { m };
         let Some(Expect::Backend { kind, swallow, .. }) = self.expect.front() else {
-            if m.tag != b'E' {
+            if tag != b'E' {
                 // Nothing awaited (COPY data, say): the client's.
-                self.to_client.raw(&m);
+                self.to_client.0.extend_from_slice(raw);
             }
             return;
         };
         let (kind, swallow) = (*kind, *swallow);
-        if !swallow || m.tag == b'E' {
-            self.to_client.raw(&m);
+        if tag == b'E' {
+            // A backend's FATAL (its server shutting down, say) ends the backend, not the
+            // pooled client's connection: the client hears an ERROR (or, between its requests,
+            // its next request hears that its transaction is gone).
+            self.to_client.put(b'E', &to_error(body));
+        } else if !swallow {
+            self.to_client.0.extend_from_slice(raw);
         }
-        if m.tag == b'Z' {
-            self.status = m.body.first().copied().unwrap_or(b'I');
+        if tag == b'Z' {
+            self.status = body.first().copied().unwrap_or(b'I');
         }
-        if !kind.ended_by(m.tag) {
+        if !kind.ended_by(tag) {
             return;
         }
         let done = self.expect.pop_front();
-        if m.tag == b'E' && !matches!(kind, Kind::Query | Kind::Sync) {
+        if tag == b'E' && !matches!(kind, Kind::Query | Kind::Sync) {
             // PostgreSQL skips every message up to the Sync: nothing comes for them.
             self.undo(done);
             loop {
@@ -826,11 +838,11 @@ enum Event {
     IdleInTransaction,
 }
 
-/// An ErrorResponse with its severity FATAL or PANIC made ERROR.
-fn to_error(m: Message) -> Message {
+/// An ErrorResponse's body with its severity FATAL or PANIC made ERROR.
+fn to_error(error: &[u8]) -> Vec<u8> {
     let fatal = |v: &[u8]| v == b"FATAL" || v == b"PANIC";
-    let mut body = Vec::with_capacity(m.body.len());
-    for field in m.body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+    let mut body = Vec::with_capacity(error.len());
+    for field in error.split(|b| *b == 0).filter(|f| !f.is_empty()) {
         match field.split_first() {
             Some((code @ (b'S' | b'V'), value)) if fatal(value) => {
                 body.push(*code);
@@ -841,7 +853,7 @@ fn to_error(m: Message) -> Message {
         body.push(0);
     }
     body.push(0);
-    Message { tag: m.tag, body }
+    body
 }
 
 /// A NUL-terminated string at the start of `b`, and what follows it.

@@ -2,22 +2,31 @@
 //! and dollar quotes skipped), enough to see which statements leave state in the session
 //! (the client is then kept on its backend) and which drop prepared statements.
 
-/// A word of SQL: a keyword or a name as PostgreSQL folds it (lower case), or a quoted name.
+/// A word of SQL: a keyword or a name as written (PostgreSQL folds it to lower case), or a
+/// quoted name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
-    Word(String),
+enum Tok<'a> {
+    Word(&'a str),
     Quoted(String),
     Open,
 }
 
-impl Tok {
+impl Tok<'_> {
+    /// Whether it is `word` (given in lower case).
     fn is(&self, word: &str) -> bool {
-        matches!(self, Tok::Word(w) if w == word)
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(word))
     }
 }
 
-/// The statements of `sql`, each as its words.
-fn statements(sql: &str) -> Vec<Vec<Tok>> {
+/// A query's statements, each as its words: read once, asked several things.
+pub struct Statements<'a>(Vec<Vec<Tok<'a>>>);
+
+/// Reads the statements of `sql`.
+pub fn read(sql: &str) -> Statements<'_> {
+    Statements(statements(sql))
+}
+
+fn statements(sql: &str) -> Vec<Vec<Tok<'_>>> {
     let b = sql.as_bytes();
     let mut out = vec![Vec::new()];
     let mut i = 0;
@@ -122,9 +131,10 @@ fn statements(sql: &str) -> Vec<Vec<Tok>> {
                 {
                     i += 1;
                 }
-                out.last_mut().unwrap().push(Tok::Word(
-                    String::from_utf8_lossy(&b[start..i]).to_lowercase(),
-                ));
+                // Word boundaries are ASCII, so the slice is whole UTF-8.
+                if let Some(w) = sql.get(start..i) {
+                    out.last_mut().unwrap().push(Tok::Word(w));
+                }
             }
             _ => i += 1,
         }
@@ -144,8 +154,8 @@ const SESSION_LOCKS: [&str; 4] = [
 /// What in `sql` leaves state in the session past its transaction (a setting, a temporary
 /// table, a session advisory lock, a LISTEN, a cursor WITH HOLD, an SQL-level PREPARE, a
 /// LOAD), named for the client; `None` if nothing does.
-pub fn session_state(sql: &str) -> Option<&'static str> {
-    for s in statements(sql) {
+pub fn session_state(sql: &Statements) -> Option<&'static str> {
+    for s in &sql.0 {
         let w = |i: usize| s.get(i);
         let first = w(0)?;
         let why = if first.is("set") {
@@ -158,8 +168,12 @@ pub fn session_state(sql: &str) -> Option<&'static str> {
             Some("PREPARE (an SQL-level prepared statement)")
         } else if first.is("load") {
             Some("LOAD")
-        } else if first.is("create") && s.iter().take(4).any(|t| t.is("temp") || t.is("temporary"))
-        {
+        } else if first.is("create") && {
+            // CREATE [LOCAL | GLOBAL] TEMP[ORARY] ...
+            let temp = |t: Option<&Tok>| t.is_some_and(|t| t.is("temp") || t.is("temporary"));
+            let scope = w(1).is_some_and(|t| t.is("local") || t.is("global"));
+            temp(w(1)) || (scope && temp(w(2)))
+        } {
             Some("a temporary table")
         } else if first.is("declare") && s.windows(2).any(|p| p[0].is("with") && p[1].is("hold")) {
             Some("a cursor WITH HOLD")
@@ -186,22 +200,19 @@ pub enum Deallocate {
 }
 
 /// `sql` if it is one `DEALLOCATE [PREPARE] name | ALL` and nothing else.
-pub fn deallocate(sql: &str) -> Option<Deallocate> {
-    let mut s = statements(sql);
-    if s.len() != 1 {
+pub fn deallocate(sql: &Statements) -> Option<Deallocate> {
+    let [s] = sql.0.as_slice() else { return None };
+    let (first, mut rest) = s.split_first()?;
+    if !first.is("deallocate") {
         return None;
     }
-    let mut s = s.pop()?;
-    if !s.first()?.is("deallocate") {
-        return None;
+    if rest.len() == 2 && rest[0].is("prepare") {
+        rest = &rest[1..];
     }
-    s.remove(0);
-    if s.first().is_some_and(|t| t.is("prepare")) && s.len() == 2 {
-        s.remove(0);
-    }
-    match s.as_slice() {
+    match rest {
         [t] if t.is("all") => Some(Deallocate::All),
-        [Tok::Word(n) | Tok::Quoted(n)] => Some(Deallocate::Name(n.clone())),
+        [Tok::Word(n)] => Some(Deallocate::Name(n.to_lowercase())),
+        [Tok::Quoted(n)] => Some(Deallocate::Name(n.clone())),
         _ => None,
     }
 }
@@ -215,9 +226,8 @@ pub enum TransactionEnd {
 
 /// `sql` if it is one statement that ends the transaction: `COMMIT`/`END` (not `COMMIT
 /// PREPARED`) or `ROLLBACK`/`ABORT` (not `ROLLBACK TO` a savepoint, not `ROLLBACK PREPARED`).
-pub fn transaction_end(sql: &str) -> Option<TransactionEnd> {
-    let s = statements(sql);
-    let [s] = s.as_slice() else { return None };
+pub fn transaction_end(sql: &Statements) -> Option<TransactionEnd> {
+    let [s] = sql.0.as_slice() else { return None };
     let second = s.get(1);
     let plain =
         |t: Option<&Tok>| t.is_none_or(|t| t.is("work") || t.is("transaction") || t.is("and"));
@@ -232,8 +242,8 @@ pub fn transaction_end(sql: &str) -> Option<TransactionEnd> {
 }
 
 /// Whether `sql` holds a `DISCARD ALL` (which drops every prepared statement of the session).
-pub fn discards_all(sql: &str) -> bool {
-    statements(sql)
+pub fn discards_all(sql: &Statements) -> bool {
+    sql.0
         .iter()
         .any(|s| s.len() >= 2 && s[0].is("discard") && s[1].is("all"))
 }
@@ -257,7 +267,7 @@ mod tests {
             "select PG_TRY_ADVISORY_LOCK (42)",
             "SET SESSION AUTHORIZATION x",
         ] {
-            assert!(session_state(sql).is_some(), "{sql}");
+            assert!(session_state(&read(sql)).is_some(), "{sql}");
         }
         for sql in [
             "SET LOCAL statement_timeout = 100",
@@ -273,35 +283,47 @@ mod tests {
             "CREATE TABLE temp (i int)",
             "SELECT $1::int",
         ] {
-            assert_eq!(session_state(sql), None, "{sql}");
+            assert_eq!(session_state(&read(sql)), None, "{sql}");
         }
     }
 
     #[test]
     fn deallocate_is_read_only_when_it_is_the_whole_query() {
         assert_eq!(
-            deallocate("DEALLOCATE _pg3_1"),
+            deallocate(&read("DEALLOCATE _pg3_1")),
             Some(Deallocate::Name("_pg3_1".into()))
         );
         assert_eq!(
-            deallocate("deallocate prepare \"S_1\";"),
+            deallocate(&read("deallocate prepare \"S_1\";")),
             Some(Deallocate::Name("S_1".into()))
         );
-        assert_eq!(deallocate("DEALLOCATE ALL"), Some(Deallocate::All));
+        assert_eq!(deallocate(&read("DEALLOCATE ALL")), Some(Deallocate::All));
         assert_eq!(
-            deallocate("DEALLOCATE prepare"),
+            deallocate(&read("DEALLOCATE prepare")),
             Some(Deallocate::Name("prepare".into()))
         );
-        assert_eq!(deallocate("DEALLOCATE x; SELECT 1"), None);
-        assert_eq!(deallocate("SELECT 1"), None);
-        assert!(discards_all("discard all"));
-        assert_eq!(transaction_end("COMMIT"), Some(TransactionEnd::Commit));
-        assert_eq!(transaction_end("end work;"), Some(TransactionEnd::Commit));
-        assert_eq!(transaction_end("ROLLBACK"), Some(TransactionEnd::Rollback));
-        assert_eq!(transaction_end("abort"), Some(TransactionEnd::Rollback));
-        assert_eq!(transaction_end("ROLLBACK TO SAVEPOINT a"), None);
-        assert_eq!(transaction_end("COMMIT PREPARED 'x'"), None);
-        assert_eq!(transaction_end("COMMIT; SELECT 1"), None);
-        assert!(!discards_all("DISCARD PLANS"));
+        assert_eq!(deallocate(&read("DEALLOCATE x; SELECT 1")), None);
+        assert_eq!(deallocate(&read("SELECT 1")), None);
+        assert!(discards_all(&read("discard all")));
+        assert_eq!(
+            transaction_end(&read("COMMIT")),
+            Some(TransactionEnd::Commit)
+        );
+        assert_eq!(
+            transaction_end(&read("end work;")),
+            Some(TransactionEnd::Commit)
+        );
+        assert_eq!(
+            transaction_end(&read("ROLLBACK")),
+            Some(TransactionEnd::Rollback)
+        );
+        assert_eq!(
+            transaction_end(&read("abort")),
+            Some(TransactionEnd::Rollback)
+        );
+        assert_eq!(transaction_end(&read("ROLLBACK TO SAVEPOINT a")), None);
+        assert_eq!(transaction_end(&read("COMMIT PREPARED 'x'")), None);
+        assert_eq!(transaction_end(&read("COMMIT; SELECT 1")), None);
+        assert!(!discards_all(&read("DISCARD PLANS")));
     }
 }
