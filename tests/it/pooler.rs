@@ -364,8 +364,8 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         .env("SPG99_CLOCK", "manual")
         .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
         .env("SPG99_IDLE_TIMEOUT", "100000")
-        // Longer than the clock jump below, so that no lease runs out in it.
-        .env("SPG99_LEASE_TTL_MS", "300000")
+        // Longer than the clock jumps below, so that no lease runs out in them.
+        .env("SPG99_LEASE_TTL_MS", "3600000")
         .spawn();
     let fx = Fixture::with_server(server);
     let _worker = Worker::postgres(&fx.server, "w1", &tmp.path().join("compute"));
@@ -435,33 +435,52 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         .as_str()
         .unwrap()
         .to_owned();
-    let began = Instant::now();
-    loop {
+    // The load high, then the autoscaler's window passed on the clock: a handoff starts. On a
+    // busy machine the load may dip out of its band before the jump: then again.
+    let band = || {
         let log = fx.server.get(
-            &format!("/v2/admin/log?db={db_id}&types=db.load_changed"),
+            &format!("/v2/admin/log?db={db_id}&types=db.load_changed&limit=10000"),
             ROOT_TOKEN,
         );
-        if log.body["items"]
+        log.body["items"]
             .as_array()
             .unwrap()
-            .iter()
-            .any(|e| e["data"]["band"] == "high")
-        {
+            .last()
+            .map(|e| e["data"]["band"].clone())
+    };
+    crate::lab::more_rows(&committed, 200);
+    let began = Instant::now();
+    loop {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "no handoff started; the load's band: {:?}",
+            band()
+        );
+        if band() != Some(json!("high")) {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let r = fx.server.post(
+            "/internal/v1/clock/advance",
+            SERVICE_TOKEN,
+            json!({"seconds": 61}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let jumped = Instant::now();
+        let started = loop {
+            let d = describe(&fx, "shop", "app");
+            if d["scale_state"] != "STABLE" || d["current_profile"] == "c0.5" {
+                break true;
+            }
+            if jumped.elapsed() > Duration::from_secs(10) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if started {
             break;
         }
-        assert!(
-            began.elapsed() < Duration::from_secs(60),
-            "the load was never high"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
-    crate::lab::more_rows(&committed, 200);
-    let r = fx.server.post(
-        "/internal/v1/clock/advance",
-        SERVICE_TOKEN,
-        json!({"seconds": 61}),
-    );
-    assert_eq!(r.status, 200, "{r:?}");
     let d = until(&fx, "shop", "app", 90, |d| {
         d["scale_state"] == "STABLE" && d["current_profile"] == "c0.5"
     });
