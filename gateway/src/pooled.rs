@@ -285,7 +285,22 @@ impl<'a, S: Stream> Relay<'a, S> {
             let in_transaction = self.expect.is_empty() && matches!(self.status, b'T' | b'E');
             let idle_limit = self.gw.pools.idle_in_transaction;
             let event = match self.conn.as_mut() {
-                None => Event::Client(self.frames.fill(&mut self.client_in).await),
+                None => {
+                    // An idle client follows its database to a new writer at once, so that
+                    // the new lease counts it (describe's active_connections).
+                    let retired = async {
+                        match self.ticket.as_mut() {
+                            Some(t) => {
+                                let _ = t.closed.wait_for(|c| *c).await;
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        n = self.frames.fill(&mut self.client_in) => Event::Client(n),
+                        _ = retired => Event::Retired,
+                    }
+                }
                 Some(conn) => {
                     let idle_in_transaction = async {
                         match in_transaction {
@@ -331,6 +346,7 @@ impl<'a, S: Stream> Relay<'a, S> {
                         self.backend_lost().await?;
                     }
                 }
+                Event::Retired => self.route().await?,
                 Event::IdleInTransaction => {
                     return Err(error(
                         "25P03",
@@ -834,6 +850,8 @@ async fn rollback(conn: &mut Conn) -> std::io::Result<bool> {
 
 enum Event {
     Client(std::io::Result<usize>),
+    /// The client holds no backend and its lease's writer was retired.
+    Retired,
     Backend(std::io::Result<usize>),
     IdleInTransaction,
 }

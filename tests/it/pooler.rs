@@ -417,6 +417,8 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
             })
         })
         .collect();
+    // And 20 that stay idle through it all.
+    let mut idle: Vec<postgres::Client> = (0..20).map(|_| connect(&cfg).unwrap()).collect();
     // Real load: a query loop far above 80 % of a quarter vCPU.
     let burner = {
         let (stop, session) = (stop.clone(), session.clone());
@@ -498,6 +500,11 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         dropped.is_empty(),
         "pooled clients refused or cut off by the handoff: {dropped:?}"
     );
+    // The idle clients followed the database to its new writer.
+    for c in &mut idle {
+        let shared_buffers: String = c.query_one("SHOW shared_buffers", &[]).unwrap().get(0);
+        assert_eq!(shared_buffers, "512MB");
+    }
     let mut c = connect(&cfg).unwrap();
     let shared_buffers: String = c.query_one("SHOW shared_buffers", &[]).unwrap().get(0);
     assert_eq!(
