@@ -148,24 +148,10 @@ impl Frames {
 
     /// The next whole message read, if there is one; an error for one longer than `max`.
     pub fn next(&mut self, max: usize) -> io::Result<Option<Message>> {
-        let rest = &self.buf[self.at..];
-        if rest.len() < 5 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-        if len < 4 || len - 4 > max {
-            return Err(invalid("message length out of bounds"));
-        }
-        if rest.len() < 1 + len {
-            self.buf.reserve(1 + len - rest.len());
-            return Ok(None);
-        }
-        let m = Message {
-            tag: rest[0],
-            body: rest[5..1 + len].to_vec(),
-        };
-        self.at += 1 + len;
-        Ok(Some(m))
+        Ok(self.next_raw(max)?.map(|raw| Message {
+            tag: raw[0],
+            body: raw[5..].to_vec(),
+        }))
     }
 
     /// The next whole message read, in place (its tag, length and body), if there is one; an

@@ -105,6 +105,23 @@ pub(crate) fn connect(c: &postgres::Config) -> Result<postgres::Client, postgres
     c.connect(Tls::new())
 }
 
+/// A query loop through `cfg` far above 80 % of a quarter vCPU (the autoscaler's high band),
+/// until `stop`.
+pub(crate) fn burner(
+    stop: &Arc<AtomicBool>,
+    cfg: &postgres::Config,
+) -> std::thread::JoinHandle<()> {
+    let (stop, cfg) = (stop.clone(), cfg.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut c) = connect(&cfg) else { continue };
+            while !stop.load(Ordering::Relaxed)
+                && c.batch_execute("DO $$ DECLARE i int := 0; BEGIN WHILE i < 3000000 LOOP i := i + 1; END LOOP; END $$").is_ok()
+            {}
+        }
+    })
+}
+
 /// The SQLSTATE and message of a refused connection.
 fn refusal(r: Result<postgres::Client, postgres::Error>) -> (String, String) {
     match r {
@@ -470,18 +487,8 @@ fn new_connections_during_an_autoscale_handoff_are_held_not_refused_and_no_row_i
             }
         })
     };
-    // Real load through the Gateway: a query loop far above 80 % of a quarter vCPU.
-    let burner = {
-        let (stop, cfg) = (stop.clone(), cfg.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = connect(&cfg) else { continue };
-                while !stop.load(Ordering::Relaxed)
-                    && c.batch_execute("DO $$ DECLARE i int := 0; BEGIN WHILE i < 3000000 LOOP i := i + 1; END LOOP; END $$").is_ok()
-                {}
-            }
-        })
-    };
+    // Real load through the Gateway.
+    let burner = burner(&stop, &cfg);
     let db_id = describe(&fx, "shop", "app")["db_id"]
         .as_str()
         .unwrap()

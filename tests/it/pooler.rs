@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::{config, connect, describe, platform, psql, until, Tenant};
+use crate::gateway::{burner, config, connect, describe, platform, psql, until, Tenant};
 use crate::helpers::{tempdir, Fixture, ROOT_TOKEN};
 use crate::lab::{Worker, SERVICE_TOKEN};
 
@@ -419,20 +419,8 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         .collect();
     // And 20 that stay idle through it all.
     let mut idle: Vec<postgres::Client> = (0..20).map(|_| connect(&cfg).unwrap()).collect();
-    // Real load: a query loop far above 80 % of a quarter vCPU.
-    let burner = {
-        let (stop, session) = (stop.clone(), session.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = connect(&session) else {
-                    continue;
-                };
-                while !stop.load(Ordering::Relaxed)
-                    && c.batch_execute("DO $$ DECLARE i int := 0; BEGIN WHILE i < 3000000 LOOP i := i + 1; END LOOP; END $$").is_ok()
-                {}
-            }
-        })
-    };
+    // Real load through the session port.
+    let burner = burner(&stop, &session);
     let db_id = describe(&fx, "shop", "app")["db_id"]
         .as_str()
         .unwrap()
