@@ -30,7 +30,7 @@ use crate::backend;
 use crate::cancel::{Registration, Target};
 use crate::leases::Ticket;
 use crate::pgwire::{Frames, Message, Out};
-use crate::pool::{Conn, Def, Member, Pool, Settings, Taken};
+use crate::pool::{Busy, Conn, Def, Member, Pool, Settings, Taken};
 use crate::session::{error, End, Gateway, Login, Stream};
 use crate::sql;
 
@@ -175,7 +175,9 @@ impl<'a, S: Stream> Relay<'a, S> {
         let greeting = match self.pool.greeting(&self.settings) {
             Some(g) => g,
             None => {
-                self.take().await?;
+                if let Err(busy) = self.take().await? {
+                    return Err(error("53300", self.busy(&busy)));
+                }
                 self.give_back().await;
                 self.pool.greeting(&self.settings).unwrap_or_default()
             }
@@ -207,25 +209,19 @@ impl<'a, S: Stream> Relay<'a, S> {
         Ok(())
     }
 
-    /// A backend from the pool (opened if there is room), by the pool timeout.
-    async fn take(&mut self) -> Result<(), End> {
+    /// A backend from the pool (opened if there is room), by the pool timeout; `Err(Busy)`
+    /// inside when every one stayed busy that long.
+    async fn take(&mut self) -> Result<Result<(), Busy>, End> {
         self.route().await?;
         let held = self.ticket.as_ref().unwrap().held.clone();
-        let taken = self
+        let taken = match self
             .pool
             .take(&self.settings, &held, self.gw.pools.timeout)
             .await
-            .map_err(|busy| {
-                error(
-                    "53300",
-                    format!(
-                        "every one of the {} pooled connections to database \"{}\" stayed busy for {} s (the pool timeout); retry, or hold transactions for less time",
-                        busy.size,
-                        self.who.database,
-                        self.gw.pools.timeout.as_secs()
-                    ),
-                )
-            })?;
+        {
+            Ok(t) => t,
+            Err(busy) => return Ok(Err(busy)),
+        };
         let conn = match taken {
             Taken::Conn(c) => c,
             Taken::Open => {
@@ -261,7 +257,17 @@ impl<'a, S: Stream> Relay<'a, S> {
             }))
             .await;
         self.conn = Some(conn);
-        Ok(())
+        Ok(Ok(()))
+    }
+
+    /// What a client hears when every backend of its pool stayed busy for the pool timeout.
+    fn busy(&self, busy: &Busy) -> String {
+        format!(
+            "every one of the {} pooled connections to database \"{}\" stayed busy for {} s (the pool timeout); retry, or hold transactions for less time",
+            busy.size,
+            self.who.database,
+            self.gw.pools.timeout.as_secs()
+        )
     }
 
     /// The backend goes back to the pool (no cancel of this client's reaches it from now).
@@ -422,7 +428,16 @@ impl<'a, S: Stream> Relay<'a, S> {
             }
         }
         if self.conn.is_none() {
-            self.take().await?;
+            if let Err(busy) = self.take().await? {
+                // The request fails; the client goes on, as after any error.
+                self.to_client.error_of("ERROR", "53300", &self.busy(&busy));
+                if matches!(m.tag, b'Q' | b'F' | b'S') {
+                    self.to_client.put(b'Z', b"I");
+                } else {
+                    self.skipping = true;
+                }
+                return Ok(true);
+            }
         }
         match m.tag {
             b'P' => self.parse(m),

@@ -508,3 +508,44 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         lost_transactions.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn a_client_that_finds_every_backend_busy_waits_hears_53300_and_goes_on() {
+    let (_tmp, fx, shop) = start_with(&[("SPG99_POOL_TIMEOUT", "1")]);
+    let cfg = pooled(&fx, &shop, "app");
+    let mut first = connect(&cfg).unwrap();
+    first.batch_execute("SELECT 1").unwrap();
+    let d = describe(&fx, "shop", "app");
+    let pool = spg99_wire::profiles::profile(d["current_profile"].as_str().unwrap())
+        .unwrap()
+        .pool_size();
+    // Every backend of the pool held, each in an open transaction.
+    let mut holders: Vec<postgres::Client> = (0..pool).map(|_| connect(&cfg).unwrap()).collect();
+    for h in &mut holders {
+        h.batch_execute("BEGIN; SELECT 1").unwrap();
+    }
+    // One more request waits for the pool timeout, fails with 53300, and its client goes on.
+    let e = first.batch_execute("SELECT 2").unwrap_err();
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(db.code().code(), "53300", "{db:?}");
+    assert!(db.message().contains("pool timeout"), "{db:?}");
+    assert!(!first.is_closed());
+    // A backend given back serves it.
+    holders[0].batch_execute("COMMIT").unwrap();
+    let n: i32 = first.query_one("SELECT 3", &[]).unwrap().get(0);
+    assert_eq!(n, 3);
+    let metrics = fx
+        .server
+        .get("/metrics", SERVICE_TOKEN)
+        .body
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spg99_gateway_pool_waits_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waits >= 1, "{metrics}");
+}
