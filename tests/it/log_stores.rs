@@ -98,7 +98,24 @@ fn suite(open: &dyn Fn() -> Log) {
 #[test]
 fn the_sled_store_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
-    suite(&|| Log::open(dir.path()).unwrap());
+    // sled's flusher thread lets go of the dropped store's file lock a moment after the drop:
+    // the reopen waits for it.
+    let open = || {
+        let began = std::time::Instant::now();
+        loop {
+            match Log::open(dir.path()) {
+                Ok(log) => return log,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && began.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    suite(&open);
 }
 
 #[test]
