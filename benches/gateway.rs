@@ -303,16 +303,6 @@ async fn connect_rate(t: &Target, dur: Duration) -> (f64, Row) {
     (rate, Row::new(format!("{CONCURRENT} at once"), lat))
 }
 
-/// `tps = N (without initial connection time)` from pgbench's output.
-fn tps(out: &str) -> f64 {
-    out.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("tps = ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no tps in pgbench's output: {out}"))
-}
-
 fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 10);
     let resumes = support::env_or("SPG99_BENCH_RESUMES", 20) as usize;
@@ -403,7 +393,7 @@ fn main() {
                         &pg_bin,
                         &["-n", "-S", "-T", &secs.to_string(), "-c", &c, "-j", &j],
                     );
-                    tps_of[ti][ci].push(tps(&out));
+                    tps_of[ti][ci].push(support::platform::tps(&out));
                 }
             }
         }

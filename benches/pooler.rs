@@ -125,16 +125,6 @@ async fn start(dir: &Path) -> Platform {
     }
 }
 
-/// `tps = N (...)` from pgbench's output.
-fn tps(out: &str) -> f64 {
-    out.lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("tps = ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no tps in pgbench's output: {out}"))
-}
-
 fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 10).to_string();
     let tmp = tempfile::Builder::new()
@@ -164,7 +154,7 @@ fn main() {
                 addr,
                 &["-n", "-S", "-C", "-c", "64", "-j", "2", "-T", &secs],
             );
-            per_connection[i] += tps(&out) / 2.0;
+            per_connection[i] += support::platform::tps(&out) / 2.0;
         }
     }
     println!(
@@ -193,7 +183,7 @@ fn main() {
         for _round in 0..2 {
             for (i, (_, addr)) in ports.iter().enumerate() {
                 let out = p.pgbench(&pg_bin, addr, &["-n", "-S", "-c", &c, "-j", j, "-T", &secs]);
-                sum[i] += tps(&out) / 2.0;
+                sum[i] += support::platform::tps(&out) / 2.0;
             }
         }
         println!(

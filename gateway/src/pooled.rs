@@ -388,8 +388,15 @@ impl<'a, S: Stream> Relay<'a, S> {
 
     /// One message of the client's; `false` when it said goodbye.
     async fn client_said(&mut self, m: Message) -> Result<bool, End> {
-        if m.tag == b'X' {
-            return Ok(false);
+        match m.tag {
+            b'X' => return Ok(false),
+            b'P' | b'B' | b'D' | b'C' | b'E' | b'S' | b'H' | b'd' | b'c' | b'f' | b'Q' | b'F' => {}
+            other => {
+                return Err(error(
+                    "08P01",
+                    format!("invalid frontend message type {}", other as char),
+                ))
+            }
         }
         if self.skipping && m.tag != b'S' {
             // PostgreSQL skips these too.
@@ -453,13 +460,8 @@ impl<'a, S: Stream> Relay<'a, S> {
                 self.to_backend.raw(&m);
             }
             b'Q' => self.query(m),
-            b'F' => self.forward(&m, Kind::Query),
-            other => {
-                return Err(error(
-                    "08P01",
-                    format!("invalid frontend message type {}", other as char),
-                ))
-            }
+            // A FunctionCall: answered up to its ReadyForQuery.
+            _ => self.forward(&m, Kind::Query),
         }
         Ok(true)
     }
@@ -470,11 +472,21 @@ impl<'a, S: Stream> Relay<'a, S> {
     }
 
     fn awaits(&mut self, kind: Kind, swallow: bool, undo: Vec<Undo>) {
+        self.awaits_end(kind, swallow, undo, None);
+    }
+
+    fn awaits_end(
+        &mut self,
+        kind: Kind,
+        swallow: bool,
+        undo: Vec<Undo>,
+        ends: Option<sql::TransactionEnd>,
+    ) {
         self.expect.push_back(Expect::Backend {
             kind,
             swallow,
             undo,
-            ends: None,
+            ends,
         });
     }
 
@@ -667,16 +679,6 @@ impl<'a, S: Stream> Relay<'a, S> {
         if let Some(why) = sql::session_state(&text) {
             self.pin(why);
         }
-        if let Some(end) = sql::transaction_end(&text) {
-            self.to_backend.raw(&m);
-            self.expect.push_back(Expect::Backend {
-                kind: Kind::Query,
-                swallow: false,
-                undo: Vec::new(),
-                ends: Some(end),
-            });
-            return;
-        }
         if sql::discards_all(&text) {
             // Every statement of the session goes, the backend's and the client's.
             self.statements.clear();
@@ -684,7 +686,9 @@ impl<'a, S: Stream> Relay<'a, S> {
                 conn.statements.clear();
             }
         }
-        self.forward(&m, Kind::Query);
+        self.to_backend.raw(&m);
+        let ends = sql::transaction_end(&text);
+        self.awaits_end(Kind::Query, false, Vec::new(), ends);
     }
 
     /// One message of the backend's: `raw`, its tag, length and body.

@@ -44,6 +44,22 @@ fn report(stdout: &str) -> Value {
         .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
+/// The server's metrics (with its Gateway's), as text.
+fn metrics(fx: &Fixture) -> String {
+    let r = fx.server.get("/metrics", SERVICE_TOKEN);
+    r.body.as_str().unwrap().to_owned()
+}
+
+/// The value of the unlabelled counter `name` in `metrics`.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// A tokio-postgres configuration through the pooler.
 fn pooled(fx: &Fixture, t: &Tenant, db: &str) -> postgres::Config {
     config(fx.server.pooler.as_ref().unwrap(), &t.user, &t.password, db)
@@ -201,20 +217,11 @@ fn every_driver_s_prepared_statements_work_through_the_pooler_within_its_pool() 
     );
 
     // The metrics: by database id, never a tenant's name.
-    let metrics = fx
-        .server
-        .get("/metrics", SERVICE_TOKEN)
-        .body
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let prepared: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("spg99_gateway_statements_prepared_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(prepared > 0, "{metrics}");
+    let metrics = metrics(&fx);
+    assert!(
+        counter(&metrics, "spg99_gateway_statements_prepared_total") > 0,
+        "{metrics}"
+    );
     let db_id = d["db_id"].as_str().unwrap();
     assert!(
         metrics.contains(&format!(
@@ -534,18 +541,9 @@ fn a_client_that_finds_every_backend_busy_waits_hears_53300_and_goes_on() {
     holders[0].batch_execute("COMMIT").unwrap();
     let n: i32 = first.query_one("SELECT 3", &[]).unwrap().get(0);
     assert_eq!(n, 3);
-    let metrics = fx
-        .server
-        .get("/metrics", SERVICE_TOKEN)
-        .body
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let waits: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("spg99_gateway_pool_waits_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(waits >= 1, "{metrics}");
+    let metrics = metrics(&fx);
+    assert!(
+        counter(&metrics, "spg99_gateway_pool_waits_total") >= 1,
+        "{metrics}"
+    );
 }
