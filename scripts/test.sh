@@ -11,7 +11,8 @@
 # - PostgreSQL and pgBackRest (Debian's packages; PostgreSQL's own cluster never started),
 #   which the workers run and keep databases in the storage repository with;
 # - the drivers the pooler's tests connect with: asyncpg and psycopg 3 (PyPI), node-postgres
-#   (npm, into tests/drivers/node_modules; Node from Debian where missing).
+#   (npm, into tests/drivers/node_modules; Node from Debian where missing); and the Neon
+#   serverless driver with ws (npm, the same place), which the HTTP front door's tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +51,9 @@ if ! python3 -c 'import asyncpg, psycopg' >/dev/null 2>&1; then
     'asyncpg==0.30.0' 'psycopg[binary]==3.2.10' >&2
 fi
 
-if [ ! -d tests/drivers/node_modules/pg ]; then
-  echo "installing node-postgres (the pooler's tests connect with it)" >&2
+if [ ! -d tests/drivers/node_modules/pg ] || [ ! -d tests/drivers/node_modules/@neondatabase/serverless ] \
+  || [ ! -d tests/drivers/node_modules/ws ]; then
+  echo "installing node-postgres, @neondatabase/serverless and ws (the Gateway's tests run them)" >&2
   npm ci --prefix tests/drivers --no-audit --no-fund --silent >&2
 fi
 

@@ -231,6 +231,14 @@ pub struct ServeArgs {
     /// the embedded pooler's address, else localhost:6432).
     #[arg(long, env = "SPG99_POOLER_HOST")]
     pub pooler_host: Option<String>,
+    /// Where the embedded Gateway's HTTP front door listens (`POST /sql`, WebSockets, with
+    /// TLS); `none`: no HTTP.
+    #[arg(long, env = "SPG99_HTTP_LISTEN", default_value = "127.0.0.1:4444")]
+    pub http_listen: String,
+    /// Host (and port) of the HTTP front door, put into every tenant's `http_sql_url` and
+    /// `websocket_url` (default: the embedded address, else localhost:4444).
+    #[arg(long, env = "SPG99_HTTP_HOST")]
+    pub http_host: Option<String>,
     /// The embedded worker's compute: `postgres` (the default where PostgreSQL's programs are
     /// found), `simulated`, or `none` (no local worker).
     #[arg(long, env = "SPG99_COMPUTE")]

@@ -119,6 +119,9 @@ fn serve(config: Config) -> i32 {
         if let Some(pooler) = app.pooler_addr() {
             println!("spg99 gateway pooler listening on {pooler}");
         }
+        if let Some(http) = app.http_addr() {
+            println!("spg99 gateway http listening on {http}");
+        }
         println!("spg99 listening on {}", app.url());
         match app.run_until_stopped().await {
             Ok(()) => 0,

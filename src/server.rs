@@ -45,6 +45,10 @@ pub struct Config {
     pub pooler_listen: Option<String>,
     /// The host put in `pooled_dsn_template`; `None`: the embedded pooler's address.
     pub pooler_host: Option<String>,
+    /// The embedded Gateway's HTTP front door's address; `None`: none.
+    pub http_listen: Option<String>,
+    /// The host put in `http_sql_url` and `websocket_url`; `None`: the embedded address.
+    pub http_host: Option<String>,
     /// The embedded worker's compute (`postgres`, `simulated`); `None`: no local worker.
     pub compute: Option<spg99_worker::ComputeKind>,
     pub lifecycle: Settings,
@@ -118,6 +122,8 @@ impl Config {
             gateway_host: args.gateway_host,
             pooler_listen: Some(args.pooler_listen).filter(|p| p != "none"),
             pooler_host: args.pooler_host,
+            http_listen: Some(args.http_listen).filter(|p| p != "none"),
+            http_host: args.http_host,
             compute,
             lifecycle: Settings {
                 idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -353,6 +359,14 @@ impl Application {
                 (None, Some(addr)) => addr.to_string(),
                 (None, None) => "localhost:6432".into(),
             },
+            http: match (
+                &config.http_host,
+                gateway.as_ref().and_then(|g| g.http_addr),
+            ) {
+                (Some(host), _) => host.clone(),
+                (None, Some(addr)) => addr.to_string(),
+                (None, None) => "localhost:4444".into(),
+            },
         };
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),
@@ -435,6 +449,11 @@ impl Application {
         self.gateway.as_ref().and_then(|g| g.pooler_addr)
     }
 
+    /// The embedded Gateway's HTTP front door's address, if it runs one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().and_then(|g| g.http_addr)
+    }
+
     /// Serves until SIGINT/SIGTERM (or until the local worker turns out unable to start: an
     /// error then), then stops the Gateway (its connections end) and the local worker (its
     /// PostgreSQL servers stop) while the API still answers them, then the API (after its
@@ -514,6 +533,27 @@ fn embedded_gateway(
 ) -> Result<spg99_gateway::Running, StartError> {
     let tls_dir = config.data_dir.join("gateway-tls");
     let pooler = config.pooler_listen.as_deref().unwrap_or("none");
+    let http = config.http_listen.as_deref().unwrap_or("none");
+    // The names clients are told to use: the certificate (if it is made now) is for them, and
+    // connection strings sent over HTTP name them.
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for host in [&config.gateway_host, &config.pooler_host, &config.http_host]
+        .into_iter()
+        .flatten()
+    {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host.as_str(),
+        };
+        let name = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let names = names.join(",");
     let args = [
         "gateway",
         "--control-plane",
@@ -522,15 +562,19 @@ fn embedded_gateway(
         listen,
         "--pooler-listen",
         pooler,
+        "--http-listen",
+        http,
         "--tls-dir",
         utf8(&tls_dir)?,
+        "--tls-names",
+        &names,
         "--token",
         &token.reveal(),
     ];
     let args = embedded::<spg99_gateway::GatewayArgs>(&args)?;
     spg99_gateway::spawn(&args).map_err(|e| {
         StartError::Config(format!(
-            "{e} (choose other addresses with --gateway-listen and --pooler-listen, or `none` for none)"
+            "{e} (choose other addresses with --gateway-listen, --pooler-listen and --http-listen, or `none` for none)"
         ))
     })
 }

@@ -105,6 +105,7 @@ pub fn serve_command(dir: &Path) -> Command {
         .arg(dir)
         .env("SPG99_BOOTSTRAP_TOKEN", ROOT)
         .env("SPG99_GATEWAY_LISTEN", "none")
+        .env("SPG99_HTTP_LISTEN", "127.0.0.1:0")
         .env("SPG99_COMPUTE", "none")
         // Load generators are one key at full speed: no per-key request limit.
         .env("SPG99_LIMIT_REQUESTS_PER_KEY", "0")

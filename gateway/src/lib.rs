@@ -8,7 +8,9 @@
 //! speaks to the control plane only through the internal API (`spg99-wire`).
 //!
 //! A second front door, the pooler (`--pooler-listen`), shares a pool of backend connections
-//! per database among its clients, transaction by transaction.
+//! per database among its clients, transaction by transaction. A third, HTTP
+//! (`--http-listen`), serves SQL over HTTP and PostgreSQL over WebSockets as the Neon
+//! serverless driver speaks them, on the same pools.
 //!
 //! ## Layout, by phase
 //! - [`pgwire`]: the wire protocol's messages, bounded reads.
@@ -20,6 +22,8 @@
 //! - [`pooled`]: the pooler's relay, a backend per transaction, prepared statements carried.
 //! - [`pool`]: the pooler's backend connections per database.
 //! - [`sql`]: what the pooler reads of a client's SQL.
+//! - [`http`]: the HTTP front door: `POST /sql` and WebSockets.
+//! - [`password`]: passwords sent in clear inside TLS, checked against verifiers.
 //! - [`control`]: calls to the control plane (through the internal API's one client in
 //!   `spg99-wire`), and the cache of roles (verifiers).
 //! - [`leases`]: one lease per database, renewed, released, fenced by its epoch.
@@ -28,8 +32,10 @@
 pub mod backend;
 pub mod cancel;
 pub mod control;
+pub mod http;
 pub mod leases;
 pub mod metrics;
+pub mod password;
 pub mod pgwire;
 pub mod pool;
 pub mod pooled;
@@ -77,6 +83,31 @@ pub struct GatewayArgs {
         default_value_t = 60
     )]
     pub pool_idle_in_transaction_timeout: u64,
+    /// Where HTTP clients connect (`POST /sql`, WebSockets), with TLS; `none`: no HTTP.
+    #[arg(long, env = "SPG99_HTTP_LISTEN", default_value = "127.0.0.1:4444")]
+    pub http_listen: String,
+    /// The longest `POST /sql` body taken (bytes); beyond, 413.
+    #[arg(long, env = "SPG99_HTTP_MAX_REQUEST_BYTES", default_value_t = 10 << 20)]
+    pub http_max_request_bytes: usize,
+    /// The longest `POST /sql` answer given (bytes of JSON); beyond, the query is cancelled
+    /// and the answer is a 54000 error.
+    #[arg(long, env = "SPG99_HTTP_MAX_RESPONSE_BYTES", default_value_t = 10 << 20)]
+    pub http_max_response_bytes: usize,
+    /// How long a `POST /sql` may run once it has its backend (seconds); then it is cancelled
+    /// (57014).
+    #[arg(long, env = "SPG99_HTTP_STATEMENT_TIMEOUT", default_value_t = 15)]
+    pub http_statement_timeout: u64,
+    /// HTTP requests (and WebSocket opens) from one client address per minute; beyond, 429.
+    /// 0: no limit.
+    #[arg(
+        long,
+        env = "SPG99_HTTP_REQUESTS_PER_ADDRESS",
+        default_value_t = 60_000
+    )]
+    pub http_requests_per_address: u32,
+    /// WebSockets open at most; beyond, 503.
+    #[arg(long, env = "SPG99_HTTP_MAX_WEBSOCKETS", default_value_t = 10_000)]
+    pub http_max_websockets: usize,
     /// The certificate (PEM) clients see; without it, a self-signed one made once and kept.
     #[arg(long, env = "SPG99_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -86,8 +117,15 @@ pub struct GatewayArgs {
     /// Where the self-signed certificate and its key (0600) are kept.
     #[arg(long, env = "SPG99_TLS_DIR", default_value = "./gateway-tls")]
     pub tls_dir: PathBuf,
-    /// The names the self-signed certificate is for, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+    /// The names clients reach the Gateway by, comma-separated: the self-signed certificate is
+    /// made for them, and a connection string sent to `POST /sql` must name one of them (or
+    /// the host the request was sent to).
+    #[arg(
+        long,
+        env = "SPG99_TLS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
     pub tls_names: Vec<String>,
     /// Accept clients without TLS (never outside a trusted network).
     #[arg(long)]
@@ -100,7 +138,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "SPG99_GATEWAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
     /// How long a client may take for each step of its handshake (seconds).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "SPG99_GATEWAY_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub handshake_timeout: u64,
     /// Failed password attempts for one PostgreSQL user per minute; past them, addresses other
     /// than the user's last good ones are refused (28000) for the rest of the minute. 0: no limit.
@@ -161,21 +199,40 @@ impl GatewayArgs {
                 Duration::from_secs(self.pool_timeout.max(1)),
                 Duration::from_secs(self.pool_idle_in_transaction_timeout.max(1)),
             ),
+            passwords: Default::default(),
+            http: http::Http::new(
+                self.http_max_request_bytes,
+                self.http_max_response_bytes,
+                Duration::from_secs(self.http_statement_timeout.max(1)),
+                self.http_requests_per_address,
+                self.http_max_websockets,
+                self.tls_names.clone(),
+            ),
         }))
     }
 }
 
+/// The listeners: the session port's, and the pooler's and HTTP's if they are on.
+struct Listeners {
+    session: TcpListener,
+    pooler: Option<TcpListener>,
+    http: Option<TcpListener>,
+}
+
 /// Accepts clients until the listener fails; each connection in a task of its own.
-async fn accept(listener: TcpListener, pooler: Option<TcpListener>, gw: Arc<Gateway>) {
+async fn accept(listeners: Listeners, gw: Arc<Gateway>) {
     let leases = gw.leases.clone();
     tokio::spawn(gw.control.clone().follow_changes(move |fenced| {
         let leases = leases.clone();
         async move { leases.fence(&fenced).await }
     }));
-    if let Some(pooler) = pooler {
+    if let Some(pooler) = listeners.pooler {
         tokio::spawn(accept_on(pooler, gw.clone(), Port::Pooled));
     }
-    accept_on(listener, gw, Port::Session).await
+    if let Some(http) = listeners.http {
+        tokio::spawn(http::accept(http, gw.clone()));
+    }
+    accept_on(listeners.session, gw, Port::Session).await
 }
 
 async fn accept_on(listener: TcpListener, gw: Arc<Gateway>, port: Port) {
@@ -197,6 +254,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The pooler's address, if it has one.
     pub pooler_addr: Option<SocketAddr>,
+    /// The HTTP front door's address, if it has one.
+    pub http_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -253,17 +312,23 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
     let bound = {
         // Entered, not blocked on: the caller may be driving a runtime of its own.
         let _in = runtime.enter();
-        let pooler = Some(args.pooler_listen.as_str()).filter(|p| *p != "none");
+        let optional = |listen: &str, what: &str| match listen {
+            "none" => Ok(None),
+            l => bind(l)
+                .map(Some)
+                .map_err(|e| format!("the Gateway's {what} cannot listen on {l}: {e}")),
+        };
         bind(&args.listen)
             .map_err(|e| format!("the Gateway cannot listen on {}: {e}", args.listen))
-            .and_then(|l| match pooler {
-                None => Ok((l, None)),
-                Some(p) => bind(p)
-                    .map(|pl| (l, Some(pl)))
-                    .map_err(|e| format!("the Gateway's pooler cannot listen on {p}: {e}")),
+            .and_then(|session| {
+                Ok(Listeners {
+                    session,
+                    pooler: optional(&args.pooler_listen, "pooler")?,
+                    http: optional(&args.http_listen, "HTTP front door")?,
+                })
             })
     };
-    let (listener, pooler) = match bound {
+    let listeners = match bound {
         Ok(l) => l,
         Err(e) => {
             // Not dropped where it would block: the caller may be inside a runtime.
@@ -271,18 +336,24 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
             return Err(e);
         }
     };
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let pooler_addr = match &pooler {
-        Some(p) => Some(p.local_addr().map_err(|e| e.to_string())?),
-        None => None,
+    let local = |l: &Option<TcpListener>| -> Result<Option<SocketAddr>, String> {
+        l.as_ref()
+            .map(|l| l.local_addr().map_err(|e| e.to_string()))
+            .transpose()
     };
+    let addr = listeners.session.local_addr().map_err(|e| e.to_string())?;
+    let pooler_addr = local(&listeners.pooler)?;
+    let http_addr = local(&listeners.http)?;
+    if let Some(p) = pooler_addr {
+        let _ = gw.http.pooler_port.set(p.port());
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("spg99-gateway".into())
         .spawn(move || {
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = accept(listener, pooler, gw.clone()) => {}
+                    _ = accept(listeners, gw.clone()) => {}
                     _ = stopped => {}
                 }
                 // Bounded: a control plane gone first (as in `spg99 serve`) leaves them to
@@ -296,6 +367,7 @@ pub fn spawn(args: &GatewayArgs) -> Result<Running, String> {
     Ok(Running {
         addr,
         pooler_addr,
+        http_addr,
         stop: Some(stop),
         thread: Some(thread),
     })
@@ -313,6 +385,9 @@ pub fn run(args: GatewayArgs) -> i32 {
     println!("spg99 gateway listening on {}", running.addr);
     if let Some(p) = running.pooler_addr {
         println!("spg99 gateway pooler listening on {p}");
+    }
+    if let Some(h) = running.http_addr {
+        println!("spg99 gateway http listening on {h}");
     }
     if let Some(listen) = &args.metrics_listen {
         match spg99_wire::metrics::serve(listen, metrics::registry()) {

@@ -31,8 +31,19 @@ pub struct PoolLabel {
     pub state: &'static str,
 }
 
+/// How a `POST /sql` ended: `ok`, `query_error`, `bad_request`, `unauthorized`, `too_large`,
+/// `rate_limited`, `timeout`, `unavailable`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub http_requests: Family<Outcome, Counter>,
+    pub http_rows: Counter,
+    pub http_bytes_out: Counter,
+    pub websockets_open: Gauge<i64, AtomicI64>,
     pub pool: Family<PoolLabel, Gauge<i64, AtomicI64>>,
     pub pool_waits: Counter,
     pub statements_prepared: Counter,
@@ -50,6 +61,10 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
+            http_requests: Family::default(),
+            http_rows: Counter::default(),
+            http_bytes_out: Counter::default(),
+            websockets_open: Gauge::default(),
             pool: Family::default(),
             pool_waits: Counter::default(),
             statements_prepared: Counter::default(),
@@ -116,7 +131,33 @@ impl Metrics {
             "Pooled clients kept on one backend for the rest of their session (session state)",
             m.pinned.clone(),
         );
+        r.register(
+            "spg99_gateway_http_requests",
+            "Requests to the HTTP front door (POST /sql, WebSocket upgrades refused), by outcome",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "spg99_gateway_http_rows",
+            "Rows answered by POST /sql",
+            m.http_rows.clone(),
+        );
+        r.register_with_unit(
+            "spg99_gateway_http_out",
+            "Bytes of POST /sql answers (their JSON bodies)",
+            Unit::Bytes,
+            m.http_bytes_out.clone(),
+        );
+        r.register(
+            "spg99_gateway_websockets_open",
+            "WebSockets carrying PostgreSQL sessions open now",
+            m.websockets_open.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A `POST /sql` ended so.
+    pub fn http_outcome(&self, outcome: &'static str) {
+        self.http_requests.get_or_create(&Outcome { outcome }).inc();
     }
 }
 

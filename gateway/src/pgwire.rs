@@ -229,6 +229,11 @@ impl Out {
         self.auth(11, data.as_bytes())
     }
 
+    /// AuthenticationCleartextPassword.
+    pub fn auth_cleartext(&mut self) -> &mut Self {
+        self.auth(3, b"")
+    }
+
     pub fn auth_sasl_final(&mut self, data: &str) -> &mut Self {
         self.auth(12, data.as_bytes())
     }

@@ -20,8 +20,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use crate::leases::Held;
+use crate::leases::{Held, Ticket};
 use crate::pgwire::Frames;
+use crate::session::{error, End, Gateway, Login};
 
 /// A client's startup parameters for its backends, sorted.
 pub type Settings = Arc<Vec<(String, String)>>;
@@ -377,5 +378,48 @@ impl Pools {
                 })
             })
             .clone()
+    }
+}
+
+/// A backend of `pool` for `who`, on the lease `held`: an idle one, or one opened (logged in
+/// through `ticket`, which it takes or refreshes as [`crate::backend::login`] does), waiting
+/// up to the pool timeout; `Err(Busy)` inside when every one stayed busy that long.
+pub(crate) async fn checkout(
+    gw: &Gateway,
+    who: &Login,
+    pool: &Pool,
+    settings: &Settings,
+    held: &Arc<Held>,
+    ticket: &mut Option<Ticket>,
+) -> Result<Result<Conn, Busy>, End> {
+    match pool.take(settings, held, gw.pools.timeout).await {
+        Err(busy) => Ok(Err(busy)),
+        Ok(Taken::Conn(c)) => Ok(Ok(c)),
+        Ok(Taken::Open) => match crate::backend::login(gw, who, settings, ticket).await {
+            Ok((stream, ready, backend_addr)) => {
+                if ready.status != *b"I" {
+                    pool.lost();
+                    return Err(error("08006", "a new backend is not idle"));
+                }
+                pool.opened(settings, ready.said.0);
+                let held = ticket
+                    .as_ref()
+                    .expect("a login holds a ticket")
+                    .held
+                    .clone();
+                Ok(Ok(Conn::new(
+                    stream,
+                    held,
+                    settings.clone(),
+                    backend_addr,
+                    ready.pid,
+                    ready.secret,
+                )))
+            }
+            Err(e) => {
+                pool.lost();
+                Err(e)
+            }
+        },
     }
 }

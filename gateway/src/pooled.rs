@@ -30,7 +30,7 @@ use crate::backend;
 use crate::cancel::{Registration, Target};
 use crate::leases::Ticket;
 use crate::pgwire::{Frames, Message, Out};
-use crate::pool::{Busy, Conn, Def, Member, Pool, Settings, Taken};
+use crate::pool::{Busy, Conn, Def, Member, Pool, Settings};
 use crate::session::{error, End, Gateway, Login, Stream};
 use crate::sql;
 
@@ -214,40 +214,18 @@ impl<'a, S: Stream> Relay<'a, S> {
     async fn take(&mut self) -> Result<Result<(), Busy>, End> {
         self.route().await?;
         let held = self.ticket.as_ref().unwrap().held.clone();
-        let taken = match self
-            .pool
-            .take(&self.settings, &held, self.gw.pools.timeout)
-            .await
+        let conn = match crate::pool::checkout(
+            self.gw,
+            self.who,
+            &self.pool,
+            &self.settings,
+            &held,
+            &mut self.ticket,
+        )
+        .await?
         {
-            Ok(t) => t,
+            Ok(c) => c,
             Err(busy) => return Ok(Err(busy)),
-        };
-        let conn = match taken {
-            Taken::Conn(c) => c,
-            Taken::Open => {
-                match backend::login(self.gw, self.who, &self.settings, &mut self.ticket).await {
-                    Ok((stream, ready, backend_addr)) => {
-                        if ready.status != *b"I" {
-                            self.pool.lost();
-                            return Err(error("08006", "a new backend is not idle"));
-                        }
-                        self.pool.opened(&self.settings, ready.said.0);
-                        let held = self.ticket.as_ref().unwrap().held.clone();
-                        Conn::new(
-                            stream,
-                            held,
-                            self.settings.clone(),
-                            backend_addr,
-                            ready.pid,
-                            ready.secret,
-                        )
-                    }
-                    Err(e) => {
-                        self.pool.lost();
-                        return Err(e);
-                    }
-                }
-            }
         };
         self.registration
             .set(Some(Target {

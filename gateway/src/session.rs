@@ -44,6 +44,10 @@ pub struct Gateway {
     pub handshake_timeout: Duration,
     pub failures: Failures,
     pub pools: crate::pool::Pools,
+    /// Passwords sent in clear (WebSockets, SQL over HTTP), checked against verifiers.
+    pub passwords: crate::password::Passwords,
+    /// The HTTP front door's limits and state.
+    pub http: crate::http::Http,
 }
 
 /// Failed password attempts per user and per client address, in one-minute windows. As for
@@ -98,7 +102,7 @@ impl Failures {
         }
     }
 
-    fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
+    pub(crate) fn succeeded(&self, user: &str, addr: Option<IpAddr>) {
         if let Some(a) = addr {
             self.good.remember(&user.to_owned(), a);
         }
@@ -165,6 +169,47 @@ pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream, port: Port) {
     let _ = handshake(&gw, tcp, port).await;
 }
 
+/// Serves one PostgreSQL session carried by a WebSocket (its TLS, if any, ended by the HTTP
+/// listener): the startup message (an SSLRequest is declined: the socket is the channel),
+/// the password in clear, then the relay of `port`.
+pub(crate) async fn serve_carried<S: Stream>(
+    gw: &Gateway,
+    mut client: S,
+    port: Port,
+    addr: Option<IpAddr>,
+) {
+    gw.open.fetch_add(1, Ordering::AcqRel);
+    let m = crate::metrics::get();
+    m.connections.inc();
+    m.open.inc();
+    let _counted = Counted(&gw.open);
+    loop {
+        let startup = match timed(gw, pgwire::read_startup(&mut client)).await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        match startup {
+            Startup::Ssl | Startup::GssEnc => {
+                let declined = async {
+                    client.write_all(b"N").await?;
+                    client.flush().await
+                };
+                if declined.await.is_err() {
+                    return;
+                }
+            }
+            Startup::Cancel { pid, secret } => {
+                gw.cancels.cancel(pid, secret).await;
+                return;
+            }
+            Startup::Start { minor, params } => {
+                let _ = session(gw, client, port, Auth::Cleartext, addr, minor, params).await;
+                return;
+            }
+        }
+    }
+}
+
 async fn timed<T>(
     gw: &Gateway,
     f: impl std::future::Future<Output = io::Result<T>>,
@@ -196,7 +241,8 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream, port: Port) -> io::Result<(
                     return Ok(());
                 }
                 Startup::Start { minor, params } if gw.allow_plaintext => {
-                    return session(gw, tcp, port, Channel::Plain, addr, minor, params).await;
+                    let auth = Auth::Scram(Channel::Plain);
+                    return session(gw, tcp, port, auth, addr, minor, params).await;
                 }
                 Startup::Start { .. } => {
                     Out::default()
@@ -217,17 +263,15 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream, port: Port) -> io::Result<(
     if direct && alpn.as_deref() != Some(ALPN) {
         return Ok(());
     }
-    let channel = Channel::Tls {
+    let auth = Auth::Scram(Channel::Tls {
         end_point: gw.tls.end_point.clone(),
-    };
+    });
     match timed(gw, pgwire::read_startup(&mut tls)).await? {
         Startup::Cancel { pid, secret } => {
             gw.cancels.cancel(pid, secret).await;
             Ok(())
         }
-        Startup::Start { minor, params } => {
-            session(gw, tls, port, channel, addr, minor, params).await
-        }
+        Startup::Start { minor, params } => session(gw, tls, port, auth, addr, minor, params).await,
         Startup::Ssl | Startup::GssEnc => {
             Out::default()
                 .error("08P01", "an encryption request inside TLS")
@@ -237,16 +281,25 @@ async fn handshake(gw: &Gateway, mut tcp: TcpStream, port: Port) -> io::Result<(
     }
 }
 
+/// How a client proves who it is.
+pub(crate) enum Auth {
+    /// SCRAM-SHA-256 (and -PLUS over TLS): the password never reaches the Gateway.
+    Scram(Channel),
+    /// The password in clear, inside TLS (WebSockets: the serverless driver sends it before it
+    /// is asked), checked against the verifier.
+    Cleartext,
+}
+
 async fn session<S: Stream>(
     gw: &Gateway,
     mut client: S,
     port: Port,
-    channel: Channel,
+    auth: Auth,
     addr: Option<IpAddr>,
     minor: u16,
     params: Vec<(String, String)>,
 ) -> io::Result<()> {
-    let routed = match authenticate(gw, &mut client, &channel, addr, minor, &params).await {
+    let routed = match authenticate(gw, &mut client, &auth, addr, minor, &params).await {
         Ok(login) => match port {
             Port::Session => crate::relay::serve(gw, &mut client, login).await,
             Port::Pooled => crate::pooled::serve(gw, &mut client, login).await,
@@ -272,7 +325,7 @@ async fn session<S: Stream>(
 async fn authenticate<S: Stream>(
     gw: &Gateway,
     client: &mut S,
-    channel: &Channel,
+    auth: &Auth,
     addr: Option<IpAddr>,
     minor: u16,
     params: &[(String, String)],
@@ -307,10 +360,61 @@ async fn authenticate<S: Stream>(
     if gw.open.load(Ordering::Acquire) > gw.max_connections {
         return Err(error("53300", "sorry, too many clients already"));
     }
-    gw.failures.admit(user, addr)?;
+    let (verifier, known) = role(gw, user, addr).await?;
+    let server_key = verifier.server_key;
+    // What the client hears on success: SCRAM's final message, then AuthenticationOk.
+    let mut ok = Out::default();
+    let client_key = match auth {
+        Auth::Scram(channel) => {
+            let (key, server_final) =
+                scram(gw, client, channel, verifier, known, user, addr).await?;
+            ok.auth_sasl_final(&server_final);
+            key
+        }
+        Auth::Cleartext => {
+            Out::default().auth_cleartext().send(client).await?;
+            let m = timed(gw, pgwire::read_message(client, MAX_AUTH)).await?;
+            if m.tag != b'p' {
+                return Err(error("08P01", "expected a password message"));
+            }
+            let password = m.body.strip_suffix(b"\0").unwrap_or(&m.body);
+            let key = gw.passwords.check(user, &verifier, password).await;
+            match key.filter(|_| known) {
+                Some(key) => key,
+                None => return Err(bad_password(gw, user, addr)),
+            }
+        }
+    };
+    gw.failures.succeeded(user, addr);
+    ok.auth_ok().send(client).await?;
 
-    // Authentication: the tenant's verifier, or for an unknown user a mock one, so that both
-    // take the same exchange and fail the same way.
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
+        })
+        .cloned()
+        .collect();
+    Ok(Login {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        keys: Keys {
+            client_key,
+            server_key,
+        },
+        forwarded,
+        addr,
+    })
+}
+
+/// The user's verifier, if `addr` may try a password for it now; for an unknown user a mock
+/// one (`false`), so that both take the same exchange and fail the same way.
+pub(crate) async fn role(
+    gw: &Gateway,
+    user: &str,
+    addr: Option<IpAddr>,
+) -> Result<(Verifier, bool), End> {
+    gw.failures.admit(user, addr)?;
     let verifier = gw.control.role(user).await.map_err(|e| {
         tracing::warn!(error = %e, "cannot fetch a role");
         error(
@@ -318,9 +422,23 @@ async fn authenticate<S: Stream>(
             "the platform cannot check credentials right now; retry",
         )
     })?;
-    let known = verifier.is_some();
-    let verifier = verifier.unwrap_or_else(|| Verifier::mock(&gw.mock_secret, user));
-    let server_key = verifier.server_key;
+    Ok(match verifier {
+        Some(v) => (v, true),
+        None => (Verifier::mock(&gw.mock_secret, user), false),
+    })
+}
+
+/// A SCRAM-SHA-256 exchange against `verifier`, up to the server's final message: the
+/// client's key, and that message (for the caller to send).
+async fn scram<S: Stream>(
+    gw: &Gateway,
+    client: &mut S,
+    channel: &Channel,
+    verifier: Verifier,
+    known: bool,
+    user: &str,
+    addr: Option<IpAddr>,
+) -> Result<(spg99_scram::Key, String), End> {
     let mechanisms: &[&str] = match channel {
         Channel::Tls { .. } => &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256],
         Channel::Plain => &[SCRAM_SHA_256],
@@ -351,34 +469,10 @@ async fn authenticate<S: Stream>(
         return Err(error("08P01", "expected a SASL response"));
     }
     let client_final = std::str::from_utf8(&last.body).map_err(|_| bad())?;
-    let (client_key, server_final) = match scram.finish(client_final) {
-        Ok(done) if known => done,
-        _ => return Err(bad()),
-    };
-    gw.failures.succeeded(user, addr);
-    Out::default()
-        .auth_sasl_final(&server_final)
-        .auth_ok()
-        .send(client)
-        .await?;
-
-    let forwarded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_.")
-        })
-        .cloned()
-        .collect();
-    Ok(Login {
-        user: user.to_owned(),
-        database: database.to_owned(),
-        keys: Keys {
-            client_key,
-            server_key,
-        },
-        forwarded,
-        addr,
-    })
+    match scram.finish(client_final) {
+        Ok(done) if known => Ok(done),
+        _ => Err(bad()),
+    }
 }
 
 /// A client that proved who it is: where it goes, and the key that logs it in there.

@@ -157,7 +157,7 @@ const SESSION_LOCKS: [&str; 4] = [
 pub fn session_state(sql: &Statements) -> Option<&'static str> {
     for s in &sql.0 {
         let w = |i: usize| s.get(i);
-        let first = w(0)?;
+        let Some(first) = w(0) else { continue };
         let why = if first.is("set") {
             let scoped =
                 w(1).is_some_and(|t| t.is("local") || t.is("transaction") || t.is("constraints"));
@@ -258,6 +258,7 @@ mod tests {
             "SET statement_timeout = 100",
             "set search_path to x",
             "SELECT 1; SET TIME ZONE 'UTC'",
+            ";; SET search_path TO x",
             "LISTEN jobs",
             "CREATE TEMP TABLE t (i int)",
             "create local temporary table t (i int)",

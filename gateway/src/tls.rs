@@ -14,6 +14,8 @@ pub const ALPN: &[u8] = b"postgresql";
 /// The server's TLS setup.
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
+    /// The same certificate for the HTTP front door (ALPN `http/1.1`).
+    pub http: Arc<rustls::ServerConfig>,
     /// `tls-server-end-point` channel binding data.
     pub end_point: Vec<u8>,
 }
@@ -34,8 +36,10 @@ impl Tls {
             Source::SelfSigned { dir, names } => self_signed(dir, names)?,
         };
         let (config, leaf) = server_config(&cert_path, &key_path, &[ALPN])?;
+        let (http, _) = server_config(&cert_path, &key_path, &[b"http/1.1"])?;
         Ok(Tls {
             config,
+            http,
             end_point: end_point(leaf.as_ref()),
         })
     }

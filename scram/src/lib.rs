@@ -105,6 +105,21 @@ impl Verifier {
         }
     }
 
+    /// The `ClientKey` of `password` if it is this verifier's password (PBKDF2 with its salt
+    /// and iterations, then `H(ClientKey) == StoredKey`, compared in constant time): for a
+    /// client that sends its password in clear inside TLS, which then logs in to the backend
+    /// with the key as a SCRAM client would.
+    pub fn check_password(&self, password: &[u8]) -> Option<Key> {
+        let salted = hi(password, &self.salt, self.iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        self.knows(&client_key).then_some(client_key)
+    }
+
+    /// Whether `client_key` is this verifier's `ClientKey` (constant time).
+    pub fn knows(&self, client_key: &Key) -> bool {
+        ct_eq(&sha256(client_key), &self.stored_key)
+    }
+
     /// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` (base64 parts).
     pub fn parse(s: &str) -> Option<Verifier> {
         let rest = s.strip_prefix("SCRAM-SHA-256$")?;
@@ -412,6 +427,32 @@ mod tests {
     fn rfc_verifier() -> Verifier {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
         Verifier::derive(b"pencil", &salt, 4096)
+    }
+
+    #[test]
+    fn a_password_in_clear_is_checked_against_the_verifier_and_yields_the_client_key() {
+        let v = rfc_verifier();
+        let key = v.check_password(b"pencil").expect("the right password");
+        assert!(v.knows(&key));
+        // The key it yields is the one a SCRAM exchange reveals.
+        let (server, _) = Server::start(
+            v.clone(),
+            SCRAM_SHA_256,
+            CLIENT_FIRST,
+            SERVER_NONCE,
+            &Channel::Plain,
+        )
+        .unwrap();
+        assert_eq!(server.finish(CLIENT_FINAL).unwrap().0, key);
+        // (Not "pencil\0": HMAC pads its key with zeros, so trailing NULs are the same key; a
+        // password cannot hold a NUL in PostgreSQL's protocol, and the Gateway refuses one.)
+        for wrong in [&b"Pencil"[..], b"pencil ", b"", b"pencil!"] {
+            assert_eq!(v.check_password(wrong), None);
+        }
+        assert_eq!(
+            Verifier::mock(b"secret", "user").check_password(b"pencil"),
+            None
+        );
     }
 
     #[test]

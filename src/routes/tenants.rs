@@ -63,21 +63,36 @@ pub fn dsn_template(pg_user: &str, pg_password: &str, host: &str) -> String {
     format!("postgres://{pg_user}:{pg_password}@{host}/<db-name>?sslmode=require")
 }
 
-/// Where clients reach the Gateway: its session port and its pooler.
+/// Where clients reach the Gateway: its session port, its pooler and its HTTP front door.
 #[derive(Debug, Clone)]
 pub struct Hosts {
     pub gateway: String,
     pub pooler: String,
+    pub http: String,
 }
 
 impl Hosts {
-    /// `dsn_template` and `pooled_dsn_template`.
-    fn templates(&self, pg_user: &str, pg_password: &str) -> (String, String) {
-        (
-            dsn_template(pg_user, pg_password, &self.gateway),
-            dsn_template(pg_user, pg_password, &self.pooler),
-        )
+    fn endpoints(&self, pg_user: &str, pg_password: &str) -> Endpoints {
+        Endpoints {
+            dsn_template: dsn_template(pg_user, pg_password, &self.gateway),
+            pooled_dsn_template: dsn_template(pg_user, pg_password, &self.pooler),
+            http_sql_url: format!("https://{}/sql", self.http),
+            websocket_url: format!("wss://{}/v2", self.http),
+        }
     }
+}
+
+/// Where a tenant's applications connect.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Endpoints {
+    dsn_template: String,
+    /// The same through the Gateway's transaction pooler: for many short-lived clients.
+    pooled_dsn_template: String,
+    /// SQL over HTTP (`POST`, the Neon serverless driver's `fetchEndpoint`), with a
+    /// connection string in `Neon-Connection-String`.
+    http_sql_url: String,
+    /// PostgreSQL over WebSockets (the driver's `wsProxy` is it without `wss://`).
+    websocket_url: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,9 +100,8 @@ pub struct Credentials {
     tenant: String,
     pg_user: String,
     pg_password: String,
-    dsn_template: String,
-    /// The same through the Gateway's transaction pooler: for many short-lived clients.
-    pooled_dsn_template: String,
+    #[serde(flatten)]
+    endpoints: Endpoints,
 }
 
 /// The tenant's password, opened with this server's secret key.
@@ -105,12 +119,10 @@ pub fn password(secrets: &SecretBox, t: &Tenant) -> Result<String, ApiError> {
 impl Credentials {
     fn new(secrets: &SecretBox, hosts: &Hosts, t: &Tenant) -> Result<Self, ApiError> {
         let pg_password = password(secrets, t)?;
-        let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &pg_password);
         Ok(Credentials {
             tenant: t.name.clone(),
             pg_user: t.pg_user.clone(),
-            dsn_template,
-            pooled_dsn_template,
+            endpoints: hosts.endpoints(&t.pg_user, &pg_password),
             pg_password,
         })
     }
@@ -122,9 +134,8 @@ pub struct TenantCreated {
     #[serde(flatten)]
     tenant: TenantView,
     pg_password: String,
-    dsn_template: String,
-    /// The same through the Gateway's transaction pooler: for many short-lived clients.
-    pooled_dsn_template: String,
+    #[serde(flatten)]
+    endpoints: Endpoints,
 }
 
 /// Seals a new password and its SCRAM verifier on a blocking thread: the verifier's 4096
@@ -178,14 +189,12 @@ pub async fn create(
         let Some(t) = state.tenants.get(&tenant_id) else {
             return ApiError::not_found("tenant").rendered();
         };
-        let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &password);
         answer(
             StatusCode::CREATED,
             &TenantCreated {
                 tenant: TenantView::new(state, t),
+                endpoints: hosts.endpoints(&t.pg_user, &password),
                 pg_password: password,
-                dsn_template,
-                pooled_dsn_template,
             },
         )
     };
@@ -269,19 +278,15 @@ pub async fn reset_credentials(
     let hosts = app.hosts.clone();
     let render = move |state: &State, _: &[Envelope]| -> Rendered {
         match state.tenant_by_name(&name).filter(|t| t.id == tenant_id) {
-            Some(t) => {
-                let (dsn_template, pooled_dsn_template) = hosts.templates(&t.pg_user, &password);
-                answer(
-                    StatusCode::OK,
-                    &Credentials {
-                        tenant: t.name.clone(),
-                        pg_user: t.pg_user.clone(),
-                        dsn_template,
-                        pooled_dsn_template,
-                        pg_password: password,
-                    },
-                )
-            }
+            Some(t) => answer(
+                StatusCode::OK,
+                &Credentials {
+                    tenant: t.name.clone(),
+                    pg_user: t.pg_user.clone(),
+                    endpoints: hosts.endpoints(&t.pg_user, &password),
+                    pg_password: password,
+                },
+            ),
             None => ApiError::not_found("tenant").rendered(),
         }
     };

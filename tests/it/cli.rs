@@ -129,6 +129,24 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
         "{}",
         text(&o)
     );
+    // Where the serverless driver goes: SQL over HTTP and WebSockets.
+    for field in ["http_sql_url", "websocket_url"] {
+        assert!(
+            text(&o)
+                .lines()
+                .any(|l| l.starts_with(&format!("{field}:"))),
+            "{}",
+            text(&o)
+        );
+    }
+    assert!(creds["http_sql_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    assert!(creds["websocket_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("wss://"));
     let d = json(
         h,
         &["dbs", "create", "shop", "main", "--wait", "-o", "json"],

@@ -263,6 +263,8 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
         "#pooled-dsn-template",
         creds["pooled_dsn_template"].as_str().unwrap(),
     );
+    b.until_contains("#http-sql-url", creds["http_sql_url"].as_str().unwrap());
+    b.until_contains("#websocket-url", creds["websocket_url"].as_str().unwrap());
 
     // A database, created with a double click: one database, no error.
     b.fill("#db-name", "app");
@@ -321,6 +323,13 @@ fn a_person_runs_databases_from_the_console_and_sees_every_change_live() {
         .unwrap()
         .replace("<db-name>", "app");
     b.until_contains("#pooled-dsn", &pooled);
+    // The serverless driver's snippet: its two settings and the database's connection string.
+    let http_sql_url = creds["http_sql_url"].as_str().unwrap();
+    b.until_contains(
+        "#driver-snippet",
+        &format!("neonConfig.fetchEndpoint = '{http_sql_url}';"),
+    );
+    b.until_contains("#driver-snippet", "/app?sslmode=require');");
     b.screenshot("database");
 
     // Keys: issue one from the page, see its token once, revoke it.

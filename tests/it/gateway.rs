@@ -730,6 +730,8 @@ fn a_gateway_address_in_use_stops_the_start_with_a_clear_error() {
             &addr,
             "--pooler-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .arg("--tls-dir")
         .arg(tmp.path().join("tls"))

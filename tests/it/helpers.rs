@@ -38,6 +38,8 @@ pub struct Server {
     pub gateway: Option<String>,
     /// Its pooler's address, if it runs one.
     pub pooler: Option<String>,
+    /// Its HTTP front door's address (`POST /sql`, WebSockets), if it runs one.
+    pub http: Option<String>,
     /// Lines the server printed to stdout before it was ready.
     pub stdout: Vec<String>,
     pub stderr_path: PathBuf,
@@ -63,6 +65,7 @@ impl<'a> Start<'a> {
                 ("SPG99_BOOTSTRAP_TOKEN", ROOT_TOKEN.to_owned()),
                 ("SPG99_GATEWAY_LISTEN", "none".to_owned()),
                 ("SPG99_POOLER_LISTEN", "127.0.0.1:0".to_owned()),
+                ("SPG99_HTTP_LISTEN", "127.0.0.1:0".to_owned()),
                 ("SPG99_COMPUTE", "none".to_owned()),
                 // The abuse limits are tested in limits.rs; elsewhere a test's own bursts of
                 // refused tokens and requests must not meet them.
@@ -172,6 +175,7 @@ impl<'a> Start<'a> {
         let mut lines = Vec::new();
         let mut gateway = None;
         let mut pooler = None;
+        let mut http = None;
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(line) => {
@@ -182,6 +186,9 @@ impl<'a> Start<'a> {
                     if let Some(p) = line.strip_prefix("spg99 gateway pooler listening on ") {
                         pooler = Some(p.to_owned());
                     }
+                    if let Some(h) = line.strip_prefix("spg99 gateway http listening on ") {
+                        http = Some(h.to_owned());
+                    }
                     lines.push(line);
                     if let Some(base) = addr {
                         return Server {
@@ -189,6 +196,7 @@ impl<'a> Start<'a> {
                             base,
                             gateway,
                             pooler,
+                            http,
                             stdout: lines,
                             stderr_path,
                             agent: ureq::AgentBuilder::new()

@@ -380,6 +380,7 @@ impl Gateway {
         let mut child = Command::new(bin())
             .args(["gateway", "--control-plane", &server.base])
             .args(["--listen", "127.0.0.1:0", "--pooler-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .arg("--tls-dir")
             .arg(dir.join("tls"))
             .args(extra)
@@ -394,7 +395,7 @@ impl Gateway {
         let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        // The rest (its pooler's address) is read too: a closed pipe would fail its prints.
+        // The rest (its pooler's and HTTP addresses) is read too: a closed pipe would fail its prints.
         std::thread::spawn(move || for _ in stdout.lines() {});
         let Some(addr) = line.trim().strip_prefix("spg99 gateway listening on ") else {
             let _ = child.kill();

@@ -36,6 +36,7 @@ mod pooler;
 mod reflinks;
 mod replicas;
 mod restart;
+mod sql_over_http;
 mod storage;
 mod storage_s3;
 mod tooling;

@@ -255,7 +255,7 @@ fn a_gateway_and_a_worker_of_their_own_serve_their_metrics() {
     let mut gateway = std::process::Command::new(crate::helpers::bin())
         .args(["gateway", "--control-plane", &server.base])
         .args(["--listen", &format!("127.0.0.1:{gw_port}")])
-        .args(["--pooler-listen", "none"])
+        .args(["--pooler-listen", "none", "--http-listen", "none"])
         .args(["--tls-dir", tmp.path().join("tls").to_str().unwrap()])
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)

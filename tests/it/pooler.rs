@@ -15,7 +15,7 @@ use crate::gateway::{burner, config, connect, describe, platform, psql, until, T
 use crate::helpers::{tempdir, Fixture, ROOT_TOKEN};
 use crate::lab::{Worker, SERVICE_TOKEN};
 
-fn driver(name: &str) -> PathBuf {
+pub(crate) fn driver(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/drivers")
         .join(name)
@@ -39,19 +39,19 @@ fn run(program: &str, args: &[&str]) -> String {
 }
 
 /// The JSON line a driver script printed last.
-fn report(stdout: &str) -> Value {
+pub(crate) fn report(stdout: &str) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 /// The server's metrics (with its Gateway's), as text.
-fn metrics(fx: &Fixture) -> String {
+pub(crate) fn metrics(fx: &Fixture) -> String {
     let r = fx.server.get("/metrics", SERVICE_TOKEN);
     r.body.as_str().unwrap().to_owned()
 }
 
 /// The value of the unlabelled counter `name` in `metrics`.
-fn counter(metrics: &str, name: &str) -> u64 {
+pub(crate) fn counter(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

@@ -616,6 +616,8 @@ class TenantView extends View {
         ['Password', c ? h('span', { id: 'pg-password-line' }, secretLine(c.pg_password, 'the password', true, 'copy-password')) : h('span', { class: 'secret' }, h('code', { class: 'value' }, '••••••••••••'))],
         ['DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'dsn-template' }, c.dsn_template), copyButton(c.dsn_template, 'the DSN template', 'copy-dsn')) : h('span', { class: 'hint' }, 'shown with the password; replace <db-name> with a database')],
         ['Pooled DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pooled-dsn-template' }, c.pooled_dsn_template), copyButton(c.pooled_dsn_template, 'the pooled DSN template', 'copy-pooled-dsn')) : h('span', { class: 'hint' }, 'transaction pooling, for many short-lived clients; shown with the password')],
+        ['SQL over HTTP', c ? h('span', {}, h('code', { class: 'value', id: 'http-sql-url' }, c.http_sql_url), copyButton(c.http_sql_url, 'the SQL over HTTP URL', 'copy-http-sql-url')) : h('span', { class: 'hint' }, 'for edge runtimes (the Neon serverless driver): shown with the password')],
+        ['WebSockets', c ? h('span', {}, h('code', { class: 'value', id: 'websocket-url' }, c.websocket_url), copyButton(c.websocket_url, 'the WebSocket URL', 'copy-websocket-url')) : '—'],
       ]),
       h('div', { class: 'actions' }, toggle, can('can_create_tenant') ? reset : null));
   }
@@ -755,6 +757,15 @@ class DbView extends View {
     toggle.addEventListener('click', () => { this.shown = !this.shown; this.refresh(); });
     const dsn = creds ? creds.dsn_template.replace('<db-name>', enc(d.name)) : null;
     const pooled = creds ? creds.pooled_dsn_template.replace('<db-name>', enc(d.name)) : null;
+    // The Neon serverless driver, pointed here: its two settings, and the connection string.
+    const driver = creds ? [
+      "import { neon, neonConfig } from '@neondatabase/serverless';",
+      `neonConfig.fetchEndpoint = '${creds.http_sql_url}';`,
+      `neonConfig.wsProxy = '${creds.websocket_url.replace(/^wss:\/\//, '')}';`,
+      '// on Node: neonConfig.webSocketConstructor = (await import(\'ws\')).default;',
+      `const sql = neon('${dsn}');`,
+      'const rows = await sql`SELECT now()`;',
+    ].join('\n') : null;
     return h('section', { class: 'card', 'aria-labelledby': 'connect-title' },
       h('h2', { id: 'connect-title' }, 'Connect'),
       h('p', { class: 'hint' }, 'The database starts on the first connection and stops after a while without any.'),
@@ -764,6 +775,8 @@ class DbView extends View {
         ['psql', dsn ? h('span', { class: 'secret' }, h('code', { class: 'value' }, `psql "${dsn}"`), copyButton(`psql "${dsn}"`, 'the psql command', 'copy-psql')) : '—'],
         ['Pooled DSN', pooled ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pooled-dsn' }, pooled), copyButton(pooled, 'the pooled DSN', 'copy-pooled-dsn'))
           : h('span', { class: 'hint' }, 'transaction pooling: thousands of short-lived clients share the database\'s pool')],
+        ['Edge runtimes', driver ? h('span', { class: 'secret' }, h('pre', { class: 'mono value', id: 'driver-snippet' }, driver), copyButton(driver, 'the serverless driver snippet', 'copy-driver'))
+          : h('span', { class: 'hint' }, 'SQL over HTTP and WebSockets (the Neon serverless driver): shown with the password')],
       ]),
       h('div', { class: 'actions' }, toggle));
   }
