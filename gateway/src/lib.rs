@@ -105,6 +105,10 @@ pub struct GatewayArgs {
         default_value_t = 60_000
     )]
     pub http_requests_per_address: u32,
+    /// How long a database's HTTP clients keep its lease and pool membership after their last
+    /// request (seconds): the next request finds its backend warm.
+    #[arg(long, env = "SPG99_HTTP_LINGER", default_value_t = 15)]
+    pub http_linger: u64,
     /// WebSockets open at most; beyond, 503.
     #[arg(long, env = "SPG99_HTTP_MAX_WEBSOCKETS", default_value_t = 10_000)]
     pub http_max_websockets: usize,
@@ -131,7 +135,7 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub allow_plaintext: bool,
     /// How long a connection may wait for its database to start (seconds); then 57P03.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "SPG99_GATEWAY_CONNECT_TIMEOUT", default_value_t = 30)]
     pub connect_timeout: u64,
     /// Client connections at most, both ports together; beyond, 53300. Each takes a file
     /// descriptor (a session port's two): the process's limit must be above it.
@@ -206,6 +210,7 @@ impl GatewayArgs {
                 Duration::from_secs(self.http_statement_timeout.max(1)),
                 self.http_requests_per_address,
                 self.http_max_websockets,
+                Duration::from_secs(self.http_linger),
                 self.tls_names.clone(),
             ),
         }))

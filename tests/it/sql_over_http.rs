@@ -453,6 +453,27 @@ fn sql_over_http_answers_as_neon_does_and_refuses_clearly() {
 }
 
 #[test]
+fn a_database_that_cannot_start_in_time_is_a_503_with_57p03() {
+    // No worker at all: the database cannot start, and the Gateway waits its connect timeout.
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let fx = Fixture::with_server(
+        Start::new(&data)
+            .gateway()
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env("SPG99_GATEWAY_CONNECT_TIMEOUT", "2")
+            .spawn(),
+    );
+    let shop = Tenant::create(&fx, "shop");
+    fx.server.create_db(&fx.account_key, "shop", "app");
+    let h = Https::new(&fx, &data);
+    let r = h.sql(&shop.dsn("app"), &[], json!({"query": "SELECT 1"}));
+    assert_eq!(r.error(503), "57P03");
+    assert!(r.body["message"].as_str().unwrap().contains("app"), "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+}
+
+#[test]
 fn the_http_front_door_s_rates_and_sockets_are_limited() {
     let tmp = tempdir();
     let data = tmp.path().join("data");

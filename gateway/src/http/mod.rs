@@ -35,10 +35,6 @@ use crate::leases::{Held, Ticket};
 use crate::pool::{Member, Pool};
 use crate::session::{End, Gateway, Login};
 
-/// How long a database's HTTP clients keep its lease and pool membership after their last
-/// request: a serverless function's next request finds the backend warm.
-pub const LINGER: Duration = Duration::from_secs(15);
-
 /// The HTTP front door's limits and state.
 pub struct Http {
     pub max_request: usize,
@@ -48,6 +44,9 @@ pub struct Http {
     pub per_address: spg99_limits::Window<IpAddr>,
     pub max_websockets: usize,
     websockets: AtomicUsize,
+    /// How long a database's HTTP clients keep its lease and pool membership after their
+    /// last request: a serverless function's next request finds the backend warm.
+    pub linger: Duration,
     /// The host names a connection string may name (besides the request's own `Host`).
     pub hosts: Vec<String>,
     /// The pooler's port: a WebSocket whose connection string names it is pooled.
@@ -63,6 +62,7 @@ impl Http {
         statement_timeout: Duration,
         requests_per_minute: u32,
         max_websockets: usize,
+        linger: Duration,
         hosts: Vec<String>,
     ) -> Http {
         Http {
@@ -72,6 +72,7 @@ impl Http {
             per_address: spg99_limits::Window::new(requests_per_minute, Duration::from_secs(60)),
             max_websockets,
             websockets: AtomicUsize::new(0),
+            linger,
             hosts,
             pooler_port: OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
@@ -96,14 +97,14 @@ impl Http {
         c.clone()
     }
 
-    /// Forgets the clients idle for [`LINGER`]: their lease and pool membership go.
+    /// Forgets the clients idle for the linger: their lease and pool membership go.
     fn sweep(&self) {
         let idle: Vec<Arc<Client>> = {
             let mut clients = crate::lock(&self.clients);
             let mut idle = Vec::new();
             clients.retain(|_, c| {
-                let keep =
-                    c.busy.load(Ordering::Acquire) > 0 || crate::lock(&c.last).elapsed() < LINGER;
+                let keep = c.busy.load(Ordering::Acquire) > 0
+                    || crate::lock(&c.last).elapsed() < self.linger;
                 if !keep {
                     idle.push(c.clone());
                 }

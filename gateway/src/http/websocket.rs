@@ -74,6 +74,7 @@ pub(super) fn upgrade(
             ),
         );
         f.retry_after = Some(1);
+        crate::metrics::get().http_outcome(f.outcome());
         return f.response();
     }
     let port = match (address_port(req.uri().query()), http.pooler_port.get()) {

@@ -1,0 +1,381 @@
+//! SQL over HTTP (`POST /sql`) next to the same query over a pooled TCP connection, in the same
+//! run.
+//!
+//! `spg99 serve` runs as a newcomer runs it (control plane, embedded Gateway with its pooler and
+//! HTTP front door, local PostgreSQL worker; a manual clock, so that the load moves the
+//! database to no other profile), one database of size L1. Measured:
+//!
+//! - **`SELECT 1` with a warm pool** at 1 and 64 concurrent clients for `SPG99_BENCH_SECS` s
+//!   each (default 10): `POST /sql` over HTTPS (one kept-alive connection per client, HTTP/1.1,
+//!   TLS with the Gateway's certificate), and the same query over a pooled TCP connection
+//!   (tokio-postgres through the pooler, TLS and SCRAM, the statement prepared once): p50 and
+//!   p99 of each request, and requests per second.
+//! - **Cold start through HTTP**: the database stopped by the idle timeout, then a new HTTPS
+//!   connection's first `POST /sql` `SELECT 1` (TLS handshake included), p50 and p99 of 10;
+//!   beside it, the same through the session port (connect, TLS, SCRAM, `SELECT 1`).
+//!
+//! Run: `cargo bench --bench sql_over_http` (as root or as a user that can run PostgreSQL;
+//! PostgreSQL from `scripts/install-engines.sh`). Prints markdown tables and writes
+//! `target/bench/sql_over_http.json`.
+
+#[allow(dead_code)] // the tests' TLS client, of which the benchmark needs the plain connector
+#[path = "../tests/it/pgtls.rs"]
+mod pgtls;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use support::http::{get, post, Conn};
+use support::{Row, ROOT};
+use tokio_postgres::config::SslMode;
+
+const SERVICE: &str = "spg99_svc_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const DB: &str = "bench";
+const COLD_SAMPLES: usize = 10;
+
+struct Platform {
+    server: Child,
+    api: String,
+    session: String,
+    pooler: String,
+    http: String,
+    ca: PathBuf,
+    pg_user: String,
+    password: String,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        // SIGTERM: the embedded worker stops its servers.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.server.id().to_string())
+            .status();
+        let _ = self.server.wait();
+    }
+}
+
+impl Platform {
+    fn dsn(&self) -> String {
+        format!(
+            "postgres://{}:{}@{}/{DB}?sslmode=require",
+            self.pg_user, self.password, self.session
+        )
+    }
+
+    fn pg(&self, addr: &str) -> tokio_postgres::Config {
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        let mut c = tokio_postgres::Config::new();
+        c.host(host)
+            .port(port.parse().unwrap())
+            .user(&self.pg_user)
+            .password(&self.password)
+            .dbname(DB)
+            .ssl_mode(SslMode::Require)
+            .connect_timeout(Duration::from_secs(60));
+        c
+    }
+
+    async fn describe(&self) -> serde_json::Value {
+        let mut conn = Conn::open(&self.api).await;
+        conn.json(&get(&format!("/v2/tenants/shop/dbs/{DB}"), ROOT))
+            .await
+    }
+
+    async fn state(&self) -> String {
+        self.describe().await["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Stops the database by the idle timeout and waits until it is stopped. The clock moves
+    /// once its connections are gone (the HTTP clients' linger included) and not again while
+    /// it stops: a second jump would pass the stop's deadline and mark it stopped while its
+    /// worker still archives its last WAL, and the next start would wait for that.
+    async fn idle_stop(&self) {
+        let advance = post("/internal/v1/clock/advance", SERVICE, r#"{"seconds":301}"#);
+        let began = Instant::now();
+        loop {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "the database never stopped"
+            );
+            let d = self.describe().await;
+            if d["state"] == "stopped" {
+                return;
+            }
+            if d["state"] == "running" && d["active_connections"] == 0 {
+                Conn::open(&self.api).await.json(&advance).await;
+                for _ in 0..250 {
+                    if self.state().await != "running" {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn start(dir: &Path) -> Platform {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.join("data");
+    let mut cmd = support::serve_command(&data);
+    cmd.env("SPG99_SERVICE_TOKEN", SERVICE)
+        .env("SPG99_CLOCK", "manual")
+        // Each cold start moves the clock past the idle timeout: the worker must never look
+        // lost for the clock's jumps (an hour of them would pass 3 600 s).
+        .env("SPG99_WORKER_TIMEOUT_MS", "1000000000")
+        .env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("SPG99_POOLER_LISTEN", "127.0.0.1:0")
+        .env("SPG99_HTTP_LISTEN", "127.0.0.1:0")
+        // One address sends everything here: no per-address rate.
+        .env("SPG99_HTTP_REQUESTS_PER_ADDRESS", "0")
+        // The cold starts wait for the database to stop: its HTTP clients let go at once.
+        .env("SPG99_HTTP_LINGER", "1")
+        .env("SPG99_COMPUTE", "postgres")
+        .env("SPG99_PORT_RANGE", "29000-29899");
+    let (server, addrs) = support::spawn_announcing(
+        cmd,
+        &[
+            "spg99 gateway listening on ",
+            "spg99 gateway pooler listening on ",
+            "spg99 gateway http listening on ",
+            "spg99 listening on ",
+        ],
+    );
+    let mut conn = Conn::open(&addrs[3]).await;
+    let tenant = support::http::shop(&mut conn).await;
+    let body = format!(r#"{{"name":"{DB}","size":"L1"}}"#);
+    conn.json(&post("/v2/tenants/shop/dbs", ROOT, &body)).await;
+    Platform {
+        server,
+        api: addrs[3].clone(),
+        session: addrs[0].clone(),
+        pooler: addrs[1].clone(),
+        http: addrs[2].clone(),
+        ca: data.join("gateway-tls/gateway.crt"),
+        pg_user: tenant["pg_user"].as_str().unwrap().to_owned(),
+        password: tenant["pg_password"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// One kept-alive HTTPS connection to the Gateway's HTTP front door.
+struct Https {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    dsn: String,
+}
+
+impl Https {
+    async fn open(p: &Platform) -> Https {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&p.ca).unwrap();
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(&p.http).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Https {
+            sender,
+            dsn: p.dsn(),
+        }
+    }
+
+    /// `POST /sql` `SELECT 1`; checks the answer.
+    async fn select_one(&mut self) {
+        let req = hyper::Request::post("/sql")
+            .header("host", "127.0.0.1")
+            .header("neon-connection-string", &self.dsn)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"query":"SELECT 1 AS one"}"#,
+            )))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            status == 200 && body.windows(9).any(|w| w == br#"{"one":1}"#),
+            "{status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+/// `clients` loops of `op` for `dur`: every latency (µs), and requests per second.
+async fn drive<C: Send + 'static>(
+    clients: Vec<C>,
+    dur: Duration,
+    op: fn(&mut C) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+) -> (Vec<u64>, f64) {
+    let began = Instant::now();
+    let end = began + dur;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    op(&mut c).await;
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / began.elapsed().as_secs_f64();
+    (all, rate)
+}
+
+fn http_op(c: &mut Https) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(c.select_one())
+}
+
+type Pooled = (tokio_postgres::Client, tokio_postgres::Statement);
+
+fn tcp_op(c: &mut Pooled) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let rows = c.0.query(&c.1, &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0), 1);
+    })
+}
+
+async fn pooled(p: &Platform, n: usize) -> Vec<Pooled> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (client, conn) = p.pg(&p.pooler).connect(pgtls::Tls::new()).await.unwrap();
+        tokio::spawn(conn);
+        let st = client.prepare("SELECT 1").await.unwrap();
+        out.push((client, st));
+    }
+    out
+}
+
+async fn https(p: &Platform, n: usize) -> Vec<Https> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Https::open(p).await);
+    }
+    out
+}
+
+fn main() {
+    let secs = support::env_or("SPG99_BENCH_SECS", 10);
+    let dur = Duration::from_secs(secs);
+    let tmp = tempfile::Builder::new()
+        .prefix("spg99-bench-")
+        .tempdir()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = rt.block_on(start(tmp.path()));
+    let mut json = Vec::new();
+
+    println!("| `SELECT 1`, warm pool | clients | p50 ms | p99 ms | requests/s |");
+    println!("|---|---|---|---|---|");
+    rt.block_on(async {
+        // Warm: the database running, the pool holding backends.
+        let mut warm = https(&p, 1).await;
+        for _ in 0..200 {
+            warm[0].select_one().await;
+        }
+        for clients in [1usize, 64] {
+            for round in 0..2 {
+                let (lat, rate) = drive(https(&p, clients).await, dur, http_op).await;
+                let http = Row::new("POST /sql", lat);
+                let (lat, tcp_rate) = drive(pooled(&p, clients).await, dur, tcp_op).await;
+                let tcp = Row::new("pooled TCP", lat);
+                for (row, rate) in [(&http, rate), (&tcp, tcp_rate)] {
+                    println!(
+                        "| {} (round {}) | {clients} | {:.2} | {:.2} | {rate:.0} |",
+                        row.workload,
+                        round + 1,
+                        row.ms(0.5),
+                        row.ms(0.99)
+                    );
+                    json.push(format!(
+                        r#"{{"workload":"{}","round":{},"clients":{clients},"p50_ms":{:.3},"p99_ms":{:.3},"rate":{rate:.1}}}"#,
+                        row.workload,
+                        round + 1,
+                        row.ms(0.5),
+                        row.ms(0.99)
+                    ));
+                }
+            }
+        }
+    });
+
+    println!();
+    println!("| cold start (a stopped database's first answer) | samples | p50 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    rt.block_on(async {
+        let mut http = Vec::new();
+        let mut tcp = Vec::new();
+        for _ in 0..COLD_SAMPLES {
+            p.idle_stop().await;
+            let t = Instant::now();
+            Https::open(&p).await.select_one().await;
+            http.push(t.elapsed().as_micros() as u64);
+            // Its HTTP client lets go after the linger; then the session port's turn.
+            p.idle_stop().await;
+            let t = Instant::now();
+            let (client, conn) = p.pg(&p.session).connect(pgtls::Tls::new()).await.unwrap();
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.unwrap();
+            tcp.push(t.elapsed().as_micros() as u64);
+            drop(client);
+        }
+        for row in [
+            Row::new("POST /sql on a new HTTPS connection", http),
+            Row::new("session port: connect, TLS, SCRAM, SELECT 1", tcp),
+        ] {
+            println!(
+                "| {} | {COLD_SAMPLES} | {:.0} | {:.0} |",
+                row.workload,
+                row.ms(0.5),
+                row.ms(0.99)
+            );
+            json.push(format!(
+                r#"{{"workload":"cold: {}","p50_ms":{:.1},"p99_ms":{:.1}}}"#,
+                row.workload,
+                row.ms(0.5),
+                row.ms(0.99)
+            ));
+        }
+    });
+    support::write_results("sql_over_http", &json);
+}
