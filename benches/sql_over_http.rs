@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::http::{get, post, Conn};
-use support::{Row, ROOT};
+use support::{load, Row, ROOT};
 use tokio_postgres::config::SslMode;
 
 const SERVICE: &str = "spg99_svc_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
@@ -228,48 +228,7 @@ impl Https {
     }
 }
 
-/// `clients` loops of `op` for `dur`: every latency (µs), and requests per second.
-async fn drive<C: Send + 'static>(
-    clients: Vec<C>,
-    dur: Duration,
-    op: fn(&mut C) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
-) -> (Vec<u64>, f64) {
-    let began = Instant::now();
-    let end = began + dur;
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    op(&mut c).await;
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let rate = all.len() as f64 / began.elapsed().as_secs_f64();
-    (all, rate)
-}
-
-fn http_op(c: &mut Https) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-    Box::pin(c.select_one())
-}
-
 type Pooled = (tokio_postgres::Client, tokio_postgres::Statement);
-
-fn tcp_op(c: &mut Pooled) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-    Box::pin(async move {
-        let rows = c.0.query(&c.1, &[]).await.unwrap();
-        assert_eq!(rows[0].get::<_, i32>(0), 1);
-    })
-}
 
 async fn pooled(p: &Platform, n: usize) -> Vec<Pooled> {
     let mut out = Vec::new();
@@ -315,11 +274,18 @@ fn main() {
         }
         for clients in [1usize, 64] {
             for round in 0..2 {
-                let (lat, rate) = drive(https(&p, clients).await, dur, http_op).await;
-                let http = Row::new("POST /sql", lat);
-                let (lat, tcp_rate) = drive(pooled(&p, clients).await, dur, tcp_op).await;
-                let tcp = Row::new("pooled TCP", lat);
-                for (row, rate) in [(&http, rate), (&tcp, tcp_rate)] {
+                let http_op = load::op(|c: &mut Https, _| Box::pin(c.select_one()));
+                let http = load::drive(https(&p, clients).await, dur, http_op).await;
+                let tcp_op = load::op(|c: &mut Pooled, _| {
+                    Box::pin(async move {
+                        let rows = c.0.query(&c.1, &[]).await.unwrap();
+                        assert_eq!(rows[0].get::<_, i32>(0), 1);
+                    })
+                });
+                let tcp = load::drive(pooled(&p, clients).await, dur, tcp_op).await;
+                for (name, m) in [("POST /sql", http), ("pooled TCP", tcp)] {
+                    let rate = m.lat.len() as f64 / m.secs;
+                    let row = Row::new(name, m.lat);
                     println!(
                         "| {} (round {}) | {clients} | {:.2} | {:.2} | {rate:.0} |",
                         row.workload,

@@ -360,6 +360,13 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.terminate();
+        // What a SIGKILLed worker left running under its directory (its PostgreSQL servers, a
+        // pgBackRest backup under way) must not outlive the test.
+        if let Some(dir) = &self.storage {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", &format!("{}/", dir.display())])
+                .status();
+        }
     }
 }
 

@@ -103,7 +103,9 @@ fn start() -> (tempfile::TempDir, Fixture, Tenant) {
     start_with(&[])
 }
 
-fn start_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Fixture, Tenant) {
+/// `spg99 serve` on its embedded default (with `extra` settings), tenant `shop` and its
+/// database `app`.
+pub(crate) fn start_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Fixture, Tenant) {
     let tmp = tempdir();
     let mut env = vec![("SPG99_IDLE_TIMEOUT", "600")];
     env.extend_from_slice(extra);

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::{describe, platform, until, Tenant};
+use crate::gateway::{describe, until, Tenant};
 use crate::helpers::{tempdir, Fixture, Start};
 use crate::lab::SERVICE_TOKEN;
-use crate::pooler::{counter, driver, metrics, report};
+use crate::pooler::{counter, driver, metrics, report, start_with};
 
 /// The Gateway's self-signed certificate, which clients trust.
 fn ca(data: &Path) -> std::path::PathBuf {
@@ -125,19 +125,20 @@ impl Https {
     }
 }
 
-fn start(extra: &[(&str, &str)]) -> (tempfile::TempDir, Fixture, Tenant) {
-    let tmp = tempdir();
-    let mut env = vec![("SPG99_IDLE_TIMEOUT", "600")];
-    env.extend_from_slice(extra);
-    let fx = platform(&tmp.path().join("data"), &env);
-    let shop = Tenant::create(&fx, "shop");
-    fx.server.create_db(&fx.account_key, "shop", "app");
-    (tmp, fx, shop)
+/// A control plane with its Gateway and no worker, with `extra` settings.
+fn without_worker(data: &Path, extra: &[(&str, &str)]) -> Fixture {
+    let mut s = Start::new(data)
+        .gateway()
+        .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN);
+    for (k, v) in extra {
+        s = s.env(k, *v);
+    }
+    Fixture::with_server(s.spawn())
 }
 
 #[test]
 fn the_neon_serverless_driver_works_against_spg99_with_two_settings() {
-    let (tmp, fx, shop) = start(&[]);
+    let (tmp, fx, shop) = start_with(&[]);
     let data = tmp.path().join("data");
     // The credentials say where: the two settings the driver needs (and `ws` on Node).
     let creds = fx
@@ -192,7 +193,7 @@ fn the_neon_serverless_driver_works_against_spg99_with_two_settings() {
 
 #[test]
 fn sql_over_http_answers_as_neon_does_and_refuses_clearly() {
-    let (tmp, fx, shop) = start(&[
+    let (tmp, fx, shop) = start_with(&[
         ("SPG99_HTTP_STATEMENT_TIMEOUT", "2"),
         ("SPG99_HTTP_MAX_RESPONSE_BYTES", "200000"),
         ("SPG99_HTTP_MAX_REQUEST_BYTES", "1000000"),
@@ -457,13 +458,7 @@ fn a_database_that_cannot_start_in_time_is_a_503_with_57p03() {
     // No worker at all: the database cannot start, and the Gateway waits its connect timeout.
     let tmp = tempdir();
     let data = tmp.path().join("data");
-    let fx = Fixture::with_server(
-        Start::new(&data)
-            .gateway()
-            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
-            .env("SPG99_GATEWAY_CONNECT_TIMEOUT", "2")
-            .spawn(),
-    );
+    let fx = without_worker(&data, &[("SPG99_GATEWAY_CONNECT_TIMEOUT", "2")]);
     let shop = Tenant::create(&fx, "shop");
     fx.server.create_db(&fx.account_key, "shop", "app");
     let h = Https::new(&fx, &data);
@@ -477,13 +472,12 @@ fn a_database_that_cannot_start_in_time_is_a_503_with_57p03() {
 fn the_http_front_door_s_rates_and_sockets_are_limited() {
     let tmp = tempdir();
     let data = tmp.path().join("data");
-    let fx = Fixture::with_server(
-        Start::new(&data)
-            .gateway()
-            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
-            .env("SPG99_HTTP_REQUESTS_PER_ADDRESS", "5")
-            .env("SPG99_HTTP_MAX_WEBSOCKETS", "1")
-            .spawn(),
+    let fx = without_worker(
+        &data,
+        &[
+            ("SPG99_HTTP_REQUESTS_PER_ADDRESS", "5"),
+            ("SPG99_HTTP_MAX_WEBSOCKETS", "1"),
+        ],
     );
     let h = Https::new(&fx, &data);
     // A second socket while one is open: refused with 503 (the upgrades count two requests).

@@ -86,7 +86,7 @@ impl Http {
         let c = clients.entry(key).or_insert_with(|| {
             let pool = gw.pools.get(&who.user, &who.database);
             Arc::new(Client {
-                member: pool.join(),
+                _member: pool.join(),
                 pool,
                 ticket: tokio::sync::Mutex::new(None),
                 busy: AtomicUsize::new(0),
@@ -120,8 +120,8 @@ impl Http {
 /// share of its lease (counted in describe's `active_connections` while it lingers).
 struct Client {
     pool: Arc<Pool>,
-    #[allow(dead_code)]
-    member: Member,
+    /// Counts it in the pool while it lingers.
+    _member: Member,
     ticket: tokio::sync::Mutex<Option<Ticket>>,
     /// Requests under way.
     busy: AtomicUsize,
