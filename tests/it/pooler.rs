@@ -364,7 +364,7 @@ fn pooled_clients_keep_their_own_sessions_and_one_gone_mid_transaction_leaves_no
 }
 
 #[test]
-fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
+fn a_handoff_under_200_pooled_clients_and_http_writes_refuses_none_and_loses_no_row() {
     let tmp = tempdir();
     let data = tmp.path().join("data");
     let server = crate::helpers::Start::new(&data)
@@ -428,6 +428,39 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         .collect();
     // And 20 that stay idle through it all.
     let mut idle: Vec<postgres::Client> = (0..20).map(|_| connect(&cfg).unwrap()).collect();
+    // And a writer over HTTP (`POST /sql`, on the same pool): a row per request.
+    let https = crate::sql_over_http::Https::new(&fx, &data);
+    let http_rows = Arc::new(AtomicI64::new(0));
+    let over_http = {
+        let (stop, next, committed, dropped, lost, http_rows) = (
+            stop.clone(),
+            next.clone(),
+            committed.clone(),
+            dropped.clone(),
+            lost_transactions.clone(),
+            http_rows.clone(),
+        );
+        let (https, dsn) = (https.clone(), shop.dsn("app"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let q = json!({"query": "INSERT INTO t VALUES ($1)", "params": [id]});
+                let a = https.sql(&dsn, &[], q);
+                match (a.status, a.body["code"].as_str()) {
+                    (200, _) => {
+                        committed.lock().unwrap().push(id);
+                        http_rows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Its backend lost with the old writer: the request may or may not have
+                    // committed, and says so; a retry is the client's.
+                    (503, Some("08006")) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => dropped.lock().unwrap().push(format!("POST /sql: {a:?}")),
+                }
+            }
+        })
+    };
     // Real load through the session port.
     let burner = burner(&stop, &session);
     let db_id = describe(&fx, "shop", "app")["db_id"]
@@ -484,12 +517,22 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         d["scale_state"] == "STABLE" && d["current_profile"] == "c0.5"
     });
     assert_eq!(d["writer_term"], 2, "{d}");
-    // Rows keep going in, on the new writer, from the same client connections.
+    // Rows keep going in, on the new writer, from the same client connections and over HTTP.
+    let http_before = http_rows.load(Ordering::Relaxed);
     crate::lab::more_rows(&committed, 200);
+    let began = Instant::now();
+    while http_rows.load(Ordering::Relaxed) < http_before + 10 {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "no row over HTTP on the new writer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
+    over_http.join().unwrap();
     burner.join().unwrap();
 
     let dropped = dropped.lock().unwrap().clone();
@@ -508,6 +551,12 @@ fn a_handoff_under_200_pooled_clients_refuses_none_and_loses_no_row() {
         shared_buffers, "512MB",
         "the pooler reaches the c0.5 writer"
     );
+    let over_http = https.sql(
+        &shop.dsn("app"),
+        &[],
+        json!({"query": "SHOW shared_buffers"}),
+    );
+    assert_eq!(over_http.ok()["rows"][0]["shared_buffers"], "512MB");
     let committed = committed.lock().unwrap().clone();
     let lost = crate::lab::lost_rows(&mut c, &committed);
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");

@@ -41,17 +41,18 @@ fn node(data: &Path, script: &str, args: &[&str]) -> Value {
 }
 
 /// An HTTPS client that trusts the Gateway's certificate.
-struct Https {
+#[derive(Clone)]
+pub(crate) struct Https {
     agent: ureq::Agent,
     url: String,
 }
 
 /// An answer: status, headers (names in lower case) and JSON body.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub status: u16,
     headers: Vec<(String, String)>,
-    body: Value,
+    pub body: Value,
 }
 
 impl Answer {
@@ -63,7 +64,7 @@ impl Answer {
     }
 
     /// The answer of a query that succeeded.
-    fn ok(self) -> Value {
+    pub fn ok(self) -> Value {
         assert_eq!(self.status, 200, "{self:?}");
         self.body
     }
@@ -78,7 +79,7 @@ impl Answer {
 }
 
 impl Https {
-    fn new(fx: &Fixture, data: &Path) -> Https {
+    pub fn new(fx: &Fixture, data: &Path) -> Https {
         let builder = ureq::AgentBuilder::new().timeout(Duration::from_secs(90));
         Https {
             agent: spg99_wire::client::agent(builder, Some(&ca(data))).unwrap(),
@@ -118,7 +119,7 @@ impl Https {
     }
 
     /// `POST /sql` with the connection string `dsn`, `headers` and `body`.
-    fn sql(&self, dsn: &str, headers: &[(&str, &str)], body: Value) -> Answer {
+    pub fn sql(&self, dsn: &str, headers: &[(&str, &str)], body: Value) -> Answer {
         let mut all = vec![("Neon-Connection-String", dsn)];
         all.extend_from_slice(headers);
         self.call("POST", "/sql", &all, body.to_string().as_bytes())
@@ -344,6 +345,19 @@ fn sql_over_http_answers_as_neon_does_and_refuses_clearly() {
             .error(400),
         "3D000"
     );
+    // Another tenant's database is not found with this tenant's credentials, and this
+    // tenant's password is no other tenant's.
+    let other = Tenant::create(&fx, "other");
+    fx.server.create_db(&fx.account_key, "other", "theirs");
+    let theirs = shop.dsn("theirs");
+    let r = h.sql(&theirs, &[], json!({"query": "SELECT 1"}));
+    assert_eq!(r.error(400), "3D000");
+    let crossed = other.dsn("theirs").replace(
+        &format!(":{}@", other.password),
+        &format!(":{}@", shop.password),
+    );
+    let r = h.sql(&crossed, &[], json!({"query": "SELECT 1"}));
+    assert_eq!(r.error(400), "28P01");
     let other_host = dsn.replace(
         "@127.0.0.1:",
         "@ep-cool-darkness-123456.us-east-2.aws.neon.tech:",
