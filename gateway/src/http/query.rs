@@ -32,6 +32,8 @@ use crate::pgwire::{Message, Out};
 use crate::pool::{Conn, Pool, Settings};
 use crate::session::{Gateway, Login};
 
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a cancelled query has to end before its backend is closed instead.
 const GRACE: Duration = Duration::from_secs(5);
 /// The longest message read from a backend.
@@ -92,18 +94,39 @@ pub(super) async fn handle(
         return Err(too_large());
     }
     let mut incoming = body;
-    let mut body = Vec::new();
-    while let Some(frame) = incoming.frame().await {
-        let frame =
-            frame.map_err(|_| Failure::bad("08P01", "the request body could not be read"))?;
-        if let Some(data) = frame.data_ref() {
-            if body.len() + data.len() > limit {
-                drain(incoming).await;
-                return Err(too_large());
+    let read = tokio::time::timeout(BODY_TIMEOUT, async {
+        let mut body = Vec::new();
+        while let Some(frame) = incoming.frame().await {
+            let frame =
+                frame.map_err(|_| Failure::bad("08P01", "the request body could not be read"))?;
+            if let Some(data) = frame.data_ref() {
+                if body.len() + data.len() > limit {
+                    return Ok(None);
+                }
+                body.extend_from_slice(data);
             }
-            body.extend_from_slice(data);
         }
-    }
+        Ok(Some(body))
+    })
+    .await;
+    let body = match read {
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => {
+            drain(incoming).await;
+            return Err(too_large());
+        }
+        Ok(Err(f)) => return Err(f),
+        Err(_) => {
+            return Err(Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "08P01",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    };
     let steps = steps(&body, options.array_mode)?;
     let batch = steps.1;
 
