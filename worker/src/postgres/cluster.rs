@@ -473,6 +473,8 @@ pub fn admit(
                ELSE
                  EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', '{pg_user}', '{verifier}');
                END IF;
+               -- A stop that archived its last WAL left the role read-only: it writes again.
+               EXECUTE format('ALTER ROLE %I RESET default_transaction_read_only', '{pg_user}');
                -- A cluster holds one database of its own: the template's ({SEED_DB}) at a
                -- first start, or one that went by another name (a copy kept by a restore).
                IF NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') THEN

@@ -1010,12 +1010,19 @@ impl Postgres {
             Err(e) => return incomplete(e),
         };
         let sql = |e: postgres::Error| cluster::sql_error(&e);
-        // One statement at a time: ALTER SYSTEM cannot run in the implicit transaction of a
-        // multi-statement query.
-        // The tenant's sessions end (not the administration's: a backup may be under way).
+        // New sessions of the tenant's role are read-only: a setting of the role's own, which
+        // (unlike ALTER SYSTEM, below the command line's `default_transaction_read_only=off`)
+        // takes effect; the next start's admission resets it. Then the tenant's sessions end
+        // (not the administration's: a backup may be under way).
+        // (One statement at a time: each in its own transaction.)
+        let read_only = format!(
+            "DO $spg99$ BEGIN
+               EXECUTE format('ALTER ROLE %I SET default_transaction_read_only = on', '{}');
+             END $spg99$",
+            r.pg_user.replace('\'', "''")
+        );
         let quiet = client
-            .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
-            .and_then(|()| client.batch_execute("SELECT pg_reload_conf()"))
+            .batch_execute(&read_only)
             .and_then(|()| {
                 client.batch_execute(
                     "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a

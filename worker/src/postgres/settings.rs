@@ -54,8 +54,10 @@ pub fn common() -> Vec<(&'static str, String)> {
         ("unix_socket_permissions", "0700"),
         // The worker counts a tenant's sessions by the backends' process titles.
         ("update_process_title", "on"),
-        // A stop that archives its last WAL first makes the server read-only by ALTER SYSTEM
-        // (kept in the data directory): every start writes again.
+        // Data directories stopped by an earlier version kept `default_transaction_read_only
+        // = on` in postgresql.auto.conf (ALTER SYSTEM, which this overrides): they write
+        // again. A stop now makes the tenant's role read-only instead (a role's setting is
+        // above the command line), and admission resets it.
         ("default_transaction_read_only", "off"),
         // A server is never a standby here: a restore's recovery takes no connection (and its
         // `postmaster.pid` does not say `ready`) until it has promoted itself.
