@@ -133,7 +133,19 @@ pub(crate) fn error(code: &'static str, message: impl Into<String>) -> End {
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// A client connection counted open (toward `--max-connections` and the metrics) while it
+/// lives.
 struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(gw: &'a Gateway) -> Counted<'a> {
+        gw.open.fetch_add(1, Ordering::AcqRel);
+        let m = crate::metrics::get();
+        m.connections.inc();
+        m.open.inc();
+        Counted(&gw.open)
+    }
+}
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
@@ -161,11 +173,7 @@ pub enum Port {
 /// Serves one client connection to its end.
 pub async fn serve(gw: Arc<Gateway>, tcp: TcpStream, port: Port) {
     let _ = tcp.set_nodelay(true);
-    gw.open.fetch_add(1, Ordering::AcqRel);
-    let m = crate::metrics::get();
-    m.connections.inc();
-    m.open.inc();
-    let _counted = Counted(&gw.open);
+    let _counted = Counted::new(&gw);
     let _ = handshake(&gw, tcp, port).await;
 }
 
@@ -178,11 +186,7 @@ pub(crate) async fn serve_carried<S: Stream>(
     port: Port,
     addr: Option<IpAddr>,
 ) {
-    gw.open.fetch_add(1, Ordering::AcqRel);
-    let m = crate::metrics::get();
-    m.connections.inc();
-    m.open.inc();
-    let _counted = Counted(&gw.open);
+    let _counted = Counted::new(gw);
     loop {
         let startup = match timed(gw, pgwire::read_startup(&mut client)).await {
             Ok(s) => s,
