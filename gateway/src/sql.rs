@@ -182,6 +182,14 @@ pub fn session_state(sql: &Statements) -> Option<&'static str> {
             .any(|p| p[1] == Tok::Open && SESSION_LOCKS.iter().any(|f| p[0].is(f)))
         {
             Some("a session-level advisory lock")
+        } else if s.iter().enumerate().any(|(i, t)| {
+            // set_config(name, value, is_local): a session setting unless `true` follows (the
+            // lexer does not see where its arguments end: without a `true`, it counts as one).
+            t.is("set_config")
+                && s.get(i + 1) == Some(&Tok::Open)
+                && !s[i + 2..].iter().any(|t| t.is("true"))
+        }) {
+            Some("set_config() of a session setting")
         } else {
             None
         };
@@ -265,6 +273,8 @@ mod tests {
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
             "PREPARE q AS SELECT 1",
             "SELECT pg_advisory_lock(1)",
+            "SELECT set_config('search_path', 'x', false)",
+            "select SET_CONFIG('a.b', $1, is_local)",
             "select PG_TRY_ADVISORY_LOCK (42)",
             "SET SESSION AUTHORIZATION x",
         ] {
@@ -283,6 +293,8 @@ mod tests {
             "DECLARE c CURSOR FOR SELECT 1",
             "CREATE TABLE temp (i int)",
             "SELECT $1::int",
+            "SELECT set_config('request.jwt.claims', $1, true)",
+            "SELECT current_setting('search_path')",
         ] {
             assert_eq!(session_state(&read(sql)), None, "{sql}");
         }

@@ -411,6 +411,8 @@ fn sql_over_http_answers_as_neon_does_and_refuses_clearly() {
     // A request's session state does not reach the next request's.
     h.sql(&dsn, &[], json!({"query": "SET search_path TO nowhere"}))
         .ok();
+    let q = json!({"query": "SELECT set_config('search_path', 'elsewhere', false)"});
+    h.sql(&dsn, &[], q).ok();
     for _ in 0..4 {
         let path = h.sql(&dsn, &[], json!({"query": "SHOW search_path"})).ok();
         assert_eq!(path["rows"][0]["search_path"], "\"$user\", public");
