@@ -616,8 +616,8 @@ class TenantView extends View {
         ['Password', c ? h('span', { id: 'pg-password-line' }, secretLine(c.pg_password, 'the password', true, 'copy-password')) : h('span', { class: 'secret' }, h('code', { class: 'value' }, '••••••••••••'))],
         ['DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'dsn-template' }, c.dsn_template), copyButton(c.dsn_template, 'the DSN template', 'copy-dsn')) : h('span', { class: 'hint' }, 'shown with the password; replace <db-name> with a database')],
         ['Pooled DSN', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'pooled-dsn-template' }, c.pooled_dsn_template), copyButton(c.pooled_dsn_template, 'the pooled DSN template', 'copy-pooled-dsn')) : h('span', { class: 'hint' }, 'transaction pooling, for many short-lived clients; shown with the password')],
-        ['SQL over HTTP', c ? h('span', {}, h('code', { class: 'value', id: 'http-sql-url' }, c.http_sql_url), copyButton(c.http_sql_url, 'the SQL over HTTP URL', 'copy-http-sql-url')) : h('span', { class: 'hint' }, 'for edge runtimes (the Neon serverless driver): shown with the password')],
-        ['WebSockets', c ? h('span', {}, h('code', { class: 'value', id: 'websocket-url' }, c.websocket_url), copyButton(c.websocket_url, 'the WebSocket URL', 'copy-websocket-url')) : '—'],
+        ['SQL over HTTP', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'http-sql-url' }, c.http_sql_url), copyButton(c.http_sql_url, 'the SQL over HTTP URL', 'copy-http-sql-url')) : h('span', { class: 'hint' }, 'for edge runtimes (the Neon serverless driver): shown with the password')],
+        ['WebSockets', c ? h('span', { class: 'secret' }, h('code', { class: 'value', id: 'websocket-url' }, c.websocket_url), copyButton(c.websocket_url, 'the WebSocket URL', 'copy-websocket-url')) : '—'],
       ]),
       h('div', { class: 'actions' }, toggle, can('can_create_tenant') ? reset : null));
   }
