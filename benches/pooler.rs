@@ -23,106 +23,42 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::http::{post, Conn};
-use support::ROOT;
+use support::served::Served;
 
-const SERVICE: &str = "spg99_svc_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 const DB: &str = "bench";
 const IDLE_CLIENTS: usize = 10_000;
 
-struct Platform {
-    server: Child,
-    session: String,
-    pooler: String,
-    pg_user: String,
-    password: String,
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        // SIGTERM: the embedded worker stops its servers.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.server.id().to_string())
-            .status();
-        let _ = self.server.wait();
-    }
-}
-
-impl Platform {
-    fn dsn(&self, addr: &str) -> String {
-        format!(
-            "postgres://{}:{}@{addr}/{DB}?sslmode=require",
-            self.pg_user, self.password
-        )
-    }
-
-    /// `pgbench` with `args` through `addr`; its output.
-    fn pgbench(&self, pg_bin: &Path, addr: &str, args: &[&str]) -> String {
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        let out = Command::new(pg_bin.join("pgbench"))
-            .args(["-h", host, "-p", port, "-U", &self.pg_user])
-            .args(args)
-            .arg(DB)
-            .env("PGPASSWORD", &self.password)
-            .env("PGSSLMODE", "require")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "pgbench {args:?} through {addr}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    }
-
-    /// One value from the database, through the session port.
-    fn psql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args(["-X", "-A", "-t", "-d", &self.dsn(&self.session), "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-async fn start(dir: &Path) -> Platform {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = support::serve_command(&dir.join("data"));
-    // A manual clock: the load would otherwise move the database to another profile (a restart
-    // that ends every connection) in the middle of a measurement.
-    cmd.env("SPG99_SERVICE_TOKEN", SERVICE)
-        .env("SPG99_CLOCK", "manual")
-        .env("SPG99_WORKER_TIMEOUT_MS", "3600000")
-        .env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SPG99_POOLER_LISTEN", "127.0.0.1:0")
-        .env("SPG99_COMPUTE", "postgres")
-        .env("SPG99_PORT_RANGE", "29000-29899");
-    let (server, addrs) = support::spawn_announcing(
-        cmd,
-        &[
-            "spg99 gateway listening on ",
-            "spg99 gateway pooler listening on ",
-            "spg99 listening on ",
-        ],
+/// `pgbench` with `args` through `addr`; its output.
+fn pgbench(p: &Served, pg_bin: &Path, addr: &str, args: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new(pg_bin.join("pgbench"))
+        .args(["-h", host, "-p", port, "-U", &p.pg_user])
+        .args(args)
+        .arg(DB)
+        .env("PGPASSWORD", &p.password)
+        .env("PGSSLMODE", "require")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?} through {addr}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let mut conn = Conn::open(&addrs[2]).await;
-    let tenant = support::http::shop(&mut conn).await;
-    let body = format!(r#"{{"name":"{DB}","size":"L1"}}"#);
-    conn.json(&post("/v2/tenants/shop/dbs", ROOT, &body)).await;
-    Platform {
-        server,
-        session: addrs[0].clone(),
-        pooler: addrs[1].clone(),
-        pg_user: tenant["pg_user"].as_str().unwrap().to_owned(),
-        password: tenant["pg_password"].as_str().unwrap().to_owned(),
-    }
+    text
+}
+
+/// One value from the database, through the session port.
+fn psql(p: &Served, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-d", &p.dsn(&p.session), "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn main() {
@@ -137,8 +73,8 @@ fn main() {
         .build()
         .unwrap();
     let pg_bin = spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed");
-    let p = rt.block_on(start(tmp.path()));
-    p.pgbench(&pg_bin, &p.session, &["-i", "-q", "-s", "5"]);
+    let p = rt.block_on(Served::start(tmp.path(), DB, &[]));
+    pgbench(&p, &pg_bin, &p.session, &["-i", "-q", "-s", "5"]);
     let ports = [
         ("session port", p.session.clone()),
         ("pooler", p.pooler.clone()),
@@ -149,7 +85,8 @@ fn main() {
     let mut per_connection = [0.0; 2];
     for _round in 0..2 {
         for (i, (_, addr)) in ports.iter().enumerate() {
-            let out = p.pgbench(
+            let out = pgbench(
+                &p,
                 &pg_bin,
                 addr,
                 &["-n", "-S", "-C", "-c", "64", "-j", "2", "-T", &secs],
@@ -182,7 +119,12 @@ fn main() {
         let mut sum = [0.0; 2];
         for _round in 0..2 {
             for (i, (_, addr)) in ports.iter().enumerate() {
-                let out = p.pgbench(&pg_bin, addr, &["-n", "-S", "-c", &c, "-j", j, "-T", &secs]);
+                let out = pgbench(
+                    &p,
+                    &pg_bin,
+                    addr,
+                    &["-n", "-S", "-c", &c, "-j", j, "-T", &secs],
+                );
                 sum[i] += support::platform::tps(&out) / 2.0;
             }
         }
@@ -219,7 +161,8 @@ fn main() {
         .unwrap();
     let held: serde_json::Value = serde_json::from_str(&line).unwrap();
     let during = support::rss_kib(p.server.id());
-    let backends = p.psql(
+    let backends = psql(
+        &p,
         "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user \
          AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
     );

@@ -23,49 +23,34 @@
 mod pgtls;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::http::{get, post, Conn};
+use support::served::{Served, SERVICE};
 use support::{load, Row, ROOT};
 use tokio_postgres::config::SslMode;
 
-const SERVICE: &str = "spg99_svc_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 const DB: &str = "bench";
 const COLD_SAMPLES: usize = 10;
 
-struct Platform {
-    server: Child,
-    api: String,
-    session: String,
-    pooler: String,
-    http: String,
-    ca: PathBuf,
-    pg_user: String,
-    password: String,
-}
+/// The platform, and what this benchmark asks of it.
+struct Platform(Served);
 
-impl Drop for Platform {
-    fn drop(&mut self) {
-        // SIGTERM: the embedded worker stops its servers.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.server.id().to_string())
-            .status();
-        let _ = self.server.wait();
+impl std::ops::Deref for Platform {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.0
     }
 }
 
 impl Platform {
-    fn dsn(&self) -> String {
-        format!(
-            "postgres://{}:{}@{}/{DB}?sslmode=require",
-            self.pg_user, self.password, self.session
-        )
+    /// The Gateway's certificate, which the HTTPS clients trust.
+    fn ca(&self) -> PathBuf {
+        self.data.join("gateway-tls/gateway.crt")
     }
 
     fn pg(&self, addr: &str) -> tokio_postgres::Config {
@@ -96,8 +81,8 @@ impl Platform {
 
     /// Stops the database by the idle timeout and waits until it is stopped. The clock moves
     /// once its connections are gone (the HTTP clients' linger included) and not again while
-    /// it stops: a second jump would pass the stop's deadline and mark it stopped while its
-    /// worker still archives its last WAL, and the next start would wait for that.
+    /// it stops: moving it again then made the next start wait about half a second, which is
+    /// no cold start a client meets.
     async fn idle_stop(&self) {
         let advance = post("/internal/v1/clock/advance", SERVICE, r#"{"seconds":301}"#);
         let began = Instant::now();
@@ -124,50 +109,6 @@ impl Platform {
     }
 }
 
-async fn start(dir: &Path) -> Platform {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = dir.join("data");
-    let mut cmd = support::serve_command(&data);
-    cmd.env("SPG99_SERVICE_TOKEN", SERVICE)
-        .env("SPG99_CLOCK", "manual")
-        // Each cold start moves the clock past the idle timeout: the worker must never look
-        // lost for the clock's jumps (an hour of them would pass 3 600 s).
-        .env("SPG99_WORKER_TIMEOUT_MS", "1000000000")
-        .env("SPG99_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SPG99_POOLER_LISTEN", "127.0.0.1:0")
-        .env("SPG99_HTTP_LISTEN", "127.0.0.1:0")
-        // One address sends everything here: no per-address rate.
-        .env("SPG99_HTTP_REQUESTS_PER_ADDRESS", "0")
-        // The cold starts wait for the database to stop: its HTTP clients let go at once.
-        .env("SPG99_HTTP_LINGER", "1")
-        .env("SPG99_COMPUTE", "postgres")
-        .env("SPG99_PORT_RANGE", "29000-29899");
-    let (server, addrs) = support::spawn_announcing(
-        cmd,
-        &[
-            "spg99 gateway listening on ",
-            "spg99 gateway pooler listening on ",
-            "spg99 gateway http listening on ",
-            "spg99 listening on ",
-        ],
-    );
-    let mut conn = Conn::open(&addrs[3]).await;
-    let tenant = support::http::shop(&mut conn).await;
-    let body = format!(r#"{{"name":"{DB}","size":"L1"}}"#);
-    conn.json(&post("/v2/tenants/shop/dbs", ROOT, &body)).await;
-    Platform {
-        server,
-        api: addrs[3].clone(),
-        session: addrs[0].clone(),
-        pooler: addrs[1].clone(),
-        http: addrs[2].clone(),
-        ca: data.join("gateway-tls/gateway.crt"),
-        pg_user: tenant["pg_user"].as_str().unwrap().to_owned(),
-        password: tenant["pg_password"].as_str().unwrap().to_owned(),
-    }
-}
-
 /// One kept-alive HTTPS connection to the Gateway's HTTP front door.
 struct Https {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -177,7 +118,7 @@ struct Https {
 impl Https {
     async fn open(p: &Platform) -> Https {
         let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(&p.ca).unwrap();
+        let pem = std::fs::read(p.ca()).unwrap();
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
             roots.add(cert.unwrap()).unwrap();
         }
@@ -202,7 +143,7 @@ impl Https {
         tokio::spawn(conn);
         Https {
             sender,
-            dsn: p.dsn(),
+            dsn: p.dsn(&p.session),
         }
     }
 
@@ -261,7 +202,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let p = rt.block_on(start(tmp.path()));
+    let p = Platform(rt.block_on(Served::start(
+        tmp.path(),
+        DB,
+        &[
+            // One address sends everything here: no per-address rate.
+            ("SPG99_HTTP_REQUESTS_PER_ADDRESS", "0"),
+            // The cold starts wait for the database to stop: its HTTP clients let go at once.
+            ("SPG99_HTTP_LINGER", "1"),
+        ],
+    )));
     let mut json = Vec::new();
 
     println!("| `SELECT 1`, warm pool | clients | p50 ms | p99 ms | requests/s |");

@@ -345,28 +345,26 @@ impl Application {
             Some(listen) => Some(embedded_gateway(&config, listen, &control_plane, &local)?),
             None => None,
         };
+        // What each front door is advertised as: the host given, else where the embedded one
+        // listens, else its default port on localhost.
+        let advertised = |host: &Option<String>, addr: Option<SocketAddr>, default: &str| {
+            host.clone()
+                .or_else(|| addr.map(|a| a.to_string()))
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let g = gateway.as_ref();
         let hosts = crate::routes::tenants::Hosts {
-            gateway: match (&config.gateway_host, &gateway) {
-                (Some(host), _) => host.clone(),
-                (None, Some(g)) => g.addr.to_string(),
-                (None, None) => "localhost:5432".into(),
-            },
-            pooler: match (
+            gateway: advertised(&config.gateway_host, g.map(|g| g.addr), "localhost:5432"),
+            pooler: advertised(
                 &config.pooler_host,
-                gateway.as_ref().and_then(|g| g.pooler_addr),
-            ) {
-                (Some(host), _) => host.clone(),
-                (None, Some(addr)) => addr.to_string(),
-                (None, None) => "localhost:6432".into(),
-            },
-            http: match (
+                g.and_then(|g| g.pooler_addr),
+                "localhost:6432",
+            ),
+            http: advertised(
                 &config.http_host,
-                gateway.as_ref().and_then(|g| g.http_addr),
-            ) {
-                (Some(host), _) => host.clone(),
-                (None, Some(addr)) => addr.to_string(),
-                (None, None) => "localhost:4444".into(),
-            },
+                g.and_then(|g| g.http_addr),
+                "localhost:4444",
+            ),
         };
         let state = web::Data::new(AppState {
             shared: commits.shared().clone(),
@@ -541,14 +539,7 @@ fn embedded_gateway(
         .into_iter()
         .flatten()
     {
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host.as_str(),
-        };
-        let name = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let name = spg99_gateway::http::host_name(host);
         if !names.contains(&name) {
             names.push(name);
         }

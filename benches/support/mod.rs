@@ -9,6 +9,7 @@ pub mod http;
 pub mod load;
 pub mod platform;
 pub mod postgres;
+pub mod served;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -593,11 +593,7 @@ impl<'a, S: Stream> Relay<'a, S> {
     }
 
     fn describe(&mut self, m: Message) {
-        let stmt = match m.body.split_first() {
-            Some((b'S', rest)) => cstr(rest).map(|(n, _)| n),
-            _ => None,
-        };
-        match stmt {
+        match statement_named(&m.body) {
             Some(name) if self.statements.contains_key(&name) => {
                 let def = self.statements[&name].clone();
                 let server = self.ensure(&def);
@@ -612,11 +608,7 @@ impl<'a, S: Stream> Relay<'a, S> {
     }
 
     fn close(&mut self, m: Message) {
-        let stmt = match m.body.split_first() {
-            Some((b'S', rest)) => cstr(rest).map(|(n, _)| n),
-            _ => None,
-        };
-        match stmt {
+        match statement_named(&m.body) {
             Some(name) if !name.is_empty() => {
                 // Closing a statement that does not exist is no error in PostgreSQL either.
                 let undo = match self.statements.remove(&name) {
@@ -872,6 +864,15 @@ fn to_error(error: &[u8]) -> Vec<u8> {
 }
 
 /// A NUL-terminated string at the start of `b`, and what follows it.
+/// The statement a Describe's or Close's body names (`S` and its name), if it names one (not a
+/// portal).
+fn statement_named(body: &[u8]) -> Option<String> {
+    match body.split_first() {
+        Some((b'S', rest)) => cstr(rest).map(|(n, _)| n),
+        _ => None,
+    }
+}
+
 fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
     let nul = b.iter().position(|c| *c == 0)?;
     let s = std::str::from_utf8(&b[..nul]).ok()?.to_owned();

@@ -160,6 +160,18 @@ impl Client {
 /// An answer's body.
 type Body = Full<Bytes>;
 
+/// The host name of `host[:port]` (an IPv6 address in brackets too), in lower case: what a
+/// connection string's host is compared with.
+pub fn host_name(authority: &str) -> String {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
 /// What went wrong, for the client: an HTTP status and PostgreSQL's fields (`code` first).
 #[derive(Debug)]
 pub(crate) struct Failure {

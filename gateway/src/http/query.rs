@@ -247,15 +247,10 @@ impl Dsn {
     /// The connection string must name this Gateway: one of its names, or the host the
     /// request was sent to.
     fn check_host(&self, gw: &Gateway, h: &HeaderMap) -> Result<(), Failure> {
-        let asked = h.get(HOST).and_then(|v| v.to_str().ok()).map(|v| {
-            let host = match v.rsplit_once(':') {
-                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-                _ => v,
-            };
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase()
-        });
+        let asked = h
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(super::host_name);
         let ours = gw
             .http
             .hosts
