@@ -407,6 +407,13 @@ fn sql_over_http_answers_as_neon_does_and_refuses_clearly() {
     assert_eq!(over.error(413), "54000");
     let after = h.sql(&dsn, &[], json!({"query": "SELECT 2 AS two"})).ok();
     assert_eq!(after["rows"][0]["two"], 2);
+    // A backend that ends under a request (terminated, as a writer shutting down terminates
+    // them): the connection is lost, a retry is the client's, and the next request is served.
+    let q = json!({"query": "SELECT pg_terminate_backend(pg_backend_pid())"});
+    let ended = h.sql(&dsn, &[], q);
+    assert_eq!(ended.error(503), "08006");
+    let after = h.sql(&dsn, &[], json!({"query": "SELECT 3 AS three"})).ok();
+    assert_eq!(after["rows"][0]["three"], 3);
 
     // A request's session state does not reach the next request's.
     h.sql(&dsn, &[], json!({"query": "SET search_path TO nowhere"}))

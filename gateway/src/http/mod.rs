@@ -235,7 +235,7 @@ impl Failure {
         self.field("code").unwrap_or("")
     }
 
-    fn field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(n, _)| *n == name)

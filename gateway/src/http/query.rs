@@ -669,6 +669,12 @@ impl<'a> Run<'a> {
                     self.answers.push(a);
                 }
             }
+            b'E' if Failure::from_backend(&m.body).field("severity") == Some("FATAL") => {
+                // The backend ends (its server shutting down, the writer retired): the
+                // request's transaction did not commit, as when the connection is lost.
+                self.failure = None;
+                let _ = self.lost();
+            }
             b'E' => {
                 let f = Failure::from_backend(&m.body);
                 let f = match self.cancelled.take() {
