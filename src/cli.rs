@@ -268,6 +268,14 @@ pub struct ServeArgs {
     /// A worker silent for this many milliseconds is declared lost.
     #[arg(long, env = "SPG99_WORKER_TIMEOUT_MS", default_value_t = 15_000)]
     pub worker_timeout_ms: u64,
+    /// ...or this many, if it holds a writer or a standby of a database with high
+    /// availability: its failover waits this long (workers heartbeat four times as often).
+    #[arg(long, env = "SPG99_HA_WORKER_TIMEOUT_MS", default_value_t = 2_000)]
+    pub ha_worker_timeout_ms: u64,
+    /// A standby its writer has not seen streaming for this many milliseconds is given up:
+    /// the writer's commits stop waiting for it, and a new one is built.
+    #[arg(long, env = "SPG99_STANDBY_TIMEOUT_MS", default_value_t = 3_000)]
+    pub standby_timeout_ms: u64,
     /// Each lifecycle phase (start, stop, prepare candidate, cutover) must finish within
     /// this many seconds, or it fails.
     #[arg(long, env = "SPG99_PHASE_DEADLINE", default_value_t = 60)]

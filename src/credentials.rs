@@ -63,6 +63,14 @@ pub fn open_verifier(
     secrets.open_string(&verifier_owner(tenant_id), sealed)
 }
 
+/// The password a database's standbys log in to its writer with: derived from the key, never
+/// stored (the same on every replica of the control plane, and in every instruction list).
+pub fn replication_password(secrets: &SecretBox, db_id: Uuid) -> String {
+    let mut purpose = b"spg99 replication\0".to_vec();
+    purpose.extend_from_slice(db_id.as_bytes());
+    crate::auth::hex(&secrets.derive(&purpose))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

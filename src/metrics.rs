@@ -81,6 +81,10 @@ pub struct Metrics {
     head: Gauge<i64, AtomicI64>,
     /// When each database's start was asked for (log time), until it started or failed.
     starting: Mutex<HashMap<uuid::Uuid, Timestamp>>,
+    /// From a failover's start to its standby serving as the writer (log time).
+    failovers: Histogram,
+    /// When each failover under way began.
+    failing_over: Mutex<HashMap<uuid::Uuid, Timestamp>>,
 }
 
 /// Latencies from 50 µs to about 26 s.
@@ -112,6 +116,8 @@ impl Metrics {
             leading: Gauge::default(),
             head: Gauge::default(),
             starting: Mutex::default(),
+            failovers: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            failing_over: Mutex::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -147,6 +153,13 @@ impl Metrics {
             "From a database's start being asked for to its writer serving (log time)",
             Unit::Seconds,
             m.cold_starts.clone(),
+        );
+        r.register_with_unit(
+            "spg99_failover_duration",
+            "From a writer declared lost (or gone) to its standby serving as the writer (log time); \
+             failovers are counted by spg99_log_events_appended{type=\"db.failover_started\"}",
+            Unit::Seconds,
+            m.failovers.clone(),
         );
         r.register(
             "spg99_http_requests",
@@ -236,6 +249,16 @@ impl Metrics {
                 }
                 Event::DbStartFailed { db_id, .. } | Event::DbDeleted { db_id, .. } => {
                     self.lock_starting().remove(db_id);
+                    self.lock(&self.failing_over).remove(db_id);
+                }
+                Event::DbFailoverStarted { db_id, .. } => {
+                    self.lock(&self.failing_over).insert(*db_id, env.at);
+                }
+                Event::DbPromoted { db_id, .. } => {
+                    if let Some(began) = self.lock(&self.failing_over).remove(db_id) {
+                        let micros = (env.at.as_micros() - began.as_micros()).max(0);
+                        self.failovers.observe(micros as f64 / 1e6);
+                    }
                 }
                 _ => {}
             }
@@ -243,7 +266,14 @@ impl Metrics {
     }
 
     fn lock_starting(&self) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, Timestamp>> {
-        self.starting.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock(&self.starting)
+    }
+
+    fn lock<'m>(
+        &self,
+        m: &'m Mutex<HashMap<uuid::Uuid, Timestamp>>,
+    ) -> std::sync::MutexGuard<'m, HashMap<uuid::Uuid, Timestamp>> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn handoff(&self, outcome: &'static str) {

@@ -129,7 +129,13 @@ impl Config {
                 idle_timeout: Duration::from_secs(args.idle_timeout),
                 lease_ttl: Duration::from_millis(args.lease_ttl_ms.max(1)),
                 worker_timeout: Duration::from_millis(args.worker_timeout_ms.max(1)),
-                heartbeat_interval: Duration::from_millis((args.worker_timeout_ms / 3).max(1)),
+                ha_worker_timeout: Duration::from_millis(args.ha_worker_timeout_ms.max(1)),
+                standby_timeout: Duration::from_millis(args.standby_timeout_ms.max(1)),
+                heartbeat_interval: Duration::from_millis(
+                    (args.worker_timeout_ms / 3)
+                        .min(args.ha_worker_timeout_ms / 4)
+                        .max(1),
+                ),
                 phase_deadline: Duration::from_secs(args.phase_deadline.max(1)),
                 restore_deadline: Duration::from_secs(args.restore_deadline.max(1)),
                 storage,
@@ -391,6 +397,7 @@ impl Application {
             .flatten()
             .collect(),
             archived: Default::default(),
+            replication_lag: Default::default(),
         });
         let settings = front::Settings {
             workers: config.http_workers,

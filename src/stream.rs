@@ -193,6 +193,73 @@ fn event_data(event: &Event) -> Value {
         Event::DbDeleteRequested { db_id } | Event::DbDeleted { db_id } => {
             json!({ "db_id": db_id })
         }
+        Event::DbHaSet { db_id, enabled } => json!({ "db_id": db_id, "ha": enabled }),
+        Event::DbStandbyRequested {
+            db_id,
+            worker_id,
+            profile,
+            standby_term,
+            deadline,
+        } => json!({
+            "db_id": db_id, "standby_state": "building", "standby_worker_id": worker_id,
+            "standby_profile": profile, "standby_writer_term": standby_term,
+            "standby_deadline_at": rfc3339(*deadline),
+        }),
+        Event::DbStandbyStarted {
+            db_id,
+            standby_term,
+        } => json!({
+            "db_id": db_id, "standby_state": "catching_up", "standby_writer_term": standby_term,
+        }),
+        Event::DbStandbyReady {
+            db_id,
+            standby_term,
+            lag_bytes,
+        } => json!({
+            "db_id": db_id, "standby_state": "streaming", "standby_writer_term": standby_term,
+            "replication_lag_bytes": lag_bytes,
+        }),
+        Event::DbReplicationSet {
+            db_id,
+            writer_term,
+            standby_term,
+        } => json!({
+            "db_id": db_id, "writer_term": writer_term, "sync_standby_writer_term": standby_term,
+        }),
+        Event::DbUnprotected { db_id, reason } => {
+            json!({ "db_id": db_id, "ha_protected": false, "ha_unprotected_reason": reason })
+        }
+        Event::DbStandbyLost {
+            db_id,
+            standby_term,
+            reason,
+            retry_at,
+        } => json!({
+            "db_id": db_id, "standby_state": "none", "standby_writer_term": standby_term,
+            "ha_protected": false, "ha_unprotected_reason": reason,
+            "standby_retry_at": rfc3339(*retry_at),
+        }),
+        Event::DbFailoverStarted {
+            db_id,
+            old_writer_term,
+            worker_id,
+            standby_term,
+            lease_control_epoch,
+            deadline,
+            reason,
+        } => json!({
+            "db_id": db_id, "state": "starting", "old_writer_term": old_writer_term,
+            "worker_id": worker_id, "writer_term": standby_term,
+            "lease_control_epoch": lease_control_epoch, "phase_deadline_at": rfc3339(*deadline),
+            "reason": reason,
+        }),
+        Event::DbPromoted {
+            db_id,
+            writer_term,
+            backend_addr,
+        } => json!({
+            "db_id": db_id, "writer_term": writer_term, "backend_addr": backend_addr,
+        }),
         Event::IdempotentResponseRecorded {
             key_id,
             idempotency_key,

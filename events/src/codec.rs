@@ -400,6 +400,55 @@ mod tests {
                 kept_db_id: Uuid::from_u128(11),
                 kept_name: "app_dev_before_reset_1".into(),
             },
+            Event::DbHaSet {
+                db_id: Uuid::from_u128(8),
+                enabled: true,
+            },
+            Event::DbStandbyRequested {
+                db_id: Uuid::from_u128(8),
+                worker_id: "w2".into(),
+                profile: "c1".into(),
+                standby_term: 5,
+                deadline: Timestamp(10),
+            },
+            Event::DbStandbyStarted {
+                db_id: Uuid::from_u128(8),
+                standby_term: 5,
+            },
+            Event::DbStandbyReady {
+                db_id: Uuid::from_u128(8),
+                standby_term: 5,
+                lag_bytes: 128,
+            },
+            Event::DbReplicationSet {
+                db_id: Uuid::from_u128(8),
+                writer_term: 4,
+                standby_term: Some(5),
+            },
+            Event::DbUnprotected {
+                db_id: Uuid::from_u128(8),
+                reason: "the standby stopped streaming".into(),
+            },
+            Event::DbStandbyLost {
+                db_id: Uuid::from_u128(8),
+                standby_term: 5,
+                reason: "its worker was lost".into(),
+                retry_at: Timestamp(11),
+            },
+            Event::DbFailoverStarted {
+                db_id: Uuid::from_u128(8),
+                old_writer_term: 4,
+                worker_id: "w2".into(),
+                standby_term: 5,
+                lease_control_epoch: 3,
+                deadline: Timestamp(12),
+                reason: "worker w1 lost".into(),
+            },
+            Event::DbPromoted {
+                db_id: Uuid::from_u128(8),
+                writer_term: 5,
+                backend_addr: "10.0.0.2:6000".into(),
+            },
         ]
     }
 
@@ -453,9 +502,18 @@ mod tests {
             Event::DbPurged { .. } => 45,
             Event::DbBranched { .. } => 46,
             Event::DbReset { .. } => 47,
+            Event::DbHaSet { .. } => 48,
+            Event::DbStandbyRequested { .. } => 49,
+            Event::DbStandbyStarted { .. } => 50,
+            Event::DbStandbyReady { .. } => 51,
+            Event::DbReplicationSet { .. } => 52,
+            Event::DbUnprotected { .. } => 53,
+            Event::DbStandbyLost { .. } => 54,
+            Event::DbFailoverStarted { .. } => 55,
+            Event::DbPromoted { .. } => 56,
         }
     }
-    const VARIANTS: usize = 48;
+    const VARIANTS: usize = 57;
 
     /// Every variant's sample, as the envelopes of seq 1, 2, ...
     pub(super) fn sample_envelopes() -> Vec<Envelope> {

@@ -324,6 +324,64 @@ pub enum Event {
         kept_db_id: Uuid,
         kept_name: String,
     },
+    /// High availability turned on or off: with it, a running database keeps a synchronous
+    /// standby on another worker.
+    DbHaSet { db_id: Uuid, enabled: bool },
+    /// A standby of the database is being built on `worker_id` (from the repository, then
+    /// streaming from the writer), at `standby_term`, due to stream by `deadline`.
+    DbStandbyRequested {
+        db_id: Uuid,
+        worker_id: String,
+        profile: String,
+        standby_term: u64,
+        deadline: Timestamp,
+    },
+    /// The standby's server runs, replaying what the repository holds, and connects to the
+    /// writer.
+    DbStandbyStarted { db_id: Uuid, standby_term: u64 },
+    /// The writer streams to the standby, close behind: commits are to wait for it from now
+    /// on (once the writer confirms, `db.replication_set`).
+    DbStandbyReady {
+        db_id: Uuid,
+        standby_term: u64,
+        lag_bytes: u64,
+    },
+    /// The writer of `writer_term` confirmed which standby its commits wait for
+    /// (`standby_term`; none: they wait for none). Naming the standby the control plane
+    /// wants, the database is protected: every commit acknowledged since is on both.
+    DbReplicationSet {
+        db_id: Uuid,
+        writer_term: u64,
+        standby_term: Option<u64>,
+    },
+    /// Commits are no longer to wait for a standby: why (the database is not protected).
+    DbUnprotected { db_id: Uuid, reason: String },
+    /// The standby is given up (its worker lost, it stopped streaming, HA turned off): it is
+    /// shut down, commits no longer wait for it, and no new one is built before `retry_at`.
+    DbStandbyLost {
+        db_id: Uuid,
+        standby_term: u64,
+        reason: String,
+        retry_at: Timestamp,
+    },
+    /// The writer of `old_writer_term` is lost; its synchronous standby on `worker_id`
+    /// becomes the writer (a start at `standby_term`, due by `deadline`). Leases of the old
+    /// writer end (`lease_control_epoch`).
+    DbFailoverStarted {
+        db_id: Uuid,
+        old_writer_term: u64,
+        worker_id: String,
+        standby_term: u64,
+        lease_control_epoch: u64,
+        deadline: Timestamp,
+        reason: String,
+    },
+    /// The standby promoted by a failover serves as the writer.
+    DbPromoted {
+        db_id: Uuid,
+        writer_term: u64,
+        backend_addr: String,
+    },
 }
 
 /// A database's load against the autoscaler's thresholds.
@@ -400,6 +458,15 @@ impl Event {
         "db.purged",
         "db.branched",
         "db.reset",
+        "db.ha_set",
+        "db.standby_requested",
+        "db.standby_started",
+        "db.standby_ready",
+        "db.replication_set",
+        "db.unprotected",
+        "db.standby_lost",
+        "db.failover_started",
+        "db.promoted",
     ];
 
     /// The dotted, past-tense name of the event, as the SSE `event:` field shows it.
@@ -453,6 +520,15 @@ impl Event {
             Event::DbPurged { .. } => "db.purged",
             Event::DbBranched { .. } => "db.branched",
             Event::DbReset { .. } => "db.reset",
+            Event::DbHaSet { .. } => "db.ha_set",
+            Event::DbStandbyRequested { .. } => "db.standby_requested",
+            Event::DbStandbyStarted { .. } => "db.standby_started",
+            Event::DbStandbyReady { .. } => "db.standby_ready",
+            Event::DbReplicationSet { .. } => "db.replication_set",
+            Event::DbUnprotected { .. } => "db.unprotected",
+            Event::DbStandbyLost { .. } => "db.standby_lost",
+            Event::DbFailoverStarted { .. } => "db.failover_started",
+            Event::DbPromoted { .. } => "db.promoted",
         }
     }
 }

@@ -24,8 +24,8 @@ use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
 pub use model::{
-    Account, ApiKey, Branch, Db, DbState, Handoff, IdempotentResponse, Lease, Restore, Retire,
-    Scale, ScaleStage, SmolStr, Storage, Tenant, Usage, Worker, Writer,
+    Account, ApiKey, Branch, Db, DbState, Ha, Handoff, IdempotentResponse, Lease, Restore, Retire,
+    Scale, ScaleStage, SmolStr, StandbyState, Storage, Tenant, Usage, Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -735,6 +735,135 @@ impl State {
                 }
             }
             Event::DbRestored { .. } => {}
+            Event::DbHaSet { db_id, enabled } => {
+                if let Some(db) = edit(&mut self.dbs, db_id) {
+                    let ha = db.ha.get_or_insert_with(Default::default);
+                    ha.enabled = *enabled;
+                    ha.retry_at = None;
+                    if !*enabled {
+                        ha.unprotected_reason = None;
+                    }
+                }
+            }
+            Event::DbStandbyRequested {
+                db_id,
+                worker_id,
+                profile,
+                standby_term,
+                deadline,
+            } => {
+                let credentials = self.credentials_of(*db_id);
+                if let Some(db) = edit(&mut self.dbs, db_id) {
+                    db.writer_term = db.writer_term.max(*standby_term);
+                    let ha = db.ha.get_or_insert_with(Default::default);
+                    ha.standby = Some(Box::new(Writer {
+                        worker_id: worker_id.clone(),
+                        profile: profile.clone(),
+                        term: *standby_term,
+                        backend_addr: None,
+                        credentials,
+                    }));
+                    ha.standby_state = StandbyState::Building;
+                    ha.standby_deadline_at = Some(*deadline);
+                }
+            }
+            Event::DbStandbyStarted {
+                db_id,
+                standby_term,
+            } => {
+                if let Some(ha) = self.ha_of(*db_id, *standby_term) {
+                    ha.standby_state = StandbyState::CatchingUp;
+                }
+            }
+            Event::DbStandbyReady {
+                db_id,
+                standby_term,
+                ..
+            } => {
+                if let Some(ha) = self.ha_of(*db_id, *standby_term) {
+                    ha.standby_state = StandbyState::Streaming;
+                    ha.standby_deadline_at = None;
+                    ha.sync_wanted = Some(*standby_term);
+                    ha.sync_changes += 1;
+                }
+            }
+            Event::DbReplicationSet {
+                db_id,
+                writer_term,
+                standby_term,
+            } => {
+                if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
+                    ha.sync_applied = Some((*writer_term, *standby_term));
+                    let current = ha.standby.as_ref().map(|s| s.term);
+                    if standby_term.is_some() && *standby_term == current {
+                        ha.standby_state = StandbyState::Sync;
+                        ha.unprotected_reason = None;
+                    }
+                }
+            }
+            Event::DbUnprotected { db_id, reason } => {
+                if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
+                    if ha.sync_wanted.take().is_some() {
+                        ha.sync_changes += 1;
+                    }
+                    if ha.standby_state == StandbyState::Sync {
+                        ha.standby_state = StandbyState::Streaming;
+                    }
+                    ha.unprotected_reason = Some(reason.clone());
+                }
+            }
+            Event::DbStandbyLost {
+                db_id,
+                standby_term,
+                reason,
+                retry_at,
+            } => {
+                if self.ha_of(*db_id, *standby_term).is_some() {
+                    self.drop_standby(*db_id, Some(reason.clone()));
+                    if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
+                        ha.retry_at = Some(*retry_at);
+                    }
+                }
+            }
+            Event::DbFailoverStarted {
+                db_id,
+                old_writer_term,
+                standby_term,
+                lease_control_epoch,
+                deadline,
+                reason,
+                ..
+            } => {
+                let old = self.dbs.get(db_id).and_then(|d| d.writer.as_ref());
+                let standby = match old.is_some_and(|w| w.term == *old_writer_term) {
+                    true => self
+                        .ha_of(*db_id, *standby_term)
+                        .and_then(|ha| ha.standby.take()),
+                    false => None,
+                };
+                if let Some(standby) = standby {
+                    self.drop_writer(*db_id, at, true);
+                    if let Some(db) = edit(&mut self.dbs, db_id) {
+                        db.writer = Some(standby);
+                        db.state = DbState::Starting;
+                        db.phase_started_at = Some(at);
+                        db.phase_deadline_at = Some(*deadline);
+                        db.lease_control_epoch = *lease_control_epoch;
+                        let ha = db.ha.get_or_insert_with(Default::default);
+                        ha.failovers += 1;
+                        ha.failover_started_at = Some(at);
+                        ha.unprotected_reason = Some(format!(
+                            "failing over: its standby becomes the writer ({reason})"
+                        ));
+                    }
+                }
+            }
+            Event::DbPromoted { db_id, .. } => {
+                if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
+                    ha.failover_started_at = None;
+                    ha.last_failover_at = Some(at);
+                }
+            }
             Event::DbPurged { db_id, .. } => {
                 self.bill_storage(*db_id, at);
                 if let Some(s) = self.storage_of(*db_id) {
@@ -789,6 +918,10 @@ impl State {
         if let Some(s) = db.storage.as_mut() {
             s.backup_wanted = None;
         }
+        if let Some(ha) = db.ha.as_deref_mut() {
+            // What the old writer confirmed is void for the next one.
+            ha.sync_applied = None;
+        }
         db.phase_started_at = None;
         db.phase_deadline_at = None;
         db.idle_since = None;
@@ -799,6 +932,39 @@ impl State {
         }
         if let (Some(w), true) = (writer, retire) {
             self.retire(*w, db_id, Retire::Stop);
+        }
+        // A standby follows its writer: with none, it goes too.
+        self.drop_standby(db_id, None);
+    }
+
+    /// The database's HA record if `standby_term` is its standby's.
+    fn ha_of(&mut self, db_id: Uuid, standby_term: u64) -> Option<&mut Ha> {
+        edit(&mut self.dbs, &db_id)
+            .and_then(|d| d.ha.as_deref_mut())
+            .filter(|ha| ha.standby.as_ref().is_some_and(|s| s.term == standby_term))
+    }
+
+    /// The database's standby is given up: its worker shuts it down and removes its copy,
+    /// commits no longer wait for it; `reason` says why the database is not protected.
+    fn drop_standby(&mut self, db_id: Uuid, reason: Option<String>) {
+        let Some(db) = edit(&mut self.dbs, &db_id) else {
+            return;
+        };
+        let timeline = db.timeline.clone();
+        let Some(ha) = db.ha.as_deref_mut() else {
+            return;
+        };
+        let standby = ha.standby.take();
+        ha.standby_state = StandbyState::None;
+        ha.standby_deadline_at = None;
+        if ha.sync_wanted.take().is_some() {
+            ha.sync_changes += 1;
+        }
+        ha.unprotected_reason = reason;
+        if let Some(s) = standby {
+            self.stale_copies
+                .insert((s.worker_id.clone(), db_id), timeline);
+            self.retire(*s, db_id, Retire::Abort);
         }
     }
 

@@ -148,6 +148,8 @@ pub struct Db {
     pub last_restore: Option<Box<Restore>>,
     /// What it is a branch of (`None`: no branch).
     pub branch: Option<Box<Branch>>,
+    /// High availability: turned on, its standby (`None`: never turned on).
+    pub ha: Option<Box<Ha>>,
 }
 
 impl Db {
@@ -190,7 +192,27 @@ impl Db {
             restore: None,
             last_restore: None,
             branch: None,
+            ha: None,
         }
+    }
+
+    /// Its high availability (never turned on: the default, off).
+    pub fn ha(&self) -> &Ha {
+        static OFF: Ha = Ha {
+            enabled: false,
+            standby: None,
+            standby_state: StandbyState::None,
+            standby_deadline_at: None,
+            sync_wanted: None,
+            sync_applied: None,
+            sync_changes: 0,
+            unprotected_reason: None,
+            retry_at: None,
+            failovers: 0,
+            failover_started_at: None,
+            last_failover_at: None,
+        };
+        self.ha.as_deref().unwrap_or(&OFF)
     }
 
     /// A branch whose data its first start has not made yet: what it is made from.
@@ -220,6 +242,71 @@ impl Db {
     /// repository holds a backup of its timeline.
     pub fn restorable(&self) -> bool {
         self.stored().last_backup_at.is_some()
+    }
+}
+
+/// A database's high availability: a synchronous standby on another worker, and what the
+/// writer confirmed of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ha {
+    pub enabled: bool,
+    /// The standby placed (its term is its application name's: `spg99_s<term>`).
+    pub standby: Option<Box<Writer>>,
+    pub standby_state: StandbyState,
+    /// When the standby being built must stream by.
+    pub standby_deadline_at: Option<Timestamp>,
+    /// The standby (term) the writer's commits are to wait for.
+    pub sync_wanted: Option<u64>,
+    /// What the writer confirmed: (its term, the standby its commits wait for).
+    pub sync_applied: Option<(u64, Option<u64>)>,
+    /// Bumped at each change of `sync_wanted`: each is other work for the writer.
+    pub sync_changes: u64,
+    /// Why the database is not protected (`None` while it is, or HA is off).
+    pub unprotected_reason: Option<String>,
+    /// No standby is built before this (one was just given up).
+    pub retry_at: Option<Timestamp>,
+    pub failovers: u64,
+    /// The failover under way (its standby starting as the writer) began then.
+    pub failover_started_at: Option<Timestamp>,
+    pub last_failover_at: Option<Timestamp>,
+}
+
+impl Ha {
+    /// Every commit the writer acknowledges is on the standby too: the writer confirmed the
+    /// standby the control plane wants, and nothing asked to relax since.
+    pub fn protected(&self, writer_term: u64) -> bool {
+        let standby = self.standby.as_ref().map(|s| s.term);
+        standby.is_some()
+            && self.standby_state == StandbyState::Sync
+            && self.sync_wanted == standby
+            && self.sync_applied == Some((writer_term, standby))
+    }
+}
+
+/// Where a standby stands, as `standby_state` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StandbyState {
+    #[default]
+    None,
+    /// Being made from the repository.
+    Building,
+    /// Its server runs, catching up with the writer.
+    CatchingUp,
+    /// Streaming; the writer is asked to wait for it.
+    Streaming,
+    /// The writer waits for it at every commit.
+    Sync,
+}
+
+impl StandbyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StandbyState::None => "none",
+            StandbyState::Building => "building",
+            StandbyState::CatchingUp => "catching_up",
+            StandbyState::Streaming => "streaming",
+            StandbyState::Sync => "sync",
+        }
     }
 }
 

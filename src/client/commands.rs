@@ -125,6 +125,9 @@ pub enum DbsCommand {
         /// `history_start_at` to now); none: now.
         #[arg(long, requires = "parent")]
         at: Option<String>,
+        /// High availability: a synchronous standby on another worker while it runs.
+        #[arg(long)]
+        ha: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -328,6 +331,7 @@ const DB_COLUMNS: &[&str] = &[
     "worker_id",
     "active_connections",
     "parent",
+    "standby_state",
 ];
 
 pub fn run(command: Command, args: &ClientArgs) -> Result<(), ClientError> {
@@ -618,9 +622,13 @@ fn dbs(
             size,
             parent,
             at: point,
+            ha,
             wait,
         } => {
             let mut body = json!({ "name": name, "size": size });
+            if ha {
+                body["ha"] = json!(true);
+            }
             if let Some(parent) = parent {
                 body["parent"] = json!(parent);
             }

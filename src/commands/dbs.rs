@@ -21,6 +21,7 @@ pub(super) struct Create<'c> {
     pub timeline: &'c str,
     pub parent: Option<&'c ResourceName>,
     pub at: Option<Timestamp>,
+    pub ha: bool,
 }
 
 pub(super) fn create(
@@ -51,6 +52,22 @@ pub(super) fn create(
             "generated id already in use; retry",
         ));
     }
+    if c.ha && cx.settings.storage.is_none() {
+        return Err(conflict(
+            "no_repository",
+            "this platform runs without a storage repository (--storage none): a standby is \
+             made from the repository, so high availability needs one",
+        ));
+    }
+    let ha = c.ha.then(|| {
+        Draft::new(
+            Subject::db(t, c.db_id),
+            Event::DbHaSet {
+                db_id: c.db_id,
+                enabled: true,
+            },
+        )
+    });
     let Some(parent) = c.parent else {
         if c.at.is_some() {
             return Err(Rejection::Unprocessable {
@@ -58,7 +75,7 @@ pub(super) fn create(
                 message: "`at` is the point of a branch's parent: give `parent` too".into(),
             });
         }
-        return Ok(vec![Draft::new(
+        let created = Draft::new(
             Subject::db(t, c.db_id),
             Event::DbCreated {
                 db_id: c.db_id,
@@ -67,9 +84,12 @@ pub(super) fn create(
                 size: c.size.name().to_owned(),
                 timeline: c.timeline.to_owned(),
             },
-        )]);
+        );
+        return Ok(std::iter::once(created).chain(ha).collect());
     };
-    branch(state, cx, t, parent, c)
+    let mut drafts = branch(state, cx, t, parent, c)?;
+    drafts.extend(ha);
+    Ok(drafts)
 }
 
 /// A branch of `parent`: created, and its first start placed where its data is made.

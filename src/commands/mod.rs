@@ -113,6 +113,8 @@ pub enum Command {
         timeline: String,
         parent: Option<ResourceName>,
         at: Option<Timestamp>,
+        /// With high availability (a synchronous standby on another worker).
+        ha: bool,
     },
     DeleteDb {
         tenant: ResourceName,
@@ -224,6 +226,7 @@ pub fn decide(
             timeline,
             parent,
             at,
+            ha,
         } => dbs::create(
             state,
             cx,
@@ -236,6 +239,7 @@ pub fn decide(
                 timeline,
                 parent: parent.as_ref(),
                 at: *at,
+                ha: *ha,
             },
         )?,
         Command::DeleteDb { tenant, db } => dbs::delete(state, meta, tenant, db)?,

@@ -224,6 +224,7 @@ fn create_db(db: u128, db_name: &str) -> Command {
         timeline: format!("tl{db}"),
         parent: None,
         at: None,
+        ha: false,
     }
 }
 
@@ -262,6 +263,7 @@ fn report_of(worker: &str, term: u64, outcome: Outcome) -> WorkerReport {
         credentials: None,
         stored: None,
         backup: None,
+        standby_term: None,
     }
 }
 
@@ -461,6 +463,7 @@ fn a_tenant_key_sees_its_tenant_only_and_creates_no_tenant() {
         timeline: "tl7".into(),
         parent: None,
         at: None,
+        ha: false,
     };
     assert_eq!(code(w.when(key("shop-key"), elsewhere)), "not_found");
     assert_eq!(
@@ -817,6 +820,7 @@ fn a_sustained_high_load_moves_the_writer_a_profile_up() {
                 cpu_milli,
                 active_connections: 1,
                 archive: None,
+                replicas: Vec::new(),
             }],
         })
     };

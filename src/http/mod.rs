@@ -55,9 +55,21 @@ pub struct AppState {
     /// one event per archived segment would fill it; a replica that follows shows the last
     /// recorded point instead).
     pub archived: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, spg99_events::Timestamp>>,
+    /// Per database: its newest standby's term and how far behind it is, as its writer's
+    /// heartbeats last said.
+    pub replication_lag: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (u64, u64)>>,
 }
 
 impl AppState {
+    /// The standby lag of a database as its writer last said: (standby term, bytes).
+    pub fn lag_of(&self, db: uuid::Uuid) -> Option<(u64, u64)> {
+        let lag = self
+            .replication_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        lag.get(&db).copied()
+    }
+
     /// When the database's running writer last archived, if its heartbeats said.
     pub fn archived_at(&self, db_id: uuid::Uuid) -> Option<spg99_events::Timestamp> {
         let archived = self.archived.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,7 +1,7 @@
 //! What each worker must do now.
 
-use spg99_projections::{Db, DbState, Retire, ScaleStage, State};
-use spg99_wire::RestoreFrom;
+use spg99_projections::{Db, DbState, Retire, ScaleStage, StandbyState, State};
+use spg99_wire::{HaSpec, RestoreFrom};
 use uuid::Uuid;
 
 use super::{Instruction, Op};
@@ -9,7 +9,7 @@ use crate::clock::rfc3339;
 
 /// What a worker must do now, derived from the state alone (level-triggered: an instruction
 /// is repeated until the report that settles it is recorded). The route adds each writer's
-/// role verifier, which the state holds sealed.
+/// role verifier, which the state holds sealed, and the replication password (`ha`).
 pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     let mut out = Vec::new();
     let instruction = |op, db: &Db, term, profile: Option<&str>| {
@@ -27,7 +27,15 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             credentials: None,
             request: None,
             restore: None,
+            ha: None,
         }
+    };
+    let ha_spec = |sync_standby_term, upstream| {
+        Some(HaSpec {
+            replication_password: String::new(),
+            sync_standby_term,
+            upstream,
+        })
     };
     let bare = |op, db_id: Uuid, term, timeline: Option<String>| Instruction {
         op,
@@ -41,12 +49,19 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         credentials: None,
         request: None,
         restore: None,
+        ha: None,
     };
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
     for db in state.active_dbs() {
         if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
             let current = state.tenants.get(&db.tenant).map_or(0, |t| t.credentials);
+            let ha = db.ha();
             match db.state {
+                // A failover: the standby here starts as the writer (and nothing else does).
+                DbState::Starting if ha.failover_started_at.is_some() => out.push(Instruction {
+                    ha: ha_spec(None, None),
+                    ..instruction(Op::Start, db, w.term, Some(&w.profile))
+                }),
                 DbState::Starting | DbState::Restoring => out.push(Instruction {
                     restore: restore_from(state, db, worker_id),
                     ..instruction(Op::Start, db, w.term, Some(&w.profile))
@@ -58,6 +73,18 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
                     ..instruction(Op::UpdateRole, db, w.term, None)
                 }),
                 _ => {}
+            }
+            // Its replication as the control plane wants it, until it confirms.
+            let replicates = (ha.enabled || ha.standby.is_some())
+                && db.state == DbState::Running
+                && w.backend_addr.is_some()
+                && ha.sync_applied != Some((w.term, ha.sync_wanted));
+            if replicates {
+                out.push(Instruction {
+                    request: Some(ha.sync_changes),
+                    ha: ha_spec(ha.sync_wanted, None),
+                    ..instruction(Op::Replicate, db, w.term, None)
+                });
             }
             if db.state == DbState::Running && db.stored().backup_wanted == Some(w.term) {
                 out.push(Instruction {
@@ -80,6 +107,16 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
                     out.push(instruction(Op::Promote, db, c.term, Some(&c.profile)))
                 }
                 _ => {}
+            }
+        }
+        let ha = db.ha();
+        if let Some(s) = ha.standby.as_ref().filter(|s| s.worker_id == worker_id) {
+            let upstream = db.writer.as_ref().and_then(|w| w.backend_addr.clone());
+            if let (StandbyState::Building, Some(upstream)) = (ha.standby_state, upstream) {
+                out.push(Instruction {
+                    ha: ha_spec(None, Some(upstream)),
+                    ..instruction(Op::Prepare, db, s.term, Some(&s.profile))
+                });
             }
         }
         let gone = db.state == DbState::Deleting && db.writer.is_none() && !held(db.id);
@@ -110,7 +147,10 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         // Never under a writer this worker runs of that database (a start from the
         // repository onto the stale copy refreshes it instead).
         let writes_here = state.dbs.get(db_id).is_some_and(|d| {
-            d.writer.as_ref().is_some_and(|w| w.worker_id == worker_id)
+            [&d.writer, &d.ha().standby]
+                .into_iter()
+                .flatten()
+                .any(|w| w.worker_id == worker_id)
                 || d.data_on.as_deref() == Some(worker_id)
         });
         if !writes_here {

@@ -8,6 +8,7 @@
 //! - `leases`: the Gateway's checkouts, renewals and releases;
 //! - `scheduler`: which worker a writer goes to (no state of its own);
 //! - `autoscaler`: load bands and the handoffs they call for;
+//! - `ha`: standbys (placement, readiness from heartbeats, relaxing) and failovers;
 //! - `reconcile`: the steps only time decides;
 //! - `instructions`: what each worker must do now, derived from the state.
 //!
@@ -30,6 +31,7 @@
 //! ([`Step`]), submitted as commands with actor `system`.
 
 mod autoscaler;
+mod ha;
 mod instructions;
 mod leases;
 mod reconcile;
@@ -61,6 +63,12 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// A worker silent for this long is declared lost.
     pub worker_timeout: Duration,
+    /// ...or this long, if it holds a writer or a standby of a database with high
+    /// availability (its failover waits for it).
+    pub ha_worker_timeout: Duration,
+    /// A standby its writer has not seen streaming for this long is given up (commits stop
+    /// waiting for it).
+    pub standby_timeout: Duration,
     /// How often workers are asked to heartbeat.
     pub heartbeat_interval: Duration,
     /// Each phase (start, stop, prepare candidate, cutover) must finish within this.
@@ -81,6 +89,8 @@ impl Default for Settings {
             lease_ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             worker_timeout: Duration::from_secs(15),
+            ha_worker_timeout: Duration::from_secs(2),
+            standby_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(5),
             phase_deadline: Duration::from_secs(60),
             restore_deadline: Duration::from_secs(1800),
@@ -99,6 +109,8 @@ pub struct Load {
     pub active_connections: u32,
     /// With a repository: how the writer's archiving goes.
     pub archive: Option<ArchiveLoad>,
+    /// With high availability: its standbys.
+    pub replicas: Vec<spg99_wire::Replica>,
 }
 
 /// A writer's archiving, as its heartbeat says (see [`spg99_wire::Archiving`]).
@@ -126,6 +138,8 @@ pub struct WorkerReport {
     pub stored: Option<StoredReport>,
     /// `backed_up`: the backup.
     pub backup: Option<BackupReport>,
+    /// `replicated`: the standby the writer's commits wait for.
+    pub standby_term: Option<u64>,
 }
 
 /// What a stopped writer left in the repository (see [`spg99_wire::Stored`]).
@@ -212,6 +226,8 @@ pub struct Runtime {
     pub(super) workers_seen: HashMap<String, Timestamp>,
     /// Per database: the CPU and connections its writer last reported.
     pub(super) writer_load: HashMap<Uuid, (u32, u32)>,
+    /// Per database: when its writer last saw its standby (term) streaming.
+    pub(super) standby_seen: HashMap<Uuid, (u64, Timestamp)>,
 }
 
 impl Runtime {
@@ -232,6 +248,7 @@ impl Runtime {
                 .map(|w| (w.id.clone(), now))
                 .collect(),
             writer_load: HashMap::new(),
+            standby_seen: HashMap::new(),
         }
     }
 }

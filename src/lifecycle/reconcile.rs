@@ -30,10 +30,11 @@ pub enum Step {
     /// With a repository: restores to place.
     Restores,
     FinishDeletions,
+    Standbys,
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
+    pub const ALL: [Step; 9] = [
         Step::ExpireLeases,
         Step::LoseWorkers,
         Step::Deadlines,
@@ -42,6 +43,7 @@ impl Step {
         Step::Autoscale,
         Step::Restores,
         Step::FinishDeletions,
+        Step::Standbys,
     ];
 }
 
@@ -81,16 +83,31 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
             }
         }
         Step::LoseWorkers => {
+            // A worker holding a writer or a standby of a database with high availability is
+            // given up sooner: its database fails over meanwhile.
+            let ha: std::collections::HashSet<&str> = state
+                .active_dbs()
+                .filter(|d| d.ha().enabled)
+                .flat_map(|d| [&d.writer, &d.ha().standby])
+                .flatten()
+                .map(|w| w.worker_id.as_str())
+                .collect();
             for w in state.workers.values().filter(|w| w.lost_at.is_none()) {
+                let timeout = match ha.contains(w.id.as_str()) {
+                    true => settings.ha_worker_timeout.min(settings.worker_timeout),
+                    false => settings.worker_timeout,
+                };
                 let silent = cx
                     .runtime
                     .workers_seen
                     .get(&w.id)
-                    .is_none_or(|seen| after(*seen, settings.worker_timeout) <= now);
+                    .is_none_or(|seen| after(*seen, timeout) <= now);
                 if silent {
                     cx.runtime.workers_seen.remove(&w.id);
-                    let reason =
-                        format!("no heartbeat for {} s", settings.worker_timeout.as_secs());
+                    let reason = match timeout.subsec_millis() {
+                        0 => format!("no heartbeat for {} s", timeout.as_secs()),
+                        _ => format!("no heartbeat for {} ms", timeout.as_millis()),
+                    };
                     // One worker per command keeps each loss's events together; a database
                     // touched by two lost workers is handled by the first.
                     drafts.extend(lose_worker(state, cx, &w.id, &reason));
@@ -193,6 +210,7 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
             }
         }
         Step::FinishDeletions => drafts = finish_deletions(state),
+        Step::Standbys => drafts = super::ha::standbys(state, cx),
     }
     drafts
 }

@@ -2,7 +2,7 @@
 //! is recorded) or changes nothing (stale, repeated, or about another term).
 
 use spg99_events::Event;
-use spg99_projections::{DbState, ScaleStage, State, Writer};
+use spg99_projections::{DbState, ScaleStage, StandbyState, State, Writer};
 use uuid::Uuid;
 
 use std::time::Duration;
@@ -12,6 +12,8 @@ use crate::decision::{invalid, Draft, Rejection, Subject};
 
 /// A failed backup is asked for again after this long.
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
+/// A standby that failed is built again after this long.
+const STANDBY_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) fn report(
     state: &State,
@@ -36,6 +38,8 @@ pub(super) fn report(
     };
     let writer = is(&db.writer);
     let candidate = is(&db.scale.candidate);
+    let ha = db.ha();
+    let standby = is(&ha.standby);
     let retiring = state
         .retiring
         .contains_key(&(worker_id.to_owned(), db_id, term));
@@ -78,6 +82,16 @@ pub(super) fn report(
             if db.state == DbState::Restoring {
                 drafts.push(Draft::new(subject.clone(), Event::DbRestored { db_id }));
             }
+            if ha.failover_started_at.is_some() {
+                drafts.push(Draft::new(
+                    subject.clone(),
+                    Event::DbPromoted {
+                        db_id,
+                        writer_term: term,
+                        backend_addr: addr()?,
+                    },
+                ));
+            }
             drafts.extend(placed());
             // The repository gets a backup of a timeline it has none of (a first start, a
             // restore): until then, only this worker's copy holds the data.
@@ -96,10 +110,38 @@ pub(super) fn report(
         // The serving writer stopped by itself (its server exited): the database is stopped,
         // and the next checkout starts it again.
         Outcome::Failed if writer && db.state == DbState::Running && !stage.in_progress() => {
-            Event::DbStopped {
+            let reason = format!("the writer on {worker_id} stopped unexpectedly: {}", why());
+            match super::ha::fail_over(state, cx, db, &reason) {
+                Some(failover) => failover,
+                None => Event::DbStopped {
+                    db_id,
+                    reason,
+                    retire: false,
+                },
+            }
+        }
+        Outcome::Failed if standby => Event::DbStandbyLost {
+            db_id,
+            standby_term: term,
+            reason: format!("the standby on {worker_id} failed: {}", why()),
+            retry_at: after(cx.now, STANDBY_RETRY),
+        },
+        Outcome::Prepared if standby && ha.standby_state == StandbyState::Building => {
+            Event::DbStandbyStarted {
                 db_id,
-                reason: format!("the writer on {worker_id} stopped unexpectedly: {}", why()),
-                retire: false,
+                standby_term: term,
+            }
+        }
+        Outcome::Replicated
+            if writer
+                && db.state == DbState::Running
+                && r.standby_term == ha.sync_wanted
+                && ha.sync_applied != Some((term, r.standby_term)) =>
+        {
+            Event::DbReplicationSet {
+                db_id,
+                writer_term: term,
+                standby_term: r.standby_term,
             }
         }
         Outcome::Failed if writer && starting => Event::DbStartFailed {

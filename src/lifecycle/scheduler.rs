@@ -14,7 +14,10 @@ use crate::decision::{busy, conflict, Rejection};
 pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
     let mut used: BTreeMap<&str, u32> = BTreeMap::new();
     for db in state.active_dbs() {
-        for w in [&db.writer, &db.scale.candidate].into_iter().flatten() {
+        for w in [&db.writer, &db.scale.candidate, &db.ha().standby]
+            .into_iter()
+            .flatten()
+        {
             *used.entry(w.worker_id.as_str()).or_default() += 1;
         }
     }

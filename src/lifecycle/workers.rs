@@ -124,6 +124,9 @@ pub(super) fn heartbeat(
                 .insert(load.db_id, (load.cpu_milli, load.active_connections));
             drafts.extend(load_change(state, cx, load.db_id));
             drafts.extend(archive_change(state, cx, load));
+            if let Some(db) = state.dbs.get(&load.db_id) {
+                drafts.extend(super::ha::replication_change(state, cx, db, &load.replicas));
+            }
         }
     }
     Ok(drafts)
@@ -180,10 +183,26 @@ pub(super) fn lose_worker(
         let on = |w: &Option<Box<Writer>>| w.as_ref().is_some_and(|w| w.worker_id == worker_id);
         let writer_here = on(&db.writer);
         let candidate_here = on(&db.scale.candidate);
+        let subject = Subject::db(t, db.id);
+        if let Some(s) = db
+            .ha()
+            .standby
+            .as_ref()
+            .filter(|s| s.worker_id == worker_id)
+        {
+            drafts.push(Draft::new(
+                subject.clone(),
+                Event::DbStandbyLost {
+                    db_id: db.id,
+                    standby_term: s.term,
+                    reason: format!("the standby's worker {worker_id} was lost ({reason})"),
+                    retry_at: cx.now,
+                },
+            ));
+        }
         if db.state == DbState::Deleting || !(writer_here || candidate_here) {
             continue;
         }
-        let subject = Subject::db(t, db.id);
         if db.scale.stage.in_progress() {
             let why = if candidate_here {
                 format!("the candidate's worker {worker_id} was lost ({reason}); the old writer keeps serving")
@@ -194,6 +213,10 @@ pub(super) fn lose_worker(
         }
         if writer_here {
             let why = format!("worker {worker_id} was lost ({reason})");
+            if let Some(failover) = super::ha::fail_over(state, cx, db, &why) {
+                drafts.push(Draft::new(subject, failover));
+                continue;
+            }
             let event = match db.state {
                 DbState::Starting | DbState::Restoring => Event::DbStartFailed {
                     db_id: db.id,

@@ -84,6 +84,21 @@ pub struct DbView {
     parent_at: Option<String>,
     /// A branch whose data is made (its first start done); `false` until then.
     branch_made: Option<bool>,
+    /// High availability: a synchronous standby on another worker while it runs.
+    ha: bool,
+    /// Every commit acknowledged now is on the standby too (the writer waits for it).
+    ha_protected: bool,
+    /// Why it is not protected while HA is on (none while it is).
+    ha_unprotected_reason: Option<String>,
+    standby_worker_id: Option<String>,
+    standby_writer_term: Option<u64>,
+    /// `building`, `catching_up`, `streaming`, `sync`; `none` without a standby.
+    standby_state: &'static str,
+    /// How far the standby's flushed WAL is behind the writer's, as last seen.
+    replication_lag_bytes: Option<u64>,
+    /// Failovers to a standby so far, and when the last one ended.
+    failovers: u64,
+    last_failover_at: Option<String>,
 }
 
 /// A restore.
@@ -191,7 +206,28 @@ impl DbView {
             parent_db_id: branch.map(|b| b.parent_db_id),
             parent_at: branch.map(|b| rfc3339(b.at)),
             branch_made: branch.map(|b| b.made_at.is_some()),
+            ha: d.ha().enabled,
+            ha_protected: writer.is_some_and(|w| d.ha().enabled && d.ha().protected(w.term)),
+            ha_unprotected_reason: d
+                .ha()
+                .unprotected_reason
+                .clone()
+                .filter(|_| d.ha().enabled && d.state == DbState::Running),
+            standby_worker_id: d.ha().standby.as_ref().map(|s| s.worker_id.clone()),
+            standby_writer_term: d.ha().standby.as_ref().map(|s| s.term),
+            standby_state: d.ha().standby_state.as_str(),
+            replication_lag_bytes: None,
+            failovers: d.ha().failovers,
+            last_failover_at: d.ha().last_failover_at.map(rfc3339),
         }
+    }
+
+    /// The standby's lag as its writer's last heartbeat said: (standby term, bytes).
+    pub fn replication_lag(mut self, lag: Option<(u64, u64)>) -> Self {
+        self.replication_lag_bytes = lag
+            .filter(|(term, _)| Some(*term) == self.standby_writer_term)
+            .map(|(_, bytes)| bytes);
+        self
     }
 }
 
@@ -229,6 +265,10 @@ pub struct CreateDb {
     /// parent's history window); none: now.
     #[serde(default)]
     at: Option<String>,
+    /// High availability: while it runs, a synchronous standby on another worker, promoted
+    /// if its writer's worker is lost (needs a storage repository).
+    #[serde(default)]
+    ha: Option<bool>,
 }
 
 /// A point in time given as RFC 3339.
@@ -247,7 +287,7 @@ fn path_name(what: &'static str, raw: &str) -> Result<ResourceName, ApiError> {
     ResourceName::parse(what, raw).map_err(|_| ApiError::not_found(what))
 }
 
-#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "createDb", params(("tenant" = String, Path), Idempotent), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`; a branch (`parent`), `starting` on the worker where its data is made", body = DbView), (status = 403, body = ErrorBody), (status = 404, description = "the tenant, or the `parent`, is not found", body = ErrorBody), (status = 409, description = "`db_exists`, `tenant_deleting`; for a branch `db_busy`, `db_deleting`, `no_repository` (an `at` without a repository)", body = ErrorBody), (status = 422, description = "`invalid_value`, `at_without_parent`, `outside_history` (an `at` outside the parent's history)", body = ErrorBody), (status = 503, description = "a branch: `no_capacity`, `no_worker`, `data_unavailable`", body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs", tag = "databases", operation_id = "createDb", params(("tenant" = String, Path), Idempotent), request_body = CreateDb, responses((status = 201, description = "the database, `stopped`; a branch (`parent`), `starting` on the worker where its data is made", body = DbView), (status = 403, body = ErrorBody), (status = 404, description = "the tenant, or the `parent`, is not found", body = ErrorBody), (status = 409, description = "`db_exists`, `tenant_deleting`; `no_repository` (`ha`, or a branch's `at`, without a repository); for a branch `db_busy`, `db_deleting`", body = ErrorBody), (status = 422, description = "`invalid_value`, `at_without_parent`, `outside_history` (an `at` outside the parent's history)", body = ErrorBody), (status = 503, description = "a branch: `no_capacity`, `no_worker`, `data_unavailable`", body = ErrorBody)), security(("bearer" = [])))]
 pub async fn create(
     app: web::Data<AppState>,
     caller: Caller,
@@ -285,6 +325,7 @@ pub async fn create(
         timeline: random_hex(16),
         parent,
         at,
+        ha: b.ha == Some(true),
     };
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
@@ -304,7 +345,9 @@ pub async fn list(
         .dbs_of(t.id)
         .skip_while(|d| page.after.as_deref().is_some_and(|a| d.name.as_str() <= a))
         .map(|d| {
-            let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+            let view = DbView::of(&state, t, d)
+                .archived_at(app.archived_at(d.id))
+                .replication_lag(app.lag_of(d.id));
             (d.name.as_str(), view)
         });
     let listed = page.collect(items);
@@ -320,7 +363,9 @@ pub async fn get(
     let key = &caller.key;
     let state = app.shared.read();
     let (t, d) = access::db(&state, key, &path.0, &path.1)?;
-    let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+    let view = DbView::of(&state, t, d)
+        .archived_at(app.archived_at(d.id))
+        .replication_lag(app.lag_of(d.id));
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(view))
 }
 
@@ -334,7 +379,9 @@ pub async fn get_by_id(
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("database"))?;
     let state = app.shared.read();
     let (t, d) = access::db_by_id(&state, key, id)?;
-    let view = DbView::of(&state, t, d).archived_at(app.archived_at(d.id));
+    let view = DbView::of(&state, t, d)
+        .archived_at(app.archived_at(d.id))
+        .replication_lag(app.lag_of(d.id));
     Ok(at_version(HttpResponse::Ok(), state.last_seq).json(view))
 }
 

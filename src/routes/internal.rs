@@ -128,6 +128,10 @@ fn listed(app: &AppState, state: &spg99_projections::State, worker_id: &str) -> 
                 .as_ref()
                 .and_then(|v| crate::credentials::open_verifier(&app.secrets, t.id, v).ok());
         }
+        if let Some(ha) = i.ha.as_mut() {
+            ha.replication_password =
+                crate::credentials::replication_password(&app.secrets, i.db_id);
+        }
     }
     let bytes = serde_json::to_vec(&instructions).unwrap_or_default();
     let version = crate::auth::hex(&sha2::Sha256::digest(&bytes)[..8]);
@@ -177,9 +181,27 @@ pub async fn heartbeat(
                         })
                     })
                     .transpose()?,
+                replicas: l.replicas.clone(),
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    {
+        let mut lag = app
+            .replication_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for l in &loads {
+            match l
+                .replicas
+                .iter()
+                .map(|r| (r.standby_term, r.lag_bytes))
+                .max()
+            {
+                Some(newest) => lag.insert(l.db_id, newest),
+                None => lag.remove(&l.db_id),
+            };
+        }
+    }
     {
         let mut archived = app.archived.lock().unwrap_or_else(|p| p.into_inner());
         for l in &loads {
@@ -235,6 +257,15 @@ fn moves_writers(event: &Event) -> bool {
             | Event::DbDataPlaced { .. }
             | Event::DbDataDestroyed { .. }
             | Event::DbDeleted { .. }
+            | Event::DbHaSet { .. }
+            | Event::DbStandbyRequested { .. }
+            | Event::DbStandbyStarted { .. }
+            | Event::DbStandbyReady { .. }
+            | Event::DbReplicationSet { .. }
+            | Event::DbUnprotected { .. }
+            | Event::DbStandbyLost { .. }
+            | Event::DbFailoverStarted { .. }
+            | Event::DbPromoted { .. }
     )
 }
 
@@ -326,6 +357,7 @@ pub async fn report(
             credentials: r.credentials,
             stored,
             backup,
+            standby_term: r.standby_term,
         })),
     )
     .await?;
@@ -551,6 +583,7 @@ fn fences(event: &Event) -> Option<Uuid> {
     match event {
         Event::DbRestoreRequested { db_id, .. }
         | Event::DbScaleCutoverStarted { db_id, .. }
+        | Event::DbFailoverStarted { db_id, .. }
         | Event::DbDeleteRequested { db_id } => Some(*db_id),
         _ => None,
     }

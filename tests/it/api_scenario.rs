@@ -43,6 +43,15 @@ pub const DESCRIBE_FIELDS: &[&str] = &[
     "parent_db_id",
     "parent_at",
     "branch_made",
+    "ha",
+    "ha_protected",
+    "ha_unprotected_reason",
+    "standby_worker_id",
+    "standby_writer_term",
+    "standby_state",
+    "replication_lag_bytes",
+    "failovers",
+    "last_failover_at",
 ];
 
 #[test]

@@ -19,6 +19,7 @@ mod durability;
 mod events;
 mod faults;
 mod gateway;
+mod ha;
 mod helpers;
 mod http_basics;
 mod lab;

@@ -131,6 +131,36 @@ pub struct Load {
     /// With a repository: the writer's WAL archiving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<Archiving>,
+    /// A writer with high availability: the standbys connected to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
+}
+
+/// A standby streaming from a writer, as the writer sees it (`pg_stat_replication`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// The standby's term (its application name is [`standby_name`] of it).
+    pub standby_term: u64,
+    /// `streaming`, `catchup`, `startup`, ...
+    pub state: String,
+    /// `sync`, `async`, `potential`, ...
+    pub sync_state: String,
+    /// How far the WAL it has flushed is behind the writer's.
+    pub lag_bytes: u64,
+    /// How long ago it last answered (milliseconds).
+    pub reply_age_ms: u64,
+}
+
+/// The application name a standby of `term` connects to its writer with: what
+/// `synchronous_standby_names` names.
+pub fn standby_name(term: u64) -> String {
+    format!("spg99_s{term}")
+}
+
+/// The term in a standby's application name.
+pub fn standby_term(name: &str) -> Option<u64> {
+    name.strip_prefix("spg99_s")?.parse().ok()
 }
 
 /// How a writer's WAL archiving goes.
@@ -180,6 +210,9 @@ pub enum Op {
     Backup,
     /// Remove the database's data (`timeline`) from the repository.
     Purge,
+    /// The serving writer's replication: standbys may connect (`ha`), and its commits wait
+    /// for the one `ha.sync_standby_term` names (none: for none).
+    Replicate,
 }
 
 impl Op {
@@ -194,6 +227,7 @@ impl Op {
             Op::UpdateRole => "update_role",
             Op::Backup => "backup",
             Op::Purge => "purge",
+            Op::Replicate => "replicate",
         }
     }
 }
@@ -231,6 +265,24 @@ pub struct Instruction {
     /// elsewhere, or a point in the past is wanted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreFrom>,
+    /// High availability: `replicate` (the writer's side), `prepare` of a standby (its side:
+    /// `upstream` set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaSpec>,
+}
+
+/// What a writer or a standby needs to replicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSpec {
+    /// The password of the role standbys log in to the writer with (`spg99_replicator`).
+    pub replication_password: String,
+    /// `replicate`: the standby the writer's commits wait for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_standby_term: Option<u64>,
+    /// A standby's `prepare`: the writer it streams from (`host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// Where a start's data comes from in the repository.
@@ -273,6 +325,8 @@ pub enum Outcome {
     /// `backup` did not complete (the reason says why); the writer serves on.
     BackupFailed,
     Purged,
+    /// `replicate` done: `standby_term` says which standby the commits wait for.
+    Replicated,
 }
 
 impl Outcome {
@@ -289,6 +343,7 @@ impl Outcome {
             Outcome::BackedUp => "backed_up",
             Outcome::BackupFailed => "backup_failed",
             Outcome::Purged => "purged",
+            Outcome::Replicated => "replicated",
         }
     }
 }
@@ -319,6 +374,9 @@ pub struct Report {
     /// `backed_up`: the backup taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<Box<BackupTaken>>,
+    /// `replicated`: the standby the writer's commits wait for now (none: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_term: Option<u64>,
 }
 
 /// What a stopped writer left in the repository.

@@ -7,7 +7,7 @@
 //! but a driver serializes the calls that touch the same database.
 
 use spg99_wire::storage::Storage;
-use spg99_wire::{Archiving, BackupTaken, RestoreFrom, Stored};
+use spg99_wire::{Archiving, BackupTaken, HaSpec, Replica, RestoreFrom, Stored};
 use uuid::Uuid;
 
 /// A writer to start, prepare or promote: everything the instruction says about it.
@@ -24,6 +24,8 @@ pub struct WriterSpec {
     pub verifier: String,
     /// Make the data directory from the repository first.
     pub restore: Option<RestoreFrom>,
+    /// High availability: a standby to prepare (`upstream` set), a writer's replication.
+    pub ha: Option<Box<HaSpec>>,
 }
 
 /// A writer that serves.
@@ -44,6 +46,8 @@ pub struct Measured {
     pub sessions: u32,
     /// With a repository: how its archiving goes.
     pub archive: Option<Archiving>,
+    /// With high availability: its standbys.
+    pub replicas: Vec<Replica>,
 }
 
 /// A serving writer that stopped by itself.
@@ -79,10 +83,17 @@ pub trait Compute: Send + Sync + 'static {
         let _ = timeline;
         Err("this worker keeps no data in a repository".into())
     }
-    /// Prepares a candidate writer for a handoff to `writer.profile`.
+    /// Prepares a candidate writer for a handoff to `writer.profile`; with `writer.ha`'s
+    /// `upstream`, a standby streaming from that writer (a start at its term promotes it).
     fn prepare(&self, writer: &WriterSpec) -> Result<()>;
     /// Makes the prepared candidate the writer. On failure the old writer serves again.
     fn promote(&self, writer: &WriterSpec) -> Result<Served>;
+    /// Sets the serving writer's replication as `writer.ha` says: standbys may log in, and
+    /// its commits wait for the standby named (once it confirms every earlier commit).
+    fn replicate(&self, writer: &WriterSpec) -> Result<()> {
+        let _ = writer;
+        Err("this worker runs no standbys".into())
+    }
     /// Drops the candidate of `term`; the old writer keeps (or goes back to) serving.
     fn abort(&self, db_id: Uuid, term: u64) -> Result<()>;
     /// Removes this worker's copy of the database's data.

@@ -160,6 +160,7 @@ impl Compute for Simulated {
                 cpu,
                 sessions: self.connections,
                 archive: None,
+                replicas: Vec::new(),
             })
             .collect();
         (measured, Vec::new())
@@ -224,6 +225,7 @@ mod tests {
             pg_user: "u".into(),
             verifier: "v".into(),
             restore: None,
+            ha: None,
         };
         assert_eq!(sim.start(&w).unwrap_err(), "simulated start failure");
         assert_eq!(sim.prepare(&w).unwrap_err(), "simulated prepare failure");

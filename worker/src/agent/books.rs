@@ -80,6 +80,7 @@ impl Key {
             credentials: (outcome == Outcome::RoleUpdated).then_some(self.credentials),
             stored: None,
             backup: None,
+            standby_term: None,
         }
     }
 
@@ -124,6 +125,7 @@ pub(super) enum Plan {
     Abort,
     Destroy(String),
     UpdateRole(WriterSpec),
+    Replicate(WriterSpec),
     Backup,
     Purge(String),
 }
@@ -170,6 +172,7 @@ fn spec(instruction: &Instruction) -> WriterSpec {
         pg_user: text(&instruction.pg_user),
         verifier: text(&instruction.verifier),
         restore: instruction.restore.clone(),
+        ha: instruction.ha.clone().map(Box::new),
     }
 }
 
@@ -261,7 +264,7 @@ impl State {
             }
             (Op::Start, _, _) => match self.admit(limits, instruction, Role::Starting) {
                 Ok(()) => Plan::Start(spec(instruction)),
-                Err(report) => Plan::Conclude(report),
+                Err(report) => Plan::Conclude(*report),
             },
             (Op::Stop, Some(_), _) => Plan::Stop,
             (Op::Stop, None, _) => Plan::Conclude(key.report(Outcome::Stopped)),
@@ -270,7 +273,7 @@ impl State {
             }
             (Op::Prepare, _, _) => match self.admit(limits, instruction, Role::Preparing) {
                 Ok(()) => Plan::Prepare(spec(instruction)),
-                Err(report) => Plan::Conclude(report),
+                Err(report) => Plan::Conclude(*report),
             },
             (Op::Promote, Some(Role::Candidate), _) => {
                 self.set_role(key.writer(), Role::Promoting);
@@ -296,6 +299,8 @@ impl State {
             (Op::Destroy, _, _) => Plan::Destroy(instruction.timeline.clone().unwrap_or_default()),
             (Op::UpdateRole, Some(Role::Serving), _) => Plan::UpdateRole(spec(instruction)),
             (Op::UpdateRole, _, _) => Plan::Conclude(key.failure("no serving writer at this term")),
+            (Op::Replicate, Some(Role::Serving), _) => Plan::Replicate(spec(instruction)),
+            (Op::Replicate, _, _) => Plan::Conclude(key.failure("no serving writer at this term")),
             (Op::Backup, Some(Role::Serving), _) => Plan::Backup,
             (Op::Backup, _, _) => Plan::Conclude(Report {
                 reason: Some("no serving writer at this term".into()),
@@ -311,16 +316,18 @@ impl State {
         limits: &Limits,
         instruction: &Instruction,
         role: Role,
-    ) -> Result<(), Report> {
+    ) -> Result<(), Box<Report>> {
         let key = Key::of(instruction);
         if let Some(profile) = instruction.profile.as_deref() {
             if !limits.profiles.iter().any(|offered| offered == profile) {
-                return Err(key.failure(format!("profile {profile} not offered here")));
+                return Err(Box::new(
+                    key.failure(format!("profile {profile} not offered here")),
+                ));
             }
         }
         if !self.writers.contains_key(&key.writer()) && self.writers.len() >= limits.capacity {
             let reason = format!("worker at capacity ({} writers)", limits.capacity);
-            return Err(key.failure(reason));
+            return Err(Box::new(key.failure(reason)));
         }
         let hosted = Hosted {
             profile: instruction.profile.clone(),
@@ -374,7 +381,7 @@ impl State {
                 self.writers.remove(&writer);
                 (key.failure("the writer did not say where it serves"), false)
             }
-            (Plan::UpdateRole(_), Err(reason)) => {
+            (Plan::UpdateRole(_) | Plan::Replicate(_), Err(reason)) => {
                 // The server serves on with the old role: no report (a failure from the serving
                 // writer would read as its server gone); run again when listed again.
                 tracing::warn!(db_id = %key.db_id, reason = %reason, "cannot update the role; will retry");
@@ -402,6 +409,13 @@ impl State {
             (Plan::Destroy(_), Ok(_)) => (key.report(Outcome::Destroyed), false),
             (Plan::Purge(_), Ok(_)) => (key.report(Outcome::Purged), false),
             (Plan::UpdateRole(_), Ok(_)) => (key.report(Outcome::RoleUpdated), false),
+            (Plan::Replicate(spec), Ok(_)) => {
+                let report = Report {
+                    standby_term: spec.ha.as_ref().and_then(|h| h.sync_standby_term),
+                    ..key.report(Outcome::Replicated)
+                };
+                (report, false)
+            }
             (Plan::Backup, Ok(Did::BackedUp(backup))) => {
                 let report = Report {
                     backup: Some(Box::new(backup)),
@@ -525,6 +539,7 @@ mod tests {
             credentials: None,
             request: None,
             restore: None,
+            ha: None,
         }
     }
 

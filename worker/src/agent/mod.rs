@@ -366,6 +366,7 @@ impl Agent {
                 cpu: m.cpu,
                 active_connections: m.sessions,
                 archive: m.archive,
+                replicas: m.replicas,
             })
             .collect()
     }
@@ -435,6 +436,7 @@ impl Agent {
             Plan::Abort => c.abort(db_id, term).map(|()| Did::Nothing),
             Plan::Destroy(timeline) => c.destroy(db_id, timeline).map(|()| Did::Nothing),
             Plan::UpdateRole(w) => c.update_role(w).map(|()| Did::Nothing),
+            Plan::Replicate(w) => c.replicate(w).map(|()| Did::Nothing),
             Plan::Backup => c.backup(db_id, term).map(Did::BackedUp),
             Plan::Purge(timeline) => c.purge(timeline).map(|()| Did::Nothing),
         };

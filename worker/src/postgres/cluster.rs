@@ -19,13 +19,76 @@ use crate::postgres::process::{self, Owner, Server};
 pub const SEED_DB: &str = "spg99_app";
 const READY_MARK: &str = "spg99-template.ready";
 
+/// The role standbys stream from a writer as (its password is the control plane's, per
+/// database).
+pub const REPLICATOR: &str = "spg99_replicator";
+
+/// What every server of a worker authenticates by (`hba_file`, one file for all: data
+/// directories made by earlier versions, restored or copied, all take it).
 pub const HBA: &str = "\
 # SPG99: the worker administers over the Unix socket (in a directory only it and the postgres
-# user reach); clients log in over TCP with SCRAM-SHA-256, each tenant's role to its database.
-local   all   postgres                 trust
-host    all   all        0.0.0.0/0     scram-sha-256
-host    all   all        ::/0          scram-sha-256
+# user reach); clients log in over TCP with SCRAM-SHA-256, each tenant's role to its database;
+# standbys stream as spg99_replicator, with the password the control plane gives the database.
+local   all           postgres                         trust
+host    all           all                0.0.0.0/0     scram-sha-256
+host    all           all                ::/0          scram-sha-256
+host    replication   spg99_replicator   0.0.0.0/0     scram-sha-256
+host    replication   spg99_replicator   ::/0          scram-sha-256
 ";
+
+/// Sets `name` in `dir`'s `postgresql.auto.conf` (what ALTER SYSTEM writes) to `value`, or
+/// removes it: before a server starts, so that it never starts with a setting a copy carried
+/// from elsewhere (a backup's `synchronous_standby_names` would make every commit wait for a
+/// standby that is not there).
+pub fn set_auto_conf(
+    dir: &Path,
+    name: &str,
+    value: Option<&str>,
+    owner: Option<Owner>,
+) -> Result<(), String> {
+    let path = dir.join("postgresql.auto.conf");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let names = |line: &str| {
+        let l = line.trim_start();
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut out: Vec<String> = text
+        .lines()
+        .filter(|l| !names(l))
+        .map(str::to_owned)
+        .collect();
+    if let Some(v) = value {
+        out.push(format!("{name} = '{}'", v.replace('\'', "''")));
+    }
+    let new = out.join("\n") + "\n";
+    if new == text {
+        return Ok(());
+    }
+    write_owned(&path, &new, owner)
+}
+
+/// Makes the replication role log in with `password` (hex, from the control plane).
+pub fn replicator(client: &mut postgres::Client, password: &str) -> Result<(), String> {
+    if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("the replication password is not a token".into());
+    }
+    client
+        .batch_execute(&format!(
+            "DO $spg99$ BEGIN
+               IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR}') THEN
+                 ALTER ROLE {REPLICATOR} REPLICATION LOGIN PASSWORD '{password}';
+               ELSE
+                 CREATE ROLE {REPLICATOR} REPLICATION LOGIN PASSWORD '{password}';
+               END IF;
+             END $spg99$"
+        ))
+        .map_err(|e| format!("cannot set up the replication role: {}", sql_error(&e)))
+}
 
 /// Makes the template cluster under `storage` unless a complete one is there; its path.
 pub fn template(
@@ -418,6 +481,9 @@ pub fn admin(run_dir: &Path, port: u16) -> Result<postgres::Client, String> {
         .user("postgres")
         .dbname("template1")
         .application_name("spg99-worker")
+        // The worker's own commits never wait for a standby: a writer whose standby is gone
+        // still starts, stops and archives.
+        .options("-c synchronous_commit=local")
         .connect(postgres::NoTls)
         .map_err(|e| format!("cannot reach postgres over its socket: {}", sql_error(&e)))
 }

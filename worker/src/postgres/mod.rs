@@ -18,11 +18,15 @@
 //!   not start, the old settings start again and `promote` fails: the old writer serves. An
 //!   `abort` after a promote goes back to the old settings the same way.
 //! - **Load.** At each heartbeat, each serving writer's CPU and client sessions
-//!   ([`monitor`]).
+//!   ([`monitor`]), and, with high availability, its standbys ([`replication`]).
+//! - **Standbys.** `prepare` with an upstream makes the database's directory a standby of the
+//!   writer on another worker, from the repository; a `start` at the standby's term promotes
+//!   it (a failover). `replicate` sets a writer's synchronous standby.
 
 pub mod cluster;
 pub mod monitor;
 pub mod process;
+pub mod replication;
 pub mod settings;
 
 use std::collections::{BTreeSet, HashMap};
@@ -41,6 +45,9 @@ use monitor::Monitor;
 use process::{Owner, Server, StartError};
 use spg99_wire::storage::Storage;
 use spg99_wire::{BackupTaken, Stored};
+
+/// How long a writer waits for the standby it is told to wait for to become synchronous.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Ports tried in turn when others take them between their choice and the server's bind.
 const PORT_ATTEMPTS: usize = 8;
@@ -188,6 +195,19 @@ struct Running {
     port: PortLease,
     /// When its WAL last reached the repository, as far as the worker saw.
     archived: Option<std::time::SystemTime>,
+    /// A writer with high availability: what it sees of its standbys.
+    repl: Option<replication::Sampler>,
+}
+
+/// How a server starts.
+enum Launch<'a> {
+    /// A writer: with no synchronous standby (a copy from elsewhere may name one), never as a
+    /// standby.
+    Writer,
+    /// The same writer again on its own directory (a handoff): its settings as they are.
+    Again,
+    /// A standby streaming with this `primary_conninfo`.
+    Standby(&'a str),
 }
 
 /// A port of the range, held by one server (or one about to start) until dropped.
@@ -210,6 +230,8 @@ struct Slot {
     candidate: Option<(u64, String)>,
     /// The writer a promote replaced, (term, profile): an abort goes back to it.
     previous: Option<(u64, String)>,
+    /// A standby of the database's writer on another worker.
+    standby: Option<Running>,
 }
 
 pub struct Postgres {
@@ -225,6 +247,8 @@ pub struct Postgres {
     storage: std::sync::RwLock<Option<Arc<Engine>>>,
     /// The timelines whose stanza this process made (or found) in the repository.
     stanzas: Mutex<std::collections::HashSet<String>>,
+    /// The authentication file every server reads.
+    hba: PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -299,6 +323,8 @@ impl Postgres {
         let port = lease_port(&config, &ports)?;
         let template = cluster::template(&config.bin, owner, &config.storage, &run_dir, port.port)?;
         drop(port);
+        let hba = config.storage.join("pg_hba.conf");
+        cluster::write_owned(&hba, cluster::HBA, owner)?;
         let spares = Spares::start(
             config.storage.join("spares"),
             template,
@@ -315,6 +341,7 @@ impl Postgres {
             config,
             storage: Default::default(),
             stanzas: Default::default(),
+            hba,
         };
         info!(
             storage = %driver.config.storage.display(),
@@ -353,11 +380,12 @@ impl Postgres {
         timeline: &str,
         profile: &Profile,
         port: PortLease,
+        how: &Launch<'_>,
     ) -> std::result::Result<(Server, PortLease), (String, PortLease)> {
         let mut port = port;
         let mut taken = Vec::new();
         loop {
-            match self.launch_on(timeline, profile, port.port) {
+            match self.launch_on(timeline, profile, port.port, how) {
                 Ok(server) => return Ok((server, port)),
                 Err(StartError::PortTaken(p)) if taken.len() < PORT_ATTEMPTS => {
                     warn!(
@@ -381,6 +409,7 @@ impl Postgres {
         timeline: &str,
         profile: &Profile,
         port: u16,
+        how: &Launch<'_>,
     ) -> std::result::Result<Server, StartError> {
         timeline_ok(timeline).map_err(StartError::Failed)?;
         let dir = self.data_dir(timeline);
@@ -403,7 +432,22 @@ impl Postgres {
                 self.run_dir.display().to_string(),
             ),
             ("cluster_name", format!("spg99-{timeline}")),
+            ("hba_file", self.hba.display().to_string()),
         ]);
+        let failed = StartError::Failed;
+        match how {
+            Launch::Writer => {
+                let _ = std::fs::remove_file(dir.join("standby.signal"));
+                cluster::set_auto_conf(&dir, "synchronous_standby_names", None, self.owner)
+                    .map_err(failed)?;
+            }
+            Launch::Again => {}
+            Launch::Standby(conninfo) => {
+                cluster::set_auto_conf(&dir, "synchronous_standby_names", None, self.owner)
+                    .map_err(failed)?;
+                settings.extend(settings::standby(conninfo));
+            }
+        }
         let storage = self.engine();
         let env = match &storage {
             Some(engine) => {
@@ -472,6 +516,7 @@ impl Postgres {
             pg_user: pg_user.to_owned(),
             port,
             archived: None,
+            repl: None,
         }
     }
 
@@ -479,6 +524,14 @@ impl Postgres {
     fn start_in(&self, slot: &mut Slot, writer: &WriterSpec) -> Result<Served> {
         if let Some(r) = slot.running.as_ref().filter(|r| r.term == writer.term) {
             return Ok(self.served(r.port.port));
+        }
+        if slot.standby.as_ref().is_some_and(|s| s.term == writer.term) {
+            return self.promote_standby(slot, writer);
+        }
+        if writer.ha.is_some() {
+            // A failover's start: only the standby may become the writer (a copy started
+            // otherwise would lack what it did not replay, on the old writer's timeline).
+            return Err("no standby of this term runs here to become the writer".into());
         }
         if let Some(old) = slot.running.take() {
             warn!(db_id = %writer.db_id, old_term = old.term, "stopping an older writer to start a newer one");
@@ -496,7 +549,7 @@ impl Postgres {
             }
         }
         let (server, lease) = self
-            .launch(&writer.timeline, p, self.lease_port()?)
+            .launch(&writer.timeline, p, self.lease_port()?, &Launch::Writer)
             .map_err(|(e, _)| e)?;
         let port = lease.port;
         let launched = began.elapsed();
@@ -540,7 +593,7 @@ impl Postgres {
             Ok(p) => p,
             Err(e) => return Err((e, port)),
         };
-        let (server, port) = self.launch(timeline, p, port)?;
+        let (server, port) = self.launch(timeline, p, port, &Launch::Again)?;
         Ok(self.running(term, profile_name, &pg_user, server, port))
     }
 }
@@ -649,6 +702,9 @@ impl Compute for Postgres {
         let slot = self.slot(writer.db_id);
         let mut slot = lock(&slot);
         profile(&writer.profile)?;
+        if let Some(upstream) = writer.ha.as_ref().and_then(|h| h.upstream.as_deref()) {
+            return self.prepare_standby(&mut slot, writer, upstream);
+        }
         if slot.running.is_none() {
             return Err(
                 "no writer of this database runs on this worker: a handoff moves a database in \
@@ -685,7 +741,9 @@ impl Compute for Postgres {
             Err((e, lease)) => {
                 // The old settings again, on the same port, so that the old writer serves.
                 let back = match profile(&old_profile) {
-                    Ok(p) => self.launch(&writer.timeline, p, lease).map_err(|(e, _)| e),
+                    Ok(p) => self
+                        .launch(&writer.timeline, p, lease, &Launch::Again)
+                        .map_err(|(e, _)| e),
                     Err(e) => Err(e),
                 };
                 match back {
@@ -714,6 +772,10 @@ impl Compute for Postgres {
     fn abort(&self, db_id: Uuid, term: u64) -> Result<()> {
         let slot = self.slot(db_id);
         let mut slot = lock(&slot);
+        if let Some(s) = slot.standby.take_if(|s| s.term == term) {
+            s.server.stop()?;
+            return Ok(());
+        }
         if slot.candidate.as_ref().is_some_and(|c| c.0 == term) {
             slot.candidate = None;
         }
@@ -733,7 +795,10 @@ impl Compute for Postgres {
         timeline_ok(timeline)?;
         let slot = self.slot(db_id);
         let mut slot = lock(&slot);
-        if let Some(r) = slot.running.take() {
+        for r in [slot.running.take(), slot.standby.take()]
+            .into_iter()
+            .flatten()
+        {
             r.server.stop()?;
         }
         let dir = self.data_dir(timeline);
@@ -761,6 +826,36 @@ impl Compute for Postgres {
             .map(|r| r.port.port)
             .ok_or("the writer of this term does not run here")?;
         self.admit(port, writer)
+    }
+
+    fn replicate(&self, writer: &WriterSpec) -> Result<()> {
+        let ha = writer
+            .ha
+            .as_ref()
+            .ok_or("the instruction says nothing of replication")?;
+        let port = {
+            let slot = self.slot(writer.db_id);
+            let mut slot = lock(&slot);
+            let r = slot
+                .running
+                .as_mut()
+                .filter(|r| r.term == writer.term)
+                .ok_or("the writer of this term does not run here")?;
+            let port = r.port.port;
+            r.repl
+                .get_or_insert_with(|| replication::Sampler::start(self.run_dir.clone(), port));
+            port
+        };
+        let mut client = cluster::admin(&self.run_dir, port)?;
+        cluster::replicator(&mut client, &ha.replication_password)?;
+        replication::set_sync(&mut client, ha.sync_standby_term, SYNC_WAIT)?;
+        info!(
+            db_id = %writer.db_id,
+            writer_term = writer.term,
+            standby_term = ?ha.sync_standby_term,
+            "replication set"
+        );
+        Ok(())
     }
 
     fn load(&self, serving: &[(Uuid, u64)]) -> (Vec<Measured>, Vec<Exited>) {
@@ -809,6 +904,7 @@ impl Compute for Postgres {
                 cpu,
                 sessions,
                 archive,
+                replicas: r.repl.as_ref().map(|s| s.replicas()).unwrap_or_default(),
             });
         }
         (measured, exited)
@@ -833,6 +929,11 @@ impl Compute for Postgres {
                         }
                         if let Err(e) = r.server.stop() {
                             warn!(error = %e, "stopping a writer");
+                        }
+                    }
+                    if let Some(s) = slot.standby.take() {
+                        if let Err(e) = s.server.stop() {
+                            warn!(error = %e, "stopping a standby");
                         }
                     }
                     slot.candidate = None;
@@ -1044,6 +1145,97 @@ impl Postgres {
         }
     }
 
+    /// Makes `writer.timeline` here a standby of the writer at `upstream`: from the repository
+    /// (onto a copy already here, only what differs), streaming once it replayed what the
+    /// repository holds.
+    fn prepare_standby(&self, slot: &mut Slot, writer: &WriterSpec, upstream: &str) -> Result<()> {
+        if slot.standby.as_ref().is_some_and(|s| s.term == writer.term) {
+            return Ok(());
+        }
+        if let Some(old) = slot.standby.take() {
+            old.server.stop()?;
+        }
+        if slot.running.is_some() {
+            return Err("a writer of this database runs on this worker: no standby here".into());
+        }
+        let ha = writer.ha.as_ref().ok_or("no replication settings")?;
+        timeline_ok(&writer.timeline)?;
+        let p = profile(&writer.profile)?;
+        let engine = self
+            .engine()
+            .ok_or("a standby is made from the repository, and this worker has none")?;
+        let dir = self.data_dir(&writer.timeline);
+        let delta = dir.join("PG_VERSION").exists();
+        if !delta {
+            let _ = std::fs::remove_dir_all(&dir);
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(o) = self.owner {
+                o.chown(&dir)?;
+            }
+        }
+        let began = std::time::Instant::now();
+        engine.restore(&writer.timeline, &Target::Standby, &dir, delta)?;
+        let passfile = replication::passfile(
+            &self.run_dir.join(format!("{}.pgpass", writer.timeline)),
+            upstream,
+            &ha.replication_password,
+            self.owner,
+        )?;
+        let conninfo = replication::conninfo(upstream, writer.term, &passfile)?;
+        let (server, lease) = self
+            .launch(
+                &writer.timeline,
+                p,
+                self.lease_port()?,
+                &Launch::Standby(&conninfo),
+            )
+            .map_err(|(e, _)| e)?;
+        info!(
+            db_id = %writer.db_id,
+            standby_term = writer.term,
+            %upstream,
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "standby started"
+        );
+        slot.standby =
+            Some(self.running(writer.term, &writer.profile, &writer.pg_user, server, lease));
+        Ok(())
+    }
+
+    /// A failover: the standby of `writer.term` becomes the writer, on its port.
+    fn promote_standby(&self, slot: &mut Slot, writer: &WriterSpec) -> Result<Served> {
+        cluster::check_role(&writer.database, &writer.pg_user, &writer.verifier)?;
+        if let Some(old) = slot.running.take() {
+            old.server.stop()?;
+        }
+        let mut s = slot.standby.take().expect("checked");
+        let began = std::time::Instant::now();
+        if let Err(e) = s.server.promote() {
+            let _ = s.server.stop();
+            return Err(format!("the standby did not promote: {e}"));
+        }
+        let port = s.port.port;
+        if let Err(e) = self.admit(port, writer) {
+            let _ = s.server.stop();
+            return Err(e);
+        }
+        info!(
+            db_id = %writer.db_id,
+            writer_term = writer.term,
+            ms = began.elapsed().as_secs_f64() * 1e3,
+            "standby promoted"
+        );
+        s.pg_user = writer.pg_user.clone();
+        slot.running = Some(s);
+        slot.candidate = None;
+        slot.previous = None;
+        Ok(self.served(port))
+    }
+
     /// The timeline a slot's running server serves (its data directory's name).
     fn timeline_of(&self, slot: &Slot) -> Result<String> {
         slot.running
@@ -1143,10 +1335,10 @@ mod tests {
             taken: driver.ports.clone(),
         };
         let p = profiles::profile("c0.25").unwrap();
-        let refused = driver.launch_on("race", p, taken).err();
+        let refused = driver.launch_on("race", p, taken, &Launch::Writer).err();
         assert_eq!(refused, Some(StartError::PortTaken(taken)));
         let (server, lease) = driver
-            .launch("race", p, chosen)
+            .launch("race", p, chosen, &Launch::Writer)
             .map_err(|(e, _)| e)
             .expect("the server starts on another port");
         assert_ne!(lease.port, taken);

@@ -189,7 +189,10 @@ impl Server {
             log: log.to_owned(),
             log_from,
         };
-        match server.wait_ready() {
+        // A standby (`standby.signal`) is up once it replays: with `hot_standby` off it never
+        // says `ready` before it is promoted.
+        let standby = dir.join("standby.signal").exists();
+        match server.wait_ready(standby) {
             Ok(()) => Ok(server),
             Err(e) => {
                 let _ = server.child.kill();
@@ -199,10 +202,12 @@ impl Server {
         }
     }
 
-    /// Polls `postmaster.pid`'s status line (what `pg_ctl -w` reads) until it says `ready`.
-    fn wait_ready(&mut self) -> Result<(), StartError> {
+    /// Polls `postmaster.pid`'s status line (what `pg_ctl -w` reads) until it says `ready`
+    /// (or, for a `standby`, `standby`).
+    fn wait_ready(&mut self, standby: bool) -> Result<(), StartError> {
         let pid_file = self.dir.join("postmaster.pid");
-        let limit = match self.dir.join("recovery.signal").exists() {
+        let recovering = standby || self.dir.join("recovery.signal").exists();
+        let limit = match recovering {
             true => RECOVERY_TIMEOUT,
             false => READY_TIMEOUT,
         };
@@ -226,7 +231,8 @@ impl Server {
                 let lines: Vec<&str> = text.lines().collect();
                 let ours = lines.first().and_then(|l| l.trim().parse::<u32>().ok())
                     == Some(self.child.id());
-                if ours && lines.get(7).is_some_and(|l| l.trim() == "ready") {
+                let status = lines.get(7).map(|l| l.trim());
+                if ours && (status == Some("ready") || (standby && status == Some("standby"))) {
                     return Ok(());
                 }
             }
@@ -239,6 +245,15 @@ impl Server {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// Promotes a standby (what `pg_ctl promote` does: the `promote` file, then SIGUSR1 to
+    /// the postmaster) and waits until it accepts connections as a writer.
+    pub fn promote(&mut self) -> Result<(), String> {
+        let signal_file = self.dir.join("promote");
+        std::fs::write(&signal_file, b"").map_err(|e| format!("{}: {e}", signal_file.display()))?;
+        signal(self.child.id() as libc::pid_t, libc::SIGUSR1);
+        self.wait_ready(false).map_err(String::from)
     }
 
     /// Whether it still runs; why not, when it exited.

@@ -39,6 +39,16 @@ pub fn for_profile(profile: &Profile) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// What a standby runs with besides a writer's settings: where it streams from, and how
+/// often it answers (the writer's view of it, which the control plane reads, stays fresh).
+pub fn standby(conninfo: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("primary_conninfo", conninfo.to_owned()),
+        ("wal_receiver_status_interval", "1s".into()),
+        ("wal_retrieve_retry_interval", "500ms".into()),
+    ]
+}
+
 /// What every writer runs with, whatever its profile.
 pub fn common() -> Vec<(&'static str, String)> {
     [
@@ -62,6 +72,9 @@ pub fn common() -> Vec<(&'static str, String)> {
         // A server is never a standby here: a restore's recovery takes no connection (and its
         // `postmaster.pid` does not say `ready`) until it has promoted itself.
         ("hot_standby", "off"),
+        // A writer's shutdown waits for its standbys to have its last WAL: a standby that
+        // hangs holds it up this long at most.
+        ("wal_sender_timeout", "5s"),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.to_owned()))

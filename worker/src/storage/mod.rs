@@ -58,6 +58,9 @@ pub enum Target {
     Time(String),
     /// An LSN, `X/Y`.
     Lsn(String),
+    /// A standby: it replays everything the repository holds, then streams from its writer,
+    /// and never ends recovery by itself.
+    Standby,
 }
 
 impl Target {
@@ -314,6 +317,7 @@ impl Engine {
         }
         match target {
             Target::Newest => {}
+            Target::Standby => args.push("--type=standby".into()),
             Target::Time(t) => args.extend([
                 "--type=time".into(),
                 format!("--target={}", recovery_time(t)?),
