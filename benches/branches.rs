@@ -115,10 +115,7 @@ fn main() {
     let rounds = support::env_or("SPG99_BENCH_BRANCHES", 6) as usize;
     let secs = support::env_or("SPG99_BENCH_SECS", 20);
     let tpcb_rounds = support::env_or("SPG99_BENCH_ROUNDS", 3) as usize;
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
+    let tmp = support::scratch();
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::Permissions::from_mode(0o755);

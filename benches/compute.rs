@@ -394,10 +394,7 @@ async fn handoff(p: &Arc<Platform>, db: &str, load: bool, clock_step: f64) -> Ha
 
 fn main() {
     let n = support::env_or("SPG99_BENCH_STARTS", 20) as usize;
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
+    let tmp = support::scratch();
     let rt = support::load::runtime();
     let p = Arc::new(rt.block_on(start(tmp.path())));
     let names = |prefix: &str, k: usize| -> Vec<String> {

@@ -307,15 +307,8 @@ fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 10);
     let resumes = support::env_or("SPG99_BENCH_RESUMES", 20) as usize;
     let sequential = support::env_or("SPG99_BENCH_CONNECTS", 200) as usize;
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tmp = support::scratch();
+    let rt = support::runtime();
     let pg_bin = spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed");
     let mut json = Vec::new();
     rt.block_on(async {

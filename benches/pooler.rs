@@ -63,15 +63,8 @@ fn psql(p: &Served, sql: &str) -> String {
 
 fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 10).to_string();
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tmp = support::scratch();
+    let rt = support::runtime();
     let pg_bin = spg99_worker::postgres::find_bin(None).expect("PostgreSQL is installed");
     let p = rt.block_on(Served::start(tmp.path(), DB, &[]));
     pgbench(&p, &pg_bin, &p.session, &["-i", "-q", "-s", "5"]);

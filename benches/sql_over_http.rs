@@ -193,15 +193,8 @@ async fn https(p: &Platform, n: usize) -> Vec<Https> {
 fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 10);
     let dur = Duration::from_secs(secs);
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tmp = support::scratch();
+    let rt = support::runtime();
     let p = Platform(rt.block_on(Served::start(
         tmp.path(),
         DB,

@@ -176,15 +176,8 @@ fn main() {
     let secs = support::env_or("SPG99_BENCH_SECS", 20);
     let rounds = support::env_or("SPG99_BENCH_ROUNDS", 3) as usize;
     let scale = support::env_or("SPG99_BENCH_SCALE", 68);
-    let tmp = tempfile::Builder::new()
-        .prefix("spg99-bench-")
-        .tempdir()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tmp = support::scratch();
+    let rt = support::runtime();
     let mut json = Vec::new();
     // `SPG99_BENCH_PARTS`: `writes` (pgbench, stops, resumes), `restores`; both by default.
     let parts = std::env::var("SPG99_BENCH_PARTS").unwrap_or_else(|_| "writes,restores".into());

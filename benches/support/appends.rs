@@ -100,11 +100,7 @@ pub fn sled_batches(
 /// `producers` async tasks submitting `CreateAccount` commands to the real committer:
 /// queue, decide, group commit with flush + fdatasync, projections, publish, reply.
 pub fn committer(dir: &Path, producers: usize, dur: Duration, pad: usize) -> Measured {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = super::runtime();
     rt.block_on(async {
         let log = Arc::new(Log::open(dir).unwrap());
         let secrets = Arc::new(spg99::secrets::SecretBox::from_key([7; 32]));

@@ -18,6 +18,23 @@ use std::process::{Child, Command, Stdio};
 /// The bootstrap token the benchmarks start the server with.
 pub const ROOT: &str = "spg99_00000000000000aa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
+/// A scratch directory for one run (removed when dropped).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("spg99-bench-")
+        .tempdir()
+        .unwrap()
+}
+
+/// The runtime a benchmark's clients run on: two threads, as the machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A whole-number setting from the environment.
 pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -763,7 +763,7 @@ impl State {
                         backend_addr: None,
                         credentials,
                     }));
-                    ha.standby_state = StandbyState::Building;
+                    ha.progress = StandbyState::Building;
                     ha.standby_deadline_at = Some(*deadline);
                 }
             }
@@ -772,7 +772,7 @@ impl State {
                 standby_term,
             } => {
                 if let Some(ha) = self.ha_of(*db_id, *standby_term) {
-                    ha.standby_state = StandbyState::CatchingUp;
+                    ha.progress = StandbyState::CatchingUp;
                 }
             }
             Event::DbStandbyReady {
@@ -781,7 +781,7 @@ impl State {
                 ..
             } => {
                 if let Some(ha) = self.ha_of(*db_id, *standby_term) {
-                    ha.standby_state = StandbyState::Streaming;
+                    ha.progress = StandbyState::Streaming;
                     ha.standby_deadline_at = None;
                     ha.sync_wanted = Some(*standby_term);
                     ha.sync_changes += 1;
@@ -794,9 +794,7 @@ impl State {
             } => {
                 if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
                     ha.sync_applied = Some((*writer_term, *standby_term));
-                    let current = ha.standby.as_ref().map(|s| s.term);
-                    if standby_term.is_some() && *standby_term == current {
-                        ha.standby_state = StandbyState::Sync;
+                    if ha.standby_state() == StandbyState::Sync {
                         ha.unprotected_reason = None;
                     }
                 }
@@ -805,9 +803,6 @@ impl State {
                 if let Some(ha) = edit(&mut self.dbs, db_id).and_then(|d| d.ha.as_deref_mut()) {
                     if ha.sync_wanted.take().is_some() {
                         ha.sync_changes += 1;
-                    }
-                    if ha.standby_state == StandbyState::Sync {
-                        ha.standby_state = StandbyState::Streaming;
                     }
                     ha.unprotected_reason = Some(reason.clone());
                 }
@@ -955,7 +950,7 @@ impl State {
             return;
         };
         let standby = ha.standby.take();
-        ha.standby_state = StandbyState::None;
+        ha.progress = StandbyState::None;
         ha.standby_deadline_at = None;
         if ha.sync_wanted.take().is_some() {
             ha.sync_changes += 1;

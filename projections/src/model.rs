@@ -201,7 +201,7 @@ impl Db {
         static OFF: Ha = Ha {
             enabled: false,
             standby: None,
-            standby_state: StandbyState::None,
+            progress: StandbyState::None,
             standby_deadline_at: None,
             sync_wanted: None,
             sync_applied: None,
@@ -252,7 +252,9 @@ pub struct Ha {
     pub enabled: bool,
     /// The standby placed (its term is its application name's: `spg99_s<term>`).
     pub standby: Option<Box<Writer>>,
-    pub standby_state: StandbyState,
+    /// How far the standby got (up to streaming: whether it is synchronous follows from
+    /// what the writer confirmed, [`Ha::standby_state`]).
+    pub progress: StandbyState,
     /// When the standby being built must stream by.
     pub standby_deadline_at: Option<Timestamp>,
     /// The standby (term) the writer's commits are to wait for.
@@ -277,9 +279,23 @@ impl Ha {
     pub fn protected(&self, writer_term: u64) -> bool {
         let standby = self.standby.as_ref().map(|s| s.term);
         standby.is_some()
-            && self.standby_state == StandbyState::Sync
             && self.sync_wanted == standby
             && self.sync_applied == Some((writer_term, standby))
+    }
+
+    /// Where the standby stands: `Sync` once the writer confirmed waiting for the standby
+    /// the control plane wants.
+    pub fn standby_state(&self) -> StandbyState {
+        let standby = self.standby.as_ref().map(|s| s.term);
+        let confirmed = self.sync_applied.map(|(_, s)| s) == Some(standby);
+        match self.progress {
+            StandbyState::Streaming
+                if standby.is_some() && self.sync_wanted == standby && confirmed =>
+            {
+                StandbyState::Sync
+            }
+            progress => progress,
+        }
     }
 }
 

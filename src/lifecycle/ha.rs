@@ -74,7 +74,7 @@ fn next(state: &State, cx: &mut Context<'_>, db: &Db) -> Option<Event> {
             return relaxed
                 .then(|| lost("high availability was turned off".into(), Duration::ZERO));
         }
-        return match ha.standby_state {
+        return match ha.progress {
             StandbyState::Building | StandbyState::CatchingUp
                 if ha.standby_deadline_at.is_some_and(|d| d <= now) =>
             {
@@ -83,7 +83,7 @@ fn next(state: &State, cx: &mut Context<'_>, db: &Db) -> Option<Event> {
                     RETRY,
                 ))
             }
-            StandbyState::Streaming | StandbyState::Sync => {
+            StandbyState::Streaming => {
                 let timeout = cx.settings.standby_timeout;
                 let seen = *cx
                     .runtime
@@ -156,7 +156,7 @@ pub(super) fn replication_change(
         r.standby_term == s.term && r.state == "streaming" && r.reply_age_ms <= timeout
     })?;
     cx.runtime.standby_seen.insert(db.id, (s.term, cx.now));
-    let ready = ha.standby_state == StandbyState::CatchingUp && r.lag_bytes <= READY_LAG_BYTES;
+    let ready = ha.progress == StandbyState::CatchingUp && r.lag_bytes <= READY_LAG_BYTES;
     let t = state.tenants.get(&db.tenant)?;
     ready.then(|| {
         Draft::new(

@@ -112,7 +112,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         let ha = db.ha();
         if let Some(s) = ha.standby.as_ref().filter(|s| s.worker_id == worker_id) {
             let upstream = db.writer.as_ref().and_then(|w| w.backend_addr.clone());
-            if let (StandbyState::Building, Some(upstream)) = (ha.standby_state, upstream) {
+            if let (StandbyState::Building, Some(upstream)) = (ha.progress, upstream) {
                 out.push(Instruction {
                     ha: ha_spec(None, Some(upstream)),
                     ..instruction(Op::Prepare, db, s.term, Some(&s.profile))

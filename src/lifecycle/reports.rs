@@ -126,7 +126,7 @@ pub(super) fn report(
             reason: format!("the standby on {worker_id} failed: {}", why()),
             retry_at: after(cx.now, STANDBY_RETRY),
         },
-        Outcome::Prepared if standby && ha.standby_state == StandbyState::Building => {
+        Outcome::Prepared if standby && ha.progress == StandbyState::Building => {
             Event::DbStandbyStarted {
                 db_id,
                 standby_term: term,

@@ -215,7 +215,7 @@ impl DbView {
                 .filter(|_| d.ha().enabled && d.state == DbState::Running),
             standby_worker_id: d.ha().standby.as_ref().map(|s| s.worker_id.clone()),
             standby_writer_term: d.ha().standby.as_ref().map(|s| s.term),
-            standby_state: d.ha().standby_state.as_str(),
+            standby_state: d.ha().standby_state().as_str(),
             replication_lag_bytes: None,
             failovers: d.ha().failovers,
             last_failover_at: d.ha().last_failover_at.map(rfc3339),

@@ -72,11 +72,17 @@ pub fn set_auto_conf(
     write_owned(&path, &new, owner)
 }
 
+/// A replication password is a token (it goes into SQL and a password file as it is).
+pub fn password_ok(password: &str) -> Result<(), String> {
+    match !password.is_empty() && password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        true => Ok(()),
+        false => Err("the replication password is not a token".into()),
+    }
+}
+
 /// Makes the replication role log in with `password` (hex, from the control plane).
 pub fn replicator(client: &mut postgres::Client, password: &str) -> Result<(), String> {
-    if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("the replication password is not a token".into());
-    }
+    password_ok(password)?;
     client
         .batch_execute(&format!(
             "DO $spg99$ BEGIN

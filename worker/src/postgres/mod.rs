@@ -952,8 +952,13 @@ impl Postgres {
     /// Makes `timeline`'s data directory from the repository: `from` as of its target, onto
     /// the copy already there (`--delta`: only what differs is fetched) or into an empty one.
     fn restore(&self, timeline: &str, from: &spg99_wire::RestoreFrom) -> Result<()> {
+        self.restore_as(timeline, &from.timeline, &Target::of(from))
+    }
+
+    /// [`Postgres::restore`] of the timeline `from` to `target` (a standby's included).
+    fn restore_as(&self, timeline: &str, from: &str, target: &Target) -> Result<()> {
         timeline_ok(timeline)?;
-        timeline_ok(&from.timeline)?;
+        timeline_ok(from)?;
         let engine = self
             .engine()
             .ok_or("the database is to be restored, and this worker has no repository")?;
@@ -971,14 +976,15 @@ impl Postgres {
             }
         }
         let began = std::time::Instant::now();
-        let restored = engine.restore(&from.timeline, &Target::of(from), &dir, delta);
+        let restored = engine.restore(from, target, &dir, delta);
         crate::metrics::get()
             .storage
             .get_or_create(&crate::metrics::Op { op: "restore" })
             .observe(began.elapsed().as_secs_f64());
         info!(
             timeline,
-            from = %from.timeline,
+            from,
+            ?target,
             delta,
             ms = began.elapsed().as_secs_f64() * 1e3,
             "data directory restored from the repository"
@@ -1159,26 +1165,9 @@ impl Postgres {
             return Err("a writer of this database runs on this worker: no standby here".into());
         }
         let ha = writer.ha.as_ref().ok_or("no replication settings")?;
-        timeline_ok(&writer.timeline)?;
         let p = profile(&writer.profile)?;
-        let engine = self
-            .engine()
-            .ok_or("a standby is made from the repository, and this worker has none")?;
-        let dir = self.data_dir(&writer.timeline);
-        let delta = dir.join("PG_VERSION").exists();
-        if !delta {
-            let _ = std::fs::remove_dir_all(&dir);
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-            if let Some(o) = self.owner {
-                o.chown(&dir)?;
-            }
-        }
         let began = std::time::Instant::now();
-        engine.restore(&writer.timeline, &Target::Standby, &dir, delta)?;
+        self.restore_as(&writer.timeline, &writer.timeline, &Target::Standby)?;
         let passfile = replication::passfile(
             &self.run_dir.join(format!("{}.pgpass", writer.timeline)),
             upstream,

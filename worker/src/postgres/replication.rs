@@ -24,14 +24,19 @@ const EVERY: Duration = Duration::from_millis(200);
 /// A reading older than this is not reported (the writer does not answer).
 const FRESH: Duration = Duration::from_millis(1500);
 
-/// The `primary_conninfo` of a standby of `term` streaming from `upstream` (`host:port`),
-/// its password in `passfile`.
-pub fn conninfo(upstream: &str, term: u64, passfile: &Path) -> Result<String, String> {
+/// The host and port of a writer's address (`host:port`, `[v6]:port`).
+fn host_port(upstream: &str) -> Result<(&str, &str), String> {
     let (host, port) = upstream
         .rsplit_once(':')
         .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
         .ok_or_else(|| format!("the writer's address {upstream:?} is not host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// The `primary_conninfo` of a standby of `term` streaming from `upstream` (`host:port`),
+/// its password in `passfile`.
+pub fn conninfo(upstream: &str, term: u64, passfile: &Path) -> Result<String, String> {
+    let (host, port) = host_port(upstream)?;
     let ok = |v: &str| !v.contains(['\'', '\\', ' ']);
     if !ok(host) || !ok(&passfile.display().to_string()) {
         return Err("the writer's address or the password file holds a quote or a space".into());
@@ -52,11 +57,8 @@ pub fn passfile(
     password: &str,
     owner: Option<Owner>,
 ) -> Result<PathBuf, String> {
-    if password.is_empty() || !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err("the replication password is not a token".into());
-    }
-    let (host, port) = upstream.rsplit_once(':').unwrap_or((upstream, "*"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    cluster::password_ok(password)?;
+    let (host, port) = host_port(upstream)?;
     let line = format!(
         "{}:{port}:replication:{}:{password}\n",
         host.replace(':', "\\:"),
