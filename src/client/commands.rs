@@ -151,6 +151,16 @@ pub enum DbsCommand {
         #[arg(long)]
         against: Option<String>,
     },
+    /// High availability on or off: a synchronous standby on another worker while the
+    /// database runs (`--wait`: until the standby is synchronous, or gone).
+    Ha {
+        tenant: String,
+        db: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Resets a branch to its parent's data as it is now, in place (`restoring`, then
     /// `running`); what it holds now is kept as `<db>_before_reset_<n>`.
     Reset {
@@ -708,6 +718,29 @@ fn dbs(
                     .write_all(r["diff"].as_str().unwrap_or_default().as_bytes())
                     .map_err(io),
             }
+        }
+        DbsCommand::Ha {
+            tenant,
+            db,
+            setting,
+            wait,
+        } => {
+            let on = setting == "on";
+            let body = json!({ "enabled": on });
+            let begun = api.call("POST", &format!("{}/ha", at(&tenant, &db)), Some(&body))?;
+            let d = match wait.wait {
+                true => {
+                    let filter = format!("db={}", enc(render::cell(&begun.body["db_id"]).as_str()));
+                    // On: protected (or not running: nothing to wait for); off: no standby.
+                    let done = move |d: &Value| match on {
+                        true => d["ha_protected"] == true || d["state"] != "running",
+                        false => d["standby_state"] == "none",
+                    };
+                    settle(api, &at(&tenant, &db), &filter, &begun, &wait, done)?
+                }
+                false => begun.body,
+            };
+            show(out, output, &d)
         }
         DbsCommand::Reset { tenant, db, wait } => {
             let begun = api.call("POST", &format!("{}/reset", at(&tenant, &db)), None)?;

@@ -52,12 +52,8 @@ pub(super) fn create(
             "generated id already in use; retry",
         ));
     }
-    if c.ha && cx.settings.storage.is_none() {
-        return Err(conflict(
-            "no_repository",
-            "this platform runs without a storage repository (--storage none): a standby is \
-             made from the repository, so high availability needs one",
-        ));
+    if c.ha {
+        ha_possible(cx)?;
     }
     let ha = c.ha.then(|| {
         Draft::new(
@@ -336,6 +332,53 @@ fn history_point(
 
 /// A branch's reset: it takes its parent's data as it is now, in place (a restore whose
 /// source is the parent); what it holds now is kept as `<name>_before_reset_<n>`.
+/// High availability needs a repository: a standby is made from it.
+fn ha_possible(cx: &Context<'_>) -> Result<(), Rejection> {
+    match cx.settings.storage {
+        Some(_) => Ok(()),
+        None => Err(conflict(
+            "no_repository",
+            "this platform runs without a storage repository (--storage none): a standby is \
+             made from the repository, so high availability needs one",
+        )),
+    }
+}
+
+/// Turns high availability on or off: the reconciler builds the standby while the database
+/// runs, or relaxes its writer and retires it. The same setting again changes nothing.
+pub(super) fn set_ha(
+    state: &State,
+    cx: &Context<'_>,
+    meta: &CommandMeta,
+    tenant: &ResourceName,
+    db: &ResourceName,
+    enabled: bool,
+) -> Result<Vec<Draft>, Rejection> {
+    let key = caller(state, meta)?;
+    let (t, d) = access::db(state, key, tenant.as_str(), db.as_str())?;
+    // What creating it with `ha` takes.
+    access::require(key, Permission::CreateDb)?;
+    if d.state == DbState::Deleting {
+        return Err(conflict(
+            "db_deleting",
+            format!("database {:?} is being deleted", d.name.as_str()),
+        ));
+    }
+    if enabled {
+        ha_possible(cx)?;
+    }
+    if d.ha().enabled == enabled {
+        return Ok(vec![]);
+    }
+    Ok(vec![Draft::new(
+        Subject::db(t, d.id),
+        Event::DbHaSet {
+            db_id: d.id,
+            enabled,
+        },
+    )])
+}
+
 pub(super) fn reset(
     state: &State,
     meta: &CommandMeta,

@@ -139,6 +139,12 @@ pub enum Command {
         timeline: String,
         kept_db_id: Uuid,
     },
+    /// Turn high availability on or off (a standby on another worker while it runs).
+    SetHa {
+        tenant: ResourceName,
+        db: ResourceName,
+        enabled: bool,
+    },
     /// Workers, the Gateway and the reconciler: see [`crate::lifecycle`].
     Lifecycle(Lifecycle),
 }
@@ -249,6 +255,11 @@ pub fn decide(
             timeline,
             kept_db_id,
         } => dbs::reset(state, meta, tenant, db, timeline, *kept_db_id)?,
+        Command::SetHa {
+            tenant,
+            db,
+            enabled,
+        } => dbs::set_ha(state, cx, meta, tenant, db, *enabled)?,
         Command::RestoreDb {
             tenant,
             db,

@@ -211,6 +211,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                             .done(),
                     )
                     .service(
+                        Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/ha")
+                            .post(dbs::set_ha)
+                            .done(),
+                    )
+                    .service(
                         Methods::at("/v2/tenants/{tenant}", "/dbs/{db}/{action}")
                             .post(dbs::manual_lifecycle)
                             .done(),

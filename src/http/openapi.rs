@@ -43,7 +43,7 @@ does not take get 405 with `Allow`. Errors are `{\"error\": {\"code\", \"message
         accounts::create, accounts::list, accounts::get, accounts::profile, accounts::contact, accounts::delete,
         keys::issue, keys::list, keys::me, keys::rotate, keys::revoke,
         tenants::create, tenants::list, tenants::get, tenants::credentials, tenants::reset_credentials, tenants::delete,
-        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::restore, dbs::reset, schema_diff::schema_diff, dbs::manual_lifecycle,
+        dbs::create, dbs::list, dbs::get, dbs::get_by_id, dbs::delete, dbs::restore, dbs::reset, dbs::set_ha, schema_diff::schema_diff, dbs::manual_lifecycle,
         sizes::list, billing::summary, admin::state, admin::log, admin::verify, events::stream, events::ticket,
     ),
     modifiers(&BearerAuth)

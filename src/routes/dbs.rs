@@ -514,6 +514,39 @@ pub async fn reset(
     execute(&app, &caller, &req, &body.raw, command, render).await
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHa {
+    /// A synchronous standby on another worker while the database runs (`false`: none).
+    enabled: bool,
+}
+
+/// High availability on or off. On: while the database runs, a standby is built on another
+/// worker and made synchronous once it streams (`standby_state`, `ha_protected`). Off: the
+/// writer stops waiting for it, then it is shut down. The same setting again changes nothing.
+#[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/ha", tag = "databases", operation_id = "setDbHa", params(("tenant" = String, Path), ("db" = String, Path), Idempotent), request_body = SetHa, responses((status = 200, description = "the database, `ha` as asked", body = DbView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "`no_repository` (HA on without a repository), `db_deleting`", body = ErrorBody), (status = 422, description = "`invalid_value`", body = ErrorBody)), security(("bearer" = [])))]
+pub async fn set_ha(
+    app: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: ApiJson<SetHa>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = path_name("tenant", &path.0)?;
+    let db = path_name("database", &path.1)?;
+    let render = render_db(
+        tenant.as_str().to_owned(),
+        db.as_str().to_owned(),
+        StatusCode::OK,
+    );
+    let command = Command::SetHa {
+        tenant,
+        db,
+        enabled: body.value.enabled,
+    };
+    execute(&app, &caller, &req, &body.raw, command, render).await
+}
+
 /// Manual start, stop and scale are refused: a database starts on its first connection and
 /// stops when idle, and the autoscaler picks its profile.
 #[utoipa::path(post, path = "/v2/tenants/{tenant}/dbs/{db}/{action}", tag = "databases", operation_id = "refuseManualLifecycle", params(("tenant" = String, Path), ("db" = String, Path), ("action" = String, Path, description = "`start`, `stop` or `scale`")), responses((status = 409, description = "always: the lifecycle is automatic", body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]

@@ -264,6 +264,15 @@ fn cases() -> Vec<Case> {
             expect: [409, 409, 404, 409, 404, 403],
         },
         Case {
+            // Allowed (can_create_db): HA on (the server keeps a repository), then the same again.
+            route: "POST /v2/tenants/{tenant}/dbs/{db}/ha",
+            call: |_, _| {
+                let body = json!({"enabled": true});
+                ("POST", "/v2/tenants/t1/dbs/d1/ha".into(), Some(body))
+            },
+            expect: [200, 200, 404, 200, 404, 403],
+        },
+        Case {
             route: "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
             call: |_, _| ("POST", "/v2/tenants/t1/dbs/d1/start".into(), None),
             expect: [409, 409, 404, 409, 404, 409],
@@ -333,6 +342,7 @@ const ROUTES: &[&str] = &[
     "POST /v2/tenants/{tenant}/dbs/{db}/restore",
     "POST /v2/tenants/{tenant}/dbs/{db}/reset",
     "GET /v2/tenants/{tenant}/dbs/{db}/schema-diff",
+    "POST /v2/tenants/{tenant}/dbs/{db}/ha",
     "POST /v2/tenants/{tenant}/dbs/{db}/{start|stop|scale}",
     "GET /v2/dbs/{id}",
     "GET /v2/sizes",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{bin, Start, ROOT_TOKEN};
 
@@ -199,6 +199,15 @@ fn the_seeds_path_through_the_cli_from_login_to_psql() {
         "{}",
         text(&o)
     );
+
+    // High availability on and off (a standby needs another worker: none here).
+    let on = json(h, &["dbs", "ha", "shop", "main", "on", "-o", "json"]);
+    assert_eq!(
+        (on["ha"].clone(), on["ha_protected"].clone()),
+        (json!(true), json!(false))
+    );
+    let off = json(h, &["dbs", "ha", "shop", "main", "off", "-o", "json"]);
+    assert_eq!(off["ha"], false, "{off}");
 
     // Deleted, waiting until it is gone.
     let gone = json(

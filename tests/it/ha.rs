@@ -188,3 +188,351 @@ fn the_writers_worker_and_disk_lost_under_writers_loses_no_acknowledged_commit()
     });
     assert_eq!(d["worker_id"], standby.as_str(), "{d}");
 }
+
+/// `pid` and every process under it.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": the command may hold spaces, not ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+fn signal(pids: &[u32], sig: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status();
+    }
+}
+
+/// The three workers of a platform.
+fn workers(p: &Platform, dir: &std::path::Path) -> Vec<Worker> {
+    ["w1", "w2", "w3"]
+        .iter()
+        .map(|id| Worker::postgres(&p.fx.server, id, &dir.join(id)))
+        .collect()
+}
+
+/// The acknowledged ids table `t` of `db` does not hold.
+fn lost(p: &Platform, db: &str, acked: &[(i64, Instant, Instant)]) -> Vec<i64> {
+    let present: std::collections::BTreeSet<i64> = p
+        .sql(db, "SELECT coalesce(string_agg(id::text, ','), '') FROM t")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    acked
+        .iter()
+        .map(|(id, _, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect()
+}
+
+fn set_ha(p: &Platform, db: &str, enabled: bool) -> Value {
+    let r = p.fx.server.post(
+        &format!("/v2/tenants/shop/dbs/{db}/ha"),
+        &p.fx.account_key,
+        json!({ "enabled": enabled }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+#[test]
+fn a_lost_standby_holds_commits_up_for_seconds_only_and_is_built_again_and_ha_turns_off_and_on() {
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
+    let mut workers = workers(&p, tmp.path());
+    // Created without HA, turned on while it runs.
+    p.create_db("app");
+    let mut session = p.session("app");
+    session
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    let d = p.describe("app");
+    assert_eq!(
+        (d["ha"].clone(), d["standby_state"].clone()),
+        (json!(false), json!("none"))
+    );
+    assert_eq!(set_ha(&p, "app", true)["ha"], true);
+    assert_eq!(
+        set_ha(&p, "app", true)["ha"],
+        true,
+        "the same setting again"
+    );
+    let d = p.until("app", 180, protected);
+    let (writer, standby) = (
+        d["worker_id"].as_str().unwrap().to_owned(),
+        d["standby_worker_id"].as_str().unwrap().to_owned(),
+    );
+
+    // The standby's worker and disk lost under writers: commits stop waiting for it.
+    let writers = Writers::start(&p, "app", 4);
+    writers.more(200);
+    let index = workers.iter().position(|w| w.id == standby).unwrap();
+    let killed = Instant::now();
+    destroy(&mut workers[index]);
+    writers.more(200);
+    let acked = writers.finish();
+    // The longest a commit waited around the loss (printed, not asserted: a benchmark's job).
+    let mut times: Vec<Instant> = acked.iter().map(|(_, at, _)| *at).collect();
+    times.sort();
+    let stall = times
+        .windows(2)
+        .filter(|w| w[1] > killed)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap();
+    println!(
+        "the standby lost: commits held up {:.2} s at most",
+        stall.as_secs_f64()
+    );
+    assert_eq!(lost(&p, "app", &acked), Vec::<i64>::new());
+    let db_id = d["db_id"].as_str().unwrap().to_owned();
+    let log = p.fx.server.get(
+        &format!("/v2/admin/log?db={db_id}&limit=10000"),
+        crate::helpers::ROOT_TOKEN,
+    );
+    let items = log.body["items"].as_array().unwrap().clone();
+    let lost_at = items
+        .iter()
+        .position(|e| e["type"] == "db.standby_lost")
+        .expect("db.standby_lost");
+    assert!(
+        items[lost_at]["data"]["ha_unprotected_reason"]
+            .as_str()
+            .unwrap()
+            .contains(standby.as_str()),
+        "{}",
+        items[lost_at]
+    );
+    // The writer confirmed that it waits for no standby, after the loss.
+    assert!(
+        items[lost_at..]
+            .iter()
+            .any(|e| e["type"] == "db.replication_set"
+                && e["data"]["sync_standby_writer_term"].is_null()),
+        "{items:?}"
+    );
+    // A new standby on the third worker.
+    let third = ["w1", "w2", "w3"]
+        .into_iter()
+        .find(|w| *w != writer && *w != standby)
+        .unwrap();
+    let d = p.until("app", 180, |d| {
+        protected(d) && d["standby_worker_id"] == third
+    });
+    assert!(d["replication_lag_bytes"].is_u64(), "{d}");
+
+    // HA off: the writer waits for no standby, then the standby goes; on again: a new one.
+    let off = set_ha(&p, "app", false);
+    assert_eq!(off["ha"], false);
+    let d = p.until("app", 60, |d| d["standby_state"] == "none");
+    assert_eq!(d["ha_protected"], false);
+    let mut session = p.session("app");
+    let names: String = session
+        .query_one("SHOW synchronous_standby_names", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(names, "");
+    session.batch_execute("INSERT INTO t VALUES (-1)").unwrap();
+    set_ha(&p, "app", true);
+    p.until("app", 180, protected);
+    session.batch_execute("INSERT INTO t VALUES (-2)").unwrap();
+}
+
+#[test]
+fn a_partitioned_old_writer_accepts_no_commit_once_its_standby_was_promoted() {
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
+    let workers = workers(&p, tmp.path());
+    create_ha(&p, "app");
+    p.session("app")
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    let d = p.until("app", 180, protected);
+    let (writer, standby) = (
+        d["worker_id"].as_str().unwrap().to_owned(),
+        d["standby_worker_id"].as_str().unwrap().to_owned(),
+    );
+    // A client connected to the writer directly (not through the Gateway, which would close
+    // its connection at the failover).
+    let addr = d["backend_addr"].as_str().unwrap().to_owned();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut direct = postgres::Config::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .user(&p.user)
+        .password(&p.password)
+        .dbname("app")
+        .connect(postgres::NoTls)
+        .unwrap();
+    direct.batch_execute("INSERT INTO t VALUES (1)").unwrap();
+
+    // The writer's worker and its servers stopped past the worker timeout.
+    let old = workers.iter().find(|w| w.id == writer).unwrap();
+    let paused = process_tree(old.pid().unwrap());
+    assert!(paused.len() > 2, "the worker and its servers: {paused:?}");
+    signal(&paused, "-STOP");
+    let d = p.until("app", 60, |d| {
+        d["state"] == "running" && d["worker_id"] == standby.as_str()
+    });
+    p.sql("app", "INSERT INTO t VALUES (2)");
+    // Back: a commit on the old writer is never acknowledged (it waits for a standby that no
+    // longer follows it, until the worker, told to register again, stops it).
+    signal(&paused, "-CONT");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            direct
+                .batch_execute("INSERT INTO t VALUES (3)")
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the old writer answers the commit (with an error) once it is stopped");
+    assert!(
+        answer.is_err(),
+        "the old writer acknowledged a commit: {answer:?}"
+    );
+    assert_eq!(
+        p.sql("app", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2"
+    );
+    // Its copy is stale: removed when the worker is back, never served.
+    let db_id = d["db_id"].as_str().unwrap().to_owned();
+    crate::helpers::until_value(
+        60,
+        || {
+            p.fx.server
+                .get(
+                    &format!("/v2/admin/log?db={db_id}&types=db.data_destroyed&limit=100"),
+                    crate::helpers::ROOT_TOKEN,
+                )
+                .body
+        },
+        |log| {
+            log["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["data"]["worker_id"] == writer.as_str())
+        },
+    );
+    assert_eq!(p.describe("app")["worker_id"], standby.as_str());
+}
+
+#[test]
+fn a_handoff_of_an_ha_database_to_another_profile_keeps_its_standby_and_loses_nothing() {
+    let tmp = tempdir();
+    let hour = "3600000".to_owned();
+    let p = Platform::start(
+        tmp.path(),
+        None,
+        &[
+            ("SPG99_CLOCK", "manual".into()),
+            ("SPG99_IDLE_TIMEOUT", "100000".into()),
+            // Longer than the clock's jump below: nothing but the handoff is due then.
+            ("SPG99_WORKER_TIMEOUT_MS", hour.clone()),
+            ("SPG99_HA_WORKER_TIMEOUT_MS", hour.clone()),
+            ("SPG99_STANDBY_TIMEOUT_MS", hour.clone()),
+            ("SPG99_LEASE_TTL_MS", hour),
+        ],
+    );
+    let _workers = workers(&p, tmp.path());
+    create_ha(&p, "app");
+    p.session("app")
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    let d = p.until("app", 180, protected);
+    let (standby, term) = (d["standby_worker_id"].clone(), d["writer_term"].clone());
+    let writers = Writers::start(&p, "app", 8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let burner = crate::gateway::burner(&stop, &config(&p.gw, &p.user, &p.password, "app"));
+    let db_id = d["db_id"].as_str().unwrap().to_owned();
+    let band = || {
+        let log = p.fx.server.get(
+            &format!("/v2/admin/log?db={db_id}&types=db.load_changed&limit=10000"),
+            crate::helpers::ROOT_TOKEN,
+        );
+        log.body["items"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|e| e["data"]["band"].clone())
+    };
+    // The load high, then the autoscaler's window passed on the clock: a handoff starts (on
+    // a busy machine the load may dip out of its band before the jump: then again).
+    let began = Instant::now();
+    loop {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "no handoff: {:?}",
+            band()
+        );
+        if band() != Some(json!("high")) {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let r = p.fx.server.post(
+            "/internal/v1/clock/advance",
+            crate::lab::SERVICE_TOKEN,
+            json!({"seconds": 61}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        let moved = until_opt(10, || {
+            let d = p.describe("app");
+            (d["scale_state"] != "STABLE" || d["current_profile"] == "c0.5").then_some(())
+        });
+        if moved.is_some() {
+            break;
+        }
+    }
+    let d = p.until("app", 90, |d| {
+        d["scale_state"] == "STABLE" && d["current_profile"] == "c0.5"
+    });
+    assert_ne!(d["writer_term"], term, "{d}");
+    writers.more(200);
+    stop.store(true, Ordering::Relaxed);
+    burner.join().unwrap();
+    // The standby followed the writer through its restart, and protects it again.
+    let d = p.until("app", 60, protected);
+    assert_eq!(d["standby_worker_id"], standby, "{d}");
+    writers.more(100);
+    let acked = writers.finish();
+    assert_eq!(lost(&p, "app", &acked), Vec::<i64>::new());
+}
+
+/// Polls `f` until it gives something, for at most `secs`.
+fn until_opt<T>(secs: u64, f: impl Fn() -> Option<T>) -> Option<T> {
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(secs) {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}

@@ -241,6 +241,11 @@ impl Worker {
         w
     }
 
+    /// The worker process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(server: &Server, id: &str, args: Vec<String>, storage: Option<PathBuf>) -> Worker {
         let mut w = Worker::new(server, id, args, storage);
         w.start(server);
