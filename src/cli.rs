@@ -270,7 +270,7 @@ pub struct ServeArgs {
     pub worker_timeout_ms: u64,
     /// ...or this many, if it holds a writer or a standby of a database with high
     /// availability: its failover waits this long (workers heartbeat four times as often).
-    #[arg(long, env = "SPG99_HA_WORKER_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "SPG99_HA_WORKER_TIMEOUT_MS", default_value_t = 1_500)]
     pub ha_worker_timeout_ms: u64,
     /// A standby its writer has not seen streaming for this many milliseconds is given up:
     /// the writer's commits stop waiting for it, and a new one is built.

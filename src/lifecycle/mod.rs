@@ -89,7 +89,7 @@ impl Default for Settings {
             lease_ttl: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             worker_timeout: Duration::from_secs(15),
-            ha_worker_timeout: Duration::from_secs(2),
+            ha_worker_timeout: Duration::from_millis(1500),
             standby_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(5),
             phase_deadline: Duration::from_secs(60),
