@@ -76,6 +76,8 @@ pub struct Metrics {
     storage_warnings: Gauge<i64, AtomicI64>,
     /// Databases that are branches of another.
     branches: Gauge<i64, AtomicI64>,
+    /// Running databases with high availability that are not protected now.
+    unprotected: Gauge<i64, AtomicI64>,
     workers: Gauge<i64, AtomicI64>,
     leading: Gauge<i64, AtomicI64>,
     head: Gauge<i64, AtomicI64>,
@@ -112,6 +114,7 @@ impl Metrics {
             storage_bytes: Gauge::default(),
             storage_warnings: Gauge::default(),
             branches: Gauge::default(),
+            unprotected: Gauge::default(),
             workers: Gauge::default(),
             leading: Gauge::default(),
             head: Gauge::default(),
@@ -210,6 +213,11 @@ impl Metrics {
             m.branches.clone(),
         );
         r.register(
+            "spg99_databases_unprotected",
+            "Running databases with high availability whose commits do not wait for a standby now",
+            m.unprotected.clone(),
+        );
+        r.register(
             "spg99_workers",
             "Workers registered and not lost",
             m.workers.clone(),
@@ -301,10 +309,14 @@ impl Metrics {
         .into_iter()
         .map(|s| (s.as_str(), 0))
         .collect();
-        let (mut bytes, mut warnings, mut branches) = (0u64, 0i64, 0i64);
+        let (mut bytes, mut warnings, mut branches, mut unprotected) = (0u64, 0i64, 0i64, 0i64);
         for d in state.dbs.values() {
             *counts.entry(d.state.as_str()).or_default() += 1;
             branches += i64::from(d.branch.is_some());
+            let writer = d.writer.as_ref().map_or(0, |w| w.term);
+            let ha = d.ha();
+            unprotected +=
+                i64::from(ha.enabled && d.state == DbState::Running && !ha.protected(writer));
             let s = d.stored();
             bytes = bytes.saturating_add(s.bytes);
             warnings += i64::from(s.archive_failure.is_some() || s.warning.is_some());
@@ -312,6 +324,7 @@ impl Metrics {
         self.storage_bytes.set(bytes.min(i64::MAX as u64) as i64);
         self.storage_warnings.set(warnings);
         self.branches.set(branches);
+        self.unprotected.set(unprotected);
         for (state, n) in counts {
             self.databases.get_or_create(&InState { state }).set(n);
         }

@@ -395,3 +395,247 @@ fn random_kills_under_load_break_no_invariant() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Writers (servers not in recovery) per timeline among the PostgreSQL servers under `root`.
+fn writers_by_timeline(root: &Path) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for (dir, n) in postmasters(root) {
+        let dir = Path::new(&dir);
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if name != "template" && !dir.join("standby.signal").exists() {
+            *by.entry(name).or_insert(0) += n;
+        }
+    }
+    by
+}
+
+/// High availability under fire: the writer's worker (when the database is protected), the
+/// standby's worker (with their PostgreSQL, their disks deleted, a new worker in their place)
+/// and the control plane SIGKILLed at random under SQL writers through the Gateway; then:
+/// no acknowledged commit lost, never two writers of the database at once, terms never back,
+/// the state what the log explains, and no PostgreSQL server left once the workers stop.
+#[test]
+fn random_kills_of_an_ha_databases_workers_and_the_control_plane_lose_no_acknowledged_commit() {
+    let secs: u64 = std::env::var("SPG99_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let seed: u64 = std::env::var("SPG99_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("ha chaos: {secs} s, SPG99_CHAOS_SEED={seed}");
+    let mut dice = Dice(seed);
+
+    let tmp = tempdir();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = tmp.path().join("data");
+    let repo = tmp.path().join("repo").display().to_string();
+    let spawn = |listen: &str| {
+        Start::new(&data)
+            .listen(listen)
+            .env("SPG99_SERVICE_TOKEN", SERVICE_TOKEN)
+            .env("SPG99_STORAGE", repo.clone())
+            .env("SPG99_ARCHIVE_TIMEOUT", "1")
+            .env("SPG99_IDLE_TIMEOUT", "100000")
+            .spawn()
+    };
+    let first = spawn("127.0.0.1:0");
+    let listen = first.base.trim_start_matches("http://").to_owned();
+    let mut fx = Fixture::with_server(first);
+    let base = fx.server.base.clone();
+    let workers_dir = tmp.path().join("workers");
+    std::fs::create_dir_all(&workers_dir).unwrap();
+    let mut made = 0;
+    let mut new_worker = |server: &Server| {
+        made += 1;
+        let id = format!("w{made}");
+        Worker::postgres(server, &id, &workers_dir.join(&id))
+    };
+    let mut workers: Vec<Worker> = (0..3).map(|_| new_worker(&fx.server)).collect();
+    let t = fx.server.create_tenant(&fx.account_key, "shop");
+    let (user, password) = (
+        t.body["pg_user"].as_str().unwrap().to_owned(),
+        t.body["pg_password"].as_str().unwrap().to_owned(),
+    );
+    let r = fx.server.post(
+        "/v2/tenants/shop/dbs",
+        &fx.account_key,
+        json!({"name": "app", "size": "L1", "ha": true}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let gateway = Gateway::start(&fx.server, &tmp.path().join("gateway"), &[]);
+    crate::gateway::config(&gateway.addr, &user, &password, "app")
+        .connect(Tls::new())
+        .unwrap()
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .unwrap();
+    let describe = |base: &str| -> Option<Value> {
+        agent()
+            .get(&format!("{base}/v2/tenants/shop/dbs/app"))
+            .set("Authorization", &format!("Bearer {ROOT_TOKEN}"))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    };
+    let protected = |d: &Value| d["ha_protected"] == true;
+    crate::helpers::until_value(180, || describe(&base).unwrap_or_default(), protected);
+
+    let stop = AtomicBool::new(false);
+    let next_row = AtomicU64::new(1);
+    let acked_rows = Mutex::new(Vec::<i64>::new());
+    let doubled = Mutex::new(Vec::<String>::new());
+    let terms_back = Mutex::new(Vec::<String>::new());
+    let mut kills = Vec::<String>::new();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let (stop, acked, next, gw) = (&stop, &acked_rows, &next_row, &gateway.addr);
+            let (user, password) = (user.clone(), password.clone());
+            scope.spawn(move || {
+                let mut client: Option<postgres::Client> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = crate::gateway::config(gw, &user, &password, "app")
+                            .connect(Tls::new())
+                            .ok();
+                        if client.is_none() {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    }
+                    let id = next.fetch_add(1, Ordering::Relaxed) as i64;
+                    match client
+                        .as_mut()
+                        .unwrap()
+                        .execute("INSERT INTO t VALUES ($1)", &[&id])
+                    {
+                        Ok(_) => acked.lock().unwrap().push(id),
+                        Err(_) => client = None,
+                    }
+                }
+            });
+        }
+        {
+            let (stop, doubled, terms_back, base) = (&stop, &doubled, &terms_back, &base);
+            let root = &workers_dir;
+            scope.spawn(move || {
+                let mut seen = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    for (timeline, n) in writers_by_timeline(root) {
+                        if n > 1 {
+                            doubled
+                                .lock()
+                                .unwrap()
+                                .push(format!("{n} writers of {timeline}"));
+                        }
+                    }
+                    if let Some(term) = describe(base).and_then(|d| d["writer_term"].as_u64()) {
+                        if term < seen {
+                            terms_back.lock().unwrap().push(format!("{seen} -> {term}"));
+                        }
+                        seen = seen.max(term);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(secs) {
+            std::thread::sleep(Duration::from_millis(1500 + dice.below(2500)));
+            match dice.below(3) {
+                0 => {
+                    // Only a protected database loses nothing with its writer's worker.
+                    let Some(d) = (0..300).find_map(|_| {
+                        let d = describe(&base).filter(|d| protected(d));
+                        if d.is_none() {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        d
+                    }) else {
+                        kills.push("writer (not protected in 30 s: skipped)".into());
+                        continue;
+                    };
+                    let id = d["worker_id"].as_str().unwrap().to_owned();
+                    let i = workers.iter().position(|w| w.id == id).unwrap();
+                    crate::storage::destroy(&mut workers[i]);
+                    workers.remove(i);
+                    workers.push(new_worker(&fx.server));
+                    kills.push(format!("writer's worker {id}"));
+                }
+                1 => {
+                    let d = describe(&base).unwrap_or_default();
+                    let Some(id) = d["standby_worker_id"].as_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let Some(i) = workers.iter().position(|w| w.id == id) else {
+                        continue;
+                    };
+                    crate::storage::destroy(&mut workers[i]);
+                    workers.remove(i);
+                    workers.push(new_worker(&fx.server));
+                    kills.push(format!("standby's worker {id}"));
+                }
+                _ => {
+                    fx.server.kill9();
+                    std::thread::sleep(Duration::from_millis(200 + dice.below(800)));
+                    fx.server = spawn(&listen);
+                    kills.push("control plane".into());
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprintln!("ha chaos: kills {kills:?}");
+    assert!(
+        kills.iter().filter(|k| !k.contains("skipped")).count() >= 3,
+        "too few kills to mean anything: {kills:?}"
+    );
+    let doubled = doubled.into_inner().unwrap();
+    assert!(doubled.is_empty(), "{doubled:?}");
+    let terms_back = terms_back.into_inner().unwrap();
+    assert!(terms_back.is_empty(), "{terms_back:?}");
+
+    let rows = acked_rows.into_inner().unwrap();
+    eprintln!("ha chaos: {} rows acknowledged", rows.len());
+    assert!(!rows.is_empty(), "the load never got through");
+    let mut c = None;
+    for _ in 0..200 {
+        c = crate::gateway::config(&gateway.addr, &user, &password, "app")
+            .connect(Tls::new())
+            .ok();
+        if c.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut c = c.expect("the database serves after the chaos");
+    let lost = crate::lab::lost_rows(&mut c, &rows);
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+
+    let v = fx.server.get("/v2/admin/verify", ROOT_TOKEN);
+    assert_eq!(v.body["equal"], true, "{v:?}");
+    // With the workers stopped, no PostgreSQL server of theirs is left.
+    drop(workers);
+    let began = Instant::now();
+    loop {
+        let left: Vec<_> = postmasters(&workers_dir).into_keys().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "orphans: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

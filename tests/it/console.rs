@@ -714,3 +714,78 @@ fn a_person_branches_a_database_sees_the_tree_and_resets_the_branch_from_the_con
     let errors = b.console_errors();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn a_person_makes_a_database_highly_available_and_watches_it_fail_over_in_the_console() {
+    use crate::storage::{destroy, Platform};
+    let tmp = tempdir();
+    let p = Platform::start(tmp.path(), None, &[("SPG99_IDLE_TIMEOUT", "600".into())]);
+    let s = &p.fx.server;
+    s.post(
+        "/v2/account/contact",
+        &p.fx.account_key,
+        json!({"email": EMAIL}),
+    );
+    let mut workers: Vec<Worker> = ["w1", "w2"]
+        .iter()
+        .map(|id| Worker::postgres(s, id, &tmp.path().join(id)))
+        .collect();
+
+    let b = Browser::open(&shots(), 1280, 1500);
+    login(&b, s, EMAIL, &p.fx.account_key);
+    b.until_contains("main h1", "Tenants");
+    // Created with high availability from the tenant's page.
+    go(&b, "#/tenants/shop");
+    b.fill("#db-name", "orders");
+    b.click("#db-ha");
+    b.click("#create-db");
+    b.until_contains("tr[data-db=\"orders\"]", "orders");
+    p.sql(
+        "orders",
+        "CREATE TABLE t AS SELECT i FROM generate_series(1, 100) i",
+    );
+    go(&b, "#/tenants/shop/dbs/orders");
+    mark(&b);
+    // Built, streaming, synchronous: shown live.
+    b.until_contains("#db-standby", "sync");
+    b.until_text("#db-ha-protected", "protected", |t| {
+        t.starts_with("protected")
+    });
+    let d = p.describe("orders");
+    let (writer, standby) = (
+        d["worker_id"].as_str().unwrap().to_owned(),
+        d["standby_worker_id"].as_str().unwrap().to_owned(),
+    );
+    b.until_contains("#db-ha-writer", &writer);
+    b.until_contains("#db-standby", &standby);
+    b.screenshot("ha-protected");
+
+    // The writer's worker lost: the standby serves, one failover, and no third worker to
+    // build a new standby on.
+    let i = workers.iter().position(|w| w.id == writer).unwrap();
+    destroy(&mut workers[i]);
+    b.until_contains("#db-failovers", "1");
+    b.until_contains("#db-ha-writer", &standby);
+    b.until_contains("#db-ha-protected", "no other live worker has room");
+    assert_not_reloaded(&b);
+    b.screenshot("ha-failed-over");
+    assert_eq!(p.sql("orders", "SELECT count(*) FROM t"), "100");
+
+    // Turned off, confirmed.
+    b.click("#toggle-ha");
+    b.until_contains("#dialog-title", "Turn high availability off for orders?");
+    b.click("#dialog-confirm");
+    b.until_contains("#db-ha-protected", "off");
+    b.until_contains("#toggle-ha", "Turn high availability on");
+    assert_eq!(p.describe("orders")["ha"], false);
+
+    // The failover on the audit timeline.
+    go(&b, "#/events");
+    b.until_contains(
+        "#timeline li[data-type=\"db.failover_started\"]",
+        "db.failover_started",
+    );
+    b.until_contains("#timeline li[data-type=\"db.promoted\"]", "db.promoted");
+    let errors = b.console_errors();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

@@ -32,8 +32,9 @@ fn protected(d: &Value) -> bool {
     d["ha_protected"] == true && d["standby_state"] == "sync"
 }
 
-/// Writers through the Gateway, each on its connection (a new one when it breaks): the ids
-/// acknowledged, when each was, and when its connection was made.
+/// Writers through the Gateway, half on its session port, half on its transaction pooler,
+/// each on its connection (a new one when it breaks): the ids acknowledged, when each was,
+/// and when its connection was made.
 struct Writers {
     stop: Arc<AtomicBool>,
     acknowledged: Arc<Mutex<Vec<(i64, Instant, Instant)>>>,
@@ -46,7 +47,11 @@ impl Writers {
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let threads = (0..n)
             .map(|k| {
-                let cfg = config(&p.gw, &p.user, &p.password, db);
+                let port = match k % 2 {
+                    0 => p.gw.clone(),
+                    _ => p.fx.server.pooler.clone().expect("the Gateway's pooler"),
+                };
+                let cfg = config(&port, &p.user, &p.password, db);
                 let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
                 std::thread::spawn(move || {
                     let mut next = k;
@@ -139,6 +144,7 @@ fn the_writers_worker_and_disk_lost_under_writers_loses_no_acknowledged_commit()
 
     let writers = Writers::start(&p, "app", 8);
     writers.more(300);
+    let d_before = p.describe("app");
     let index = workers.iter().position(|w| w.id == writer).unwrap();
     let killed = Instant::now();
     destroy(&mut workers[index]);
@@ -146,8 +152,15 @@ fn the_writers_worker_and_disk_lost_under_writers_loses_no_acknowledged_commit()
         d["state"] == "running" && d["worker_id"] == standby.as_str()
     });
     assert_eq!(d["failovers"], 1, "{d}");
+    let served = Instant::now();
     writers.more(300);
     let acked = writers.finish();
+    // The pooler's clients (odd ids) go on committing too, on the new writer.
+    let terms = (d_before["writer_term"].clone(), d["writer_term"].clone());
+    assert!(
+        acked.iter().any(|(id, at, _)| id % 2 == 1 && *at > served),
+        "no pooled commit after the failover {terms:?}"
+    );
     // The first commit on a connection made after the kill (the old writer's all broke).
     let first_after = acked
         .iter()
@@ -421,25 +434,32 @@ fn a_partitioned_old_writer_accepts_no_commit_once_its_standby_was_promoted() {
         p.sql("app", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
         "1,2"
     );
-    // Its copy is stale: removed when the worker is back, never served.
+    // Its copy is stale, never served: removed when the worker is back, or made again from
+    // the repository as the new writer's standby (where the returning worker is given it).
     let db_id = d["db_id"].as_str().unwrap().to_owned();
-    crate::helpers::until_value(
-        60,
-        || {
-            p.fx.server
-                .get(
-                    &format!("/v2/admin/log?db={db_id}&types=db.data_destroyed&limit=100"),
-                    crate::helpers::ROOT_TOKEN,
-                )
-                .body
-        },
-        |log| {
-            log["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["data"]["worker_id"] == writer.as_str())
-        },
+    let destroyed = || {
+        let log = p.fx.server.get(
+            &format!("/v2/admin/log?db={db_id}&types=db.data_destroyed&limit=100"),
+            crate::helpers::ROOT_TOKEN,
+        );
+        log.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["worker_id"] == writer.as_str())
+    };
+    let settled = until_opt(120, || {
+        let d = p.describe("app");
+        let rebuilt = d["standby_worker_id"] == writer.as_str() && protected(&d);
+        (destroyed() || rebuilt).then_some(d)
+    });
+    assert!(
+        settled.is_some(),
+        "the old copy is neither removed nor a standby again"
+    );
+    assert_eq!(
+        p.sql("app", "SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
+        "1,2"
     );
     assert_eq!(p.describe("app")["worker_id"], standby.as_str());
 }

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub archive_failing: Gauge<i64, AtomicI64>,
     /// The longest any writer's WAL has waited for the repository (seconds).
     pub archive_lag: Gauge<i64, AtomicI64>,
+    /// Standbys streaming from this worker's writers, as of the last heartbeat.
+    pub standbys_streaming: Gauge<i64, AtomicI64>,
+    /// The farthest any of them is behind its writer (bytes of WAL not yet flushed there).
+    pub replication_lag: Gauge<i64, AtomicI64>,
 }
 
 impl Metrics {
@@ -60,6 +64,8 @@ impl Metrics {
             storage: Family::new_with_constructor(durations),
             archive_failing: Gauge::default(),
             archive_lag: Gauge::default(),
+            standbys_streaming: Gauge::default(),
+            replication_lag: Gauge::default(),
         };
         let r = &mut registry;
         r.register_with_unit(
@@ -99,6 +105,17 @@ impl Metrics {
             "The longest time any writer's WAL has waited for the repository, as of the last heartbeat",
             Unit::Seconds,
             m.archive_lag.clone(),
+        );
+        r.register(
+            "spg99_worker_standbys_streaming",
+            "Standbys streaming from this worker's writers, as of the last heartbeat",
+            m.standbys_streaming.clone(),
+        );
+        r.register_with_unit(
+            "spg99_worker_replication_lag",
+            "The farthest any standby of this worker's writers is behind (WAL not yet flushed there), as of the last heartbeat",
+            Unit::Bytes,
+            m.replication_lag.clone(),
         );
         Metrics { registry, ..m }
     }

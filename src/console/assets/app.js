@@ -432,9 +432,10 @@ class View {
   // A confirmed action: asks `question`, then runs one mutating request with an
   // Idempotency-Key of its own. The API's refusal is kept for the next render, which follows
   // at once.
+  // An action, asked first when there is a `question` (none: at once).
   async act(question, run) {
     const idem = idemKey();
-    if (!(await ask(question))) return;
+    if (question && !(await ask(question))) return;
     try {
       await run(idem);
       this.error = null;
@@ -561,11 +562,15 @@ class TenantView extends View {
     sizes().then((c) => {
       size.replaceChildren(...c.sizes.map((x) => h('option', { value: x.name }, `${x.name}: ${x.description}`)));
     }).catch(() => {});
+    const ha = h('input', { type: 'checkbox', id: 'db-ha', 'data-field': 'ha' });
     const form = h('form', { class: 'row', 'aria-label': 'New database' },
       field('Database name', name), field('Size', size),
+      h('label', { class: 'check' }, ha, 'High availability', h('span', { class: 'hint' }, 'a synchronous standby on another worker')),
       h('button', { type: 'submit', id: 'create-db' }, 'Create database'));
     mutation(form, async (idem) => {
-      await api('POST', `${tenantPath(this.tenant)}/dbs`, { name: name.value.trim(), size: size.value }, idem);
+      const body = { name: name.value.trim(), size: size.value };
+      if (ha.checked) body.ha = true;
+      await api('POST', `${tenantPath(this.tenant)}/dbs`, body, idem);
       form.reset();
       this.refresh();
     });
@@ -747,6 +752,7 @@ class DbView extends View {
             ['Frozen checkouts', yesNo(d.freeze_new_checkouts)],
           ]))),
       this.storageCard(d),
+      this.haCard(d),
       this.branchesCard(d, dbs),
       h('section', { class: 'card' }, h('details', {}, h('summary', {}, 'Describe as JSON'), h('pre', { class: 'mono' }, JSON.stringify(d, null, 2)))),
       this.dangerCard(d));
@@ -778,6 +784,45 @@ class DbView extends View {
         ['Edge runtimes', driver ? h('span', { class: 'secret' }, h('pre', { class: 'mono value', id: 'driver-snippet' }, driver), copyButton(driver, 'the serverless driver snippet', 'copy-driver'))
           : h('span', { class: 'hint' }, 'SQL over HTTP and WebSockets (the Neon serverless driver): shown with the password')],
       ]),
+      h('div', { class: 'actions' }, toggle));
+  }
+
+  // High availability: the writer and its standby, whether commits wait for it, failovers;
+  // turning it on or off.
+  haCard(d) {
+    const STANDBY_WORDS = {
+      none: 'no standby',
+      building: 'being made from the repository',
+      catching_up: 'replaying, connecting to the writer',
+      streaming: 'streaming; the writer is told to wait for it',
+      sync: 'synchronous: every commit waits for it',
+    };
+    const protection = !d.ha ? h('span', { id: 'db-ha-protected', class: 'hint' }, 'off: the repository keeps it, up to the archive timeout')
+      : d.ha_protected ? h('span', { id: 'db-ha-protected' }, badge('protected', 'ok'), h('span', { class: 'hint' }, 'every acknowledged commit is on both workers'))
+        : h('span', { id: 'db-ha-protected' }, badge('unprotected', 'warn'), ' ', d.ha_unprotected_reason || (d.state === 'running' ? '' : 'while it does not run'));
+    const rows = [
+      ['Protection', protection],
+      ['Writer', h('span', { id: 'db-ha-writer' }, d.worker_id ? `${d.worker_id}, term ${d.writer_term}` : '—')],
+      ['Standby', h('span', { id: 'db-standby' }, d.standby_worker_id ? `${d.standby_worker_id}, term ${d.standby_writer_term}` : '—',
+        ' ', badge(d.standby_state, d.standby_state === 'sync' ? 'ok' : 'info'), h('span', { class: 'hint' }, STANDBY_WORDS[d.standby_state] || ''))],
+      ['Replication lag', h('span', { id: 'db-replication-lag' }, d.replication_lag_bytes == null ? '—' : bytes(d.replication_lag_bytes))],
+      ['Failovers', h('span', { id: 'db-failovers' }, String(d.failovers), d.last_failover_at ? [' (last ', when(d.last_failover_at), ')'] : '')],
+    ];
+    let toggle = null;
+    if (can('can_create_db') && d.state !== 'deleting') {
+      toggle = h('button', { type: 'button', class: d.ha ? 'quiet' : null, id: 'toggle-ha' }, d.ha ? 'Turn high availability off…' : 'Turn high availability on');
+      toggle.addEventListener('click', () => {
+        const set = (idem) => api('POST', `${dbPath(this.tenant, this.db)}/ha`, { enabled: !d.ha }, idem);
+        this.act(d.ha ? {
+          title: `Turn high availability off for ${this.db}?`,
+          text: 'Commits stop waiting for the standby, and it is shut down: a lost worker then loses up to the archive timeout of commits.',
+          confirm: 'Turn off',
+        } : null, set);
+      });
+    }
+    return h('section', { class: 'card', 'aria-labelledby': 'ha-title', id: 'ha' },
+      h('h2', { id: 'ha-title' }, 'High availability'),
+      dl(rows),
       h('div', { class: 'actions' }, toggle));
   }
 
@@ -1134,6 +1179,14 @@ class BillingView extends View {
 
 const TIMELINE_MAX = 1000;
 
+// How an event stands out on the timeline: failures and losses of protection first.
+function eventTone(type) {
+  if (type.endsWith('failed')) return 'bad';
+  if (['db.failover_started', 'db.standby_lost', 'db.unprotected', 'worker.lost'].includes(type)) return 'warn';
+  if (['db.promoted', 'db.replication_set'].includes(type)) return 'ok';
+  return 'info';
+}
+
 class EventsView extends View {
   constructor(query) {
     super('events', 'Audit log');
@@ -1212,7 +1265,7 @@ class EventsView extends View {
     this.count++;
     const item = h('li', { 'data-seq': env.seq, 'data-type': env.type },
       h('div', { class: 'meta' },
-        h('span', { class: 'mono' }, `#${env.seq}`), when(env.at), badge(env.type, env.type.endsWith('failed') ? 'bad' : 'info'),
+        h('span', { class: 'mono' }, `#${env.seq}`), when(env.at), badge(env.type, eventTone(env.type)),
         env.tenant ? h('span', {}, `tenant ${env.tenant}`) : null,
         env.db_id ? h('span', { class: 'mono' }, `db ${env.db_id.slice(0, 8)}`) : null,
         h('span', { class: 'hint' }, `by ${env.actor}`)),

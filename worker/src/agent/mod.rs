@@ -325,6 +325,12 @@ impl Agent {
             });
             m.archive_failing.set(failing);
             m.archive_lag.set(lag as i64);
+            let replicas = loads.iter().flat_map(|l| &l.replicas);
+            let (streaming, lag) = replicas.fold((0, 0), |(n, lag), r| {
+                (n + i64::from(r.state == "streaming"), lag.max(r.lag_bytes))
+            });
+            m.standbys_streaming.set(streaming);
+            m.replication_lag.set(lag as i64);
             let result = |result| {
                 m.heartbeats
                     .get_or_create(&crate::metrics::Result { result })
