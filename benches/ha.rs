@@ -26,6 +26,8 @@ mod support;
 #[allow(dead_code)]
 #[path = "../tests/it/pgtls.rs"]
 mod pgtls;
+#[path = "../tests/it/procs.rs"]
+mod procs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -113,11 +115,7 @@ impl Bench {
     fn destroy(&mut self, id: &str) {
         let i = self.workers.iter().position(|(w, _)| w == id).unwrap();
         let (_, mut child) = self.workers.remove(i);
-        for pid in process_tree(child.id()) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
+        procs::signal(&procs::process_tree(child.id()), "-KILL");
         let _ = child.wait();
         std::fs::remove_dir_all(self.dir.join(id)).unwrap();
     }
@@ -204,34 +202,6 @@ impl Bench {
         );
         text
     }
-}
-
-/// `pid` and every process under it.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree
 }
 
 fn protected(d: &Value) -> bool {

@@ -16,6 +16,7 @@ use crate::gateway::config;
 use crate::helpers::tempdir;
 use crate::lab::Worker;
 use crate::pgtls::Tls;
+use crate::procs::{process_tree, signal};
 use crate::storage::{destroy, Platform};
 
 fn create_ha(p: &Platform, name: &str) -> Value {
@@ -200,43 +201,6 @@ fn the_writers_worker_and_disk_lost_under_writers_loses_no_acknowledged_commit()
         protected(d) && d["standby_worker_id"] == third
     });
     assert_eq!(d["worker_id"], standby.as_str(), "{d}");
-}
-
-/// `pid` and every process under it.
-fn process_tree(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // "pid (comm) state ppid ...": the command may hold spaces, not ')'.
-            let ppid = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree
-}
-
-fn signal(pids: &[u32], sig: &str) {
-    for pid in pids {
-        let _ = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status();
-    }
 }
 
 /// The three workers of a platform.

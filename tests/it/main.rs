@@ -34,6 +34,7 @@ mod object_store;
 mod openapi;
 mod pgtls;
 mod pooler;
+mod procs;
 mod reflinks;
 mod replicas;
 mod restart;
