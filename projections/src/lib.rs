@@ -914,8 +914,10 @@ impl State {
             s.backup_wanted = None;
         }
         if let Some(ha) = db.ha.as_deref_mut() {
-            // What the old writer confirmed is void for the next one.
+            // What the old writer confirmed is void for the next one, and a failover's start
+            // (this writer) is over: the next start is an ordinary one.
             ha.sync_applied = None;
+            ha.failover_started_at = None;
         }
         db.phase_started_at = None;
         db.phase_deadline_at = None;

@@ -869,3 +869,108 @@ fn a_worker_is_told_to_start_what_was_placed_on_it_until_it_reports() {
         .unwrap();
     assert!(crate::lifecycle::instructions(&w.state, "w1").is_empty());
 }
+
+/// The instructions of `worker` for the database with `op`.
+fn listed(w: &World, worker: &str, op: crate::lifecycle::Op) -> Vec<spg99_wire::Instruction> {
+    crate::lifecycle::instructions(&w.state, worker)
+        .into_iter()
+        .filter(|i| i.op == op)
+        .collect()
+}
+
+fn replicated(worker: &str, term: u64, standby: Option<u64>) -> Command {
+    lifecycle_report(WorkerReport {
+        standby_term: standby,
+        ..report_of(worker, term, Outcome::Replicated)
+    })
+}
+
+#[test]
+fn an_ha_database_is_protected_step_by_step_and_a_failed_promotion_starts_it_as_usual_after() {
+    let mut w = World::backed_up().given(Actor::Service, register("w2"));
+    let set_ha = Command::SetHa {
+        tenant: name("shop"),
+        db: name("app"),
+        enabled: true,
+    };
+    assert_eq!(types(&w.when(key(OWNER), set_ha.clone())), ["db.ha_set"]);
+    assert_eq!(types(&w.when(key(OWNER), set_ha)), Vec::<&str>::new());
+    // The writer is set up to replicate first (no standby to wait for yet).
+    let r = listed(&w, "w1", crate::lifecycle::Op::Replicate);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].ha.as_ref().unwrap().sync_standby_term, None);
+    assert!(types(&w.when(Actor::System, reconcile(Step::Standbys))).is_empty());
+    w.when(Actor::Service, replicated("w1", 1, None)).unwrap();
+    // A standby on the other worker, at the next term, streaming from the writer.
+    assert_eq!(
+        types(&w.when(Actor::System, reconcile(Step::Standbys))),
+        ["db.standby_requested"]
+    );
+    let p = listed(&w, "w2", crate::lifecycle::Op::Prepare);
+    assert_eq!((p.len(), p[0].writer_term), (1, 2), "{p:?}");
+    assert_eq!(
+        p[0].ha.as_ref().unwrap().upstream.as_deref(),
+        Some("w1:5432")
+    );
+    assert_eq!(
+        types(&w.when(Actor::Service, report("w2", 2, Outcome::Prepared))),
+        ["db.standby_started"]
+    );
+    // Never synchronous before the writer sees it stream.
+    assert!(listed(&w, "w1", crate::lifecycle::Op::Replicate).is_empty());
+    let streaming = Command::Lifecycle(Lifecycle::Heartbeat {
+        worker_id: "w1".into(),
+        loads: vec![Load {
+            db_id: id(DB),
+            cpu_milli: 0,
+            active_connections: 0,
+            archive: None,
+            replicas: vec![spg99_wire::Replica {
+                standby_term: 2,
+                state: "streaming".into(),
+                sync_state: "async".into(),
+                lag_bytes: 0,
+                reply_age_ms: 100,
+            }],
+        }],
+    });
+    assert!(types(&w.when(Actor::Service, streaming)).contains(&"db.standby_ready"));
+    let r = listed(&w, "w1", crate::lifecycle::Op::Replicate);
+    assert_eq!(r[0].ha.as_ref().unwrap().sync_standby_term, Some(2));
+    assert!(!w.db().ha().protected(1));
+    assert_eq!(
+        types(&w.when(Actor::Service, replicated("w1", 1, Some(2)))),
+        ["db.replication_set"]
+    );
+    assert!(w.db().ha().protected(1));
+    // The writer's worker silent past the HA timeout, the standby's live: a failover.
+    w.advance(w.settings.ha_worker_timeout + Duration::from_millis(1));
+    w.when(Actor::Service, heartbeat("w2")).unwrap();
+    assert_eq!(
+        types(&w.when(Actor::System, reconcile(Step::LoseWorkers))),
+        ["db.failover_started", "worker.lost"]
+    );
+    let start = listed(&w, "w2", crate::lifecycle::Op::Start);
+    assert_eq!(start[0].writer_term, 2);
+    assert!(
+        start[0].ha.is_some() && start[0].restore.is_none(),
+        "{start:?}"
+    );
+    // The promotion fails: the next start is an ordinary one (from the repository).
+    w.when(
+        Actor::Service,
+        lifecycle_report(WorkerReport {
+            reason: Some("the standby did not promote".into()),
+            ..report_of("w2", 2, Outcome::Failed)
+        }),
+    )
+    .unwrap();
+    assert_eq!(w.db().state, DbState::Stopped);
+    assert_eq!(w.db().ha().failover_started_at, None);
+    w.when(Actor::Service, checkout(id(101))).unwrap();
+    let start = listed(&w, "w2", crate::lifecycle::Op::Start);
+    assert!(
+        start[0].ha.is_none() && start[0].restore.is_some(),
+        "{start:?}"
+    );
+}

@@ -33,8 +33,8 @@ use super::scheduler::{place, Placement};
 use super::{after, Context};
 use crate::decision::{Draft, Subject};
 
-/// A standby given up is not built again for this long.
-const RETRY: Duration = Duration::from_secs(30);
+/// A standby given up (or failed) is not built again for this long.
+pub(super) const RETRY: Duration = Duration::from_secs(30);
 /// A standby this close behind its writer can be waited for without a stall.
 pub(super) const READY_LAG_BYTES: u64 = 16 << 20;
 

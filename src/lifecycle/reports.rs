@@ -12,8 +12,6 @@ use crate::decision::{invalid, Draft, Rejection, Subject};
 
 /// A failed backup is asked for again after this long.
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
-/// A standby that failed is built again after this long.
-const STANDBY_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) fn report(
     state: &State,
@@ -124,7 +122,7 @@ pub(super) fn report(
             db_id,
             standby_term: term,
             reason: format!("the standby on {worker_id} failed: {}", why()),
-            retry_at: after(cx.now, STANDBY_RETRY),
+            retry_at: after(cx.now, super::ha::RETRY),
         },
         Outcome::Prepared if standby && ha.progress == StandbyState::Building => {
             Event::DbStandbyStarted {
