@@ -323,10 +323,28 @@ fn a_lost_standby_holds_commits_up_for_seconds_only_and_is_built_again_and_ha_tu
     assert!(d["replication_lag_bytes"].is_u64(), "{d}");
 
     // HA off: the writer waits for no standby, then the standby goes; on again: a new one.
+    let run = tmp.path().join(third).join("run");
+    let pgpass = || {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".pgpass"))
+    };
+    assert!(
+        pgpass(),
+        "the standby's password file is in {}",
+        run.display()
+    );
     let off = set_ha(&p, "app", false);
     assert_eq!(off["ha"], false);
     let d = p.until("app", 60, |d| d["standby_state"] == "none");
     assert_eq!(d["ha_protected"], false);
+    // Its copy goes, and with it the password it streamed with.
+    assert!(
+        until_opt(60, || (!pgpass()).then_some(())).is_some(),
+        "the standby's password file is left in {}",
+        run.display()
+    );
     let mut session = p.session("app");
     let names: String = session
         .query_one("SHOW synchronous_standby_names", &[])

@@ -810,6 +810,8 @@ impl Compute for Postgres {
             }
         }
         let _ = std::fs::remove_file(self.logs.join(format!("{timeline}.log")));
+        // A standby's password file, if it was one here.
+        let _ = std::fs::remove_file(self.run_dir.join(format!("{timeline}.pgpass")));
         drop(slot);
         lock(&self.slots).remove(&db_id);
         info!(%db_id, timeline, "data removed");
