@@ -36,7 +36,7 @@ impl Subject {
     pub(crate) fn tenant(t: &Tenant) -> Self {
         Subject {
             account: Some(t.account),
-            tenant: Some(t.name.clone()),
+            tenant: Some(t.name.to_string()),
             tenant_id: Some(t.id),
             db_id: None,
         }

@@ -50,6 +50,7 @@ pub mod console;
 pub mod credentials;
 pub mod decision;
 pub mod domain;
+pub mod heap;
 pub mod http;
 pub mod lifecycle;
 pub mod limits;

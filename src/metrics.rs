@@ -313,7 +313,7 @@ impl Metrics {
         for d in state.dbs.values() {
             *counts.entry(d.state.as_str()).or_default() += 1;
             branches += i64::from(d.branch.is_some());
-            let writer = d.writer.as_ref().map_or(0, |w| w.term);
+            let writer = d.live.writer.as_ref().map_or(0, |w| w.term);
             let ha = d.ha();
             unprotected +=
                 i64::from(ha.enabled && d.state == DbState::Running && !ha.protected(writer));

@@ -242,6 +242,8 @@ impl Application {
             // Snapshots of a log kept elsewhere go in a directory of their own.
             let snapshots_dir = log.local_dir(&data_dir);
             let recovered = recover(&log, &snapshots_dir, true)?;
+            // The snapshot's bytes and the replay's envelopes are free now.
+            crate::heap::give_back();
             Ok::<_, LogError>((log, snapshots_dir, recovered))
         })
         .await
@@ -325,6 +327,7 @@ impl Application {
             config.snapshots,
             snapshot_seq,
         ));
+        actix_web::rt::spawn(crate::heap::trim_when_quiet(commits.shared().clone()));
         // The embedded Gateway and worker reach the internal API with a token of this process
         // alone, which is never written anywhere (with replicas, one derived from the secret
         // key, so that the leader accepts what a follower passes on); over TLS, on a plain

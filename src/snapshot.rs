@@ -33,7 +33,7 @@ const MAGIC: &[u8; 8] = b"SPG99SNP";
 /// (workers, leases, writers, handoffs, usage). 3: tenants' verifiers, where each database's
 /// data lives, and stale copies. 4: which credentials a tenant and each writer's role have.
 /// 5: storage and restores. 6: the last restore done. 7: branches. 8: resets.
-const VERSION: u8 = 9;
+const VERSION: u8 = 10;
 const KEEP: usize = 2;
 pub const DIR: &str = "snapshots";
 

@@ -24,8 +24,9 @@ use spg99_events::{Envelope, Event, LoadBand, SecretHash, Timestamp};
 use uuid::Uuid;
 
 pub use model::{
-    Account, ApiKey, Branch, Db, DbState, Ha, Handoff, IdempotentResponse, Lease, Restore, Retire,
-    Scale, ScaleStage, SmolStr, StandbyState, Storage, Tenant, Usage, Worker, Writer,
+    Account, ApiKey, Branch, Db, DbState, Ha, Handoff, IdempotentResponse, Lease, Lifecycle, Live,
+    Restore, Retire, Scale, ScaleStage, SmolStr, StandbyState, Storage, Tenant, Timeline, Usage,
+    Worker, Writer,
 };
 
 /// How long the answer to an idempotent request is kept for retries (24 h, in microseconds),
@@ -43,7 +44,7 @@ fn usage_row<'u>(
         .entry((tenant.account, period, db.id))
         .or_insert_with(|| Usage {
             tenant_id: tenant.id,
-            tenant: tenant.name.clone(),
+            tenant: tenant.name.to_string(),
             db: db.name.to_string(),
             ..Usage::default()
         })
@@ -76,12 +77,14 @@ pub struct State {
     pub service_token: Option<SecretHash>,
     pub tenants: Map<Uuid, Arc<Tenant>>,
     /// Tenant names are unique across the platform.
-    pub tenants_by_name: Map<String, Uuid>,
+    pub tenants_by_name: Map<SmolStr, Uuid>,
     /// `pg_user`s are unique across the platform: the Gateway finds a tenant by it.
-    pub tenants_by_pg_user: Map<String, Uuid>,
+    pub tenants_by_pg_user: Map<SmolStr, Uuid>,
     pub dbs: Map<Uuid, Arc<Db>>,
-    /// Database names are unique within a tenant; ordered by tenant, then name.
-    pub dbs_by_name: Map<(Uuid, SmolStr), Uuid>,
+    /// Database names are unique within a tenant: (tenant, [`name_hash`] of the name, database).
+    /// A hash, not the name, so that an entry is 40 bytes whatever the name; a lookup checks
+    /// the names of the (almost always one) databases under a hash.
+    dbs_by_name: Set<(Uuid, u64, Uuid)>,
     /// First answers to idempotent requests, by (key id, idempotency key).
     pub idempotency: Map<(String, String), Arc<IdempotentResponse>>,
     /// The same entries by time recorded, for expiry.
@@ -104,6 +107,14 @@ pub struct State {
     active: Set<Uuid>,
 }
 
+/// The hash a database's name is indexed by: FNV-1a, 64 bits. Fixed, not seeded: the index is
+/// part of the state's encoding (snapshots, fingerprints), the same in every process.
+pub fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The record under `key`, to change: copied first if another version of the state holds it.
 /// A function of the one map, so that other fields of the state stay free to borrow.
 fn edit<'m, K: Ord + Clone, V: Clone>(map: &'m mut Map<K, Arc<V>>, key: &K) -> Option<&'m mut V> {
@@ -124,9 +135,9 @@ fn retain<K: Ord + Clone, V>(map: &mut Map<K, Arc<V>>, keep: impl Fn(&V) -> bool
 
 /// A writer starts serving the database at `at`: its run (billed) and its load window begin.
 fn serve_from(db: &mut Db, at: Timestamp) {
-    db.running_since = Some(at);
-    db.load_band = LoadBand::Normal;
-    db.load_band_since = at;
+    db.live.running_since = Some(at);
+    db.live.load_band = LoadBand::Normal;
+    db.live.load_band_since = at;
 }
 
 /// How many objects of each kind the state holds.
@@ -249,15 +260,16 @@ impl State {
                 pg_user,
                 pg_password,
             } => {
-                self.tenants_by_name.insert(name.clone(), *tenant_id);
-                self.tenants_by_pg_user.insert(pg_user.clone(), *tenant_id);
+                self.tenants_by_name.insert(SmolStr::new(name), *tenant_id);
+                self.tenants_by_pg_user
+                    .insert(SmolStr::new(pg_user), *tenant_id);
                 self.tenants.insert(
                     *tenant_id,
                     Arc::new(Tenant {
                         id: *tenant_id,
                         account: *account_id,
-                        name: name.clone(),
-                        pg_user: pg_user.clone(),
+                        name: SmolStr::new(name),
+                        pg_user: SmolStr::new(pg_user),
                         pg_password: pg_password.clone(),
                         verifier: None,
                         credentials: 0,
@@ -383,7 +395,7 @@ impl State {
                 let credentials = self.credentials_of(*db_id);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Starting;
-                    db.writer = Some(Box::new(Writer {
+                    db.live.writer = Some(Box::new(Writer {
                         worker_id: worker_id.clone(),
                         profile: profile.clone(),
                         term: *writer_term,
@@ -391,9 +403,9 @@ impl State {
                         credentials,
                     }));
                     db.writer_term = *writer_term;
-                    db.phase_started_at = Some(at);
-                    db.phase_deadline_at = Some(*deadline);
-                    db.idle_since = None;
+                    db.live.phase_started_at = Some(at);
+                    db.live.phase_deadline_at = Some(*deadline);
+                    db.live.idle_since = None;
                 }
             }
             Event::DbStarted {
@@ -401,24 +413,24 @@ impl State {
                 backend_addr,
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    if let Some(w) = db.writer.as_mut() {
+                    if let Some(w) = db.live.writer.as_mut() {
                         w.backend_addr = Some(backend_addr.clone());
                     }
                     db.state = DbState::Running;
                     if let Some(b) = db.branch.as_mut().filter(|b| b.made_at.is_none()) {
                         b.made_at = Some(at);
                     }
-                    if let Some(mut done) = db.restore.take() {
+                    if let Some(mut done) = db.live.restore.take() {
                         done.restored_at = Some(at);
                         db.last_restore = Some(done);
                     }
-                    db.phase_started_at = None;
-                    db.phase_deadline_at = None;
-                    db.failed_starts = 0;
-                    db.failure_reason = None;
-                    db.idle_since = db.leases.is_empty().then_some(at);
-                    db.cpu_milli = 0;
-                    db.active_connections = 0;
+                    db.live.phase_started_at = None;
+                    db.live.phase_deadline_at = None;
+                    db.live.failed_starts = 0;
+                    db.live.failure_reason = None;
+                    db.live.idle_since = db.live.leases.is_empty().then_some(at);
+                    db.live.cpu_milli = 0;
+                    db.live.active_connections = 0;
                     serve_from(db, at);
                 }
             }
@@ -430,11 +442,11 @@ impl State {
             } => {
                 self.drop_writer(*db_id, at, *retire);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.failed_starts += 1;
-                    db.failure_reason = Some(reason.clone());
+                    db.live.failed_starts += 1;
+                    db.live.failure_reason = Some(reason.clone());
                     db.state = if *give_up {
                         DbState::Failed
-                    } else if db.restore.is_some() {
+                    } else if db.live.restore.is_some() {
                         // The restore is tried again (its new timeline has no data elsewhere).
                         DbState::Restoring
                     } else {
@@ -447,9 +459,9 @@ impl State {
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.state = DbState::Stopping;
-                    db.phase_started_at = Some(at);
-                    db.phase_deadline_at = Some(*deadline);
-                    db.idle_since = None;
+                    db.live.phase_started_at = Some(at);
+                    db.live.phase_deadline_at = Some(*deadline);
+                    db.live.idle_since = None;
                 }
             }
             Event::DbStopped { db_id, retire, .. } => {
@@ -465,8 +477,8 @@ impl State {
                 ttl_ms,
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.leases.insert(*lease_id);
-                    db.idle_since = None;
+                    db.live.leases.insert(*lease_id);
+                    db.live.idle_since = None;
                     self.leases.insert(
                         *lease_id,
                         Lease {
@@ -489,18 +501,18 @@ impl State {
                 band,
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.cpu_milli = *cpu_milli;
-                    db.active_connections = *active_connections;
+                    db.live.cpu_milli = *cpu_milli;
+                    db.live.active_connections = *active_connections;
                     // A database is idle when nothing uses it: no lease and no session, the
                     // direct ones its writer reports included.
                     if *active_connections > 0 {
-                        db.idle_since = None;
-                    } else if db.state == DbState::Running && db.leases.is_empty() {
-                        db.idle_since.get_or_insert(at);
+                        db.live.idle_since = None;
+                    } else if db.state == DbState::Running && db.live.leases.is_empty() {
+                        db.live.idle_since.get_or_insert(at);
                     }
-                    if db.load_band != *band {
-                        db.load_band = *band;
-                        db.load_band_since = at;
+                    if db.live.load_band != *band {
+                        db.live.load_band = *band;
+                        db.live.load_band_since = at;
                     }
                 }
             }
@@ -514,7 +526,7 @@ impl State {
                 let credentials = self.credentials_of(*db_id);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     db.writer_term = *candidate_writer_term;
-                    db.scale = Scale::new(Handoff {
+                    db.live.scale = Scale::new(Handoff {
                         stage: ScaleStage::PreparingCandidate,
                         target_profile: Some(target_profile.clone()),
                         candidate: Some(Box::new(Writer {
@@ -536,11 +548,11 @@ impl State {
                 deadline,
             } => {
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    let handoff = db.scale.edit();
+                    let handoff = db.live.scale.edit();
                     handoff.stage = ScaleStage::Cutover;
                     handoff.phase_started_at = Some(at);
                     handoff.phase_deadline_at = Some(*deadline);
-                    db.freeze_new_checkouts = true;
+                    db.live.freeze_new_checkouts = true;
                     db.lease_control_epoch = *lease_control_epoch;
                 }
             }
@@ -549,14 +561,15 @@ impl State {
                 backend_addr,
                 cooldown_until,
             } => {
-                let candidate = edit(&mut self.dbs, db_id).and_then(|db| db.scale.take_candidate());
+                let candidate =
+                    edit(&mut self.dbs, db_id).and_then(|db| db.live.scale.take_candidate());
                 if let Some(mut candidate) = candidate {
                     // The old writer's run ends here; its leases stay until they are released
                     // or expire, and renewals under the old epoch are refused.
                     self.bill(*db_id, at);
                     candidate.backend_addr = Some(backend_addr.clone());
                     let old =
-                        edit(&mut self.dbs, db_id).and_then(|db| db.writer.replace(candidate));
+                        edit(&mut self.dbs, db_id).and_then(|db| db.live.writer.replace(candidate));
                     if let Some(old) = old {
                         self.retire(*old, *db_id, Retire::Stop);
                     }
@@ -565,9 +578,9 @@ impl State {
                         if let Some(s) = db.storage.as_mut() {
                             s.backup_wanted = None;
                         }
-                        db.scale = Scale::default();
-                        db.freeze_new_checkouts = false;
-                        db.autoscale_cooldown_until = Some(*cooldown_until);
+                        db.live.scale = Scale::default();
+                        db.live.freeze_new_checkouts = false;
+                        db.live.autoscale_cooldown_until = Some(*cooldown_until);
                         serve_from(db, at);
                     }
                 }
@@ -579,8 +592,8 @@ impl State {
             } => {
                 self.fail_scale(*db_id, reason.clone());
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.autoscale_cooldown_until = Some(*cooldown_until);
-                    db.load_band_since = at;
+                    db.live.autoscale_cooldown_until = Some(*cooldown_until);
+                    db.live.load_band_since = at;
                 }
             }
             Event::WriterRetired {
@@ -597,9 +610,10 @@ impl State {
                     w.keeps_data = true;
                 }
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    if let Some(old) = db.data_on.replace(worker_id.clone()) {
-                        if old != *worker_id {
-                            self.stale_copies.insert((old, *db_id), db.timeline.clone());
+                    if let Some(old) = db.data_on.replace(worker_id.as_str().into()) {
+                        if *old != **worker_id {
+                            self.stale_copies
+                                .insert((old.into(), *db_id), db.timeline.to_string());
                         }
                     }
                 }
@@ -609,7 +623,7 @@ impl State {
                 writer_term,
                 credentials,
             } => {
-                let writer = edit(&mut self.dbs, db_id).and_then(|d| d.writer.as_mut());
+                let writer = edit(&mut self.dbs, db_id).and_then(|d| d.live.writer.as_mut());
                 if let Some(w) = writer.filter(|w| w.term == *writer_term) {
                     w.credentials = w.credentials.max(*credentials);
                 }
@@ -617,7 +631,7 @@ impl State {
             Event::DbDataDestroyed { db_id, worker_id } => {
                 self.stale_copies.remove(&(worker_id.clone(), *db_id));
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    if db.data_on.as_ref() == Some(worker_id) {
+                    if db.data_on.as_deref() == Some(worker_id.as_str()) {
                         db.data_on = None;
                     }
                 }
@@ -702,7 +716,7 @@ impl State {
                 self.start_restore(at, *db_id, &None, &None, timeline, *kept_db_id, kept_name);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
                     let parent = db.branch.as_ref().map(|b| b.parent_db_id);
-                    if let Some(r) = db.restore.as_mut() {
+                    if let Some(r) = db.live.restore.as_mut() {
                         r.from_timeline = parent_timeline.clone();
                         r.parent = parent;
                     }
@@ -722,7 +736,7 @@ impl State {
             } => {
                 let credentials = self.credentials_of(*db_id);
                 if let Some(db) = edit(&mut self.dbs, db_id) {
-                    db.writer = Some(Box::new(Writer {
+                    db.live.writer = Some(Box::new(Writer {
                         worker_id: worker_id.clone(),
                         profile: profile.clone(),
                         term: *writer_term,
@@ -730,8 +744,8 @@ impl State {
                         credentials,
                     }));
                     db.writer_term = *writer_term;
-                    db.phase_started_at = Some(at);
-                    db.phase_deadline_at = Some(*deadline);
+                    db.live.phase_started_at = Some(at);
+                    db.live.phase_deadline_at = Some(*deadline);
                 }
             }
             Event::DbRestored { .. } => {}
@@ -829,7 +843,7 @@ impl State {
                 reason,
                 ..
             } => {
-                let old = self.dbs.get(db_id).and_then(|d| d.writer.as_ref());
+                let old = self.dbs.get(db_id).and_then(|d| d.live.writer.as_ref());
                 let standby = match old.is_some_and(|w| w.term == *old_writer_term) {
                     true => self
                         .ha_of(*db_id, *standby_term)
@@ -839,10 +853,10 @@ impl State {
                 if let Some(standby) = standby {
                     self.drop_writer(*db_id, at, true);
                     if let Some(db) = edit(&mut self.dbs, db_id) {
-                        db.writer = Some(standby);
+                        db.live.writer = Some(standby);
                         db.state = DbState::Starting;
-                        db.phase_started_at = Some(at);
-                        db.phase_deadline_at = Some(*deadline);
+                        db.live.phase_started_at = Some(at);
+                        db.live.phase_deadline_at = Some(*deadline);
                         db.lease_control_epoch = *lease_control_epoch;
                         let ha = db.ha.get_or_insert_with(Default::default);
                         ha.failovers += 1;
@@ -882,9 +896,19 @@ impl State {
 
     /// Keeps [`State::active`] in step with one database.
     fn reindex(&mut self, db_id: Uuid) {
+        // Back at rest: its lifecycle's box goes.
+        if self
+            .dbs
+            .get(&db_id)
+            .is_some_and(|d| d.live.needs_settling())
+        {
+            if let Some(db) = edit(&mut self.dbs, &db_id) {
+                db.live.settle();
+            }
+        }
         let active = self.dbs.get(&db_id).is_some_and(|d| {
-            d.writer.is_some()
-                || d.scale.candidate.is_some()
+            d.live.writer.is_some()
+                || d.live.scale.candidate.is_some()
                 || matches!(d.state, DbState::Deleting | DbState::Restoring)
         });
         if active {
@@ -909,7 +933,7 @@ impl State {
         let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
-        let writer = db.writer.take();
+        let writer = db.live.writer.take();
         if let Some(s) = db.storage.as_mut() {
             s.backup_wanted = None;
         }
@@ -919,12 +943,14 @@ impl State {
             ha.sync_applied = None;
             ha.failover_started_at = None;
         }
-        db.phase_started_at = None;
-        db.phase_deadline_at = None;
-        db.idle_since = None;
-        db.cpu_milli = 0;
-        db.active_connections = 0;
-        for lease in std::mem::take(&mut db.leases) {
+        db.live.phase_started_at = None;
+        db.live.phase_deadline_at = None;
+        db.live.idle_since = None;
+        db.live.cpu_milli = 0;
+        db.live.active_connections = 0;
+        db.live.load_band = Lifecycle::REST.load_band;
+        db.live.load_band_since = Lifecycle::REST.load_band_since;
+        for lease in std::mem::take(&mut db.live.leases) {
             self.leases.remove(&lease);
         }
         if let (Some(w), true) = (writer, retire) {
@@ -947,7 +973,7 @@ impl State {
         let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
-        let timeline = db.timeline.clone();
+        let timeline = db.timeline.to_string();
         let Some(ha) = db.ha.as_deref_mut() else {
             return;
         };
@@ -983,13 +1009,13 @@ impl State {
         let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
-        let candidate = db.scale.take_candidate();
-        db.scale = Scale::new(Handoff {
+        let candidate = db.live.scale.take_candidate();
+        db.live.scale = Scale::new(Handoff {
             stage: ScaleStage::Failed,
             failure_reason: Some(reason),
             ..Handoff::default()
         });
-        db.freeze_new_checkouts = false;
+        db.live.freeze_new_checkouts = false;
         if let Some(c) = candidate {
             self.retire(*c, db_id, Retire::Abort);
         }
@@ -1000,9 +1026,12 @@ impl State {
             return;
         };
         if let Some(db) = edit(&mut self.dbs, &lease.db_id) {
-            db.leases.remove(&lease_id);
-            if db.leases.is_empty() && db.state == DbState::Running && db.active_connections == 0 {
-                db.idle_since = Some(at);
+            db.live.leases.remove(&lease_id);
+            if db.live.leases.is_empty()
+                && db.state == DbState::Running
+                && db.live.active_connections == 0
+            {
+                db.live.idle_since = Some(at);
             }
         }
     }
@@ -1065,7 +1094,7 @@ impl State {
                 db.tenant,
                 &kept_name,
                 &db.size,
-                &db.timeline,
+                &db.timeline.to_string(),
                 at,
             )
         };
@@ -1073,11 +1102,11 @@ impl State {
             s.backup_wanted = None;
             s.archive_failure = None;
         }
-        let from_timeline = std::mem::replace(&mut db.timeline, timeline.to_owned());
+        let from_timeline = std::mem::replace(&mut db.timeline, Timeline::new(timeline));
         db.data_on = None;
         db.storage = None;
-        db.restore = Some(Box::new(Restore {
-            from_timeline,
+        db.live.restore = Some(Box::new(Restore {
+            from_timeline: from_timeline.to_string(),
             parent: None,
             time: *time,
             lsn: lsn.clone(),
@@ -1087,10 +1116,11 @@ impl State {
         }));
         db.state = DbState::Restoring;
         db.lease_control_epoch += 1;
-        db.failed_starts = 0;
-        db.failure_reason = None;
+        db.live.failed_starts = 0;
+        db.live.failure_reason = None;
         let tenant = db.tenant;
-        self.dbs_by_name.insert((tenant, kept_name), kept_db_id);
+        self.dbs_by_name
+            .insert((tenant, name_hash(&kept_name), kept_db_id));
         self.dbs.insert(kept_db_id, Arc::new(kept));
         self.reindex(kept_db_id);
     }
@@ -1101,7 +1131,8 @@ impl State {
         let Some(db) = edit(&mut self.dbs, &db_id) else {
             return;
         };
-        let (Some(since), Some(writer)) = (db.running_since.take(), db.writer.as_ref()) else {
+        let (Some(since), Some(writer)) = (db.live.running_since.take(), db.live.writer.as_ref())
+        else {
             return;
         };
         let Some(tenant) = self.tenants.get(&db.tenant) else {
@@ -1121,9 +1152,9 @@ impl State {
             return;
         };
         db.state = DbState::Deleting;
-        let candidate = db.scale.take_candidate();
-        db.scale = Scale::default();
-        db.freeze_new_checkouts = false;
+        let candidate = db.live.scale.take_candidate();
+        db.live.scale = Scale::default();
+        db.live.freeze_new_checkouts = false;
         if let Some(c) = candidate {
             self.retire(*c, db_id, Retire::Abort);
         }
@@ -1162,7 +1193,8 @@ impl State {
     }
 
     fn add_db(&mut self, db: Db) {
-        self.dbs_by_name.insert((db.tenant, db.name.clone()), db.id);
+        self.dbs_by_name
+            .insert((db.tenant, name_hash(&db.name), db.id));
         self.dbs.insert(db.id, Arc::new(db));
     }
 
@@ -1170,13 +1202,14 @@ impl State {
         self.bill_storage(db, at);
         self.active.remove(&db);
         if let Some(d) = self.dbs.remove(&db) {
-            self.dbs_by_name.remove(&(d.tenant, d.name.clone()));
+            self.dbs_by_name
+                .remove(&(d.tenant, name_hash(&d.name), d.id));
             // Removed while the worker holding its data was lost: the copy waits for it.
             if let Some(worker) = &d.data_on {
                 self.stale_copies
-                    .insert((worker.clone(), db), d.timeline.clone());
+                    .insert((worker.to_string(), db), d.timeline.to_string());
             }
-            for lease in &d.leases {
+            for lease in &d.live.leases {
                 self.leases.remove(lease);
             }
         }
@@ -1210,17 +1243,22 @@ impl State {
 
     /// The databases of a tenant, by name.
     pub fn dbs_of(&self, tenant: Uuid) -> impl Iterator<Item = &Db> + '_ {
-        self.dbs_by_name
-            .range((tenant, SmolStr::default())..)
-            .take_while(move |((t, _), _)| *t == tenant)
-            .filter_map(|(_, id)| self.dbs.get(id).map(|d| &**d))
+        let mut dbs: Vec<&Db> = self
+            .dbs_by_name
+            .range((tenant, 0, Uuid::nil())..=(tenant, u64::MAX, Uuid::max()))
+            .filter_map(|(_, _, id)| self.dbs.get(id).map(|d| &**d))
+            .collect();
+        dbs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        dbs.into_iter()
     }
 
     /// The database `name` of a tenant.
     pub fn db_by_name(&self, tenant: Uuid, name: &str) -> Option<&Db> {
+        let hash = name_hash(name);
         self.dbs_by_name
-            .get(&(tenant, SmolStr::new(name)))
-            .and_then(|id| self.dbs.get(id))
+            .range((tenant, hash, Uuid::nil())..=(tenant, hash, Uuid::max()))
+            .filter_map(|(_, _, id)| self.dbs.get(id))
+            .find(|d| d.name == name)
             .map(|d| &**d)
     }
 
@@ -1248,7 +1286,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spg99_events::{Actor, KeyScope, Permissions};
+    use spg99_events::{Actor, KeyScope, Permissions, Sealed};
 
     fn env(seq: u64, event: Event) -> Envelope {
         Envelope {
@@ -1390,6 +1428,99 @@ mod tests {
         assert_eq!(scale, Scale::default());
         assert_eq!(encode(&scale), encode(&Handoff::default()));
         assert!(std::mem::size_of::<Scale>() <= 8);
+    }
+
+    #[test]
+    fn a_database_at_rest_holds_no_lifecycle_box_and_names_and_timelines_are_compact() {
+        fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+            bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+        }
+        let (account, tenant) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (db, other) = (Uuid::from_u128(3), Uuid::from_u128(4));
+        let hex = "00ff112233445566778899aabbccddee";
+        let mut s = State::default();
+        let mut seq = 0;
+        let mut step = |s: &mut State, event: Event| {
+            seq += 1;
+            s.apply(&Envelope {
+                db_id: Some(db),
+                ..env(seq, event)
+            });
+        };
+        step(&mut s, scenario()[1].event.clone());
+        step(
+            &mut s,
+            Event::TenantCreated {
+                tenant_id: tenant,
+                account_id: account,
+                name: "acme".into(),
+                pg_user: "u_0123456789abcdef".into(),
+                pg_password: Sealed(vec![1; 40]),
+            },
+        );
+        for (id, name, timeline) in [(db, "zeta", hex), (other, "alpha", "tl-1")] {
+            step(
+                &mut s,
+                Event::DbCreated {
+                    db_id: id,
+                    tenant_id: tenant,
+                    name: name.into(),
+                    size: "L1".into(),
+                    timeline: timeline.into(),
+                },
+            );
+        }
+        // Timelines: hexadecimal ones as their bytes, any other as text; shown as given.
+        assert!(matches!(s.dbs[&db].timeline, Timeline::Hex(_)));
+        assert_eq!(s.dbs[&db].timeline.to_string(), hex);
+        assert_eq!(s.dbs[&other].timeline, "tl-1");
+        assert_eq!(encode(&s.dbs[&db].timeline), encode(&hex));
+        // Names: found through their hash, listed in name order.
+        assert_eq!(s.db_by_name(tenant, "zeta").map(|d| d.id), Some(db));
+        assert!(s.db_by_name(tenant, "zet").is_none());
+        let names: Vec<&str> = s.dbs_of(tenant).map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+
+        // At rest: no box, the fields read as at rest, and encoded as those fields.
+        let at_rest = s.dbs[&db].clone();
+        assert_eq!(at_rest.live, Live::default());
+        assert!(at_rest.live.writer.is_none());
+        assert_eq!(encode(&at_rest.live), encode(&Lifecycle::REST));
+        step(
+            &mut s,
+            Event::DbStartRequested {
+                db_id: db,
+                worker_id: "w1".into(),
+                profile: "L1".into(),
+                writer_term: 1,
+                deadline: Timestamp(9_000_000),
+            },
+        );
+        assert!(s.dbs[&db].live.writer.is_some());
+        assert_ne!(s.dbs[&db].live, Live::default());
+        let decoded: (Db, usize) =
+            bincode::serde::decode_from_slice(&encode(&*s.dbs[&db]), bincode::config::standard())
+                .unwrap();
+        assert_eq!(decoded.0, *s.dbs[&db]);
+        step(
+            &mut s,
+            Event::DbStopped {
+                db_id: db,
+                reason: "idle".into(),
+                retire: false,
+            },
+        );
+        // Back at rest: the box is gone, and the record is what it was before the start but
+        // for its writer term.
+        assert_eq!(s.dbs[&db].live, Live::default());
+        assert_eq!(s.dbs[&db].writer_term, 1);
+        assert_eq!(
+            Db {
+                writer_term: 0,
+                ..(*s.dbs[&db]).clone()
+            },
+            *at_rest
+        );
     }
 
     #[test]

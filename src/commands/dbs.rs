@@ -123,7 +123,7 @@ fn branch(
         size: c.size.name().to_owned(),
         timeline: c.timeline.to_owned(),
         parent_db_id: p.id,
-        parent_timeline: has_data.then(|| p.timeline.clone()),
+        parent_timeline: has_data.then(|| p.timeline.to_string()),
         at: c.at.unwrap_or(cx.now),
         time,
     };
@@ -168,9 +168,12 @@ pub(super) fn delete(
         return Ok(vec![]);
     }
     // The state kept by a restore under way is what that restore reads from the repository.
-    let restoring = state
-        .dbs_of(t.id)
-        .find(|o| o.restore.as_ref().is_some_and(|r| r.kept_db_id == d.id));
+    let restoring = state.dbs_of(t.id).find(|o| {
+        o.live
+            .restore
+            .as_ref()
+            .is_some_and(|r| r.kept_db_id == d.id)
+    });
     if let Some(o) = restoring {
         return Err(conflict(
             "restore_in_progress",
@@ -188,7 +191,10 @@ pub(super) fn delete(
         .filter(|o| !matches!(o.state, DbState::Failed | DbState::Deleting))
         .find(|o| {
             o.unmade_branch().is_some_and(|b| b.parent_db_id == d.id)
-                || o.restore.as_ref().is_some_and(|r| r.parent == Some(d.id))
+                || o.live
+                    .restore
+                    .as_ref()
+                    .is_some_and(|r| r.parent == Some(d.id))
         });
     if let Some(o) = branching {
         return Err(conflict(
@@ -248,7 +254,7 @@ pub(super) fn restore(
     // A point outside the history is refused whatever the database is doing; one inside
     // waits for the database to run or stop.
     let settled = matches!(d.state, DbState::Stopped | DbState::Running);
-    if !settled || d.scale.stage.in_progress() {
+    if !settled || d.live.scale.stage.in_progress() {
         return Err(conflict(
             "db_busy",
             format!(
@@ -405,7 +411,7 @@ pub(super) fn reset(
     };
     let settled = |s| matches!(s, DbState::Stopped | DbState::Running);
     for (which, x) in [("database", d), ("its parent", parent)] {
-        if !settled(x.state) || x.scale.stage.in_progress() || x.unmade_branch().is_some() {
+        if !settled(x.state) || x.live.scale.stage.in_progress() || x.unmade_branch().is_some() {
             return Err(conflict(
                 "db_busy",
                 format!(
@@ -437,7 +443,7 @@ pub(super) fn reset(
         Event::DbReset {
             db_id: d.id,
             timeline: timeline.to_owned(),
-            parent_timeline: parent.timeline.clone(),
+            parent_timeline: parent.timeline.to_string(),
             kept_db_id,
             kept_name: kept_name(state, t.id, name, "reset"),
         },

@@ -666,11 +666,11 @@ fn a_restore_outlives_a_lost_worker_and_its_kept_state_is_not_deleted_under_it()
     // The old writer stops; the restore's writer is placed on w1, which is then lost.
     let mut w = w.given(Actor::Service, report("w1", 1, Outcome::Stopped));
     w.when(Actor::System, reconcile(Step::Restores)).unwrap();
-    assert_eq!(w.db().writer.as_ref().unwrap().worker_id, "w1");
+    assert_eq!(w.db().live.writer.as_ref().unwrap().worker_id, "w1");
     w.advance(w.settings.worker_timeout + Duration::from_secs(1));
     w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
     assert_eq!(w.db().state, DbState::Restoring, "the restore goes on");
-    assert!(w.db().restore.is_some());
+    assert!(w.db().live.restore.is_some());
 
     // Once restored, the kept state can go.
     let mut w = w.given(
@@ -684,7 +684,7 @@ fn a_restore_outlives_a_lost_worker_and_its_kept_state_is_not_deleted_under_it()
         }),
     );
     w.when(Actor::System, reconcile(Step::Restores)).unwrap();
-    let term = w.db().writer.as_ref().unwrap().term;
+    let term = w.db().live.writer.as_ref().unwrap().term;
     let w = w.given(Actor::Service, report("w1", term, Outcome::Started));
     assert_eq!(w.db().state, DbState::Running);
     w.given(key(OWNER), delete_kept);
@@ -713,7 +713,7 @@ fn a_restore_to_a_point_after_a_stopped_database_stopped_restores_its_newest_poi
     w.advance(Duration::from_secs(60));
     let later = w.now;
     let w = w.given(key(OWNER), restore_to(Some(later)));
-    let r = w.db().restore.as_ref().unwrap();
+    let r = w.db().live.restore.as_ref().unwrap();
     assert_eq!((r.time, r.lsn.as_deref()), (None, None), "its newest point");
 }
 
@@ -778,8 +778,8 @@ fn a_start_that_restores_from_the_repository_gets_the_restore_deadline() {
     w.when(Actor::System, reconcile(Step::LoseWorkers)).unwrap();
     assert_eq!(w.db().state, DbState::Stopped);
     w.when(Actor::Service, checkout(id(101))).unwrap();
-    assert_eq!(w.db().writer.as_ref().unwrap().worker_id, "w2");
-    let limit = |w: &World| w.db().phase_deadline_at.unwrap().as_micros() - w.now.as_micros();
+    assert_eq!(w.db().live.writer.as_ref().unwrap().worker_id, "w2");
+    let limit = |w: &World| w.db().live.phase_deadline_at.unwrap().as_micros() - w.now.as_micros();
     assert_eq!(limit(&w), w.settings.restore_deadline.as_micros() as i64);
 
     // Past the phase deadline, within the restore deadline: still starting.

@@ -88,6 +88,7 @@ pub(super) fn load_change(state: &State, cx: &Context<'_>, db_id: Uuid) -> Optio
         .get(&db_id)
         .filter(|d| d.state == DbState::Running)?;
     let gateway: u32 = db
+        .live
         .leases
         .iter()
         .filter_map(|l| cx.runtime.leases.get(l))
@@ -98,10 +99,10 @@ pub(super) fn load_change(state: &State, cx: &Context<'_>, db_id: Uuid) -> Optio
         .writer_load
         .get(&db_id)
         .copied()
-        .unwrap_or((db.cpu_milli, 0));
+        .unwrap_or((db.live.cpu_milli, 0));
     let conns = gateway.max(writer_conns);
-    let band = cx.settings.autoscaler.band(db.load_band, cpu);
-    if band == db.load_band && !connections_moved(db.active_connections, conns) {
+    let band = cx.settings.autoscaler.band(db.live.load_band, cpu);
+    if band == db.live.load_band && !connections_moved(db.live.active_connections, conns) {
         return None;
     }
     let t = state.tenants.get(&db.tenant)?;
@@ -121,19 +122,19 @@ pub(super) fn load_change(state: &State, cx: &Context<'_>, db_id: Uuid) -> Optio
 pub(super) fn autoscale(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
     let policy = &cx.settings.autoscaler;
     let now = cx.now;
-    let writer = db.writer.as_ref()?;
-    let steady = db.state == DbState::Running && !db.scale.stage.in_progress();
-    let cooled = db.autoscale_cooldown_until.is_none_or(|c| c <= now);
+    let writer = db.live.writer.as_ref()?;
+    let steady = db.state == DbState::Running && !db.live.scale.stage.in_progress();
+    let cooled = db.live.autoscale_cooldown_until.is_none_or(|c| c <= now);
     if !steady || !cooled {
         return None;
     }
     let profiles = catalog::profiles_of(&db.size);
     let at = profiles.iter().position(|p| *p == writer.profile)?;
-    let target = match db.load_band {
-        LoadBand::High if after(db.load_band_since, policy.up_sustain) <= now => {
+    let target = match db.live.load_band {
+        LoadBand::High if after(db.live.load_band_since, policy.up_sustain) <= now => {
             profiles.get(at + 1)?
         }
-        LoadBand::Low if after(db.load_band_since, policy.down_sustain) <= now && at > 0 => {
+        LoadBand::Low if after(db.live.load_band_since, policy.down_sustain) <= now && at > 0 => {
             profiles.get(at - 1)?
         }
         _ => return None,

@@ -54,7 +54,7 @@ pub(super) fn standbys(state: &State, cx: &mut Context<'_>) -> Vec<Draft> {
 
 fn next(state: &State, cx: &mut Context<'_>, db: &Db) -> Option<Event> {
     let (ha, now) = (db.ha(), cx.now);
-    let writer = db.writer.as_ref()?;
+    let writer = db.live.writer.as_ref()?;
     if let Some(s) = &ha.standby {
         let lost = |reason: String, retry: Duration| Event::DbStandbyLost {
             db_id: db.id,
@@ -106,8 +106,8 @@ fn next(state: &State, cx: &mut Context<'_>, db: &Db) -> Option<Event> {
     }
     let serving = db.state == DbState::Running
         && writer.backend_addr.is_some()
-        && !db.freeze_new_checkouts
-        && !db.scale.stage.in_progress();
+        && !db.live.freeze_new_checkouts
+        && !db.live.scale.stage.in_progress();
     // The writer is set up for replication first (the role standbys log in as).
     let ready = ha.sync_applied.map(|a| a.0) == Some(writer.term);
     if !ha.enabled || !serving || !ready || ha.retry_at.is_some_and(|r| r > now) {
@@ -173,7 +173,7 @@ pub(super) fn replication_change(
 /// The writer is gone (`reason`): a failover to its standby if the database is protected
 /// and the standby's worker is live; `None` otherwise (the writer stops as without HA).
 pub(super) fn fail_over(state: &State, cx: &Context<'_>, db: &Db, reason: &str) -> Option<Event> {
-    let writer = db.writer.as_ref()?;
+    let writer = db.live.writer.as_ref()?;
     let ha = db.ha();
     let standby = ha.standby.as_ref()?;
     let live = state
@@ -181,7 +181,7 @@ pub(super) fn fail_over(state: &State, cx: &Context<'_>, db: &Db, reason: &str) 
         .get(&standby.worker_id)
         .is_some_and(|w| w.lost_at.is_none() && standby.worker_id != writer.worker_id);
     let protected = ha.enabled && ha.protected(writer.term);
-    (db.state == DbState::Running && !db.scale.stage.in_progress() && protected && live).then(
+    (db.state == DbState::Running && !db.live.scale.stage.in_progress() && protected && live).then(
         || Event::DbFailoverStarted {
             db_id: db.id,
             old_writer_term: writer.term,

@@ -13,14 +13,14 @@ use crate::clock::rfc3339;
 pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     let mut out = Vec::new();
     let instruction = |op, db: &Db, term, profile: Option<&str>| {
-        let pg_user = state.tenants.get(&db.tenant).map(|t| t.pg_user.clone());
+        let pg_user = state.tenants.get(&db.tenant).map(|t| t.pg_user.to_string());
         let serves = matches!(op, Op::Start | Op::Prepare | Op::Promote | Op::UpdateRole);
         Instruction {
             op,
             db_id: db.id,
             writer_term: term,
             profile: profile.map(str::to_owned),
-            timeline: Some(db.timeline.clone()),
+            timeline: Some(db.timeline.to_string()),
             database: serves.then(|| db.name.to_string()),
             pg_user: pg_user.filter(|_| serves),
             verifier: None,
@@ -53,7 +53,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
     };
     let held = |db: Uuid| state.retiring.keys().any(|(_, d, _)| *d == db);
     for db in state.active_dbs() {
-        if let Some(w) = db.writer.as_ref().filter(|w| w.worker_id == worker_id) {
+        if let Some(w) = db.live.writer.as_ref().filter(|w| w.worker_id == worker_id) {
             let current = state.tenants.get(&db.tenant).map_or(0, |t| t.credentials);
             let ha = db.ha();
             match db.state {
@@ -94,12 +94,13 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             }
         }
         if let Some(c) = db
+            .live
             .scale
             .candidate
             .as_ref()
             .filter(|c| c.worker_id == worker_id)
         {
-            match db.scale.stage {
+            match db.live.scale.stage {
                 ScaleStage::PreparingCandidate => {
                     out.push(instruction(Op::Prepare, db, c.term, Some(&c.profile)))
                 }
@@ -111,7 +112,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         }
         let ha = db.ha();
         if let Some(s) = ha.standby.as_ref().filter(|s| s.worker_id == worker_id) {
-            let upstream = db.writer.as_ref().and_then(|w| w.backend_addr.clone());
+            let upstream = db.live.writer.as_ref().and_then(|w| w.backend_addr.clone());
             if let (StandbyState::Building, Some(upstream)) = (ha.progress, upstream) {
                 out.push(Instruction {
                     ha: ha_spec(None, Some(upstream)),
@@ -119,7 +120,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
                 });
             }
         }
-        let gone = db.state == DbState::Deleting && db.writer.is_none() && !held(db.id);
+        let gone = db.state == DbState::Deleting && db.live.writer.is_none() && !held(db.id);
         if gone && db.data_on.as_deref() == Some(worker_id) {
             out.push(instruction(Op::Destroy, db, 0, None));
         }
@@ -136,7 +137,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
             Retire::Stop => Op::Stop,
             Retire::Abort => Op::Abort,
         };
-        let timeline = state.dbs.get(db_id).map(|d| d.timeline.clone());
+        let timeline = state.dbs.get(db_id).map(|d| d.timeline.to_string());
         out.push(bare(op, *db_id, *term, timeline));
     }
     let from = (worker_id.to_owned(), Uuid::nil());
@@ -147,7 +148,7 @@ pub fn instructions(state: &State, worker_id: &str) -> Vec<Instruction> {
         // Never under a writer this worker runs of that database (a start from the
         // repository onto the stale copy refreshes it instead).
         let writes_here = state.dbs.get(db_id).is_some_and(|d| {
-            [&d.writer, &d.ha().standby]
+            [&d.live.writer, &d.ha().standby]
                 .into_iter()
                 .flatten()
                 .any(|w| w.worker_id == worker_id)
@@ -173,14 +174,14 @@ fn restore_from(state: &State, db: &Db, worker_id: &str) -> Option<RestoreFrom> 
             .get(&parent)
             .filter(|p| {
                 p.timeline == timeline
-                    && match &p.writer {
+                    && match &p.live.writer {
                         Some(w) => w.worker_id == worker_id && p.state == DbState::Running,
                         None => p.data_on.as_deref() == Some(worker_id),
                     }
             })
             .map(|p| p.id)
     };
-    if let Some(r) = &db.restore {
+    if let Some(r) = &db.live.restore {
         return Some(RestoreFrom {
             timeline: r.from_timeline.clone(),
             time: r.time.map(rfc3339),
@@ -199,7 +200,7 @@ fn restore_from(state: &State, db: &Db, worker_id: &str) -> Option<RestoreFrom> 
         });
     }
     db.restorable().then(|| RestoreFrom {
-        timeline: db.timeline.clone(),
+        timeline: db.timeline.to_string(),
         time: None,
         lsn: None,
         unless_here: db.data_on.as_deref() == Some(worker_id),

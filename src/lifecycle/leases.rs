@@ -80,16 +80,19 @@ pub(super) fn checkout(
             Code::DbFailed.as_str(),
             format!(
                 "database {db_name:?} failed: {}",
-                db.failure_reason.as_deref().unwrap_or("unknown reason")
+                db.live
+                    .failure_reason
+                    .as_deref()
+                    .unwrap_or("unknown reason")
             ),
         )),
-        _ if db.freeze_new_checkouts => Err(busy(
+        _ if db.live.freeze_new_checkouts => Err(busy(
             Code::CheckoutsFrozen.as_str(),
             format!("database {db_name:?} is moving to another compute profile; retry in a moment"),
             1,
         )),
         DbState::Running => {
-            let writer = db.writer.as_ref().ok_or_else(|| {
+            let writer = db.live.writer.as_ref().ok_or_else(|| {
                 conflict("no_writer", "the database has no serving writer; retry")
             })?;
             let backend_addr = writer.backend_addr.clone().unwrap_or_default();
@@ -217,7 +220,11 @@ pub(super) fn release(
     let (lease, db) = live_lease(state, cx, lease_id)?;
     let t = tenant_of(state, db)?;
     cx.runtime.leases.remove(&lease_id);
-    let last = !db.leases.iter().any(|l| cx.runtime.leases.contains_key(l));
+    let last = !db
+        .live
+        .leases
+        .iter()
+        .any(|l| cx.runtime.leases.contains_key(l));
     if let Some((_, conns)) = cx.runtime.writer_load.get_mut(&db.id).filter(|_| last) {
         // The writer's count is as old as its last heartbeat, and the last lease going
         // means its sessions went with it; its next heartbeat says otherwise if not.

@@ -261,7 +261,7 @@ pub(super) fn after(t: Timestamp, d: Duration) -> Timestamp {
 /// database from the repository (a point in time asked for, or a worker without its newest
 /// copy) gets the restore deadline, as the copy takes as long as the database's size asks.
 pub(super) fn start_limit(settings: &Settings, db: &Db, worker_id: &str) -> Duration {
-    let restores = db.restore.is_some()
+    let restores = db.live.restore.is_some()
         || db.unmade_branch().is_some()
         || (db.restorable() && db.data_on.as_deref() != Some(worker_id));
     match restores {

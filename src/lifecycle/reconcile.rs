@@ -88,7 +88,7 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
             let ha: std::collections::HashSet<&str> = state
                 .active_dbs()
                 .filter(|d| d.ha().enabled)
-                .flat_map(|d| [&d.writer, &d.ha().standby])
+                .flat_map(|d| [&d.live.writer, &d.ha().standby])
                 .flatten()
                 .map(|w| w.worker_id.as_str())
                 .collect();
@@ -122,8 +122,8 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                     continue;
                 };
                 let past = |d: Option<Timestamp>| d.is_some_and(|d| d <= now);
-                if db.scale.stage.in_progress() && past(db.scale.phase_deadline_at) {
-                    let why = if db.scale.stage == ScaleStage::Cutover {
+                if db.live.scale.stage.in_progress() && past(db.live.scale.phase_deadline_at) {
+                    let why = if db.live.scale.stage == ScaleStage::Cutover {
                         format!("the candidate did not confirm the cutover within {limit} s; the old writer keeps serving")
                     } else {
                         format!("the candidate was not ready within {limit} s; the old writer keeps serving")
@@ -132,7 +132,7 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                     drafts.push(scale_failed(subject, db.id, why, cooldown));
                     continue;
                 }
-                if !past(db.phase_deadline_at) {
+                if !past(db.live.phase_deadline_at) {
                     continue;
                 }
                 let event = match db.state {
@@ -140,14 +140,14 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                         db_id: db.id,
                         reason: format!(
                             "the worker did not start the writer within {} s",
-                            db.writer.as_ref().map_or(limit, |w| start_limit(
+                            db.live.writer.as_ref().map_or(limit, |w| start_limit(
                                 settings,
                                 db,
                                 &w.worker_id
                             )
                             .as_secs())
                         ),
-                        give_up: db.failed_starts + 1 >= settings.max_failed_starts,
+                        give_up: db.live.failed_starts + 1 >= settings.max_failed_starts,
                         retire: true,
                     },
                     DbState::Stopping => Event::DbStopped {
@@ -165,10 +165,11 @@ pub(super) fn reconcile(state: &State, cx: &mut Context<'_>, step: Step) -> Vec<
                 // Not while a backup is under way: a database stopped before its first backup
                 // completes could not be restored anywhere else.
                 let idle = db.state == DbState::Running
-                    && db.leases.is_empty()
-                    && !db.scale.stage.in_progress()
+                    && db.live.leases.is_empty()
+                    && !db.live.scale.stage.in_progress()
                     && db.stored().backup_wanted.is_none()
                     && db
+                        .live
                         .idle_since
                         .is_some_and(|since| after(since, settings.idle_timeout) <= now);
                 if let (true, Some(subject)) = (idle, db_subject(db)) {
@@ -221,7 +222,7 @@ const BACKUP_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400)
 
 /// A `db.backup_requested` for `db` if the backup policy wants one now.
 fn backup_due(state: &State, now: Timestamp, db: &Db) -> Option<Draft> {
-    let writer = db.writer.as_ref()?;
+    let writer = db.live.writer.as_ref()?;
     let s = db.stored();
     let keeps_data = db.data_on.as_deref() == Some(writer.worker_id.as_str());
     let due = s
@@ -244,7 +245,7 @@ fn backup_due(state: &State, now: Timestamp, db: &Db) -> Option<Draft> {
 /// A restore waiting for its writer gets one, once its old writer has stopped (its last WAL
 /// archived, so that the state kept aside is whole in the repository).
 fn place_restore(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
-    if db.state != DbState::Restoring || db.writer.is_some() {
+    if db.state != DbState::Restoring || db.live.writer.is_some() {
         return None;
     }
     if state.retiring.keys().any(|(_, d, _)| *d == db.id) {
@@ -252,7 +253,7 @@ fn place_restore(state: &State, cx: &Context<'_>, db: &Db) -> Option<Draft> {
     }
     let profile = *catalog::profiles_of(&db.size).first()?;
     // A reset goes where its parent's data is (or waits while the parent starts or stops).
-    let parent = db.restore.as_ref().and_then(|r| r.parent);
+    let parent = db.live.restore.as_ref().and_then(|r| r.parent);
     let worker = match parent.and_then(|p| state.dbs.get(&p)) {
         Some(p) => super::branch_worker(state, cx, p, profile).ok()?,
         None => anywhere(state, cx, profile).ok()?,
@@ -279,7 +280,7 @@ fn finish_deletions(state: &State) -> Vec<Draft> {
     // worker's copy is left for it to remove when it comes back (`stale_copies`).
     let data_kept = |d: &Db| {
         d.data_on
-            .as_ref()
+            .as_deref()
             .and_then(|w| state.workers.get(w))
             .is_some_and(|w| w.lost_at.is_none())
     };

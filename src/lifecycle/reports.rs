@@ -34,8 +34,8 @@ pub(super) fn report(
         w.as_ref()
             .is_some_and(|w| w.worker_id == worker_id && w.term == term)
     };
-    let writer = is(&db.writer);
-    let candidate = is(&db.scale.candidate);
+    let writer = is(&db.live.writer);
+    let candidate = is(&db.live.scale.candidate);
     let ha = db.ha();
     let standby = is(&ha.standby);
     let retiring = state
@@ -54,7 +54,7 @@ pub(super) fn report(
             .take(500)
             .collect::<String>()
     };
-    let stage = db.scale.stage;
+    let stage = db.live.scale.stage;
     // A writer that serves from this worker's own storage: the data is here from now on.
     let placed = || {
         (keeps_data && db.data_on.as_deref() != Some(worker_id)).then(|| {
@@ -145,7 +145,7 @@ pub(super) fn report(
         Outcome::Failed if writer && starting => Event::DbStartFailed {
             db_id,
             reason: format!("the writer failed to start on {worker_id}: {}", why()),
-            give_up: db.failed_starts + 1 >= cx.settings.max_failed_starts,
+            give_up: db.live.failed_starts + 1 >= cx.settings.max_failed_starts,
             retire: false,
         },
         Outcome::Failed if candidate && stage.in_progress() => {
@@ -210,7 +210,7 @@ pub(super) fn report(
             };
             Event::DbBackupCompleted {
                 db_id,
-                timeline: db.timeline.clone(),
+                timeline: db.timeline.to_string(),
                 label: b.label.clone(),
                 started_at: b.started_at,
                 stopped_at: b.stopped_at,
@@ -228,11 +228,11 @@ pub(super) fn report(
         Outcome::Purged if db.state == DbState::Deleting && db.stored().in_repository => {
             Event::DbPurged {
                 db_id,
-                timeline: db.timeline.clone(),
+                timeline: db.timeline.to_string(),
             }
         }
         Outcome::RoleUpdated if writer && db.state == DbState::Running => {
-            let had = db.writer.as_ref().map_or(0, |w| w.credentials);
+            let had = db.live.writer.as_ref().map_or(0, |w| w.credentials);
             match credentials.filter(|c| *c > had && *c <= t.credentials) {
                 Some(credentials) => Event::DbRoleUpdated {
                     db_id,

@@ -14,7 +14,7 @@ use crate::decision::{busy, conflict, Rejection};
 pub fn occupancy(state: &State) -> BTreeMap<&str, u32> {
     let mut used: BTreeMap<&str, u32> = BTreeMap::new();
     for db in state.active_dbs() {
-        for w in [&db.writer, &db.scale.candidate, &db.ha().standby]
+        for w in [&db.live.writer, &db.live.scale.candidate, &db.ha().standby]
             .into_iter()
             .flatten()
         {
@@ -86,8 +86,9 @@ pub fn branch_worker(
 ) -> Result<String, Rejection> {
     let name = parent.name.as_str();
     match parent.state {
-        DbState::Running if !parent.scale.stage.in_progress() => {
+        DbState::Running if !parent.live.scale.stage.in_progress() => {
             let home = parent
+                .live
                 .writer
                 .as_ref()
                 .map(|w| w.worker_id.as_str())

@@ -116,7 +116,10 @@ pub(super) fn heartbeat(
     for load in loads {
         let serves = state.dbs.get(&load.db_id).is_some_and(|d| {
             d.state == DbState::Running
-                && d.writer.as_ref().is_some_and(|w| w.worker_id == worker_id)
+                && d.live
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| w.worker_id == worker_id)
         });
         if serves {
             cx.runtime
@@ -181,8 +184,8 @@ pub(super) fn lose_worker(
             continue;
         };
         let on = |w: &Option<Box<Writer>>| w.as_ref().is_some_and(|w| w.worker_id == worker_id);
-        let writer_here = on(&db.writer);
-        let candidate_here = on(&db.scale.candidate);
+        let writer_here = on(&db.live.writer);
+        let candidate_here = on(&db.live.scale.candidate);
         let subject = Subject::db(t, db.id);
         if let Some(s) = db
             .ha()
@@ -203,7 +206,7 @@ pub(super) fn lose_worker(
         if db.state == DbState::Deleting || !(writer_here || candidate_here) {
             continue;
         }
-        if db.scale.stage.in_progress() {
+        if db.live.scale.stage.in_progress() {
             let why = if candidate_here {
                 format!("the candidate's worker {worker_id} was lost ({reason}); the old writer keeps serving")
             } else {

@@ -185,7 +185,7 @@ pub async fn summary(
                     }
                 }
             }
-            let (Some(since), Some(w)) = (db.running_since, db.writer.as_ref()) else {
+            let (Some(since), Some(w)) = (db.live.running_since, db.live.writer.as_ref()) else {
                 continue;
             };
             running.push(db.id);

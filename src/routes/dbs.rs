@@ -154,21 +154,22 @@ impl DbView {
             d.state,
             DbState::Starting | DbState::Running | DbState::Restoring
         );
-        let writer = d.writer.as_ref();
-        let candidate = d.scale.candidate.as_ref();
+        let writer = d.live.writer.as_ref();
+        let candidate = d.live.scale.candidate.as_ref();
         let branch = d.branch.as_deref();
         DbView {
             db_id: d.id,
             name: d.name.to_string(),
-            tenant: t.name.clone(),
+            tenant: t.name.to_string(),
             size: d.size.to_string(),
             state: d.state.as_str(),
-            timeline: d.timeline.clone(),
+            timeline: d.timeline.to_string(),
             created_at: rfc3339(d.created_at),
             current_scale: u8::from(serving),
             target_scale: u8::from(wanted),
             current_profile: writer.map(|w| w.profile.clone()),
             target_profile: d
+                .live
                 .scale
                 .target_profile
                 .clone()
@@ -177,18 +178,18 @@ impl DbView {
             candidate_worker_id: candidate.map(|c| c.worker_id.clone()),
             candidate_writer_term: candidate.map(|c| c.term),
             writer_term: writer.map(|w| w.term),
-            scale_state: d.scale.stage.as_str(),
-            freeze_new_checkouts: d.freeze_new_checkouts,
+            scale_state: d.live.scale.stage.as_str(),
+            freeze_new_checkouts: d.live.freeze_new_checkouts,
             lease_control_epoch: d.lease_control_epoch,
-            autoscale_cooldown_until: d.autoscale_cooldown_until.map(rfc3339),
-            scale_phase_started_at: d.scale.phase_started_at.map(rfc3339),
-            scale_phase_deadline_at: d.scale.phase_deadline_at.map(rfc3339),
-            scale_failure_reason: d.scale.failure_reason.clone(),
-            active_connections: d.active_connections,
+            autoscale_cooldown_until: d.live.autoscale_cooldown_until.map(rfc3339),
+            scale_phase_started_at: d.live.scale.phase_started_at.map(rfc3339),
+            scale_phase_deadline_at: d.live.scale.phase_deadline_at.map(rfc3339),
+            scale_failure_reason: d.live.scale.failure_reason.clone(),
+            active_connections: d.live.active_connections,
             worker_id: writer.map(|w| w.worker_id.clone()),
             backend_addr: writer.and_then(|w| w.backend_addr.clone()),
-            phase_deadline_at: d.phase_deadline_at.map(rfc3339),
-            failure_reason: d.failure_reason.clone(),
+            phase_deadline_at: d.live.phase_deadline_at.map(rfc3339),
+            failure_reason: d.live.failure_reason.clone(),
             storage_bytes: d.stored().bytes,
             history_start_at: d.stored().oldest_backup_at.map(rfc3339),
             recoverable_until: d.stored().recoverable_until.map(rfc3339),
@@ -198,7 +199,7 @@ impl DbView {
                 .archive_failure
                 .clone()
                 .or_else(|| d.stored().warning.clone()),
-            restore: d.restore.as_deref().map(|r| RestoreView::of(state, r)),
+            restore: d.live.restore.as_deref().map(|r| RestoreView::of(state, r)),
             last_restore: d.last_restore.as_deref().map(|r| RestoreView::of(state, r)),
             parent: branch
                 .and_then(|b| state.dbs.get(&b.parent_db_id))

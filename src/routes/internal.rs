@@ -553,7 +553,7 @@ pub async fn role(
         ApiError::unavailable("the verifier cannot be read", 5)
     })?;
     Ok(HttpResponse::Ok().json(RoleView {
-        pg_user: t.pg_user.clone(),
+        pg_user: t.pg_user.to_string(),
         tenant_id: t.id,
         verifier,
     }))

@@ -91,7 +91,7 @@ impl KeyView {
             tenant: k
                 .tenant()
                 .and_then(|t| state.tenants.get(&t))
-                .map(|t| t.name.clone()),
+                .map(|t| t.name.to_string()),
             permissions: k.permissions.into(),
             expires_at: k.expires_at.map(rfc3339),
             created_at: rfc3339(k.created_at),

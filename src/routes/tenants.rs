@@ -14,7 +14,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use spg99_events::{Envelope, Sealed};
-use spg99_projections::{State, Tenant};
+use spg99_projections::{SmolStr, State, Tenant};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -46,10 +46,10 @@ pub struct TenantView {
 impl TenantView {
     pub fn new(state: &State, t: &Tenant) -> Self {
         TenantView {
-            tenant: t.name.clone(),
+            tenant: t.name.to_string(),
             tenant_id: t.id,
             account_id: t.account,
-            pg_user: t.pg_user.clone(),
+            pg_user: t.pg_user.to_string(),
             state: if t.deleting { "deleting" } else { "active" },
             databases: state.dbs_of(t.id).count(),
             created_at: rfc3339(t.created_at),
@@ -120,8 +120,8 @@ impl Credentials {
     fn new(secrets: &SecretBox, hosts: &Hosts, t: &Tenant) -> Result<Self, ApiError> {
         let pg_password = password(secrets, t)?;
         Ok(Credentials {
-            tenant: t.name.clone(),
-            pg_user: t.pg_user.clone(),
+            tenant: t.name.to_string(),
+            pg_user: t.pg_user.to_string(),
             endpoints: hosts.endpoints(&t.pg_user, &pg_password),
             pg_password,
         })
@@ -210,7 +210,7 @@ pub async fn list(
     let key = &caller.key;
     let page = query.parse()?;
     let state = app.shared.read();
-    let start = page.after.clone().unwrap_or_default();
+    let start = SmolStr::new(page.after.as_deref().unwrap_or_default());
     let items = state
         .tenants_by_name
         .range(start..)
@@ -281,8 +281,8 @@ pub async fn reset_credentials(
             Some(t) => answer(
                 StatusCode::OK,
                 &Credentials {
-                    tenant: t.name.clone(),
-                    pg_user: t.pg_user.clone(),
+                    tenant: t.name.to_string(),
+                    pg_user: t.pg_user.to_string(),
                     endpoints: hosts.endpoints(&t.pg_user, &password),
                     pg_password: password,
                 },
