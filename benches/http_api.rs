@@ -10,8 +10,9 @@
 //! `--bare-server`, answering the very describe body the server gives); the load comes from this process over loopback, one minimal HTTP/1.1
 //! client task per connection, the same client for both.
 //!
-//! Run: `cargo bench --bench http_api` (`SPG99_BENCH_SECS`, default 3 s per cell). Prints a
-//! markdown table and writes `target/bench/http_api.json`.
+//! Run: `cargo bench --bench http_api` (`SPG99_BENCH_SECS`, default 3 s per cell;
+//! `SPG99_BENCH_ONLY="bare GET,GET describe"` and `SPG99_BENCH_CONNECTIONS=256` for some cells
+//! only). Prints a markdown table and writes `target/bench/http_api.json`.
 
 mod support;
 
@@ -107,29 +108,43 @@ fn main() {
     let describe = once(&spg_addr, get("/v2/tenants/shop/dbs/app", key)).to_string();
     let (mut bare_child, bare_addr) = support::bare::spawn(&describe);
 
+    let only = std::env::var("SPG99_BENCH_ONLY").ok();
+    let wanted = |w: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == w));
+    let connections: Vec<usize> = std::env::var("SPG99_BENCH_CONNECTIONS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| CONNECTIONS.to_vec());
     let mut cells = Vec::new();
-    for &n in &CONNECTIONS {
-        cells.push(load(&bare_addr, "bare GET", n, dur, 200, |_| {
-            get("/bare", "x")
-        }));
-        cells.push(load(&spg_addr, "GET describe", n, dur, 200, move |_| {
-            get("/v2/tenants/shop/dbs/app", key)
-        }));
-        cells.push(load(
-            &spg_addr,
-            "POST create-tenant",
-            n,
-            dur,
-            201,
-            move |i| post("/v2/tenants", key, &format!(r#"{{"name":"t{n}-{i}"}}"#)),
-        ));
-        cells.push(load(&spg_addr, "POST create-db", n, dur, 201, move |i| {
-            post(
-                "/v2/tenants/shop/dbs",
-                key,
-                &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
-            )
-        }));
+    for &n in &connections {
+        if wanted("bare GET") {
+            cells.push(load(&bare_addr, "bare GET", n, dur, 200, |_| {
+                get("/bare", "x")
+            }));
+        }
+        if wanted("GET describe") {
+            cells.push(load(&spg_addr, "GET describe", n, dur, 200, move |_| {
+                get("/v2/tenants/shop/dbs/app", key)
+            }));
+        }
+        if wanted("POST create-tenant") {
+            cells.push(load(
+                &spg_addr,
+                "POST create-tenant",
+                n,
+                dur,
+                201,
+                move |i| post("/v2/tenants", key, &format!(r#"{{"name":"t{n}-{i}"}}"#)),
+            ));
+        }
+        if wanted("POST create-db") {
+            cells.push(load(&spg_addr, "POST create-db", n, dur, 201, move |i| {
+                post(
+                    "/v2/tenants/shop/dbs",
+                    key,
+                    &format!(r#"{{"name":"d{n}-{i}","size":"L1"}}"#),
+                )
+            }));
+        }
         eprintln!("done: {n} connections");
     }
     let _ = spg_child.kill();
@@ -139,7 +154,7 @@ fn main() {
     println!("| connections | workload | req/s | p50 µs | p99 µs | vs bare GET |");
     println!("|---:|---|---:|---:|---:|---:|");
     let mut json = Vec::new();
-    for &n in &CONNECTIONS {
+    for &n in &connections {
         let bare = cells
             .iter()
             .find(|c| c.conns == n && c.workload == "bare GET")

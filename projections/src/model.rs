@@ -216,30 +216,43 @@ pub enum Timeline {
 
 impl Timeline {
     pub fn new(text: &str) -> Timeline {
+        match Timeline::hex(text) {
+            Some(bytes) => Timeline::Hex(bytes),
+            None => Timeline::Text(text.into()),
+        }
+    }
+
+    /// The 16 bytes `text` spells in 32 lowercase hexadecimal digits, if it does.
+    fn hex(text: &str) -> Option<[u8; 16]> {
         let digit = |c: u8| match c {
             b'0'..=b'9' => Some(c - b'0'),
             b'a'..=b'f' => Some(c - b'a' + 10),
             _ => None,
         };
         let b = text.as_bytes();
-        let mut bytes = [0u8; 16];
-        if b.len() == 32 {
-            for (i, out) in bytes.iter_mut().enumerate() {
-                match (digit(b[2 * i]), digit(b[2 * i + 1])) {
-                    (Some(hi), Some(lo)) => *out = hi << 4 | lo,
-                    _ => return Timeline::Text(text.into()),
-                }
-            }
-            return Timeline::Hex(bytes);
+        if b.len() != 32 {
+            return None;
         }
-        Timeline::Text(text.into())
+        let mut bytes = [0u8; 16];
+        for (i, out) in bytes.iter_mut().enumerate() {
+            *out = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
+        }
+        Some(bytes)
     }
 }
 
 impl std::fmt::Display for Timeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Timeline::Hex(bytes) => bytes.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Timeline::Hex(bytes) => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [0u8; 32];
+                for (i, b) in bytes.iter().enumerate() {
+                    text[2 * i] = DIGITS[usize::from(b >> 4)];
+                    text[2 * i + 1] = DIGITS[usize::from(b & 15)];
+                }
+                f.write_str(std::str::from_utf8(&text).expect("hexadecimal digits"))
+            }
             Timeline::Text(text) => f.write_str(text),
         }
     }
@@ -253,19 +266,22 @@ impl std::fmt::Debug for Timeline {
 
 impl PartialEq<str> for Timeline {
     fn eq(&self, other: &str) -> bool {
-        *self == Timeline::new(other)
+        match self {
+            Timeline::Hex(bytes) => Timeline::hex(other) == Some(*bytes),
+            Timeline::Text(text) => **text == *other,
+        }
     }
 }
 
 impl PartialEq<&str> for Timeline {
     fn eq(&self, other: &&str) -> bool {
-        *self == Timeline::new(other)
+        *self == **other
     }
 }
 
 impl PartialEq<String> for Timeline {
     fn eq(&self, other: &String) -> bool {
-        *self == Timeline::new(other)
+        *self == **other
     }
 }
 
