@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use spg99_events::Envelope;
 use spg99_projections::State;
 
 use crate::log::{Log, Result};
@@ -47,17 +48,58 @@ pub fn recover(log: &Log, data_dir: &Path, use_snapshots: bool) -> Result<Recove
     })
 }
 
+/// Records handed from the reading thread to the folding one at a time.
+const CHUNK: usize = 1024;
+
 /// Folds the log's records after `state.last_seq`, up to `until` (inclusive), into `state`;
 /// returns it and how many records were applied.
+///
+/// Two stages: a thread of its own reads, checks and decodes the records while this one folds
+/// them, so that on two cores or more replay runs at the speed of the slower stage (decoding
+/// and folding cost about the same). The order and the checks are the reader's; the first
+/// error it meets ends the replay with that error, as before.
 pub fn replay(log: &Log, mut state: State, until: u64) -> Result<(State, u64)> {
-    let mut replayed = 0;
-    for env in log.read_from(state.last_seq + 1) {
-        let env = env?;
-        if env.seq > until {
-            break;
+    let from = state.last_seq + 1;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Result<Envelope>>>(4);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<Result<Envelope>>>();
+        std::thread::Builder::new()
+            .name("spg99-replay-read".into())
+            .spawn_scoped(scope, move || {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                for env in log.read_from(from) {
+                    if chunk.is_empty() {
+                        // Folded records are freed here, by the thread that allocated them.
+                        done_rx.try_iter().for_each(drop);
+                    }
+                    let last = env.as_ref().map_or(true, |e| e.seq >= until);
+                    chunk.push(env);
+                    if last || chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        // A closed channel: the folding side stopped (an error, or `until`).
+                        if tx.send(full).is_err() || last {
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(chunk);
+            })
+            .expect("spawning the replay's reader");
+        let mut replayed = 0;
+        for mut chunk in rx {
+            for i in 0..chunk.len() {
+                let env = match &chunk[i] {
+                    Ok(env) => env,
+                    Err(_) => return Err(chunk.swap_remove(i).expect_err("an error")),
+                };
+                if env.seq > until {
+                    return Ok((state, replayed));
+                }
+                state.apply(env);
+                replayed += 1;
+            }
+            let _ = done_tx.send(chunk);
         }
-        state.apply(&env);
-        replayed += 1;
-    }
-    Ok((state, replayed))
+        Ok((state, replayed))
+    })
 }
