@@ -105,7 +105,8 @@ pub struct Rendered {
     pub body: Vec<u8>,
 }
 
-/// Renders the answer to a command from the state right after it and its events.
+/// Renders the answer to a command from the state right after it and its events (used for
+/// commands whose answer is recorded with them: an `Idempotency-Key`'s).
 pub type Render = Box<dyn FnOnce(&State, &[Envelope]) -> Rendered + Send>;
 
 /// An `Idempotency-Key` and the request it came with.

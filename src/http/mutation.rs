@@ -1,5 +1,5 @@
-//! Running a mutating request: submit its command with a renderer for the answer, honour
-//! `Idempotency-Key`, and turn the committed answer into a response.
+//! Running a mutating request: submit its command, render the answer (on the request's thread;
+//! in the committer when an `Idempotency-Key` records it), and turn it into a response.
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
@@ -68,19 +68,48 @@ pub async fn execute(
     render: impl FnOnce(&State, &[Envelope]) -> Rendered + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency(req, raw)?;
-    let committed = app
-        .commits
-        .execute(Request {
-            meta: caller.meta(),
-            command,
-            render: Box::new(render),
-            idempotency,
-        })
-        .await?;
+    let (committed, rendered) = if idempotency.is_some() {
+        // The answer is recorded with the command's events (a retry gets it back), so the
+        // committer renders it, from the state right after the command.
+        let mut committed = app
+            .commits
+            .execute(Request {
+                meta: caller.meta(),
+                command,
+                render: Box::new(render),
+                idempotency,
+            })
+            .await?;
+        let rendered = committed
+            .response
+            .take()
+            .expect("a command submitted with a renderer is answered with its rendering");
+        (committed, rendered)
+    } else {
+        // Rendered here, on the request's own thread, from the state readers see once the
+        // command is durable (its events, and any committed since): the committer's single
+        // thread decides and does not render, so the answers of many requests are made on
+        // every core at once.
+        let committed = app.commits.submit(caller.meta(), command).await?;
+        let state = app.shared.read();
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            render(&state, committed.events())
+        }))
+        .map_err(|_| {
+            tracing::error!(
+                request_id = caller.request_id,
+                "rendering the answer to a committed command panicked"
+            );
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the command was recorded, but its answer failed inside the control plane (a \
+                 defect, logged with this request's id): read the resource to see it",
+            )
+        })?;
+        (committed, rendered)
+    };
     let seq = committed.last_seq().unwrap_or_else(|| app.shared.head());
-    let rendered = committed
-        .response
-        .expect("a command submitted with a renderer is answered with its rendering");
     let status = StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::OK);
     let mut res = HttpResponse::build(status);
     res.insert_header((header::CONTENT_TYPE, "application/json"))
