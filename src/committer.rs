@@ -36,7 +36,7 @@
 //! so) rather than guess. A restart recovers from the log, which is the truth.
 //!
 //! A panic while a command is decided (its rules, the fold of its events, the rendering of
-//! its answer) is a defect, not a reason to stop: the command is answered 500
+//! an answer recorded with it) is a defect, not a reason to stop: the command is answered 500
 //! `internal_error` (logged with its request id), nothing of it is written, and the decider
 //! restarts from the durable state. The batches before it are made durable first (they were
 //! decided before the panic), so the working state becomes exactly the readers' one; the

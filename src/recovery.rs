@@ -54,10 +54,11 @@ const CHUNK: usize = 1024;
 /// Folds the log's records after `state.last_seq`, up to `until` (inclusive), into `state`;
 /// returns it and how many records were applied.
 ///
-/// Two stages: a thread of its own reads, checks and decodes the records while this one folds
-/// them, so that on two cores or more replay runs at the speed of the slower stage (decoding
-/// and folding cost about the same). The order and the checks are the reader's; the first
-/// error it meets ends the replay with that error, as before.
+/// Two stages: a thread of its own reads, checks and decodes the records (and frees the ones
+/// folded: it allocated them, and a free of another thread's allocation takes that thread's
+/// arena lock) while this one folds them, so that on two cores or more replay runs at the
+/// speed of the slower stage, the decoding. The order and the checks are the reader's; the
+/// first error it meets ends the replay with that error, as before.
 pub fn replay(log: &Log, mut state: State, until: u64) -> Result<(State, u64)> {
     let from = state.last_seq + 1;
     std::thread::scope(|scope| {

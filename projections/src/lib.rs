@@ -109,7 +109,7 @@ pub struct State {
 
 /// The hash a database's name is indexed by: FNV-1a, 64 bits. Fixed, not seeded: the index is
 /// part of the state's encoding (snapshots, fingerprints), the same in every process.
-pub fn name_hash(name: &str) -> u64 {
+fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
