@@ -7,7 +7,9 @@
 //! the last connection closes, the lease is released. A renewal refused with `stale_epoch` (a
 //! cutover moved the database to a new writer) closes the connections to the retired writer;
 //! a lease that is gone while the writer is unchanged (the control plane restarted and let it
-//! expire, say) is taken again without touching the connections.
+//! expire, say) is taken again without touching the connections. A connection joins a lease
+//! the control plane confirmed within the last second, or renews it first: after a cutover it
+//! checks out the new writer rather than join the retired one's lease (and be closed with it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -40,6 +42,8 @@ pub struct Held {
     changed: Notify,
     /// Set once the lease is released (or given up): it is released once.
     ended: AtomicBool,
+    /// When the control plane last confirmed the lease (its checkout, or a renewal).
+    confirmed: Mutex<Instant>,
 }
 
 impl Held {
@@ -68,6 +72,12 @@ type Key = (String, String);
 
 /// How long after a change in its connection count a lease reports it.
 const REPORT_AFTER: Duration = Duration::from_millis(500);
+
+/// A connection joins a lease the control plane confirmed at most this long ago; an older one
+/// is renewed first. Without it, a connection arriving after a cutover (a reset, a restore, a
+/// handoff) and before the renewer's next turn would join the retired writer's lease, reach
+/// whatever listens at its address, and be closed when the renewal is refused.
+const CONFIRMED_WITHIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Slot {
@@ -155,7 +165,16 @@ impl Leases {
         let mut held = tokio::time::timeout_at(deadline.into(), slot.held.lock())
             .await
             .map_err(|_| self.not_in_time(db, None))?;
-        let live = held.as_ref().filter(|h| !*h.closed.borrow()).cloned();
+        let mut live = held.as_ref().filter(|h| !*h.closed.borrow()).cloned();
+        if let Some(h) = live.clone() {
+            let stale = crate::lock(&h.confirmed).elapsed() > CONFIRMED_WITHIN;
+            if stale && !self.confirm(&h).await {
+                // Its writer was retired: its connections close, this one checks out afresh.
+                self.end(&h).await;
+                *held = None;
+                live = None;
+            }
+        }
         Ok(match live {
             Some(h) => h,
             None => {
@@ -172,6 +191,7 @@ impl Leases {
                     closed,
                     changed: Notify::new(),
                     ended: AtomicBool::new(false),
+                    confirmed: Mutex::new(Instant::now()),
                 });
                 tokio::spawn(self.clone().renew(key.clone(), h.clone()));
                 *held = Some(h.clone());
@@ -270,7 +290,10 @@ impl Leases {
             let connections = held.connections.load(Ordering::Acquire);
             renewed = Instant::now();
             match self.control.renew(lease_id, epoch, connections).await {
-                Renewal::Renewed => reported = connections,
+                Renewal::Renewed => {
+                    reported = connections;
+                    *crate::lock(&held.confirmed) = renewed;
+                }
                 Renewal::Transient(_) => {}
                 Renewal::StaleEpoch => {
                     tracing::info!(db = %key.1, "the database moved to a new writer: closing connections to the old one");
@@ -289,6 +312,7 @@ impl Leases {
                                 && new.lease_control_epoch == old.lease_control_epoch =>
                         {
                             *crate::lock(&held.lease) = new;
+                            *crate::lock(&held.confirmed) = renewed;
                         }
                         Checkout::Busy { .. }
                         | Checkout::Transient(_)
@@ -307,6 +331,26 @@ impl Leases {
                     }
                 }
             }
+        }
+    }
+
+    /// Renews `held` now, before a connection joins it: `false` when its writer was retired
+    /// (a renewal refused with `stale_epoch`). Any other answer lets the connection join, and
+    /// leaves the lease to its renewer.
+    async fn confirm(&self, held: &Held) -> bool {
+        let (lease_id, epoch) = {
+            let l = crate::lock(&held.lease);
+            (l.lease_id, l.lease_control_epoch)
+        };
+        let asked = Instant::now();
+        let connections = held.connections.load(Ordering::Acquire);
+        match self.control.renew(lease_id, epoch, connections).await {
+            Renewal::StaleEpoch => false,
+            Renewal::Renewed => {
+                *crate::lock(&held.confirmed) = asked;
+                true
+            }
+            Renewal::Transient(_) | Renewal::Gone => true,
         }
     }
 
