@@ -153,7 +153,27 @@ pub(crate) fn destroy(worker: &mut Worker) {
             .args(["-KILL", &pid.to_string()])
             .status();
     }
-    std::fs::remove_dir_all(&storage).unwrap();
+    // What else ran under it (a pgBackRest backup or archive-push, a server's children) goes
+    // too; a process killed a moment ago may still be writing there while it exits, so the
+    // removal is tried until nothing writes any more.
+    let began = std::time::Instant::now();
+    loop {
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", &format!("{}/", storage.display())])
+            .status();
+        match std::fs::remove_dir_all(&storage) {
+            Ok(()) => break,
+            Err(_) if !storage.exists() => break,
+            Err(e) => {
+                assert!(
+                    began.elapsed() < std::time::Duration::from_secs(10),
+                    "{} cannot be removed: {e}",
+                    storage.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 /// The server's clock now, RFC 3339 in UTC to the microsecond, as restores and branches take
