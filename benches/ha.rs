@@ -185,22 +185,7 @@ impl Bench {
     }
 
     fn pgbench(&self, backend: &str, db: &str, args: &[&str]) -> String {
-        let (host, port) = backend.rsplit_once(':').unwrap();
-        let bin = spg99_worker::postgres::find_bin(None).unwrap();
-        let out = Command::new(bin.join("pgbench"))
-            .args(["-h", host, "-p", port, "-U", &self.pg_user])
-            .args(args)
-            .arg(db)
-            .env("PGPASSWORD", &self.password)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "pgbench {args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        support::platform::pgbench(backend, &self.pg_user, &self.password, db, args)
     }
 }
 
@@ -210,17 +195,10 @@ fn protected(d: &Value) -> bool {
 
 /// pgbench's "tps = N" and "latency average = N ms".
 fn pgbench_figures(out: &str) -> (f64, f64) {
-    let find = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix:?} in {out}"))
-    };
-    (find("tps = "), find("latency average = "))
+    use support::platform::figure;
+    (figure(out, "tps = "), figure(out, "latency average = "))
 }
 
-/// Single-row autocommit inserts for `dur`: each one's latency (µs).
 async fn commits(c: &tokio_postgres::Client, dur: Duration) -> Vec<u64> {
     let stmt = c.prepare("INSERT INTO commits VALUES ($1)").await.unwrap();
     let mut lat = Vec::new();

@@ -246,30 +246,40 @@ impl Platform {
 
     /// `pgbench` against `db` on `backend` with `args`; what it printed.
     pub fn pgbench(&self, backend: &str, db: &str, args: &[&str]) -> String {
-        let (host, port) = backend.rsplit_once(':').unwrap();
-        let bin = spg99_worker::postgres::find_bin(None).unwrap();
-        let out = Command::new(bin.join("pgbench"))
-            .args(["-h", host, "-p", port, "-U", &self.pg_user])
-            .args(args)
-            .arg(db)
-            .env("PGPASSWORD", &self.password)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "pgbench {args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        pgbench(backend, &self.pg_user, &self.password, db, args)
     }
+}
+
+/// `pgbench` as `user` (with `password`) against `db` on `backend` with `args`; what it printed.
+pub fn pgbench(backend: &str, user: &str, password: &str, db: &str, args: &[&str]) -> String {
+    let (host, port) = backend.rsplit_once(':').unwrap();
+    let bin = spg99_worker::postgres::find_bin(None).unwrap();
+    let out = Command::new(bin.join("pgbench"))
+        .args(["-h", host, "-p", port, "-U", user])
+        .args(args)
+        .arg(db)
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// pgbench's "tps = N (without initial connection time)".
 pub fn tps(out: &str) -> f64 {
+    figure(out, "tps = ")
+}
+
+/// The number pgbench printed after `prefix` ("tps = ", "latency average = ").
+pub fn figure(out: &str, prefix: &str) -> f64 {
     out.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
+        .find_map(|l| l.strip_prefix(prefix))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no tps in {out}"))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {out}"))
 }
