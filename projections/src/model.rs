@@ -352,61 +352,96 @@ impl Lifecycle {
     };
 }
 
-/// A database's [`Lifecycle`], boxed only while it is not at rest: a stopped database's
-/// record is 13 fields (~170 bytes) smaller. Reads see the fields (at rest: the constant);
-/// changing one makes the box, and [`Live::settle`] drops it once all are back at rest.
-/// Encoded as the fields themselves.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Live(Option<Box<Lifecycle>>);
+/// Fields most records hold at one resting value, kept out of line: [`OutOfLine`] boxes them
+/// only while they differ from [`AtRest::rest`].
+pub trait AtRest: Clone + PartialEq + 'static {
+    /// The value most records hold.
+    fn rest() -> &'static Self;
+}
 
-static REST: Lifecycle = Lifecycle::REST;
+/// `T`'s fields, in a box only while they differ from [`AtRest::rest`] (a record without the
+/// box pays a pointer). Reads see the fields through `Deref` (at rest: the shared value);
+/// changing one through `DerefMut` makes the box, and [`OutOfLine::settle`] drops it once they
+/// are back at rest. Compares, encodes and decodes as the fields themselves: whether a box is
+/// held is not part of the state.
+#[derive(Clone)]
+pub struct OutOfLine<T>(Option<Box<T>>);
 
-impl Live {
-    /// Drops the box if the fields are a database's at rest again.
+impl<T> Default for OutOfLine<T> {
+    fn default() -> Self {
+        OutOfLine(None)
+    }
+}
+
+impl<T: AtRest> OutOfLine<T> {
+    pub fn new(fields: T) -> Self {
+        let mut out = OutOfLine(Some(Box::new(fields)));
+        out.settle();
+        out
+    }
+
+    /// Drops the box if the fields are at rest again.
     pub fn settle(&mut self) {
-        if self.0.as_deref() == Some(&REST) {
+        if self.needs_settling() {
             self.0 = None;
         }
     }
 
-    /// Whether [`Live::settle`] would drop something.
+    /// Whether [`OutOfLine::settle`] would drop something.
     pub fn needs_settling(&self) -> bool {
-        self.0.as_deref() == Some(&REST)
+        self.0.as_deref() == Some(T::rest())
     }
 }
 
-impl std::ops::Deref for Live {
-    type Target = Lifecycle;
-    fn deref(&self) -> &Lifecycle {
-        self.0.as_deref().unwrap_or(&REST)
+impl<T: AtRest> std::ops::Deref for OutOfLine<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_deref().unwrap_or(T::rest())
     }
 }
 
-impl std::ops::DerefMut for Live {
-    fn deref_mut(&mut self) -> &mut Lifecycle {
-        self.0.get_or_insert_with(|| Box::new(Lifecycle::REST))
+impl<T: AtRest> std::ops::DerefMut for OutOfLine<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(|| Box::new(T::rest().clone()))
     }
 }
 
-impl std::fmt::Debug for Live {
+impl<T: AtRest> PartialEq for OutOfLine<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: AtRest + Eq> Eq for OutOfLine<T> {}
+
+impl<T: AtRest + std::fmt::Debug> std::fmt::Debug for OutOfLine<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         (**self).fmt(f)
     }
 }
 
-impl Serialize for Live {
+impl<T: AtRest + Serialize> Serialize for OutOfLine<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         (**self).serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for Live {
+impl<'de, T: AtRest + Deserialize<'de>> Deserialize<'de> for OutOfLine<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut live = Live(Some(Box::new(Lifecycle::deserialize(d)?)));
-        live.settle();
-        Ok(live)
+        T::deserialize(d).map(OutOfLine::new)
     }
 }
+
+impl AtRest for Lifecycle {
+    fn rest() -> &'static Lifecycle {
+        static REST: Lifecycle = Lifecycle::REST;
+        &REST
+    }
+}
+
+/// A database's [`Lifecycle`], boxed only while it is not at rest: a stopped database's
+/// record is 14 fields (~170 bytes) smaller.
+pub type Live = OutOfLine<Lifecycle>;
 
 /// A database's high availability: a synchronous standby on another worker, and what the
 /// writer confirmed of it.
@@ -565,81 +600,38 @@ pub struct Writer {
 
 /// The handoff of a database to another profile: [`Handoff`]'s fields, kept in a box only while
 /// they differ from a stable database's (most databases never have one: 88 bytes less of each
-/// record). Reads see the fields through `Deref`; changes go through [`Scale::edit`]. Compares,
-/// encodes and decodes as the fields themselves, so snapshots did not change.
-#[derive(Clone, Default)]
-pub struct Scale(Option<Box<Handoff>>);
+/// record). Changes go through [`Scale::edit`].
+pub type Scale = OutOfLine<Handoff>;
 
-/// What a stable database's handoff holds.
-static STABLE: Handoff = Handoff {
-    stage: ScaleStage::Stable,
-    target_profile: None,
-    candidate: None,
-    phase_started_at: None,
-    phase_deadline_at: None,
-    failure_reason: None,
-};
+impl AtRest for Handoff {
+    fn rest() -> &'static Handoff {
+        /// What a stable database's handoff holds.
+        static STABLE: Handoff = Handoff {
+            stage: ScaleStage::Stable,
+            target_profile: None,
+            candidate: None,
+            phase_started_at: None,
+            phase_deadline_at: None,
+            failure_reason: None,
+        };
+        &STABLE
+    }
+}
 
 impl Scale {
     /// A stable database's: no handoff.
-    pub const STABLE: Scale = Scale(None);
+    pub const STABLE: Scale = OutOfLine(None);
 
-    pub fn new(handoff: Handoff) -> Scale {
-        let mut scale = Scale(Some(Box::new(handoff)));
-        scale.settle();
-        scale
-    }
-
-    /// The fields, to change; call [`Scale::settle`] after, or use [`Scale::take_candidate`].
+    /// The fields, to change; call [`OutOfLine::settle`] after, or use
+    /// [`Scale::take_candidate`].
     pub fn edit(&mut self) -> &mut Handoff {
-        self.0.get_or_insert_with(|| Box::new(Handoff::default()))
-    }
-
-    /// Drops the box once the fields are a stable database's again.
-    pub fn settle(&mut self) {
-        if self.0.as_deref() == Some(&STABLE) {
-            self.0 = None;
-        }
+        self
     }
 
     pub fn take_candidate(&mut self) -> Option<Box<Writer>> {
         let candidate = self.0.as_mut().and_then(|h| h.candidate.take());
         self.settle();
         candidate
-    }
-}
-
-impl std::ops::Deref for Scale {
-    type Target = Handoff;
-
-    fn deref(&self) -> &Handoff {
-        self.0.as_deref().unwrap_or(&STABLE)
-    }
-}
-
-impl PartialEq for Scale {
-    fn eq(&self, other: &Scale) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for Scale {}
-
-impl std::fmt::Debug for Scale {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (**self).fmt(f)
-    }
-}
-
-impl Serialize for Scale {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (**self).serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Scale {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scale, D::Error> {
-        Handoff::deserialize(d).map(Scale::new)
     }
 }
 
