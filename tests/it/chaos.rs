@@ -392,9 +392,14 @@ fn random_kills_under_load_break_no_invariant() {
     }
     // With the worker stopped, no PostgreSQL server of its is left.
     drop(worker);
+    until_no_postmasters(&storage);
+}
+
+/// Waits (30 s at most) until no PostgreSQL server runs under `dir`.
+fn until_no_postmasters(dir: &Path) {
     let began = Instant::now();
     loop {
-        let left: Vec<_> = postmasters(&storage).into_keys().collect();
+        let left: Vec<_> = postmasters(dir).into_keys().collect();
         if left.is_empty() {
             break;
         }
@@ -639,16 +644,5 @@ fn random_kills_of_an_ha_databases_workers_and_the_control_plane_lose_no_acknowl
     assert_eq!(v.body["equal"], true, "{v:?}");
     // With the workers stopped, no PostgreSQL server of theirs is left.
     drop(workers);
-    let began = Instant::now();
-    loop {
-        let left: Vec<_> = postmasters(&workers_dir).into_keys().collect();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "orphans: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_no_postmasters(&workers_dir);
 }
